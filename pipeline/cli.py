@@ -1,0 +1,489 @@
+"""The command line: parses, wires, prints. The work is done by the library modules.
+
+Errors reach the terminal here and only here, as one line ``pipeline: error: ...``.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import __version__
+from .config import (
+    DEFAULT_CONCURRENCY,
+    DataSettings,
+    KomboSettings,
+    Options,
+    read_ids,
+    resolve_data,
+    resolve_kombo,
+    validate_candidate_id,
+)
+from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
+from .export import FORMATS, WRITERS, iter_records
+from .index import SearchResults
+from .runner import Pipeline, RunSummary
+from .states import AttachmentState
+
+log = logging.getLogger("pipeline")
+F = TypeVar("F", bound=Callable[..., Any])
+TYPES = ("CV", "COVER_LETTER", "OTHER")
+
+
+# -- logging -----------------------------------------------------------------------------------
+
+
+class _Redact(logging.Filter):
+    """Last line of defence: no log line ever shows the API key, whatever a library logs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.secrets:
+            message = record.getMessage()
+            for secret in self.secrets:
+                message = message.replace(secret, "***")
+            record.msg, record.args = message, None
+        return True
+
+
+_REDACT = _Redact()
+
+
+def _setup_logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING
+    if quiet:
+        level = logging.ERROR
+    elif verbose == 1:
+        level = logging.INFO
+    elif verbose >= 2:
+        level = logging.DEBUG
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_REDACT)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # httpx logs every request URL at INFO; data_url links are capabilities, keep them out.
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+    logging.getLogger("httpcore").setLevel(max(level, logging.WARNING))
+
+
+# -- shared options (written once, applied to each command that needs them) --------------------
+
+
+def kombo_options(func: F) -> F:
+    for decorator in reversed(
+        [
+            click.option("--api-key", help="Kombo API key (env KOMBO_API_KEY)."),
+            click.option(
+                "--integration-id",
+                help="Kombo integration id, sent as X-Integration-Id (env KOMBO_INTEGRATION_ID).",
+            ),
+            click.option(
+                "--base-url",
+                help="Full API base URL, e.g. http://127.0.0.1:8765/v1 "
+                "(env KOMBO_BASE_URL; default https://api.kombo.dev/v1).",
+            ),
+            click.option(
+                "--region",
+                help="eu, us or ca; ignored with a base URL (env KOMBO_REGION; default eu).",
+            ),
+            click.option(
+                "--concurrency",
+                type=click.IntRange(1, 250),
+                default=None,
+                help=f"Most Kombo actions in flight at once (default "
+                f"{DEFAULT_CONCURRENCY}, Kombo's limit).",
+            ),
+            click.option(
+                "--max-file-mb",
+                type=click.FloatRange(min=0.001),
+                default=None,
+                help="Size cap for one downloaded file in MB (default 50).",
+            ),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+def data_options(func: F) -> F:
+    func = click.option(
+        "--database-url",
+        help="SQLAlchemy URL (env PIPELINE_DATABASE_URL; "
+        "default sqlite:///<data dir>/pipeline.db).",
+    )(func)
+    func = click.option(
+        "--data-dir", help="Database, index and files (env PIPELINE_DATA_DIR; default ./data)."
+    )(func)
+    return func
+
+
+def _data(data_dir: str | None, database_url: str | None) -> DataSettings:
+    return resolve_data(Options(data_dir=data_dir, database_url=database_url))
+
+
+def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
+    options = Options(
+        api_key=kwargs.get("api_key"),
+        integration_id=kwargs.get("integration_id"),
+        base_url=kwargs.get("base_url"),
+        region=kwargs.get("region"),
+    )
+    max_mb = kwargs.get("max_file_mb")
+    settings = resolve_kombo(
+        options,
+        concurrency=kwargs.get("concurrency"),
+        max_file_bytes=int(max_mb * 1024 * 1024) if max_mb else None,
+    )
+    _REDACT.secrets.append(settings.api_key.reveal())
+    return settings
+
+
+# -- the group ---------------------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="pipeline")
+@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
+def cli(verbose: int, quiet: bool) -> None:
+    """Turn candidates' CVs and cover letters from Kombo into searchable text.
+
+    Stages: fetch (Kombo's attachments API) -> download -> extract -> index (SQLite + Whoosh).
+    """
+    _setup_logging(verbose, quiet)
+
+
+def _collect_ids(ids: tuple[str, ...], ids_file: Any) -> list[str]:
+    collected = list(ids)
+    if ids_file is not None:
+        collected += read_ids(ids_file.read().splitlines())
+    for candidate_id in collected:
+        validate_candidate_id(candidate_id)
+    return list(dict.fromkeys(collected))
+
+
+def _finish(summary: RunSummary) -> int:
+    if summary.fatal is not None:
+        click.echo(f"pipeline: error: {summary.fatal.message}", err=True)
+    click.echo(summary.line())
+    return summary.exit_code
+
+
+@cli.command()
+@click.argument("candidate_ids", nargs=-1)
+@click.option(
+    "--ids-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read candidate ids from a file ('-' for stdin), one per line; "
+    "blank lines and '#' comments are skipped.",
+)
+@kombo_options
+@data_options
+def ingest(
+    candidate_ids: tuple[str, ...],
+    ids_file: Any,
+    data_dir: str | None,
+    database_url: str | None,
+    **kombo: Any,
+) -> int:
+    """Fetch each candidate's attachments, download, extract and index them.
+
+    Exit 0 when every attachment ended in a final state, 1 when some failed (they are
+    retried by the next run), 2 for a usage error or an error of the whole integration.
+    """
+    ids = _collect_ids(candidate_ids, ids_file)
+    if not ids:
+        raise UsageError("no candidate ids: give them as arguments or with --ids-file")
+    settings = _kombo(kombo)
+    with Pipeline(settings, _data(data_dir, database_url)) as pipeline:
+        return _finish(pipeline.ingest(ids))
+
+
+@cli.command()
+@click.argument("query")
+@click.option("--type", "type_", type=click.Choice(TYPES), help="Only this attachment type.")
+@click.option("--candidate", help="Only this candidate's attachments.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@data_options
+def search(
+    query: str,
+    type_: str | None,
+    candidate: str | None,
+    limit: int,
+    as_json: bool,
+    data_dir: str | None,
+    database_url: str | None,
+) -> int:
+    """Full-text search over the indexed text, best hits first.
+
+    Words must all match (AND); use OR, NOT, "quoted phrases", prefix* and
+    field:value (type:CV, file_name:lebenslauf). Case and accents do not matter.
+    """
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        results = pipeline.index.search(
+            query,
+            texts=pipeline.store.texts_for,
+            type=type_,
+            candidate_id=candidate,
+            limit=limit,
+        )
+    if as_json:
+        click.echo(json.dumps(_results_json(results), ensure_ascii=False))
+    else:
+        _print_results(results)
+    return 0
+
+
+def _results_json(results: SearchResults) -> dict[str, Any]:
+    return {
+        "query": results.query,
+        "total": results.total,
+        "hits": [
+            {
+                "attachment_id": h.attachment_id,
+                "candidate_id": h.candidate_id,
+                "application_id": h.application_id,
+                "type": h.type,
+                "file_name": h.file_name,
+                "score": h.score,
+                "snippet": h.snippet,
+            }
+            for h in results.hits
+        ],
+    }
+
+
+_BOLD = re.compile(r"<b>(.*?)</b>")
+
+
+def _print_results(results: SearchResults) -> None:
+    tty = sys.stdout.isatty()
+    shown = len(results.hits)
+    click.echo(
+        f"{results.total} match{'es' if results.total != 1 else ''} for "
+        f'"{results.query}"' + (f", showing {shown}" if shown < results.total else "")
+    )
+    for rank, hit in enumerate(results.hits, 1):
+        click.echo(
+            f"{rank:>3}. {hit.score:7.2f}  {hit.type:<12} {hit.candidate_id}  {hit.file_name or ''}"
+        )
+        snippet = _BOLD.sub(
+            lambda m: click.style(m.group(1), bold=True) if tty else f"[{m.group(1)}]", hit.snippet
+        )
+        click.echo(f"       {html.unescape(snippet)}")
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Write here (atomically) instead of stdout.",
+)
+@click.option("--type", "type_", type=click.Choice(TYPES), help="Only this attachment type.")
+@click.option(
+    "--status",
+    default="indexed",
+    show_default=True,
+    type=click.Choice([s.value for s in AttachmentState] + ["all"]),
+    help="Only records in this state, or all.",
+)
+@click.option("--candidate", help="Only this candidate's records.")
+@click.option("--no-text", is_flag=True, help="Leave the extracted text out.")
+@data_options
+def export(
+    fmt: str,
+    output: str | None,
+    type_: str | None,
+    status: str,
+    candidate: str | None,
+    no_text: bool,
+    data_dir: str | None,
+    database_url: str | None,
+) -> int:
+    """Write attachment records as JSON lines or CSV (schemas/export_record.schema.json)."""
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        records = iter_records(
+            pipeline.store, type=type_, status=status, candidate_id=candidate, with_text=not no_text
+        )
+        writer = WRITERS[fmt]
+        extra = {"with_text": not no_text} if fmt == "csv" else {}
+        if output is None:
+            count = writer(records, sys.stdout, **extra)
+        else:
+            target = Path(output)
+            fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=".export-")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                    count = writer(records, handle, **extra)
+                os.chmod(tmp, 0o600)
+                os.replace(tmp, target)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+    log.info("exported %d records", count)
+    return 0
+
+
+@cli.command()
+@data_options
+def reindex(data_dir: str | None, database_url: str | None) -> int:
+    """Rebuild the search index from the database."""
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        count = pipeline.reindex()
+    click.echo(f"reindex succeeded: {count} documents indexed")
+    return 0
+
+
+@cli.command()
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+@click.option("--candidates", type=click.IntRange(0, 100000), default=20, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--api-key", default="sandbox-key", show_default=True)
+@click.option("--integration-id", default="sandbox:8Xi6iZrwusZqJmDGXs49GBmJ", show_default=True)
+@click.option(
+    "--latency", type=click.FloatRange(0, 60), default=0.0, help="Seconds added to every API call."
+)
+@click.option(
+    "--download-latency",
+    type=click.FloatRange(0, 60),
+    default=0.0,
+    help="Seconds added to every file download.",
+)
+def sandbox(
+    port: int,
+    candidates: int,
+    seed: int,
+    api_key: str,
+    integration_id: str,
+    latency: float,
+    download_latency: float,
+) -> int:
+    """Serve the built-in Kombo-compatible sandbox on 127.0.0.1 until interrupted."""
+    from .sandbox.server import SandboxServer
+
+    server = SandboxServer(
+        port=port,
+        candidates=candidates,
+        seed=seed,
+        api_key=api_key,
+        integration_id=integration_id,
+        latency=latency,
+        download_latency=download_latency,
+    )
+    click.echo(f"Kombo sandbox serving {candidates} candidates at {server.base_url}")
+    click.echo("Point the pipeline at it with:")
+    for name, value in server.env().items():
+        click.echo(f"  export {name}={value}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("sandbox stopped")
+    return 0
+
+
+DEMO_QUERIES = ("Python Kubernetes", '"machine learning"', "München", "developpement")
+
+
+@cli.command()
+@click.option("--candidates", type=click.IntRange(1, 10000), default=24, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--query",
+    "queries",
+    multiple=True,
+    help="Search to show afterwards (repeatable); a few examples by default.",
+)
+@click.option(
+    "--data-dir",
+    help="Where the demo keeps its data (default <PIPELINE_DATA_DIR "
+    "or ./data>/demo, emptied first).",
+)
+def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | None) -> int:
+    """Run the whole pipeline against the built-in sandbox and show searches.
+
+    Needs no account and no network: the sandbox runs in this process on 127.0.0.1.
+    """
+    from .fetch import KomboClient
+    from .sandbox.server import SandboxServer
+
+    base = Path(data_dir) if data_dir else resolve_data(Options()).data_dir / "demo"
+    _reset_demo_dir(base)
+    data = DataSettings(data_dir=base, database_url=f"sqlite:///{base / 'pipeline.db'}")
+    with SandboxServer(candidates=candidates, seed=seed) as server:
+        env = server.env()
+        settings = resolve_kombo(
+            Options(
+                api_key=env["KOMBO_API_KEY"],
+                integration_id=env["KOMBO_INTEGRATION_ID"],
+                base_url=env["KOMBO_BASE_URL"],
+            ),
+            env={},
+        )
+        click.echo(f"sandbox: {candidates} candidates at {server.base_url}")
+        with KomboClient(settings) as client:
+            ids = [
+                c.id for page in client.candidate_pages() for c in page.candidates if not c.deleted
+            ]
+        with Pipeline(settings, data) as pipeline:
+            summary = pipeline.ingest(ids)
+            for query in queries or DEMO_QUERIES:
+                click.echo("")
+                _print_results(
+                    pipeline.index.search(query, texts=pipeline.store.texts_for, limit=3)
+                )
+    click.echo("")
+    click.echo(
+        f"data in {base}; try: PIPELINE_DATA_DIR={base} python -m pipeline search "
+        "'Kubernetes OR Terraform'"
+    )
+    click.echo(summary.line())
+    return summary.exit_code
+
+
+def _reset_demo_dir(base: Path) -> None:
+    # Remove only what the pipeline itself writes there.
+    for name in ("pipeline.db", "pipeline.db-wal", "pipeline.db-shm", ".writer.lock"):
+        (base / name).unlink(missing_ok=True)
+    for name in ("index", "files"):
+        shutil.rmtree(base / name, ignore_errors=True)
+
+
+# -- entry point -------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("pipeline: interrupted", err=True)
+        code = 130
+    except (UsageError, QueryError, LockedError, IntegrationError) as exc:
+        click.echo(f"pipeline: error: {exc.message}", err=True)
+        code = 2
+    except PipelineError as exc:
+        click.echo(f"pipeline: error: {exc.message}", err=True)
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

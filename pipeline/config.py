@@ -1,0 +1,198 @@
+"""Settings: flags override environment variables, which override defaults (INTERFACE.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import InvalidCandidateIdError, UsageError
+
+REGION_BASE_URLS = {
+    "eu": "https://api.kombo.dev/v1",
+    "us": "https://api.us.kombo.dev/v1",
+    "ca": "https://api.ca.kombo.dev/v1",
+}
+DEFAULT_REGION = "eu"
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
+DEFAULT_CONCURRENCY = 30  # Kombo's default limit of actions in flight per integration
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class KomboSettings:
+    """What it takes to talk to Kombo."""
+
+    api_key: Secret
+    integration_id: str
+    base_url: str
+    connect_timeout: float = 10.0
+    # The attachments endpoints call the ATS live: answers of several seconds are normal.
+    read_timeout: float = 60.0
+    concurrency: int = DEFAULT_CONCURRENCY
+    download_concurrency: int = 8
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    retry_base_delay: float = 1.0
+    retry_max_delay: float = 30.0
+    retry_budget: float = 300.0  # seconds of retrying one call may spend in all
+    max_attempts: int = 6
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    data_dir: Path
+    database_url: str
+
+    @property
+    def index_dir(self) -> Path:
+        return self.data_dir / "index"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.data_dir / "files"
+
+
+@dataclass(frozen=True)
+class Options:
+    """Raw values from the command line; None means "not given"."""
+
+    api_key: str | None = None
+    integration_id: str | None = None
+    base_url: str | None = None
+    region: str | None = None
+    data_dir: str | None = None
+    database_url: str | None = None
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+def _pick(flag: str | None, env: Mapping[str, str], name: str) -> str | None:
+    if flag is not None and flag != "":
+        return flag
+    value = env.get(name)
+    return value if value else None
+
+
+def resolve_data(options: Options, env: Mapping[str, str] | None = None) -> DataSettings:
+    env = os.environ if env is None else env
+    data_dir = Path(_pick(options.data_dir, env, "PIPELINE_DATA_DIR") or DEFAULT_DATA_DIR)
+    database_url = _pick(options.database_url, env, "PIPELINE_DATABASE_URL")
+    if database_url is None:
+        database_url = f"sqlite:///{data_dir / 'pipeline.db'}"
+    elif "://" not in database_url:
+        raise UsageError(
+            f"malformed database URL {database_url!r}: set PIPELINE_DATABASE_URL or "
+            "--database-url to an SQLAlchemy URL such as sqlite:///data/pipeline.db"
+        )
+    return DataSettings(data_dir=data_dir, database_url=database_url)
+
+
+def resolve_base_url(options: Options, env: Mapping[str, str]) -> str:
+    base_url = _pick(options.base_url, env, "KOMBO_BASE_URL")
+    if base_url is not None:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UsageError(
+                f"malformed base URL {base_url!r}: set KOMBO_BASE_URL or --base-url to a "
+                "full URL such as https://api.kombo.dev/v1"
+            )
+        if parts.username or parts.password or parts.query or parts.fragment:
+            raise UsageError(
+                "malformed base URL: KOMBO_BASE_URL / --base-url must not carry credentials, "
+                "a query or a fragment"
+            )
+        return base_url.rstrip("/")
+    region = (_pick(options.region, env, "KOMBO_REGION") or DEFAULT_REGION).lower()
+    if region not in REGION_BASE_URLS:
+        raise UsageError(
+            f"unknown region {region!r}: set KOMBO_REGION or --region to one of eu, us, ca"
+        )
+    return REGION_BASE_URLS[region]
+
+
+def resolve_kombo(
+    options: Options, env: Mapping[str, str] | None = None, **overrides: object
+) -> KomboSettings:
+    """Settings for commands that call Kombo; raises UsageError naming what to set."""
+    env = os.environ if env is None else env
+    base_url = resolve_base_url(options, env)
+    api_key = _pick(options.api_key, env, "KOMBO_API_KEY")
+    if api_key is None or not api_key.strip():
+        raise UsageError("no API key: set KOMBO_API_KEY or pass --api-key")
+    if any(ch in api_key for ch in "\r\n") or api_key != api_key.strip():
+        raise UsageError("malformed API key (whitespace or line breaks): check KOMBO_API_KEY")
+    integration_id = _pick(options.integration_id, env, "KOMBO_INTEGRATION_ID")
+    if integration_id is None or not integration_id.strip():
+        raise UsageError("no integration id: set KOMBO_INTEGRATION_ID or pass --integration-id")
+    tuning: dict[str, object] = {}
+    delay = env.get("PIPELINE_RETRY_BASE_DELAY")
+    if delay:
+        try:
+            tuning["retry_base_delay"] = float(delay)
+        except ValueError as exc:
+            raise UsageError(f"PIPELINE_RETRY_BASE_DELAY is not a number: {delay!r}") from exc
+    tuning.update({k: v for k, v in overrides.items() if v is not None})
+    return KomboSettings(
+        api_key=Secret(api_key),
+        integration_id=integration_id.strip(),
+        base_url=base_url,
+        **tuning,  # type: ignore[arg-type]
+    )
+
+
+# Kombo ids are 24 base58 characters, but remote ids of other shapes are allowed through as
+# long as they are safe in a URL path: reject only what can never be an id.
+_FORBIDDEN_ID = re.compile(r"[\s/?#%\\]|[\x00-\x1f\x7f]")
+MAX_ID_LENGTH = 64
+
+
+def validate_candidate_id(candidate_id: str) -> str:
+    """Return the id unchanged, or raise InvalidCandidateIdError with a one-line reason."""
+    shown = candidate_id.encode("unicode_escape").decode("ascii")[:80]
+    if not candidate_id or not candidate_id.strip():
+        raise InvalidCandidateIdError("invalid candidate id: empty")
+    if len(candidate_id) > MAX_ID_LENGTH:
+        raise InvalidCandidateIdError(
+            f"invalid candidate id {shown!r}: longer than {MAX_ID_LENGTH} characters"
+        )
+    if _FORBIDDEN_ID.search(candidate_id) or ".." in candidate_id:
+        raise InvalidCandidateIdError(
+            f"invalid candidate id {shown!r}: contains whitespace, '/', '?', '#', '%', '..' "
+            "or a control character"
+        )
+    return candidate_id
+
+
+def read_ids(lines: list[str]) -> list[str]:
+    """Ids from an ids file: one per line; blank lines and '#' comments skipped."""
+    ids = []
+    for line in lines:
+        stripped = line.split("#", 1)[0].strip()
+        if stripped:
+            ids.append(stripped)
+    return ids

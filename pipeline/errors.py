@@ -1,0 +1,179 @@
+"""The pipeline's one exception family.
+
+    PipelineError                    base; ``transient`` says whether trying again may help
+    ├── UsageError                   bad flags, environment or input (exit 2, before any request)
+    │   └── InvalidCandidateIdError  an id that cannot be a Kombo id
+    ├── KomboError                   Kombo answered with its error envelope (carries code, title,
+    │   │                            message, log_url, HTTP status); transient by code
+    │   └── IntegrationError         a code that holds for the whole integration: the run stops
+    ├── TransportError               no usable answer: connection refused, timeout, 503 from
+    │                                the load balancer with an HTML body (transient)
+    ├── ResponseInvalidError         a success answer that does not match the seed's schema
+    ├── DownloadError                a ``data_url`` could not be fetched whole
+    │   ├── LinkExpiredError         403/404/410 on ``data_url``: ask Kombo for a fresh link
+    │   └── TooLargeError            the body passed the size cap (state ``too_large``)
+    ├── ExtractionError              a parser could not read a file (state ``failed``)
+    │   └── EncryptedDocumentError   needs a password we do not have (state ``encrypted``)
+    ├── QueryError                   a search query the parser cannot read (exit 2)
+    └── LockedError                  another run holds the writer lock
+
+Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
+stage: ``fetch._translate_transport``, ``download``, ``extract`` and ``index``.
+Messages never contain the API key: only ids, codes and Kombo's own texts.
+"""
+
+from __future__ import annotations
+
+# Kombo's guide: only these codes are safe to retry.
+RETRYABLE_CODES = frozenset(
+    {
+        "PLATFORM.RATE_LIMIT_EXCEEDED",
+        "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
+        "REMOTE.RATE_LIMIT_EXCEEDED",
+        "REMOTE.SERVICE_UNAVAILABLE",
+    }
+)
+
+# Codes that say nothing about one candidate but about the integration or our credentials:
+# every further call of the run would fail the same way, so the run stops at the first.
+INTEGRATION_WIDE_CODES = frozenset(
+    {
+        "PLATFORM.AUTHENTICATION_INVALID",
+        "PLATFORM.INTEGRATION_NOT_FOUND",
+        "PLATFORM.IP_NOT_WHITELISTED",
+        "INTEGRATION.AUTHENTICATION_INVALID",
+        "INTEGRATION.PERMISSION_MISSING",
+        "INTEGRATION.INACTIVE",
+        "INTEGRATION.SETUP_SYNC_PENDING",
+        "INTEGRATION.SETUP_INCOMPLETE",
+        "INTEGRATION.QA_FAILED",
+        "INTEGRATION.MODEL_NOT_AVAILABLE",
+        "INTEGRATION.MODEL_DISABLED",
+        "INTEGRATION.ACTION_NOT_AVAILABLE",
+        "INTEGRATION.ACTION_DISABLED",
+    }
+)
+
+
+class PipelineError(Exception):
+    """Base of every error the pipeline raises on purpose."""
+
+    transient: bool = False
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class UsageError(PipelineError):
+    """Bad configuration or input; reported before any network call (exit 2)."""
+
+
+class InvalidCandidateIdError(UsageError):
+    pass
+
+
+class KomboError(PipelineError):
+    """An error answer from Kombo, with its envelope's fields."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None,
+        title: str | None = None,
+        log_url: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        subject: str | None = None,
+    ) -> None:
+        self.code = code
+        self.title = title
+        self.log_url = log_url
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.subject = subject
+        label = code or f"HTTP {status_code}"
+        where = f" ({subject})" if subject else ""
+        super().__init__(f"Kombo error {label}{where}: {message}")
+        self.kombo_message = message
+
+    @property
+    def transient(self) -> bool:  # type: ignore[override]
+        if self.code is not None:
+            return self.code in RETRYABLE_CODES
+        # Kombo: branch on the HTTP status only when the code is null.
+        return self.status_code is not None and (self.status_code == 429 or self.status_code >= 500)
+
+
+class IntegrationError(KomboError):
+    """A Kombo error that holds for every candidate of the integration: stop the run."""
+
+    transient = False  # type: ignore[assignment]
+
+
+class TransportError(PipelineError):
+    """No usable answer at all (connection, timeout, a proxy's HTML error page)."""
+
+    transient = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ResponseInvalidError(PipelineError):
+    """A success answer whose body does not match the documented schema."""
+
+
+class DownloadError(PipelineError):
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient  # type: ignore[misc]
+
+
+class LinkExpiredError(DownloadError):
+    pass
+
+
+class TooLargeError(DownloadError):
+    pass
+
+
+class ExtractionError(PipelineError):
+    pass
+
+
+class EncryptedDocumentError(ExtractionError):
+    pass
+
+
+class QueryError(PipelineError):
+    pass
+
+
+class LockedError(PipelineError):
+    pass
+
+
+def kombo_error(
+    *,
+    code: str | None,
+    message: str,
+    title: str | None = None,
+    log_url: str | None = None,
+    status_code: int | None = None,
+    retry_after: float | None = None,
+    subject: str | None = None,
+) -> KomboError:
+    """Build the most specific KomboError for ``code``."""
+    cls = IntegrationError if code in INTEGRATION_WIDE_CODES else KomboError
+    return cls(
+        message,
+        code=code,
+        title=title,
+        log_url=log_url,
+        status_code=status_code,
+        retry_after=retry_after,
+        subject=subject,
+    )

@@ -1,0 +1,93 @@
+"""Extract stage: decide what a downloaded file is, pick its parser, return clean text.
+
+``extract_file`` never raises for a bad file: every outcome is an :class:`Extraction` whose
+``state`` says what happened (PENDING meaning "text ready to index"), with a one-line reason.
+Library errors are translated here and only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EncryptedDocumentError, ExtractionError
+from ..states import AttachmentState
+from . import docx as _docx  # noqa: F401  (registers the parser)
+from . import pdf as _pdf  # noqa: F401
+from . import text as _text  # noqa: F401
+from .detect import decide, normalise_content_type
+from .normalise import normalise_text
+from .registry import parser_for, supported_types
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Extraction", "extract_file", "normalise_content_type", "supported_types"]
+
+
+@dataclass(frozen=True)
+class Extraction:
+    state: AttachmentState
+    detected_type: str | None
+    parser: str | None = None
+    parser_version: str | None = None
+    page_count: int | None = None
+    text: str | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def char_count(self) -> int:
+        return len(self.text or "")
+
+
+def extract_file(path: Path, content_type: str | None, file_name: str | None) -> Extraction:
+    started = time.perf_counter()
+    result = _extract(path, content_type, file_name)
+    return _with_time(result, time.perf_counter() - started)
+
+
+def _with_time(result: Extraction, seconds: float) -> Extraction:
+    return Extraction(**{**result.__dict__, "seconds": seconds})
+
+
+def _extract(path: Path, content_type: str | None, file_name: str | None) -> Extraction:
+    if path.stat().st_size == 0:
+        return Extraction(AttachmentState.FAILED, None, error="empty")
+    detected = decide(path, content_type, file_name)
+    parser = parser_for(detected)
+    if parser is None:
+        return Extraction(AttachmentState.UNSUPPORTED, detected, error=f"no parser for {detected}")
+    meta = {"detected_type": detected, "parser": parser.name, "parser_version": parser.version}
+    try:
+        parsed = parser.parse(path)
+    except EncryptedDocumentError as exc:
+        return Extraction(AttachmentState.ENCRYPTED, **meta, error=exc.message)
+    except ExtractionError as exc:
+        return Extraction(AttachmentState.FAILED, **meta, error=exc.message)
+    except (MemoryError, RecursionError) as exc:
+        return Extraction(
+            AttachmentState.FAILED, **meta, error=f"parser gave up: {type(exc).__name__}"
+        )
+    except (zipfile.BadZipFile, KeyError) as exc:
+        return Extraction(AttachmentState.FAILED, **meta, error=f"broken container: {exc}"[:300])
+    except Exception as exc:
+        # pypdf, python-docx (whose PackageNotFoundError is not a PythonDocxError) and lxml
+        # each raise their own families; a corrupt file must fail alone, not stop the run.
+        reason = (
+            f"{type(exc).__name__}: {exc}".splitlines()[0][:300] if str(exc) else type(exc).__name__
+        )
+        log.debug("parser %s failed on %s", parser.name, path.name, exc_info=True)
+        return Extraction(AttachmentState.FAILED, **meta, error=f"unreadable: {reason}")
+    text = normalise_text(parsed.text)
+    if not text:
+        return Extraction(
+            AttachmentState.NO_TEXT,
+            **meta,
+            page_count=parsed.page_count,
+            text="",
+            error="no text (image-only or empty document)",
+        )
+    return Extraction(AttachmentState.PENDING, **meta, page_count=parsed.page_count, text=text)

@@ -1,0 +1,114 @@
+"""DOCX through python-docx: every part that holds words, each in reading order.
+
+python-docx's ``Document.paragraphs`` skips tables, text boxes and content controls, so we
+open the package with python-docx and walk each part's XML ourselves: every ``w:p`` in
+document order (tables, ``w:sdt`` content controls, ``w:ins`` tracked insertions and text
+boxes included; ``w:delText`` deletions and ``mc:Fallback`` duplicates left out).
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import docx
+from lxml import etree
+
+from .detect import DOCX
+from .registry import Parsed, register
+
+_W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
+_MC = "http://schemas.openxmlformats.org/markup-compatibility/2006"
+W_P = f"{{{_W}}}p"
+W_T = f"{{{_W}}}t"
+W_TAB = f"{{{_W}}}tab"
+W_BR = f"{{{_W}}}br"
+W_CR = f"{{{_W}}}cr"
+W_TC = f"{{{_W}}}tc"
+MC_FALLBACK = f"{{{_MC}}}Fallback"
+
+# Parts in the order a reader meets them: headers, body, notes, footers.
+_PART_ORDER = (
+    ("/word/header", 0),
+    ("/word/document", 1),
+    ("/word/footnotes", 2),
+    ("/word/endnotes", 3),
+    ("/word/footer", 4),
+)
+
+
+def _part_rank(partname: str) -> int | None:
+    for prefix, rank in _PART_ORDER:
+        if partname.startswith(prefix) and partname.endswith(".xml"):
+            return rank
+    return None
+
+
+def _inside_fallback(element: etree._Element) -> bool:
+    parent = element.getparent()
+    while parent is not None:
+        if parent.tag == MC_FALLBACK:
+            return True
+        parent = parent.getparent()
+    return False
+
+
+def _paragraph_text(paragraph: etree._Element) -> str:
+    pieces: list[str] = []
+    for node in paragraph.iter(W_T, W_TAB, W_BR, W_CR, W_P):
+        if node is paragraph:
+            continue
+        if node.tag == W_P:
+            continue  # a nested paragraph (text box) is read on its own
+        # Skip runs that belong to a nested paragraph.
+        owner = node.getparent()
+        while owner is not None and owner.tag != W_P:
+            owner = owner.getparent()
+        if owner is not paragraph:
+            continue
+        if node.tag == W_T:
+            pieces.append(node.text or "")
+        elif node.tag == W_TAB:
+            pieces.append("\t")
+        else:
+            pieces.append("\n")
+    return "".join(pieces)
+
+
+def xml_text(root: etree._Element) -> str:
+    lines: list[str] = []
+    for paragraph in root.iter(W_P):
+        if _inside_fallback(paragraph):
+            continue
+        lines.append(_paragraph_text(paragraph))
+    return "\n".join(lines)
+
+
+class DocxParser:
+    name = "python-docx"
+    mime_types = frozenset({DOCX})
+
+    @property
+    def version(self) -> str:
+        return version("python-docx")
+
+    def parse(self, path: Path) -> Parsed:
+        document = docx.Document(str(path))
+        package = document.part.package
+        ranked = []
+        for part in package.iter_parts():
+            rank = _part_rank(str(part.partname))
+            if rank is None:
+                continue
+            element = getattr(part, "element", None)
+            if element is None:
+                element = etree.fromstring(
+                    part.blob, parser=etree.XMLParser(resolve_entities=False, no_network=True)
+                )
+            ranked.append((rank, str(part.partname), xml_text(element)))
+        ranked.sort()
+        text = "\n\n".join(body for _, _, body in ranked if body.strip())
+        return Parsed(text=text, page_count=None)
+
+
+register(DocxParser())

@@ -1,0 +1,43 @@
+"""Parsers declare the MIME types they read; adding a format is adding a module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Parsed:
+    text: str
+    page_count: int | None = None
+
+
+class Parser(Protocol):
+    name: str
+    mime_types: frozenset[str]
+
+    @property
+    def version(self) -> str: ...
+
+    def parse(self, path: Path) -> Parsed:
+        """Read ``path``; raise EncryptedDocumentError or ExtractionError, or any library
+        error (the extract stage translates it)."""
+        ...
+
+
+_PARSERS: dict[str, Parser] = {}
+
+
+def register(parser: Parser) -> Parser:
+    for mime in parser.mime_types:
+        _PARSERS[mime] = parser
+    return parser
+
+
+def parser_for(mime: str) -> Parser | None:
+    return _PARSERS.get(mime)
+
+
+def supported_types() -> list[str]:
+    return sorted(_PARSERS)

@@ -1,0 +1,118 @@
+"""Content-addressed file store: files are named by their sha256, never by a remote name.
+
+A file is written to a temporary name in the store's ``tmp/`` folder and renamed into place
+only once it is complete, so a killed process leaves no half file under a real name; the
+next run sweeps ``tmp/``. Files are readable by the pipeline's user only (CVs are personal
+data).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+_DIR_MODE = 0o700
+_FILE_MODE = 0o600
+
+
+class FileStore(Protocol):
+    """What the pipeline needs of a place to keep files; a local folder is one."""
+
+    def path(self, sha256: str) -> Path: ...
+    def exists(self, sha256: str) -> bool: ...
+    def writer(self) -> _Writer: ...
+    def delete(self, sha256: str) -> bool: ...
+    def hashes(self) -> Iterator[str]: ...
+
+
+class _Writer:
+    """Accumulates a file under a temporary name, hashing as it goes."""
+
+    def __init__(self, handle: BinaryIO, tmp_path: Path) -> None:
+        self._handle = handle
+        self.tmp_path = tmp_path
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes) -> None:
+        self._handle.write(chunk)
+        self._hash.update(chunk)
+        self.size += len(chunk)
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+
+class LocalFileStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._tmp = root / "tmp"
+
+    def ensure(self) -> None:
+        for folder in (self.root, self._tmp):
+            folder.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+
+    def path(self, sha256: str) -> Path:
+        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / sha256[:2] / sha256
+
+    def exists(self, sha256: str) -> bool:
+        return self.path(sha256).is_file()
+
+    @contextmanager
+    def writer(self) -> Iterator[_Writer]:
+        """Yield a writer; on a clean exit the file is moved to its hash name.
+
+        On any exception the temporary file is removed and nothing is stored.
+        """
+        self.ensure()
+        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="dl-", suffix=".part")
+        tmp_path = Path(name)
+        committed = False
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                writer = _Writer(handle, tmp_path)
+                yield writer
+                handle.flush()
+                os.fsync(handle.fileno())
+            final = self.path(writer.sha256)
+            final.parent.mkdir(exist_ok=True, mode=_DIR_MODE)
+            os.chmod(tmp_path, _FILE_MODE)
+            os.replace(tmp_path, final)  # atomic; identical content may simply replace itself
+            committed = True
+        finally:
+            if not committed:
+                tmp_path.unlink(missing_ok=True)
+
+    def delete(self, sha256: str) -> bool:
+        try:
+            self.path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def hashes(self) -> Iterator[str]:
+        if not self.root.is_dir():
+            return
+        for folder in sorted(self.root.iterdir()):
+            if folder.is_dir() and len(folder.name) == 2:
+                for entry in sorted(folder.iterdir()):
+                    if entry.is_file() and len(entry.name) == 64:
+                        yield entry.name
+
+    def sweep_temporary(self) -> int:
+        """Remove what a killed run left in ``tmp/``; call only while holding the run lock."""
+        if not self._tmp.is_dir():
+            return 0
+        removed = 0
+        for entry in self._tmp.iterdir():
+            entry.unlink(missing_ok=True)
+            removed += 1
+        return removed

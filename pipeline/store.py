@@ -1,0 +1,442 @@
+"""The database, source of truth for every candidate, attachment, text and run.
+
+SQLAlchemy 2.0 models; SQLite by default (WAL, foreign keys on), any SQLAlchemy URL works.
+Only the pipeline's writer thread calls the mutating methods, each in its own transaction,
+so a killed process leaves whole rows or none.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    create_engine,
+    delete,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from .states import FINAL_STATES, AttachmentState
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, whatever the backend keeps."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Candidate(Base):
+    __tablename__ = "candidates"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    integration_id: Mapped[str] = mapped_column(String(200))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fetch_error: Mapped[str | None] = mapped_column(Text)
+    remote_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ExtractedText(Base):
+    """Text keyed by the file's sha256: identical files share one row."""
+
+    __tablename__ = "texts"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    text: Mapped[str] = mapped_column(Text)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    integration_id: Mapped[str] = mapped_column(String(200))
+    candidate_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("candidates.id", ondelete="CASCADE"), index=True
+    )
+    application_id: Mapped[str | None] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(20), index=True)
+    remote_id: Mapped[str | None] = mapped_column(Text)
+    file_name: Mapped[str | None] = mapped_column(Text)
+    content_type: Mapped[str | None] = mapped_column(Text)
+    detected_type: Mapped[str | None] = mapped_column(String(200))
+    remote_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    remote_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    parser: Mapped[str | None] = mapped_column(String(100))
+    parser_version: Mapped[str | None] = mapped_column(String(100))
+    page_count: Mapped[int | None] = mapped_column(Integer)
+    char_count: Mapped[int | None] = mapped_column(Integer)
+    fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    extracted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Run(Base):
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(20))  # running, succeeded, failed, ...
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    errors: Mapped[list[str]] = mapped_column(JSON, default=list)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    summary: Mapped[str | None] = mapped_column(Text)
+
+
+class Setting(Base):
+    """Small named values such as the nightly watermark."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+@dataclass(frozen=True)
+class IndexDoc:
+    """What the search index needs of one attachment."""
+
+    attachment_id: str
+    candidate_id: str
+    application_id: str | None
+    type: str
+    file_name: str | None
+    text: str
+
+
+@dataclass(frozen=True)
+class KnownAttachment:
+    id: str
+    status: str
+    sha256: str | None
+    remote_updated_at: datetime | None
+    content_type: str | None
+    file_name: str | None
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+
+class Store:
+    def __init__(self, database_url: str) -> None:
+        self.url = database_url
+        self.engine = create_engine(database_url)
+        if self.engine.dialect.name == "sqlite":
+            _sqlite_pragmas(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def create(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # -- candidates --------------------------------------------------------------------------
+
+    def candidate_fetched(self, candidate_id: str, integration_id: str, error: str | None) -> None:
+        now = utcnow()
+        with self.session() as s:
+            row = s.get(Candidate, candidate_id)
+            if row is None:
+                row = Candidate(id=candidate_id, integration_id=integration_id, first_seen_at=now)
+                s.add(row)
+            row.last_fetched_at = now
+            row.fetch_error = error
+            if error is None:
+                row.last_seen_at = now
+
+    def failed_candidates(self) -> list[str]:
+        with self.session() as s:
+            return list(s.scalars(select(Candidate.id).where(Candidate.fetch_error.is_not(None))))
+
+    # -- attachments -------------------------------------------------------------------------
+
+    def known_attachments(self, candidate_id: str) -> dict[str, KnownAttachment]:
+        with self.session() as s:
+            rows = s.scalars(select(Attachment).where(Attachment.candidate_id == candidate_id))
+            return {
+                r.id: KnownAttachment(
+                    r.id, r.status, r.sha256, r.remote_updated_at, r.content_type, r.file_name
+                )
+                for r in rows
+            }
+
+    def upsert_seen(self, integration_id: str, item: Any, now: datetime) -> None:
+        """Record an attachment as Kombo listed it (``item`` is a RemoteAttachment)."""
+        with self.session() as s:
+            row = s.get(Attachment, item.id)
+            if row is None:
+                row = Attachment(
+                    id=item.id,
+                    integration_id=integration_id,
+                    status=AttachmentState.PENDING,
+                    candidate_id=item.candidate_id,
+                )
+                s.add(row)
+            changed = (
+                row.remote_updated_at != item.remote_updated_at
+                or row.content_type != item.content_type
+                or row.file_name != item.file_name
+            )
+            row.candidate_id = item.candidate_id
+            row.application_id = item.application_id
+            row.type = item.type
+            row.remote_id = item.remote_id
+            row.file_name = item.file_name
+            row.content_type = item.content_type
+            row.remote_created_at = item.remote_created_at
+            row.remote_updated_at = item.remote_updated_at
+            row.fetched_at = now
+            if changed or row.status == AttachmentState.DELETED:
+                row.status = AttachmentState.PENDING
+                row.error = None
+
+    def save_outcome(
+        self,
+        attachment_id: str,
+        *,
+        state: AttachmentState,
+        error: str | None = None,
+        sha256: str | None = None,
+        size_bytes: int | None = None,
+        detected_type: str | None = None,
+        parser: str | None = None,
+        parser_version: str | None = None,
+        page_count: int | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Store what download and extraction found, in one transaction."""
+        now = utcnow()
+        with self.session() as s:
+            row = s.get(Attachment, attachment_id)
+            if row is None:
+                return  # erased meanwhile
+            row.status = state
+            row.error = error
+            if sha256 is not None:
+                row.sha256 = sha256
+                row.size_bytes = size_bytes
+            row.detected_type = detected_type
+            row.parser = parser
+            row.parser_version = parser_version
+            row.page_count = page_count
+            row.char_count = len(text) if text is not None else None
+            row.indexed_at = None
+            if parser is not None or state != AttachmentState.FAILED:
+                row.extracted_at = now
+            if text and sha256 and s.get(ExtractedText, sha256) is None:
+                s.add(ExtractedText(sha256=sha256, text=text))
+
+    def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
+        if not attachment_ids:
+            return
+        with self.session() as s:
+            s.execute(
+                update(Attachment)
+                .where(Attachment.id.in_(attachment_ids))
+                .values(status=AttachmentState.DELETED, error="gone from Kombo", indexed_at=None)
+            )
+
+    def mark_indexed(self, attachment_ids: Sequence[str]) -> None:
+        if not attachment_ids:
+            return
+        now = utcnow()
+        with self.session() as s:
+            for chunk in _chunks(list(attachment_ids), 500):
+                s.execute(
+                    update(Attachment)
+                    .where(Attachment.id.in_(chunk), Attachment.status == AttachmentState.PENDING)
+                    .values(status=AttachmentState.INDEXED, indexed_at=now)
+                )
+
+    def text_for(self, sha256: str) -> str | None:
+        with self.session() as s:
+            row = s.get(ExtractedText, sha256)
+            return row.text if row else None
+
+    def texts_for(self, attachment_ids: Sequence[str]) -> dict[str, str]:
+        if not attachment_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(
+                select(Attachment.id, ExtractedText.text)
+                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
+                .where(Attachment.id.in_(list(attachment_ids)))
+            )
+            return {attachment_id: text for attachment_id, text in rows}
+
+    def index_docs(self, *, only_pending: bool) -> Iterator[IndexDoc]:
+        """Attachments whose text belongs in the index (pending ones, or all with text)."""
+        wanted = (
+            [AttachmentState.PENDING]
+            if only_pending
+            else [AttachmentState.PENDING, AttachmentState.INDEXED]
+        )
+        with self._sessions() as s:
+            query = (
+                select(
+                    Attachment.id,
+                    Attachment.candidate_id,
+                    Attachment.application_id,
+                    Attachment.type,
+                    Attachment.file_name,
+                    ExtractedText.text,
+                )
+                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
+                .where(Attachment.status.in_(wanted))
+                .order_by(Attachment.id)
+                .execution_options(yield_per=500)
+            )
+            for row in s.execute(query):
+                yield IndexDoc(*row)
+
+    def attachment_ids(self, statuses: Sequence[str]) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Attachment.id).where(Attachment.status.in_(statuses))))
+
+    def counts_by_status(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.execute(select(Attachment.status, func.count()).group_by(Attachment.status))
+            return {status: count for status, count in rows}
+
+    def unfinished(self) -> list[tuple[str, str]]:
+        """(attachment id, candidate id) of attachments a run left not final."""
+        final = [str(s) for s in FINAL_STATES]
+        with self.session() as s:
+            rows = s.execute(
+                select(Attachment.id, Attachment.candidate_id).where(
+                    Attachment.status.not_in(final)
+                )
+            )
+            return [(a, c) for a, c in rows]
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def begin_run(self, kind: str) -> int:
+        with self.session() as s:
+            run = Run(
+                kind=kind, started_at=utcnow(), status="running", counts={}, errors=[], warnings=[]
+            )
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def finish_run(
+        self,
+        run_id: int,
+        *,
+        status: str,
+        counts: dict[str, Any],
+        errors: list[str],
+        warnings: list[str],
+        summary: str,
+    ) -> None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                return
+            run.finished_at = utcnow()
+            run.status = status
+            run.counts = json.loads(json.dumps(counts))
+            run.errors = errors[:1000]
+            run.warnings = warnings[:1000]
+            run.summary = summary
+
+    def close_abandoned_runs(self) -> int:
+        """Runs still 'running' belong to a process that died: say so."""
+        with self.session() as s:
+            result = s.execute(
+                update(Run)
+                .where(Run.status == "running")
+                .values(status="killed", finished_at=utcnow())
+            )
+            return result.rowcount or 0
+
+    def recent_runs(self, limit: int = 10) -> list[Run]:
+        with self.session() as s:
+            return list(s.scalars(select(Run).order_by(Run.id.desc()).limit(limit)))
+
+    # -- settings ----------------------------------------------------------------------------
+
+    def get_setting(self, key: str) -> str | None:
+        with self.session() as s:
+            row = s.get(Setting, key)
+            return row.value if row else None
+
+    def set_setting(self, key: str, value: str) -> None:
+        with self.session() as s:
+            s.merge(Setting(key=key, value=value))
+
+    # -- housekeeping ------------------------------------------------------------------------
+
+    def referenced_hashes(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Attachment.sha256).where(Attachment.sha256.is_not(None))))
+
+    def drop_unreferenced_texts(self) -> int:
+        with self.session() as s:
+            referenced = select(Attachment.sha256).where(Attachment.sha256.is_not(None))
+            result = s.execute(delete(ExtractedText).where(ExtractedText.sha256.not_in(referenced)))
+            return result.rowcount or 0
+
+
+def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]

@@ -1,0 +1,109 @@
+"""Shared fixtures: a real sandbox server on 127.0.0.1, real data directories, and a way to
+run the real CLI in-process with its exit code, stdout and stderr."""
+
+from __future__ import annotations
+
+import io
+import sys
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.config import DataSettings, KomboSettings, Options, resolve_kombo
+from pipeline.sandbox.generator import World
+from pipeline.sandbox.server import SandboxServer
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CORPUS = SHARED / "corpus"
+
+# Small enough to be quick, large enough to hold every language and file kind.
+WORLD_SIZE = 16
+
+
+@pytest.fixture(scope="session")
+def world_template() -> World:
+    """Rendered once per session; tests that mutate a world build their own."""
+    world = World(candidates=WORLD_SIZE, seed=7)
+    for attachment_id in world.attachments:
+        world.body(attachment_id)
+    return world
+
+
+@pytest.fixture
+def sandbox(world_template: World) -> Iterator[SandboxServer]:
+    world = World(candidates=WORLD_SIZE, seed=7)
+    world._bodies = dict(world_template._bodies)  # same seed, same bytes: reuse renders
+    with SandboxServer(world) as server:
+        yield server
+
+
+@pytest.fixture
+def settings(sandbox: SandboxServer) -> KomboSettings:
+    return resolve_kombo(
+        Options(
+            api_key=sandbox.api_key,
+            integration_id=sandbox.integration_id,
+            base_url=sandbox.base_url,
+        ),
+        env={},
+        retry_base_delay=0.01,
+        retry_max_delay=0.05,
+    )
+
+
+@pytest.fixture
+def data(tmp_path: Path) -> DataSettings:
+    return DataSettings(
+        data_dir=tmp_path / "data", database_url=f"sqlite:///{tmp_path / 'data' / 'pipeline.db'}"
+    )
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Run ``python -m pipeline ARGS`` in-process with a clean environment."""
+    for name in (
+        "KOMBO_API_KEY",
+        "KOMBO_INTEGRATION_ID",
+        "KOMBO_BASE_URL",
+        "KOMBO_REGION",
+        "PIPELINE_DATA_DIR",
+        "PIPELINE_DATABASE_URL",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PIPELINE_RETRY_BASE_DELAY", "0.01")
+    monkeypatch.setenv("PIPELINE_DATA_DIR", str(tmp_path / "data"))
+
+    def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> CliResult:
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        out, err = io.StringIO(), io.StringIO()
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        code = 0
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return run
+
+
+def needs_corpus() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        not (CORPUS / "MANIFEST.tsv").is_file(),
+        reason=f"the shared corpus is not at {CORPUS} (it lives beside the project in the "
+        "developers' workplace, not in a user's clone)",
+    )

@@ -1,0 +1,106 @@
+"""Downloads from the sandbox's data_url links into the content-addressed store."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import KomboSettings
+from pipeline.download import Downloader
+from pipeline.errors import DownloadError, LinkExpiredError, TooLargeError
+from pipeline.fetch import KomboClient, RemoteAttachment
+from pipeline.sandbox.server import SandboxServer
+from pipeline.storage import LocalFileStore
+
+
+def _cv(sandbox: SandboxServer, settings: KomboSettings, kind: str = "pdf") -> RemoteAttachment:
+    candidate = next(
+        c
+        for c in sandbox.world.ordered()
+        if any(a.type == "CV" and a.kind == kind for a in c.attachments)
+    )
+    with KomboClient(settings) as client:
+        listing = client.candidate_attachments(candidate.id)
+    return next(a for a in listing.attachments if a.type == "CV")
+
+
+def _files_left(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+
+
+def test_download_is_stored_under_its_hash(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    store = LocalFileStore(tmp_path / "files")
+    downloader = Downloader(settings, store)
+    got = downloader.download(item.data_url, subject="cv")
+    expected = sandbox.world.body(item.id)
+    assert got.sha256 == hashlib.sha256(expected).hexdigest()
+    assert got.size_bytes == len(expected)
+    path = store.path(got.sha256)
+    assert path.read_bytes() == expected
+    assert path.stat().st_mode & 0o777 == 0o600
+    # Named by hash, never by the remote file name.
+    assert item.file_name not in str(path)
+
+
+def test_the_key_is_never_sent_with_a_download(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    Downloader(settings, LocalFileStore(tmp_path)).download(item.data_url, subject="cv")
+    assert sandbox.stats.file_requests == 1
+    assert sandbox.stats.auth_headers_on_files == 0
+
+
+def test_a_truncated_body_is_retried(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    sandbox.add_fault(kind="truncate", match=item.id, times=1)
+    store = LocalFileStore(tmp_path / "files")
+    got = Downloader(settings, store).download(item.data_url, subject="cv")
+    assert store.path(got.sha256).read_bytes() == sandbox.world.body(item.id)
+    assert sandbox.stats.file_requests == 2
+
+
+def test_a_body_truncated_every_time_fails_and_leaves_nothing(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    sandbox.add_fault(kind="truncate", match=item.id, times=None)
+    store = LocalFileStore(tmp_path / "files")
+    with pytest.raises(DownloadError) as info:
+        Downloader(settings, store).download(item.data_url, subject="cv")
+    assert info.value.transient
+    assert _files_left(tmp_path / "files") == []
+
+
+def test_a_file_over_the_cap_is_refused_and_leaves_nothing(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    store = LocalFileStore(tmp_path / "files")
+    with pytest.raises(TooLargeError):
+        Downloader(replace(settings, max_file_bytes=100), store).download(
+            item.data_url, subject="cv"
+        )
+    assert _files_left(tmp_path / "files") == []
+
+
+def test_an_expired_link_says_so(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    sandbox.add_fault(kind="expired", match=item.id, times=1)
+    with pytest.raises(LinkExpiredError):
+        Downloader(settings, LocalFileStore(tmp_path)).download(item.data_url, subject="cv")
+
+
+def test_a_non_http_link_is_refused(settings: KomboSettings, tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="http"):
+        Downloader(settings, LocalFileStore(tmp_path)).download("file:///etc/passwd", subject="x")

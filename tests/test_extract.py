@@ -1,0 +1,172 @@
+"""Extraction on documents the sandbox generates, on hand-made bad files, and on the corpus."""
+
+from __future__ import annotations
+
+import mimetypes
+from pathlib import Path
+
+import pytest
+
+from pipeline.extract import extract_file, normalise_content_type
+from pipeline.extract.detect import DOCX, PDF, decide
+from pipeline.extract.normalise import normalise_text
+from pipeline.sandbox.documents import Block, render_docx, render_pdf, render_text
+from pipeline.sandbox.generator import World
+from pipeline.states import AttachmentState
+
+from .conftest import CORPUS, needs_corpus
+
+
+def _write(tmp_path: Path, name: str, data: bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("declared", "expected"),
+    [
+        ("application/pdf", PDF),
+        ("application/x-pdf", PDF),
+        ("Application/PDF; charset=binary", PDF),
+        ("  application/pdf ; name=cv.pdf", PDF),
+        ("text/plain; charset=ISO-8859-1", "text/plain"),
+        ("pdf", PDF),
+        (".docx", DOCX),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_content_type_is_normalised(declared: str | None, expected: str | None) -> None:
+    assert normalise_content_type(declared) == expected
+
+
+def test_every_generated_kind_reads_back_its_words(world_template: World, tmp_path: Path) -> None:
+    for attachment in world_template.attachments.values():
+        if attachment.kind == "png" or attachment.same_as:
+            continue
+        candidate = world_template.candidates[attachment.candidate_id]
+        path = _write(tmp_path, attachment.id, world_template.body(attachment.id))
+        result = extract_file(path, attachment.content_type, attachment.file_name)
+        assert result.state == AttachmentState.PENDING, (attachment.file_name, result.error)
+        assert candidate.last_name in result.text
+        assert candidate.city in result.text
+        if attachment.type == "CV":
+            for skill in candidate.skills:
+                assert skill in result.text, (attachment.file_name, skill)
+        assert result.parser and result.parser_version
+        assert result.char_count == len(result.text)
+
+
+def test_pdf_reports_pages(tmp_path: Path) -> None:
+    blocks = [Block("para", f"Line number {n} about Kubernetes.") for n in range(120)]
+    result = extract_file(
+        _write(tmp_path, "long.pdf", render_pdf(blocks)), "application/pdf", "long.pdf"
+    )
+    assert result.page_count is not None and result.page_count >= 2
+    assert "Line number 119" in result.text
+
+
+def test_docx_reads_header_tables_and_body_in_order(tmp_path: Path) -> None:
+    blocks = [
+        Block("title", "Jürgen Müller"),
+        Block("para", "Opening paragraph."),
+        Block("table", rows=(("Kubernetes", "expert"), ("Terraform", "advanced"))),
+        Block("para", "Closing paragraph."),
+    ]
+    data = render_docx(blocks, header="Lebenslauf Jürgen Müller")
+    result = extract_file(_write(tmp_path, "cv.docx", data), DOCX, "cv.docx")
+    text = result.text or ""
+    assert "Lebenslauf Jürgen Müller" in text
+    order = [text.index(w) for w in ("Opening", "Kubernetes", "advanced", "Closing")]
+    assert order == sorted(order)
+
+
+def test_octet_stream_pdf_is_read_as_pdf(tmp_path: Path) -> None:
+    data = render_pdf([Block("para", "Scala and Kafka")])
+    path = _write(tmp_path, "blob", data)
+    result = extract_file(path, "application/octet-stream", "")
+    assert result.detected_type == PDF
+    assert "Scala and Kafka" in (result.text or "")
+
+
+def test_a_pdf_labelled_as_text_is_read_as_pdf(tmp_path: Path) -> None:
+    path = _write(tmp_path, "cv.txt", render_pdf([Block("para", "Airflow")]))
+    assert decide(path, "text/plain", "cv.txt") == PDF
+
+
+def test_empty_file_fails_with_reason(tmp_path: Path) -> None:
+    result = extract_file(_write(tmp_path, "empty.pdf", b""), "application/pdf", "empty.pdf")
+    assert result.state == AttachmentState.FAILED
+    assert result.error == "empty"
+
+
+def test_corrupt_pdf_fails_alone_with_a_reason(tmp_path: Path) -> None:
+    data = render_pdf([Block("para", "Python")])
+    broken = data[:40] + b"\x00garbage" * 50
+    result = extract_file(_write(tmp_path, "broken.pdf", broken), "application/pdf", "x.pdf")
+    assert result.state in (AttachmentState.FAILED, AttachmentState.NO_TEXT)
+    assert result.error
+
+
+def test_garbage_labelled_docx_fails(tmp_path: Path) -> None:
+    result = extract_file(_write(tmp_path, "x.docx", b"PK\x03\x04not a zip at all"), DOCX, "x.docx")
+    assert result.state in (AttachmentState.FAILED, AttachmentState.UNSUPPORTED)
+    assert result.error
+
+
+def test_png_is_unsupported(world_template: World, tmp_path: Path) -> None:
+    photo = next(a for a in world_template.attachments.values() if a.kind == "png")
+    path = _write(tmp_path, "photo.png", world_template.body(photo.id))
+    result = extract_file(path, "image/png", "photo.png")
+    assert result.state == AttachmentState.UNSUPPORTED
+    assert result.detected_type == "image/png"
+
+
+def test_text_in_other_charsets(tmp_path: Path) -> None:
+    text = "Größe, café, niño: Führungserfahrung in Zürich und Málaga. " * 5
+    for encoding in ("utf-8", "utf-16", "cp1252"):
+        path = _write(tmp_path, f"t-{encoding}.txt", text.encode(encoding))
+        result = extract_file(path, "text/plain", "t.txt")
+        assert "Führungserfahrung in Zürich und Málaga" in (result.text or ""), encoding
+
+
+def test_plain_text_generated(tmp_path: Path) -> None:
+    data = render_text([Block("heading", "Kenntnisse"), Block("bullet", "Kubernetes")])
+    result = extract_file(_write(tmp_path, "cv.txt", data), "text/plain", "cv.txt")
+    assert result.text == "KENNTNISSE\n\n* Kubernetes"
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("Pers\u00a8 onliche Daten", "Persönliche Daten"),
+        ("e\u0301quipe", "équipe"),
+        ("\ufb01nance and \ufb02ow", "finance and flow"),
+        ("develop-\nment", "development"),
+        ("Berlin-\nBrandenburg", "Berlin-\nBrandenburg"),
+        ("Soft\u00adware", "Software"),
+        ("\uf0b7 Python \ue001", "Python"),
+        ("a   b\t\tc", "a b c"),
+        ("one\n\n\n\n\ntwo", "one\n\ntwo"),
+    ],
+)
+def test_normalisation(raw: str, clean: str) -> None:
+    assert normalise_text(raw) == clean
+
+
+@needs_corpus()
+def test_every_corpus_pdf_and_docx_goes_through_without_stopping() -> None:
+    """No file of the corpus may raise: each ends in a state, with a reason when not read."""
+    rows = [line.split("\t") for line in (CORPUS / "MANIFEST.tsv").read_text().splitlines()[1:]]
+    seen = 0
+    for row in rows:
+        path = CORPUS / row[0]
+        if path.suffix.lower() not in (".pdf", ".docx"):
+            continue
+        result = extract_file(path, mimetypes.guess_type(path.name)[0], path.name)
+        assert result.state in AttachmentState, row[0]
+        if result.state != AttachmentState.PENDING:
+            assert result.error, row[0]
+        seen += 1
+    assert seen >= 60

@@ -1,0 +1,116 @@
+"""The Whoosh index behind our own interface, on real index files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.errors import QueryError
+from pipeline.index import SearchIndex
+from pipeline.store import IndexDoc
+
+
+def _doc(
+    attachment_id: str,
+    text: str,
+    *,
+    candidate: str = "C1",
+    type: str = "CV",
+    file_name: str = "cv.pdf",
+) -> IndexDoc:
+    return IndexDoc(attachment_id, candidate, None, type, file_name, text)
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> SearchIndex:
+    return SearchIndex(tmp_path / "index")
+
+
+def _search(index: SearchIndex, docs: dict[str, str], query: str, **kw: object) -> list[str]:
+    results = index.search(query, texts=lambda ids: {i: docs[i] for i in ids if i in docs}, **kw)  # type: ignore[arg-type]
+    return [hit.attachment_id for hit in results.hits]
+
+
+def test_case_and_accents_do_not_matter(index: SearchIndex) -> None:
+    docs = {"a1": "Jürgen Müller, Köln", "a2": "Francois Lefevre, Geneve", "a3": "Unrelated"}
+    index.write(_doc(k, v) for k, v in docs.items())
+    assert _search(index, docs, "muller") == ["a1"]
+    assert _search(index, docs, "MÜLLER") == ["a1"]
+    assert _search(index, docs, "Köln") == ["a1"]
+    assert _search(index, docs, "François") == ["a2"]
+    assert _search(index, docs, "genève") == ["a2"]
+
+
+def test_upsert_never_duplicates(index: SearchIndex) -> None:
+    docs = {"a1": "Python developer"}
+    index.write([_doc("a1", "Python developer")])
+    index.write([_doc("a1", "Python developer")])
+    assert index.doc_count() == 1
+    assert _search(index, docs, "python") == ["a1"]
+
+
+def test_delete_removes_from_results(index: SearchIndex) -> None:
+    docs = {"a1": "Kafka", "a2": "Kafka"}
+    index.write(_doc(k, v) for k, v in docs.items())
+    index.write(deletions=["a1"])
+    assert _search(index, docs, "kafka") == ["a2"]
+
+
+def test_all_words_must_match_and_ranking(index: SearchIndex) -> None:
+    docs = {
+        "a1": "Python Python Python Kubernetes in Berlin",
+        "a2": "Python in Berlin",
+        "a3": "Kubernetes in Berlin",
+    }
+    index.write(_doc(k, v) for k, v in docs.items())
+    assert _search(index, docs, "Python Berlin") == ["a1", "a2"]
+    assert set(_search(index, docs, "Python OR Kubernetes")) == {"a1", "a2", "a3"}
+    assert _search(index, docs, "Berlin NOT Python") == ["a3"]
+
+
+def test_phrases_and_filters(index: SearchIndex) -> None:
+    docs = {
+        "a1": "machine learning engineer",
+        "a2": "learning about machine rooms",
+        "a3": "machine learning letter",
+    }
+    index.write(
+        [
+            _doc("a1", docs["a1"]),
+            _doc("a2", docs["a2"]),
+            _doc("a3", docs["a3"], type="COVER_LETTER", candidate="C2"),
+        ]
+    )
+    assert set(_search(index, docs, '"machine learning"')) == {"a1", "a3"}
+    assert _search(index, docs, '"machine learning"', type="COVER_LETTER") == ["a3"]
+    assert _search(index, docs, "machine", candidate_id="C2") == ["a3"]
+
+
+def test_skill_tokens_keep_their_shape(index: SearchIndex) -> None:
+    docs = {"a1": "C++ and C# and Node.js", "a2": "C and Node"}
+    index.write(_doc(k, v) for k, v in docs.items())
+    assert _search(index, docs, "c++") == ["a1"]
+    assert _search(index, docs, "node.js") == ["a1"]
+
+
+def test_snippets_highlight_and_escape(index: SearchIndex) -> None:
+    docs = {"a1": "Senior <script> engineer with Python and Django experience"}
+    index.write(_doc(k, v) for k, v in docs.items())
+    results = index.search("python", texts=lambda ids: docs)
+    snippet = results.hits[0].snippet
+    assert "<b>Python</b>" in snippet
+    assert "<script>" not in snippet
+
+
+@pytest.mark.parametrize("bad", ['"unclosed phrase', "(python", "python)", "   "])
+def test_unreadable_queries_raise_query_error(index: SearchIndex, bad: str) -> None:
+    index.write([_doc("a1", "python")])
+    with pytest.raises(QueryError):
+        index.search(bad, texts=lambda ids: {})
+
+
+def test_rebuild_starts_from_nothing(index: SearchIndex) -> None:
+    index.write([_doc("old", "stale text")])
+    assert index.rebuild([_doc("new", "fresh text")]) == 1
+    assert index.attachment_ids() == {"new"}
