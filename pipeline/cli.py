@@ -182,11 +182,24 @@ def _finish(summary: RunSummary) -> int:
     if summary.fatal is not None:
         click.echo(f"pipeline: error: {summary.fatal.message}", err=True)
     click.echo(summary.line())
+    if summary.status == "interrupted":
+        # Everything finished is committed; calls still in flight on worker threads would
+        # hold the interpreter until their timeouts, so leave now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
     return summary.exit_code
 
 
 @cli.command()
 @click.argument("candidate_ids", nargs=-1)
+@click.option(
+    "--application",
+    "application_ids",
+    multiple=True,
+    help="An application id whose attachments to ingest (repeatable); uses "
+    "GET /ats/applications/{id}/attachments. Its candidate must be known from an earlier run.",
+)
 @click.option(
     "--ids-file",
     type=click.File("r", encoding="utf-8"),
@@ -197,6 +210,7 @@ def _finish(summary: RunSummary) -> int:
 @data_options
 def ingest(
     candidate_ids: tuple[str, ...],
+    application_ids: tuple[str, ...],
     ids_file: Any,
     data_dir: str | None,
     database_url: str | None,
@@ -208,11 +222,14 @@ def ingest(
     retried by the next run), 2 for a usage error or an error of the whole integration.
     """
     ids = _collect_ids(candidate_ids, ids_file)
-    if not ids:
-        raise UsageError("no candidate ids: give them as arguments or with --ids-file")
+    applications = [validate_candidate_id(a) for a in dict.fromkeys(application_ids)]
+    if not ids and not applications:
+        raise UsageError(
+            "no candidate ids: give them as arguments, with --ids-file or --application"
+        )
     settings = _kombo(kombo)
     with Pipeline(settings, _data(data_dir, database_url)) as pipeline:
-        return _finish(pipeline.ingest(ids))
+        return _finish(pipeline.ingest(ids, application_ids=applications))
 
 
 @cli.command()

@@ -31,6 +31,7 @@ from .errors import (
     TransportError,
     kombo_error,
 )
+from .limits import AdaptiveLimit
 from .retry import retrying
 from .schemas import first_error
 
@@ -157,7 +158,7 @@ class KomboClient:
             follow_redirects=False,
             transport=transport,
         )
-        self._actions = threading.BoundedSemaphore(settings.concurrency)
+        self.actions = AdaptiveLimit(settings.concurrency)
         self.calls = 0
         self._calls_lock = threading.Lock()
 
@@ -264,14 +265,32 @@ class KomboClient:
     ) -> dict[str, Any]:
         for attempt in retrying(self.settings):
             with attempt:
-                if action:
-                    with self._actions:
-                        return self._once(path, params, subject, schema)
-                return self._once(path, params, subject, schema)
+                if not action:
+                    return self._once(path, params, subject, schema, {})
+                # Actions (calls that reach the ATS live) count against Kombo's limit.
+                self.actions.acquire()
+                seen: dict[str, int | None] = {}
+                refused = False
+                try:
+                    return self._once(path, params, subject, schema, seen)
+                except KomboError as exc:
+                    refused = exc.code == "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED"
+                    raise
+                finally:
+                    self.actions.release(
+                        refused=refused,
+                        remaining=seen.get("remaining"),
+                        server_limit=seen.get("limit"),
+                    )
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _once(
-        self, path: str, params: dict[str, str] | None, subject: str, schema: str
+        self,
+        path: str,
+        params: dict[str, str] | None,
+        subject: str,
+        schema: str,
+        seen: dict[str, int | None],
     ) -> dict[str, Any]:
         with self._calls_lock:
             self.calls += 1
@@ -287,6 +306,8 @@ class KomboClient:
                 f"cannot reach Kombo at {self._http.base_url.host} ({subject}): "
                 f"{type(exc).__name__}"
             ) from exc
+        seen["remaining"] = _int_header(response, "concurrency-remaining")
+        seen["limit"] = _int_header(response, "concurrency-limit")
         log.debug(
             "GET %s -> %d in %.0f ms",
             path,
@@ -294,6 +315,11 @@ class KomboClient:
             (time.monotonic() - started) * 1000,
         )
         return _parse(response, subject, schema)
+
+
+def _int_header(response: httpx.Response, name: str) -> int | None:
+    raw = response.headers.get(name)
+    return int(raw) if raw is not None and raw.strip().isdigit() else None
 
 
 def _parse(response: httpx.Response, subject: str, schema: str) -> dict[str, Any]:

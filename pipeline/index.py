@@ -20,7 +20,7 @@ from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
 from whoosh.fields import ID, STORED, TEXT, Schema
 from whoosh.highlight import ContextFragmenter, HtmlFormatter, get_text
 from whoosh.qparser import AndGroup, MultifieldParser
-from whoosh.query import And, Query, Term
+from whoosh.query import And, ConstantScoreQuery, Query, Term
 from whoosh.support.charset import accent_map
 from whoosh.writing import IndexWriter as _WhooshWriter
 
@@ -198,16 +198,17 @@ class SearchIndex:
                 parsed = parser.parse(query)
             except Exception as exc:
                 raise QueryError(f"cannot read query {query!r}: {exc}") from exc
+            # Filters join the query with no score of their own (Whoosh's filter= argument
+            # leaves len(results) counting unfiltered matches).
             filters: list[Query] = []
             if type:
-                filters.append(Term("type", type))
+                filters.append(ConstantScoreQuery(Term("type", type), 0.0))
             if candidate_id:
-                filters.append(Term("candidate_id", candidate_id))
+                filters.append(ConstantScoreQuery(Term("candidate_id", candidate_id), 0.0))
             with ix.searcher() as searcher:
                 results = searcher.search(
-                    parsed,
+                    And([parsed, *filters]) if filters else parsed,
                     limit=max(1, limit),
-                    filter=And(filters) if filters else None,
                     terms=True,
                 )
                 results.fragmenter = ContextFragmenter(maxchars=240, surround=60)

@@ -1,18 +1,26 @@
-"""A run: fetch -> download -> extract -> index, with the database as the one writer's log.
+"""A run: fetch -> download -> extract -> index, as bounded stages that overlap.
 
-Concurrency is threads, not asyncio: the work is network waits (httpx's sync client is
-thread-safe and pools connections) and every write goes through this module's main thread,
-which is the only one to touch the database and the index. That keeps SQLite and Whoosh
-single-writer without locks of our own, and keeps the stage modules plain functions.
+Concurrency is threads, not asyncio: the network stages are waits (httpx's sync client is
+thread-safe and pools connections), extraction sits behind an :class:`Extractor` (threads
+now, isolated processes when a parser must be killable), and every write goes through this
+module's main thread, the only one to touch the database and the index. That keeps SQLite
+and Whoosh single-writer without locks of our own, and keeps the stage modules plain
+functions that can be tested alone.
 
 Order of a run:
-1. take the writer lock, sweep temporary files, mark runs that died as ``killed``;
-2. finish what a killed run left (text extracted but not yet indexed);
-3. for each candidate (given ones, plus those with unfinished or failed work): list its
-   attachments, record every one, mark the ones gone from Kombo ``deleted``;
-4. download and extract the new or changed ones, in a bounded pool;
-5. write each outcome in its own transaction and each text to the index, committing the index
-   in batches and only then marking the rows ``indexed``.
+1. take the writer lock, sweep temporary files, mark runs that died as ``killed``, and index
+   any text a killed run extracted but did not index;
+2. for each target (the given candidates or applications, plus candidates whose work is
+   unfinished or failed): list its attachments, record every one, mark those gone from Kombo
+   ``deleted``;
+3. download the new or changed ones; reuse the outcome of identical bytes seen before, or
+   extract;
+4. write each outcome in its own transaction and each text to the index, committing the index
+   in batches and only then marking rows ``indexed``;
+5. remove stored files and texts that nothing points at any more.
+
+Memory stays flat: targets are listed a window at a time, and no new listing starts while
+the download and extraction stages hold a full window of work.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import httpx
 
@@ -35,13 +44,23 @@ from .errors import (
     PipelineError,
     TooLargeError,
 )
-from .extract import Extraction, extract_file
+from .extract import Extraction
+from .extract.pool import Extractor, ThreadExtractor
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
 from .index import SearchIndex
 from .lock import WriterLock
 from .states import FINAL_STATES, AttachmentState
 from .storage import LocalFileStore
-from .store import IndexDoc, KnownAttachment, Store, utcnow
+from .store import (
+    IndexDoc,
+    KnownAttachment,
+    Store,
+    candidate_of_application,
+    drop_texts_except,
+    live_hashes,
+    prior_extraction,
+    utcnow,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +74,7 @@ class RunSummary:
     candidates: int = 0
     candidate_errors: int = 0
     unchanged: int = 0
+    reused: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -66,6 +86,8 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.fatal is not None:
             return 2
+        if self.status == "interrupted":
+            return 130
         if self.candidate_errors or self.outcomes.get(AttachmentState.FAILED, 0):
             return 1
         return 0
@@ -75,6 +97,7 @@ class RunSummary:
             "candidates": self.candidates,
             "candidate_errors": self.candidate_errors,
             "unchanged": self.unchanged,
+            "reused": self.reused,
             **{str(k): v for k, v in sorted(self.outcomes.items())},
         }
 
@@ -96,19 +119,34 @@ _ALWAYS_SHOWN = {AttachmentState.INDEXED, AttachmentState.FAILED}
 
 
 @dataclass(frozen=True)
-class _Work:
-    """One attachment to download and extract."""
+class Target:
+    """Something to list attachments for."""
 
-    item: RemoteAttachment
+    kind: Literal["candidate", "application"]
+    id: str
+    candidate_id: str | None = None  # known for applications when we could resolve it
 
 
 @dataclass(frozen=True)
-class _Result:
+class _Listed:
+    target: Target
+    listing: AttachmentList | None = None
+    error: PipelineError | None = None
+
+
+@dataclass(frozen=True)
+class _Fetched:
     item: RemoteAttachment
-    state: AttachmentState
-    error: str | None = None
     downloaded: Downloaded | None = None
-    extraction: Extraction | None = None
+    state: AttachmentState | None = None  # set when the download itself decided the outcome
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Extracted:
+    item: RemoteAttachment
+    downloaded: Downloaded
+    extraction: Extraction
 
 
 def _needs_work(
@@ -138,6 +176,7 @@ class Pipeline:
         *,
         transport: httpx.BaseTransport | None = None,
         download_transport: httpx.BaseTransport | None = None,
+        extractor: Extractor | None = None,
     ) -> None:
         self.kombo = kombo
         self.data = data
@@ -148,6 +187,9 @@ class Pipeline:
         self.index = SearchIndex(data.index_dir)
         self._transport = transport
         self._download_transport = download_transport
+        self._extractor = extractor
+        # Stop after the download stage (the fetch/download benchmark measures just that).
+        self.extract_enabled = True
 
     def close(self) -> None:
         self.store.close()
@@ -161,7 +203,12 @@ class Pipeline:
     # -- entry points ------------------------------------------------------------------------
 
     def ingest(
-        self, candidate_ids: Iterable[str], *, kind: str = "ingest", wait_for_lock: bool = False
+        self,
+        candidate_ids: Iterable[str] = (),
+        *,
+        application_ids: Iterable[str] = (),
+        kind: str = "ingest",
+        wait_for_lock: bool = False,
     ) -> RunSummary:
         if self.kombo is None:
             raise PipelineError("ingest needs Kombo settings")
@@ -171,7 +218,8 @@ class Pipeline:
             self._recover()
             summary.run_id = self.store.begin_run(kind)
             try:
-                self._run(list(dict.fromkeys(candidate_ids)), summary)
+                targets = self._targets(list(candidate_ids), list(application_ids), summary)
+                self._run(targets, summary)
                 summary.status = "failed" if summary.exit_code else "succeeded"
             except IntegrationError as exc:
                 summary.fatal = exc
@@ -179,7 +227,6 @@ class Pipeline:
                 summary.errors.append(exc.message)
             except KeyboardInterrupt:
                 summary.status = "interrupted"
-                raise
             finally:
                 summary.seconds = time.monotonic() - started
                 self.store.finish_run(
@@ -190,6 +237,8 @@ class Pipeline:
                     warnings=summary.warnings,
                     summary=summary.line(),
                 )
+            if summary.status != "interrupted":
+                self._collect_garbage()
         return summary
 
     def reindex(self) -> int:
@@ -199,7 +248,7 @@ class Pipeline:
             self.store.mark_indexed(list(self.store.attachment_ids([AttachmentState.PENDING])))
             return count
 
-    # -- the run -----------------------------------------------------------------------------
+    # -- before and after --------------------------------------------------------------------
 
     def _recover(self) -> None:
         swept = self.files.sweep_temporary()
@@ -212,134 +261,227 @@ class Pipeline:
                 killed,
             )
         # Text that was extracted but never reached the index.
-        docs = list(self.store.index_docs(only_pending=True))
-        if docs:
-            self.index.write(docs)
-            self.store.mark_indexed([d.attachment_id for d in docs])
+        pending = self.store.pending_keys()
+        if pending:
+            batch = _IndexBatch(self.index, self.store)
+            for candidate_id, sha256 in pending:
+                batch.reconcile(candidate_id, sha256)
+            batch.flush()
 
-    def _run(self, candidate_ids: list[str], summary: RunSummary) -> None:
-        assert self.kombo is not None
+    def _collect_garbage(self) -> None:
+        keep = live_hashes(self.store)
+        removed = sum(self.files.delete(h) for h in list(self.files.hashes()) if h not in keep)
+        texts = drop_texts_except(self.store, keep)
+        if removed or texts:
+            log.info("removed %d stored files and %d texts nothing refers to", removed, texts)
+
+    def _targets(
+        self, candidate_ids: list[str], application_ids: list[str], summary: RunSummary
+    ) -> list[Target]:
+        targets = [Target("candidate", c) for c in dict.fromkeys(candidate_ids)]
+        for application_id in dict.fromkeys(application_ids):
+            owner = candidate_of_application(self.store, application_id)
+            targets.append(Target("application", application_id, owner))
+        given = set(candidate_ids)
         retry = [cid for _, cid in self.store.unfinished()] + self.store.failed_candidates()
-        extra = [cid for cid in dict.fromkeys(retry) if cid not in set(candidate_ids)]
+        extra = [cid for cid in dict.fromkeys(retry) if cid not in given]
         if extra:
-            log.info("also retrying %d candidates with unfinished work", len(extra))
-        everyone = candidate_ids + extra
-        summary.candidates = len(everyone)
+            log.info("also retrying %d candidates with unfinished or failed work", len(extra))
+        targets += [Target("candidate", c) for c in extra]
+        summary.candidates = len({t.candidate_id or t.id for t in targets})
+        return targets
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def _run(self, targets: list[Target], summary: RunSummary) -> None:
+        assert self.kombo is not None
         client = KomboClient(self.kombo, transport=self._transport)
         downloader = Downloader(self.kombo, self.files, transport=self._download_transport)
-        # Fetches are bounded by the client's action semaphore; downloads by their own pool.
+        extractor = self._extractor or ThreadExtractor()
         fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
-        work_pool = ThreadPoolExecutor(
+        download_pool = ThreadPoolExecutor(
             self.kombo.download_concurrency, thread_name_prefix="download"
         )
         batch = _IndexBatch(self.index, self.store)
+        stage = _Stages(fetch_pool, download_pool, extractor)
+        # sha256 -> attachments waiting for an extraction of the same bytes already under way
+        self._extracting: dict[str, list[tuple[RemoteAttachment, Downloaded]]] = {}
+        interrupted = False
         try:
-            for kind, outcome in self._drive(everyone, client, downloader, fetch_pool, work_pool):
-                if kind == "list":
-                    self._record_list(outcome, summary, batch, work_pool, client, downloader)
-                else:
-                    self._record_result(outcome, summary, batch)
+            work_window = 4 * (self.kombo.download_concurrency + extractor.workers)
+            pending = iter(targets)
+            while True:
+                # Start listings while the later stages have room: memory stays flat.
+                while stage.count("list") < self.kombo.concurrency and (
+                    stage.count("download") + stage.count("extract") < work_window
+                ):
+                    target = next(pending, None)
+                    if target is None:
+                        break
+                    stage.submit("list", _list_target, client, target)
+                if not stage.inflight:
+                    break
+                for kind, value in stage.completed():
+                    if kind == "list":
+                        self._record_list(value, summary, batch, stage, client, downloader)
+                    elif kind == "download":
+                        self._record_download(value, summary, batch, stage, extractor)
+                    else:
+                        self._record_extraction(value, summary, batch)
                 if batch.size >= INDEX_BATCH:
                     batch.flush()
+        except KeyboardInterrupt:
+            interrupted = True
+            raise
         finally:
-            fetch_pool.shutdown(wait=True, cancel_futures=True)
-            work_pool.shutdown(wait=True, cancel_futures=True)
-            client.close()
-            downloader.close()
+            # On Ctrl-C do not wait for calls in flight: what finished is already recorded.
+            fetch_pool.shutdown(wait=not interrupted, cancel_futures=True)
+            download_pool.shutdown(wait=not interrupted, cancel_futures=True)
+            extractor.close(cancel=interrupted)
+            if not interrupted:
+                client.close()
+                downloader.close()
             # Whatever finished is made searchable, even when the run stops early.
             batch.flush()
 
-    def _drive(self, candidate_ids, client, downloader, fetch_pool, work_pool):  # type: ignore[no-untyped-def]
-        """Yield ("list", AttachmentList | error) and ("result", _Result) as they complete.
-
-        Candidates are submitted a bounded number at a time so that memory stays flat
-        whatever the length of the list.
-        """
-        self._inflight: set[Future[object]] = set()
-        self._kinds: dict[Future[object], str] = {}
-        pending_ids = iter(candidate_ids)
-        window = self.kombo.concurrency * 2 if self.kombo else 8
-
-        def top_up() -> None:
-            fetching = sum(1 for f in self._inflight if self._kinds[f] == "list")
-            while fetching < window:
-                cid = next(pending_ids, None)
-                if cid is None:
-                    return
-                future = fetch_pool.submit(_fetch_candidate, client, cid)
-                self._kinds[future] = "list"
-                self._inflight.add(future)
-                fetching += 1
-
-        top_up()
-        while self._inflight:
-            done, _ = wait(self._inflight, return_when=FIRST_COMPLETED)
-            for future in done:
-                self._inflight.discard(future)
-                kind = self._kinds.pop(future)
-                yield kind, future.result()
-            top_up()
-
-    def _submit_work(self, work_pool, client, downloader, item: RemoteAttachment) -> None:  # type: ignore[no-untyped-def]
-        future = work_pool.submit(_download_and_extract, client, downloader, self.files, item)
-        self._kinds[future] = "result"
-        self._inflight.add(future)
-
     def _record_list(
         self,
-        outcome,
-        summary,
+        listed: _Listed,
+        summary: RunSummary,
         batch: _IndexBatch,
-        work_pool,
-        client,  # type: ignore[no-untyped-def]
-        downloader,
+        stage: _Stages,
+        client: KomboClient,
+        downloader: Downloader,
     ) -> None:
-        candidate_id, listing = outcome
         assert self.kombo is not None
-        if isinstance(listing, IntegrationError):
-            raise listing
-        if isinstance(listing, PipelineError):
+        target = listed.target
+        if isinstance(listed.error, IntegrationError):
+            raise listed.error
+        if target.kind == "application" and target.candidate_id is None:
             summary.candidate_errors += 1
-            summary.errors.append(listing.message)
-            log.error("%s", listing.message)
-            self.store.candidate_fetched(candidate_id, self.kombo.integration_id, listing.message)
+            message = (
+                f"application {target.id}: its candidate is not known here (Kombo's "
+                "application attachments do not name it); ingest the candidate first"
+            )
+            summary.errors.append(message)
+            log.error("%s", message)
             return
-        assert isinstance(listing, AttachmentList)
+        candidate_id = target.candidate_id or target.id
+        if listed.error is not None:
+            summary.candidate_errors += 1
+            summary.errors.append(listed.error.message)
+            log.error("%s", listed.error.message)
+            self.store.candidate_fetched(
+                candidate_id, self.kombo.integration_id, listed.error.message
+            )
+            return
+        assert listed.listing is not None
+        listing = listed.listing
         summary.warnings.extend(f"{listing.subject}: {w}" for w in listing.warnings)
         self.store.candidate_fetched(candidate_id, self.kombo.integration_id, None)
         known = self.store.known_attachments(candidate_id)
         now = utcnow()
-        listed = set()
+        listed_ids = set()
         for item in listing.attachments:
-            listed.add(item.id)
+            if target.kind == "application":
+                # Items of an application answer carry no owner: keep what we knew.
+                previous_app = known[item.id].application_id if item.id in known else None
+                item = _with_owner(item, candidate_id, previous_app or target.id)
+            listed_ids.add(item.id)
             previous = known.get(item.id)
             needs = _needs_work(item, previous, self.files)
             self.store.upsert_seen(self.kombo.integration_id, item, now)
             if needs:
-                self._submit_work(work_pool, client, downloader, item)
+                stage.submit("download", _download, client, downloader, item)
             else:
                 summary.unchanged += 1
-        gone = [a for a, k in known.items() if a not in listed and k.status != "deleted"]
+        if target.kind != "candidate":
+            return  # one application's list says nothing about the candidate's other files
+        gone = [a for a, k in known.items() if a not in listed_ids and k.status != "deleted"]
         if gone:
+            keys = self.store.attachment_keys(gone)
             self.store.mark_deleted(gone)
             for attachment_id in gone:
                 batch.delete(attachment_id)
+            for candidate, sha256 in keys:
+                batch.reconcile(candidate, sha256)  # a copy may now stand for the content
             summary.outcomes[AttachmentState.DELETED] += len(gone)
 
-    def _record_result(self, result: _Result, summary: RunSummary, batch: _IndexBatch) -> None:
-        item = result.item
-        extraction = result.extraction
-        downloaded = result.downloaded
-        state = result.state
-        if state == AttachmentState.FAILED:
-            log.error(
-                "attachment %s of candidate %s failed: %s", item.id, item.candidate_id, result.error
+    def _record_download(
+        self,
+        fetched: _Fetched,
+        summary: RunSummary,
+        batch: _IndexBatch,
+        stage: _Stages,
+        extractor: Extractor,
+    ) -> None:
+        item = fetched.item
+        if fetched.downloaded is None:
+            assert fetched.state is not None
+            self._save(item, fetched.state, fetched.error, None, None, summary, batch)
+            return
+        downloaded = fetched.downloaded
+        prior = prior_extraction(self.store, downloaded.sha256)
+        if prior is not None:
+            # The same bytes were read before: their outcome holds, no need to parse again.
+            summary.reused += 1
+            extraction = Extraction(
+                state=(
+                    AttachmentState.PENDING
+                    if prior.state == AttachmentState.INDEXED
+                    else AttachmentState(prior.state)
+                ),
+                detected_type=prior.detected_type,
+                parser=prior.parser,
+                parser_version=prior.parser_version,
+                page_count=prior.page_count,
+                text=prior.text,
+                error=prior.error,
             )
-            summary.errors.append(f"attachment {item.id}: {result.error}")
+            self._save(
+                item, extraction.state, extraction.error, downloaded, extraction, summary, batch
+            )
+            return
+        if not self.extract_enabled:
+            return
+        followers = self._extracting.get(downloaded.sha256)
+        if followers is not None:
+            # The same bytes are being parsed right now: take that outcome when it comes.
+            followers.append((item, downloaded))
+            return
+        self._extracting[downloaded.sha256] = []
+        path = self.files.path(downloaded.sha256)
+        future = extractor.submit(path, item.content_type, item.file_name)
+        stage.track("extract", future, lambda e: _Extracted(item, downloaded, e))
+
+    def _record_extraction(
+        self, extracted: _Extracted, summary: RunSummary, batch: _IndexBatch
+    ) -> None:
+        extraction = extracted.extraction
+        waiting = self._extracting.pop(extracted.downloaded.sha256, [])
+        for item, downloaded in [(extracted.item, extracted.downloaded), *waiting]:
+            self._save(
+                item, extraction.state, extraction.error, downloaded, extraction, summary, batch
+            )
+        summary.reused += len(waiting)
+
+    def _save(
+        self,
+        item: RemoteAttachment,
+        state: AttachmentState,
+        error: str | None,
+        downloaded: Downloaded | None,
+        extraction: Extraction | None,
+        summary: RunSummary,
+        batch: _IndexBatch,
+    ) -> None:
+        if state == AttachmentState.FAILED:
+            log.error("attachment %s of candidate %s failed: %s", item.id, item.candidate_id, error)
+            summary.errors.append(f"attachment {item.id}: {error}")
         self.store.save_outcome(
             item.id,
             state=state,
-            error=result.error,
+            error=error,
             sha256=downloaded.sha256 if downloaded else None,
             size_bytes=downloaded.size_bytes if downloaded else None,
             detected_type=extraction.detected_type if extraction else None,
@@ -348,22 +490,47 @@ class Pipeline:
             page_count=extraction.page_count if extraction else None,
             text=extraction.text if extraction else None,
         )
-        if state == AttachmentState.PENDING and extraction and extraction.text:
+        if state == AttachmentState.PENDING and extraction and extraction.text and downloaded:
             summary.outcomes[AttachmentState.INDEXED] += 1
-            batch.upsert(
-                IndexDoc(
-                    attachment_id=item.id,
-                    candidate_id=item.candidate_id,
-                    application_id=item.application_id,
-                    type=item.type,
-                    file_name=item.file_name,
-                    text=extraction.text,
-                )
-            )
+            batch.reconcile(item.candidate_id, downloaded.sha256)
             return
         # Whatever else it became, an older version of it must not stay searchable.
         batch.delete(item.id)
         summary.outcomes[state] += 1
+
+
+class _Stages:
+    """Futures of the three stages, each tagged with its kind, completed as they finish."""
+
+    def __init__(
+        self,
+        fetch_pool: ThreadPoolExecutor,
+        download_pool: ThreadPoolExecutor,
+        extractor: Extractor,
+    ) -> None:
+        self._pools = {"list": fetch_pool, "download": download_pool}
+        self._extractor = extractor
+        self.inflight: dict[Future[object], tuple[str, object]] = {}
+        self._counts: Counter[str] = Counter()
+
+    def count(self, kind: str) -> int:
+        return self._counts[kind]
+
+    def submit(self, kind: str, fn: object, *args: object) -> None:
+        future = self._pools[kind].submit(fn, *args)  # type: ignore[arg-type]
+        self.track(kind, future, None)
+
+    def track(self, kind: str, future: Future[object], wrap: object) -> None:
+        self.inflight[future] = (kind, wrap)
+        self._counts[kind] += 1
+
+    def completed(self) -> Iterator[tuple[str, object]]:
+        done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
+        for future in done:
+            kind, wrap = self.inflight.pop(future)
+            self._counts[kind] -= 1
+            value = future.result()
+            yield kind, (wrap(value) if callable(wrap) else value)
 
 
 class _IndexBatch:
@@ -371,6 +538,10 @@ class _IndexBatch:
 
     Rows become ``indexed`` only after the index commit that holds them, so a run killed in
     between leaves them ``pending`` with their text, and the next run indexes them first.
+
+    Identical bytes of one candidate are indexed once: the lowest attachment id among the
+    copies stands for all of them (so a CV kept on the candidate and on an application is one
+    hit, not two), and the others are marked ``indexed`` with it.
     """
 
     def __init__(self, index: SearchIndex, store: Store) -> None:
@@ -378,6 +549,7 @@ class _IndexBatch:
         self._store = store
         self._docs: dict[str, IndexDoc] = {}
         self._deletions: set[str] = set()
+        self._covered: set[str] = set()
 
     @property
     def size(self) -> int:
@@ -389,52 +561,73 @@ class _IndexBatch:
 
     def delete(self, attachment_id: str) -> None:
         self._docs.pop(attachment_id, None)
+        self._covered.discard(attachment_id)
         self._deletions.add(attachment_id)
 
+    def reconcile(self, candidate_id: str, sha256: str) -> None:
+        """Make the index hold exactly one document for this candidate's content."""
+        siblings = self._store.content_siblings(candidate_id, sha256)
+        if not siblings:
+            return
+        representative, _ = siblings[0]
+        doc = self._store.index_doc(representative)
+        if doc is None:
+            return
+        self.upsert(doc)
+        for other, _ in siblings[1:]:
+            self.delete(other)
+            self._deletions.add(other)
+            self._covered.add(other)
+
     def flush(self) -> None:
-        if not self.size:
+        if not self.size and not self._covered:
             return
         self._index.write(self._docs.values(), self._deletions)
-        self._store.mark_indexed(list(self._docs))
+        self._store.mark_indexed([*self._docs, *self._covered])
         self._docs.clear()
         self._deletions.clear()
+        self._covered.clear()
 
 
 # -- worker-thread functions: no database, no index ------------------------------------------
 
 
-def _fetch_candidate(
-    client: KomboClient, candidate_id: str
-) -> tuple[str, AttachmentList | PipelineError]:
+def _with_owner(
+    item: RemoteAttachment, candidate_id: str, application_id: str | None
+) -> RemoteAttachment:
+    return replace(item, candidate_id=candidate_id, application_id=application_id)
+
+
+def _list_target(client: KomboClient, target: Target) -> _Listed:
     try:
-        return candidate_id, client.candidate_attachments(candidate_id)
+        if target.kind == "application":
+            if target.candidate_id is None:
+                return _Listed(target)
+            listing = client.application_attachments(target.id, target.candidate_id)
+        else:
+            listing = client.candidate_attachments(target.id)
+        return _Listed(target, listing)
     except PipelineError as exc:
-        return candidate_id, exc
+        return _Listed(target, error=exc)
 
 
-def _download_and_extract(
-    client: KomboClient, downloader: Downloader, files: LocalFileStore, item: RemoteAttachment
-) -> _Result:
+def _download(client: KomboClient, downloader: Downloader, item: RemoteAttachment) -> _Fetched:
     subject = f"attachment {item.id}"
     try:
         try:
-            downloaded = downloader.download(item.data_url, subject=subject)
+            return _Fetched(item, downloader.download(item.data_url, subject=subject))
         except LinkExpiredError:
             # data_url lives 7 days: ask Kombo for a fresh one, once.
             fresh = _fresh_link(client, item)
             if fresh is None:
-                return _Result(item, AttachmentState.DELETED, "gone from Kombo")
-            downloaded = downloader.download(fresh.data_url, subject=subject)
+                return _Fetched(item, state=AttachmentState.DELETED, error="gone from Kombo")
+            return _Fetched(item, downloader.download(fresh.data_url, subject=subject))
     except TooLargeError as exc:
-        return _Result(item, AttachmentState.TOO_LARGE, exc.message)
-    except DownloadError as exc:
-        return _Result(item, AttachmentState.FAILED, exc.message)
+        return _Fetched(item, state=AttachmentState.TOO_LARGE, error=exc.message)
     except IntegrationError:
         raise
-    except PipelineError as exc:
-        return _Result(item, AttachmentState.FAILED, exc.message)
-    extraction = extract_file(files.path(downloaded.sha256), item.content_type, item.file_name)
-    return _Result(item, extraction.state, extraction.error, downloaded, extraction)
+    except (DownloadError, PipelineError) as exc:
+        return _Fetched(item, state=AttachmentState.FAILED, error=exc.message)
 
 
 def _fresh_link(client: KomboClient, item: RemoteAttachment) -> RemoteAttachment | None:
@@ -445,4 +638,4 @@ def _fresh_link(client: KomboClient, item: RemoteAttachment) -> RemoteAttachment
     return None
 
 
-__all__ = ["Pipeline", "RunSummary"]
+__all__ = ["Pipeline", "RunSummary", "Target"]

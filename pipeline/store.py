@@ -146,11 +146,13 @@ class IndexDoc:
     type: str
     file_name: str | None
     text: str
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
 class KnownAttachment:
     id: str
+    application_id: str | None
     status: str
     sha256: str | None
     remote_updated_at: datetime | None
@@ -213,7 +215,13 @@ class Store:
             rows = s.scalars(select(Attachment).where(Attachment.candidate_id == candidate_id))
             return {
                 r.id: KnownAttachment(
-                    r.id, r.status, r.sha256, r.remote_updated_at, r.content_type, r.file_name
+                    r.id,
+                    r.application_id,
+                    r.status,
+                    r.sha256,
+                    r.remote_updated_at,
+                    r.content_type,
+                    r.file_name,
                 )
                 for r in rows
             }
@@ -323,7 +331,11 @@ class Store:
             return {attachment_id: text for attachment_id, text in rows}
 
     def index_docs(self, *, only_pending: bool) -> Iterator[IndexDoc]:
-        """Attachments whose text belongs in the index (pending ones, or all with text)."""
+        """Attachments whose text belongs in the index (pending ones, or all with text).
+
+        One document per candidate and content: of several attachments with the same bytes
+        (a candidate-level and an application-level copy), the lowest id stands for all.
+        """
         wanted = (
             [AttachmentState.PENDING]
             if only_pending
@@ -338,14 +350,74 @@ class Store:
                     Attachment.type,
                     Attachment.file_name,
                     ExtractedText.text,
+                    Attachment.sha256,
                 )
                 .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
                 .where(Attachment.status.in_(wanted))
-                .order_by(Attachment.id)
+                .order_by(Attachment.candidate_id, Attachment.sha256, Attachment.id)
                 .execution_options(yield_per=500)
             )
+            last: tuple[str, str | None] | None = None
             for row in s.execute(query):
-                yield IndexDoc(*row)
+                doc = IndexDoc(*row)
+                key = (doc.candidate_id, doc.sha256)
+                if key != last:
+                    yield doc
+                last = key
+
+    def pending_keys(self) -> list[tuple[str, str]]:
+        """(candidate id, sha256) of attachments with text that wait to be indexed."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Attachment.candidate_id, Attachment.sha256)
+                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
+                .where(Attachment.status == AttachmentState.PENDING)
+                .distinct()
+            )
+            return [(c, h) for c, h in rows]
+
+    def content_siblings(self, candidate_id: str, sha256: str) -> list[tuple[str, str]]:
+        """(id, status) of the candidate's live attachments with these bytes, by id."""
+        with self.session() as s:
+            rows = s.execute(
+                select(Attachment.id, Attachment.status)
+                .where(
+                    Attachment.candidate_id == candidate_id,
+                    Attachment.sha256 == sha256,
+                    Attachment.status.in_([AttachmentState.PENDING, AttachmentState.INDEXED]),
+                )
+                .order_by(Attachment.id)
+            )
+            return [(a, st) for a, st in rows]
+
+    def index_doc(self, attachment_id: str) -> IndexDoc | None:
+        with self.session() as s:
+            row = s.execute(
+                select(
+                    Attachment.id,
+                    Attachment.candidate_id,
+                    Attachment.application_id,
+                    Attachment.type,
+                    Attachment.file_name,
+                    ExtractedText.text,
+                    Attachment.sha256,
+                )
+                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
+                .where(Attachment.id == attachment_id)
+            ).first()
+            return IndexDoc(*row) if row else None
+
+    def attachment_keys(self, attachment_ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(candidate id, sha256) of these attachments, where they have a file."""
+        if not attachment_ids:
+            return []
+        with self.session() as s:
+            rows = s.execute(
+                select(Attachment.candidate_id, Attachment.sha256).where(
+                    Attachment.id.in_(list(attachment_ids)), Attachment.sha256.is_not(None)
+                )
+            )
+            return list({(c, h) for c, h in rows})
 
     def attachment_ids(self, statuses: Sequence[str]) -> set[str]:
         with self.session() as s:
@@ -424,19 +496,89 @@ class Store:
         with self.session() as s:
             s.merge(Setting(key=key, value=value))
 
-    # -- housekeeping ------------------------------------------------------------------------
-
-    def referenced_hashes(self) -> set[str]:
-        with self.session() as s:
-            return set(s.scalars(select(Attachment.sha256).where(Attachment.sha256.is_not(None))))
-
-    def drop_unreferenced_texts(self) -> int:
-        with self.session() as s:
-            referenced = select(Attachment.sha256).where(Attachment.sha256.is_not(None))
-            result = s.execute(delete(ExtractedText).where(ExtractedText.sha256.not_in(referenced)))
-            return result.rowcount or 0
-
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class PriorExtraction:
+    """What extracting a file with these bytes gave before (for reuse by sha256)."""
+
+    state: str
+    error: str | None
+    detected_type: str | None
+    parser: str | None
+    parser_version: str | None
+    page_count: int | None
+    text: str | None
+
+
+_REUSABLE = (
+    AttachmentState.INDEXED,
+    AttachmentState.NO_TEXT,
+    AttachmentState.ENCRYPTED,
+    AttachmentState.UNSUPPORTED,
+)
+
+
+def prior_extraction(store: Store, sha256: str) -> PriorExtraction | None:
+    """The outcome of an earlier extraction of identical bytes, if one is on record."""
+    with store.session() as s:
+        row = s.scalars(
+            select(Attachment)
+            .where(
+                Attachment.sha256 == sha256,
+                Attachment.status.in_(_REUSABLE)
+                # pending with a parser on record: extracted, waiting for the index
+                | ((Attachment.status == AttachmentState.PENDING) & Attachment.parser.is_not(None)),
+            )
+            .limit(1)
+        ).first()
+        if row is None:
+            return None
+        text = s.get(ExtractedText, sha256)
+        if row.status in (AttachmentState.INDEXED, AttachmentState.PENDING) and text is None:
+            return None
+        return PriorExtraction(
+            state=AttachmentState.INDEXED if row.status == AttachmentState.PENDING else row.status,
+            error=row.error,
+            detected_type=row.detected_type,
+            parser=row.parser,
+            parser_version=row.parser_version,
+            page_count=row.page_count,
+            text=text.text if text else None,
+        )
+
+
+def candidate_of_application(store: Store, application_id: str) -> str | None:
+    """Kombo's application attachments do not name the candidate: find it in what we know."""
+    with store.session() as s:
+        return s.scalars(
+            select(Attachment.candidate_id)
+            .where(Attachment.application_id == application_id)
+            .limit(1)
+        ).first()
+
+
+def live_hashes(store: Store) -> set[str]:
+    """Hashes of files that an attachment not deleted still points at."""
+    with store.session() as s:
+        return set(
+            s.scalars(
+                select(Attachment.sha256).where(
+                    Attachment.sha256.is_not(None),
+                    Attachment.status != AttachmentState.DELETED,
+                )
+            )
+        )
+
+
+def drop_texts_except(store: Store, keep: set[str]) -> int:
+    """Remove extracted texts whose file no live attachment points at any more."""
+    with store.session() as s:
+        stale = [h for h in s.scalars(select(ExtractedText.sha256)) if h not in keep]
+        for chunk in _chunks(stale, 500):
+            s.execute(delete(ExtractedText).where(ExtractedText.sha256.in_(chunk)))
+        return len(stale)

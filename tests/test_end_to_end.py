@@ -163,8 +163,13 @@ def test_the_api_key_leaks_nowhere(cli, sandbox, tmp_path: Path) -> None:  # typ
 
 
 def test_wrong_key_stops_the_run_with_exit_2_and_the_code(cli, sandbox) -> None:  # type: ignore[no-untyped-def]
-    result = cli("ingest", "--concurrency", "2", *_ids(sandbox),
-                 env={**sandbox.env(), "KOMBO_API_KEY": "wrong"})
+    result = cli(
+        "ingest",
+        "--concurrency",
+        "2",
+        *_ids(sandbox),
+        env={**sandbox.env(), "KOMBO_API_KEY": "wrong"},
+    )
     assert result.code == 2
     assert "PLATFORM.AUTHENTICATION_INVALID" in result.err
     assert result.out.strip().splitlines()[-1].startswith("ingest aborted")
