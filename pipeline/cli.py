@@ -110,6 +110,13 @@ def kombo_options(func: F) -> F:
                 f"{DEFAULT_CONCURRENCY}, Kombo's limit).",
             ),
             click.option(
+                "--timeout",
+                type=click.FloatRange(min=0.1),
+                default=None,
+                help="Seconds to wait for an answer before retrying (default 60: the "
+                "attachments endpoints call the ATS live).",
+            ),
+            click.option(
                 "--max-file-mb",
                 type=click.FloatRange(min=0.001),
                 default=None,
@@ -148,6 +155,7 @@ def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
     settings = resolve_kombo(
         options,
         concurrency=kwargs.get("concurrency"),
+        read_timeout=kwargs.get("timeout"),
         max_file_bytes=int(max_mb * 1024 * 1024) if max_mb else None,
     )
     _REDACT.secrets.append(settings.api_key.reveal())

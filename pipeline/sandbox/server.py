@@ -65,6 +65,7 @@ class Fault:
       ``corrupt``      send garbage instead of the file, same length (files)
       ``expired``      403 on the download, as an expired link would get (files)
       ``content_type`` list the attachment with ``content_type`` instead of its own (API)
+      ``redirect``     answer a download with 302 to the same path on ``location`` (files)
     match: a substring of the request path (a candidate or attachment id); None matches all.
     times: how many requests it hits before it is spent; None means every one.
     """
@@ -77,11 +78,12 @@ class Fault:
     retry_after: float | None = None
     seconds: float = 0.0
     content_type: str = "application/pdf"
+    location: str = ""
     target: str = "api"  # api or files
     hits: int = 0
 
 
-_FILE_KINDS = {"truncate", "corrupt", "expired"}
+_FILE_KINDS = {"truncate", "corrupt", "expired", "redirect"}
 
 
 @dataclass
@@ -500,8 +502,11 @@ class _Handler(BaseHTTPRequestHandler):
             token, state.sign(attachment_id, int(expires))
         )
         fault = state.take_fault(
-            attachment_id, "files", {"expired", "html503", "truncate", "corrupt"}
+            attachment_id, "files", {"expired", "html503", "truncate", "corrupt", "redirect"}
         )
+        if fault is not None and fault.kind == "redirect":
+            self._send(302, b"", "text/plain", {"Location": f"{fault.location}{self.path}"})
+            return
         if not valid or int(expires) < time.time() or (fault and fault.kind == "expired"):
             self._send(
                 403,
