@@ -392,6 +392,18 @@ def reindex(data_dir: str | None, database_url: str | None) -> int:
     default=0.0,
     help="Seconds added to every file download.",
 )
+@click.option(
+    "--concurrency-limit",
+    type=click.IntRange(1, 10000),
+    default=30,
+    show_default=True,
+    help="Actions in flight before the sandbox refuses with 429, as Kombo does.",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(file_okay=False),
+    help="Keep rendered documents here between runs, and render them all before serving.",
+)
 def sandbox(
     port: int,
     candidates: int,
@@ -400,18 +412,25 @@ def sandbox(
     integration_id: str,
     latency: float,
     download_latency: float,
+    concurrency_limit: int,
+    cache_dir: str | None,
 ) -> int:
     """Serve the built-in Kombo-compatible sandbox on 127.0.0.1 until interrupted."""
+    from .sandbox.generator import World
     from .sandbox.server import SandboxServer
 
+    world = World(candidates, seed, Path(cache_dir) if cache_dir else None)
+    if cache_dir:
+        click.echo(f"rendering {len(world.attachments)} documents into {cache_dir} ...")
+        world.warm(processes=os.cpu_count())
     server = SandboxServer(
+        world,
         port=port,
-        candidates=candidates,
-        seed=seed,
         api_key=api_key,
         integration_id=integration_id,
         latency=latency,
         download_latency=download_latency,
+        concurrency_limit=concurrency_limit,
     )
     click.echo(f"Kombo sandbox serving {candidates} candidates at {server.base_url}")
     click.echo("Point the pipeline at it with:")

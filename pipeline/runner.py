@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from typing import Literal
@@ -162,8 +162,8 @@ def _needs_work(
         or known.file_name != item.file_name
     ):
         return True
-    # Unchanged at Kombo: download again only if our copy of the file is gone.
-    return known.sha256 is None or not files.exists(known.sha256)
+    # Unchanged at Kombo: download again only if our copy of the file is gone or torn.
+    return known.sha256 is None or not files.exists(known.sha256, known.size_bytes)
 
 
 class Pipeline:
@@ -304,6 +304,7 @@ class Pipeline:
         )
         batch = _IndexBatch(self.index, self.store)
         stage = _Stages(fetch_pool, download_pool, extractor)
+        self._hashes = self.store.known_hashes()
         # sha256 -> attachments waiting for an extraction of the same bytes already under way
         self._extracting: dict[str, list[tuple[RemoteAttachment, Downloaded]]] = {}
         interrupted = False
@@ -321,13 +322,16 @@ class Pipeline:
                     stage.submit("list", _list_target, client, target)
                 if not stage.inflight:
                     break
-                for kind, value in stage.completed():
-                    if kind == "list":
-                        self._record_list(value, summary, batch, stage, client, downloader)
-                    elif kind == "download":
-                        self._record_download(value, summary, batch, stage, extractor)
-                    else:
-                        self._record_extraction(value, summary, batch)
+                # Everything that completed meanwhile is written in one transaction.
+                done = stage.completed()  # waits outside the transaction
+                with self.store.batch():
+                    for kind, value in done:
+                        if kind == "list":
+                            self._record_list(value, summary, batch, stage, client, downloader)
+                        elif kind == "download":
+                            self._record_download(value, summary, batch, stage, extractor)
+                        else:
+                            self._record_extraction(value, summary, batch)
                 if batch.size >= INDEX_BATCH:
                     batch.flush()
         except KeyboardInterrupt:
@@ -379,19 +383,24 @@ class Pipeline:
         listing = listed.listing
         summary.warnings.extend(f"{listing.subject}: {w}" for w in listing.warnings)
         self.store.candidate_fetched(candidate_id, self.kombo.integration_id, None)
-        known = self.store.known_attachments(candidate_id)
-        now = utcnow()
-        listed_ids = set()
-        for item in listing.attachments:
-            if target.kind == "application":
-                # Items of an application answer carry no owner: keep what we knew.
-                previous_app = known[item.id].application_id if item.id in known else None
-                item = _with_owner(item, candidate_id, previous_app or target.id)
-            listed_ids.add(item.id)
-            previous = known.get(item.id)
-            needs = _needs_work(item, previous, self.files)
-            self.store.upsert_seen(self.kombo.integration_id, item, now)
-            if needs:
+        known = self.store.known_attachments(
+            candidate_id, [item.id for item in listing.attachments]
+        )
+        items = listing.attachments
+        if target.kind == "application":
+            # Items of an application answer carry no owner: keep what we knew.
+            items = [
+                _with_owner(
+                    item,
+                    candidate_id,
+                    (known[item.id].application_id if item.id in known else None) or target.id,
+                )
+                for item in items
+            ]
+        self.store.record_listing(self.kombo.integration_id, items, known, utcnow())
+        listed_ids = {item.id for item in items}
+        for item in items:
+            if _needs_work(item, known.get(item.id), self.files):
                 stage.submit("download", _download, client, downloader, item)
             else:
                 summary.unchanged += 1
@@ -421,7 +430,11 @@ class Pipeline:
             self._save(item, fetched.state, fetched.error, None, None, summary, batch)
             return
         downloaded = fetched.downloaded
-        prior = prior_extraction(self.store, downloaded.sha256)
+        # Only a hash seen before (on record at the start, or earlier in this run) can have
+        # an outcome to reuse: new files skip the query.
+        seen_before = downloaded.sha256 in self._hashes
+        self._hashes.add(downloaded.sha256)
+        prior = prior_extraction(self.store, downloaded.sha256) if seen_before else None
         if prior is not None:
             # The same bytes were read before: their outcome holds, no need to parse again.
             summary.reused += 1
@@ -524,13 +537,16 @@ class _Stages:
         self.inflight[future] = (kind, wrap)
         self._counts[kind] += 1
 
-    def completed(self) -> Iterator[tuple[str, object]]:
+    def completed(self) -> list[tuple[str, object]]:
+        """Wait for at least one future; return every one that has finished."""
         done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
+        results = []
         for future in done:
             kind, wrap = self.inflight.pop(future)
             self._counts[kind] -= 1
             value = future.result()
-            yield kind, (wrap(value) if callable(wrap) else value)
+            results.append((kind, wrap(value) if callable(wrap) else value))
+        return results
 
 
 class _IndexBatch:

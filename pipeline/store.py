@@ -23,14 +23,16 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    bindparam,
     create_engine,
     delete,
     event,
     func,
+    insert,
     select,
     update,
 )
-from sqlalchemy.engine import Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from .states import FINAL_STATES, AttachmentState
@@ -113,6 +115,10 @@ class Attachment(Base):
     indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+_ATTACHMENTS = Attachment.__table__
+_TEXTS = ExtractedText.__table__
+
+
 class Run(Base):
     __tablename__ = "runs"
 
@@ -158,6 +164,7 @@ class KnownAttachment:
     remote_updated_at: datetime | None
     content_type: str | None
     file_name: str | None
+    size_bytes: int | None
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -178,6 +185,7 @@ class Store:
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._batch: Connection | None = None
 
     def create(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -186,7 +194,38 @@ class Store:
         self.engine.dispose()
 
     @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the writes made inside into one transaction (writer thread only).
+
+        A run writes many small outcomes; one commit per batch instead of one per row keeps
+        the writer thread from spending its time in transaction overhead.
+        """
+        if self._batch is not None:
+            yield
+            return
+        with self.engine.begin() as connection:
+            self._batch = connection
+            try:
+                yield
+            finally:
+                self._batch = None
+
+    @contextmanager
+    def _conn(self) -> Iterator[Connection]:
+        if self._batch is not None:
+            yield self._batch
+        else:
+            with self.engine.begin() as connection:
+                yield connection
+
+    @contextmanager
     def session(self) -> Iterator[Session]:
+        if self._batch is not None:
+            # Inside a batch, ORM work joins the batch's transaction (SQLite has one writer).
+            with Session(bind=self._batch, expire_on_commit=False) as session:
+                yield session
+                session.flush()
+            return
         with self._sessions.begin() as session:
             yield session
 
@@ -194,15 +233,24 @@ class Store:
 
     def candidate_fetched(self, candidate_id: str, integration_id: str, error: str | None) -> None:
         now = utcnow()
-        with self.session() as s:
-            row = s.get(Candidate, candidate_id)
-            if row is None:
-                row = Candidate(id=candidate_id, integration_id=integration_id, first_seen_at=now)
-                s.add(row)
-            row.last_fetched_at = now
-            row.fetch_error = error
-            if error is None:
-                row.last_seen_at = now
+        params = {
+            "key": candidate_id,
+            "last_fetched_at": now,
+            "fetch_error": error,
+            "last_seen_at": now if error is None else None,
+        }
+        with self._conn() as conn:
+            statement = _CANDIDATE_SEEN if error is None else _CANDIDATE_FAILED
+            if not conn.execute(statement, params).rowcount:
+                conn.execute(
+                    insert(Candidate.__table__),
+                    {
+                        "id": candidate_id,
+                        "integration_id": integration_id,
+                        "first_seen_at": now,
+                        **{k: v for k, v in params.items() if k != "key"},
+                    },
+                )
 
     def failed_candidates(self) -> list[str]:
         with self.session() as s:
@@ -210,51 +258,76 @@ class Store:
 
     # -- attachments -------------------------------------------------------------------------
 
-    def known_attachments(self, candidate_id: str) -> dict[str, KnownAttachment]:
-        with self.session() as s:
-            rows = s.scalars(select(Attachment).where(Attachment.candidate_id == candidate_id))
-            return {
-                r.id: KnownAttachment(
-                    r.id,
-                    r.application_id,
-                    r.status,
-                    r.sha256,
-                    r.remote_updated_at,
-                    r.content_type,
-                    r.file_name,
-                )
-                for r in rows
-            }
-
-    def upsert_seen(self, integration_id: str, item: Any, now: datetime) -> None:
-        """Record an attachment as Kombo listed it (``item`` is a RemoteAttachment)."""
-        with self.session() as s:
-            row = s.get(Attachment, item.id)
-            if row is None:
-                row = Attachment(
-                    id=item.id,
-                    integration_id=integration_id,
-                    status=AttachmentState.PENDING,
-                    candidate_id=item.candidate_id,
-                )
-                s.add(row)
-            changed = (
-                row.remote_updated_at != item.remote_updated_at
-                or row.content_type != item.content_type
-                or row.file_name != item.file_name
+    def known_attachments(
+        self, candidate_id: str, also_ids: Sequence[str] = ()
+    ) -> dict[str, KnownAttachment]:
+        """The candidate's attachments on record, and any of ``also_ids`` wherever they are."""
+        with self._conn() as conn:
+            rows = conn.execute(
+                _KNOWN, {"candidate_id": candidate_id, "ids": list(also_ids) or [""]}
             )
-            row.candidate_id = item.candidate_id
-            row.application_id = item.application_id
-            row.type = item.type
-            row.remote_id = item.remote_id
-            row.file_name = item.file_name
-            row.content_type = item.content_type
-            row.remote_created_at = item.remote_created_at
-            row.remote_updated_at = item.remote_updated_at
-            row.fetched_at = now
-            if changed or row.status == AttachmentState.DELETED:
-                row.status = AttachmentState.PENDING
-                row.error = None
+            return {row.id: KnownAttachment(*row) for row in rows}
+
+    def record_listing(
+        self,
+        integration_id: str,
+        items: Sequence[Any],
+        known: dict[str, KnownAttachment],
+        now: datetime,
+    ) -> None:
+        """Record attachments as Kombo listed them (``items`` are RemoteAttachments).
+
+        New ones start ``pending``; known ones whose file changed at Kombo (or that come back
+        after being deleted) go back to ``pending``; the rest keep their state.
+        """
+        a = _ATTACHMENTS
+        fresh: list[dict[str, Any]] = []
+        seen: list[dict[str, Any]] = []
+        reopened: list[dict[str, Any]] = []
+        for item in items:
+            listing = {
+                "candidate_id": item.candidate_id,
+                "application_id": item.application_id,
+                "type": item.type,
+                "remote_id": item.remote_id,
+                "file_name": item.file_name,
+                "content_type": item.content_type,
+                "remote_created_at": item.remote_created_at,
+                "remote_updated_at": item.remote_updated_at,
+                "fetched_at": now,
+            }
+            previous = known.get(item.id)
+            if previous is None:
+                fresh.append(
+                    {
+                        "id": item.id,
+                        "integration_id": integration_id,
+                        "status": AttachmentState.PENDING.value,
+                        **listing,
+                    }
+                )
+                continue
+            seen.append({"key": item.id, **listing})
+            if (
+                previous.remote_updated_at != item.remote_updated_at
+                or previous.content_type != item.content_type
+                or previous.file_name != item.file_name
+                or previous.status == AttachmentState.DELETED
+            ):
+                reopened.append({"key": item.id})
+        with self._conn() as conn:
+            if fresh:
+                conn.execute(insert(a), fresh)
+            if seen:
+                columns = {name: bindparam(name) for name in seen[0] if name != "key"}
+                conn.execute(update(a).where(a.c.id == bindparam("key")).values(columns), seen)
+            if reopened:
+                conn.execute(
+                    update(a)
+                    .where(a.c.id == bindparam("key"))
+                    .values(status=AttachmentState.PENDING.value, error=None),
+                    reopened,
+                )
 
     def save_outcome(
         self,
@@ -272,45 +345,51 @@ class Store:
     ) -> None:
         """Store what download and extraction found, in one transaction."""
         now = utcnow()
-        with self.session() as s:
-            row = s.get(Attachment, attachment_id)
-            if row is None:
-                return  # erased meanwhile
-            row.status = state
-            row.error = error
-            if sha256 is not None:
-                row.sha256 = sha256
-                row.size_bytes = size_bytes
-            row.detected_type = detected_type
-            row.parser = parser
-            row.parser_version = parser_version
-            row.page_count = page_count
-            row.char_count = len(text) if text is not None else None
-            row.indexed_at = None
-            if parser is not None or state != AttachmentState.FAILED:
-                row.extracted_at = now
-            if text and sha256 and s.get(ExtractedText, sha256) is None:
-                s.add(ExtractedText(sha256=sha256, text=text))
+        a = _ATTACHMENTS
+        values: dict[str, Any] = {
+            "status": state.value,
+            "error": error,
+            "detected_type": detected_type,
+            "parser": parser,
+            "parser_version": parser_version,
+            "page_count": page_count,
+            "char_count": len(text) if text is not None else None,
+            "indexed_at": None,
+        }
+        if sha256 is not None:
+            values["sha256"] = sha256
+            values["size_bytes"] = size_bytes
+        if parser is not None or state != AttachmentState.FAILED:
+            values["extracted_at"] = now
+        with self._conn() as conn:
+            conn.execute(update(a).where(a.c.id == attachment_id).values(values))
+            exists = text and sha256 and conn.execute(_TEXT_EXISTS, {"sha256": sha256}).first()
+            if text and sha256 and exists is None:
+                conn.execute(insert(_TEXTS), {"sha256": sha256, "text": text})
 
     def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
         if not attachment_ids:
             return
-        with self.session() as s:
-            s.execute(
-                update(Attachment)
-                .where(Attachment.id.in_(attachment_ids))
-                .values(status=AttachmentState.DELETED, error="gone from Kombo", indexed_at=None)
-            )
+        with self._conn() as conn:
+            for chunk in _chunks(list(attachment_ids), 500):
+                conn.execute(
+                    update(_ATTACHMENTS)
+                    .where(_ATTACHMENTS.c.id.in_(chunk))
+                    .values(
+                        status=AttachmentState.DELETED, error="gone from Kombo", indexed_at=None
+                    )
+                )
 
     def mark_indexed(self, attachment_ids: Sequence[str]) -> None:
         if not attachment_ids:
             return
         now = utcnow()
-        with self.session() as s:
+        a = _ATTACHMENTS
+        with self._conn() as conn:
             for chunk in _chunks(list(attachment_ids), 500):
-                s.execute(
-                    update(Attachment)
-                    .where(Attachment.id.in_(chunk), Attachment.status == AttachmentState.PENDING)
+                conn.execute(
+                    update(a)
+                    .where(a.c.id.in_(chunk), a.c.status == AttachmentState.PENDING)
                     .values(status=AttachmentState.INDEXED, indexed_at=now)
                 )
 
@@ -378,34 +457,19 @@ class Store:
 
     def content_siblings(self, candidate_id: str, sha256: str) -> list[tuple[str, str]]:
         """(id, status) of the candidate's live attachments with these bytes, by id."""
-        with self.session() as s:
-            rows = s.execute(
-                select(Attachment.id, Attachment.status)
-                .where(
-                    Attachment.candidate_id == candidate_id,
-                    Attachment.sha256 == sha256,
-                    Attachment.status.in_([AttachmentState.PENDING, AttachmentState.INDEXED]),
-                )
-                .order_by(Attachment.id)
-            )
-            return [(a, st) for a, st in rows]
+        with self._conn() as conn:
+            rows = conn.execute(_SIBLINGS, {"candidate_id": candidate_id, "sha256": sha256})
+            return [(row.id, row.status) for row in rows]
 
     def index_doc(self, attachment_id: str) -> IndexDoc | None:
-        with self.session() as s:
-            row = s.execute(
-                select(
-                    Attachment.id,
-                    Attachment.candidate_id,
-                    Attachment.application_id,
-                    Attachment.type,
-                    Attachment.file_name,
-                    ExtractedText.text,
-                    Attachment.sha256,
-                )
-                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
-                .where(Attachment.id == attachment_id)
-            ).first()
+        with self._conn() as conn:
+            row = conn.execute(_INDEX_DOC, {"attachment_id": attachment_id}).first()
             return IndexDoc(*row) if row else None
+
+    def known_hashes(self) -> set[str]:
+        """Every sha256 on record: a file whose hash is not here was never extracted."""
+        with self._conn() as conn:
+            return set(conn.execute(_HASHES).scalars())
 
     def attachment_keys(self, attachment_ids: Sequence[str]) -> list[tuple[str, str]]:
         """(candidate id, sha256) of these attachments, where they have a file."""
@@ -525,31 +589,22 @@ _REUSABLE = (
 
 def prior_extraction(store: Store, sha256: str) -> PriorExtraction | None:
     """The outcome of an earlier extraction of identical bytes, if one is on record."""
-    with store.session() as s:
-        row = s.scalars(
-            select(Attachment)
-            .where(
-                Attachment.sha256 == sha256,
-                Attachment.status.in_(_REUSABLE)
-                # pending with a parser on record: extracted, waiting for the index
-                | ((Attachment.status == AttachmentState.PENDING) & Attachment.parser.is_not(None)),
-            )
-            .limit(1)
-        ).first()
-        if row is None:
-            return None
-        text = s.get(ExtractedText, sha256)
-        if row.status in (AttachmentState.INDEXED, AttachmentState.PENDING) and text is None:
-            return None
-        return PriorExtraction(
-            state=AttachmentState.INDEXED if row.status == AttachmentState.PENDING else row.status,
-            error=row.error,
-            detected_type=row.detected_type,
-            parser=row.parser,
-            parser_version=row.parser_version,
-            page_count=row.page_count,
-            text=text.text if text else None,
-        )
+    with store._conn() as conn:
+        row = conn.execute(_PRIOR, {"sha256": sha256}).first()
+    if row is None:
+        return None
+    has_text = row.status in (AttachmentState.INDEXED, AttachmentState.PENDING)
+    if has_text and row.text is None:
+        return None
+    return PriorExtraction(
+        state=AttachmentState.INDEXED if has_text else row.status,
+        error=row.error,
+        detected_type=row.detected_type,
+        parser=row.parser,
+        parser_version=row.parser_version,
+        page_count=row.page_count,
+        text=row.text if has_text else None,
+    )
 
 
 def candidate_of_application(store: Store, application_id: str) -> str | None:
@@ -582,3 +637,77 @@ def drop_texts_except(store: Store, keep: set[str]) -> int:
         for chunk in _chunks(stale, 500):
             s.execute(delete(ExtractedText).where(ExtractedText.sha256.in_(chunk)))
         return len(stale)
+
+
+# -- statements built once: the writer thread runs them thousands of times a run ------------
+
+_a, _t, _c = _ATTACHMENTS, _TEXTS, Candidate.__table__
+_CANDIDATE_SEEN = (
+    update(_c)
+    .where(_c.c.id == bindparam("key"))
+    .values(
+        last_fetched_at=bindparam("last_fetched_at"),
+        fetch_error=bindparam("fetch_error"),
+        last_seen_at=bindparam("last_seen_at"),
+    )
+)
+_CANDIDATE_FAILED = (
+    update(_c)
+    .where(_c.c.id == bindparam("key"))
+    .values(last_fetched_at=bindparam("last_fetched_at"), fetch_error=bindparam("fetch_error"))
+)
+_KNOWN = select(
+    _a.c.id,
+    _a.c.application_id,
+    _a.c.status,
+    _a.c.sha256,
+    _a.c.remote_updated_at,
+    _a.c.content_type,
+    _a.c.file_name,
+    _a.c.size_bytes,
+).where(
+    (_a.c.candidate_id == bindparam("candidate_id")) | _a.c.id.in_(bindparam("ids", expanding=True))
+)
+_TEXT_EXISTS = select(_t.c.sha256).where(_t.c.sha256 == bindparam("sha256"))
+_SIBLINGS = (
+    select(_a.c.id, _a.c.status)
+    .where(
+        _a.c.candidate_id == bindparam("candidate_id"),
+        _a.c.sha256 == bindparam("sha256"),
+        _a.c.status.in_([AttachmentState.PENDING.value, AttachmentState.INDEXED.value]),
+    )
+    .order_by(_a.c.id)
+)
+_INDEX_DOC = (
+    select(
+        _a.c.id,
+        _a.c.candidate_id,
+        _a.c.application_id,
+        _a.c.type,
+        _a.c.file_name,
+        _t.c.text,
+        _a.c.sha256,
+    )
+    .join(_t, _t.c.sha256 == _a.c.sha256)
+    .where(_a.c.id == bindparam("attachment_id"))
+)
+_HASHES = select(_a.c.sha256).where(_a.c.sha256.is_not(None)).distinct()
+_PRIOR = (
+    select(
+        _a.c.status,
+        _a.c.error,
+        _a.c.detected_type,
+        _a.c.parser,
+        _a.c.parser_version,
+        _a.c.page_count,
+        _t.c.text,
+    )
+    .outerjoin(_t, _t.c.sha256 == _a.c.sha256)
+    .where(
+        _a.c.sha256 == bindparam("sha256"),
+        _a.c.status.in_([s.value for s in _REUSABLE])
+        # pending with a parser on record: extracted, waiting for the index
+        | ((_a.c.status == AttachmentState.PENDING.value) & _a.c.parser.is_not(None)),
+    )
+    .limit(1)
+)

@@ -7,10 +7,12 @@ people. Document bodies are rendered lazily (and cached) by :mod:`.documents`.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 BASE58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 EPOCH = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
@@ -365,8 +367,10 @@ _FILE_WORDS = {
 class World:
     """All candidates of one sandbox; thread-safe for the server's readers."""
 
-    def __init__(self, candidates: int = 20, seed: int = 7) -> None:
+    def __init__(self, candidates: int = 20, seed: int = 7, cache_dir: Path | None = None) -> None:
         self.seed = seed
+        # Rendered bodies kept on disk between sandbox runs (benchmarks): same seed, same bytes.
+        self.cache_dir = cache_dir
         self.lock = threading.RLock()
         self.candidates: dict[str, SandboxCandidate] = {}
         self.attachments: dict[str, SandboxAttachment] = {}
@@ -529,10 +533,44 @@ class World:
             cached = self._bodies.get(key)
         if cached is not None:
             return cached
-        body = render(self.candidates[source.candidate_id], source)
+        disk = self._cache_path(source)
+        if disk is not None and disk.is_file():
+            body = disk.read_bytes()
+        else:
+            body = render(self.candidates[source.candidate_id], source)
+            if disk is not None:
+                disk.parent.mkdir(parents=True, exist_ok=True)
+                tmp = disk.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_bytes(body)
+                os.replace(tmp, disk)
         with self.lock:
             self._bodies[key] = body
         return body
+
+    def _cache_path(self, attachment: SandboxAttachment) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        return self.cache_dir / f"{self.seed}-{attachment.id}-{attachment.revision}.bin"
+
+    def warm(self, processes: int | None = None) -> None:
+        """Render every body now (in parallel), so that serving them costs nothing."""
+        ids = [a.id for a in self.attachments.values() if not a.same_as]
+        if self.cache_dir is None or (processes or 1) <= 1:
+            for attachment_id in ids:
+                self.body(attachment_id)
+            return
+        import multiprocessing
+
+        global _WARMING
+        _WARMING = self  # forked workers inherit it: a World with locks does not pickle
+        context = multiprocessing.get_context("fork")
+        try:
+            with context.Pool(processes) as pool:
+                pool.map(_render_into_cache, ids, chunksize=16)
+        finally:
+            _WARMING = None
+        for attachment_id in ids:
+            self.body(attachment_id)
 
     # -- ground truth for tests --------------------------------------------------------------
 
@@ -550,3 +588,11 @@ class World:
 
     def in_language(self, language: str) -> set[str]:
         return {c.id for c in self.live() if c.language == language}
+
+
+_WARMING: World | None = None
+
+
+def _render_into_cache(attachment_id: str) -> None:
+    assert _WARMING is not None
+    _WARMING.body(attachment_id)

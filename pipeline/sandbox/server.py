@@ -168,6 +168,9 @@ class SandboxState:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out as separate writes; without TCP_NODELAY, Nagle's algorithm
+    # and the client's delayed ACK hold each answer back by tens of milliseconds.
+    disable_nagle_algorithm = True
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:

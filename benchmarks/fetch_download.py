@@ -1,0 +1,170 @@
+"""Fetch and download at scale: N sandbox candidates with a set latency per API call.
+
+Prints the wall time of the fetch and download stages, the serial time (what a client
+making one call at a time would wait), the ideal time (calls x latency / concurrency) and the
+ratio of wall time to ideal. With --full it also runs the whole pipeline (extraction and
+indexing too) and prints the CPU floor beside it.
+
+The sandbox runs in its own process (started with `python -m pipeline sandbox`) so that it
+does not share an interpreter lock with the pipeline it is measuring; its documents are
+rendered once into a cache directory before the clock starts.
+
+    python benchmarks/fetch_download.py                  # 1,000 candidates, 100 ms per call
+    python benchmarks/fetch_download.py --candidates 200 --full
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from pipeline.config import DataSettings, Options, resolve_kombo
+from pipeline.runner import Pipeline
+
+ROOT = Path(__file__).resolve().parent
+
+
+def start_sandbox(args: argparse.Namespace, cache: Path) -> tuple[subprocess.Popen[str], dict]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "sandbox",
+            "--port",
+            "0",
+            "--candidates",
+            str(args.candidates),
+            "--seed",
+            str(args.seed),
+            "--latency",
+            str(args.latency),
+            "--download-latency",
+            str(args.download_latency),
+            "--cache-dir",
+            str(cache),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    env: dict[str, str] = {}
+    assert process.stdout is not None
+    for line in process.stdout:
+        line = line.strip()
+        if line.startswith("export "):
+            name, _, value = line[len("export ") :].partition("=")
+            env[name] = value
+        if len(env) == 3:
+            return process, env
+    raise SystemExit("the sandbox did not start")
+
+
+def stats(env: dict[str, str]) -> dict:
+    origin = env["KOMBO_BASE_URL"].rsplit("/v1", 1)[0]
+    return httpx.get(f"{origin}/_sandbox/stats").json()
+
+
+def candidate_ids(env: dict[str, str]) -> list[str]:
+    from pipeline.fetch import KomboClient
+
+    settings = resolve_kombo(Options(), env=env)
+    with KomboClient(settings) as client:
+        return [c.id for page in client.candidate_pages() for c in page.candidates]
+
+
+def run(env: dict[str, str], ids: list[str], args: argparse.Namespace, *, extract: bool) -> dict:
+    settings = resolve_kombo(Options(), env=env, concurrency=args.concurrency)
+    before = stats(env)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = DataSettings(Path(tmp), f"sqlite:///{tmp}/pipeline.db")
+        with Pipeline(settings, data) as pipeline:
+            pipeline.extract_enabled = extract
+            cpu_before = time.process_time()
+            started = time.perf_counter()
+            summary = pipeline.ingest(ids)
+            wall = time.perf_counter() - started
+            cpu = time.process_time() - cpu_before
+    after = stats(env)
+    actions = after["requests"].get("action", 0) - before["requests"].get("action", 0)
+    files = after["file_requests"] - before["file_requests"]
+    serial = actions * args.latency + files * args.download_latency
+    ideal = max(
+        actions * args.latency / args.concurrency,
+        files * args.download_latency / settings.download_concurrency,
+    )
+    return {
+        "stages": "fetch+download+extract+index" if extract else "fetch+download",
+        "candidates": len(ids),
+        "api_calls": actions,
+        "downloads": files,
+        "wall_s": round(wall, 2),
+        "serial_s": round(serial, 2),
+        "ideal_s": round(ideal, 2),
+        "wall_over_ideal": round(wall / ideal, 2) if ideal else None,
+        "cpu_s": round(cpu, 2),
+        "cpu_floor_s": round(cpu / (os.cpu_count() or 1), 2),
+        "refused_concurrency": after["refused_concurrency"] - before["refused_concurrency"],
+        "max_in_flight": after["max_in_flight"],
+        "exit_code": summary.exit_code,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=1000)
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds per API call")
+    parser.add_argument("--download-latency", type=float, default=0.0)
+    parser.add_argument("--concurrency", type=int, default=30)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--full", action="store_true", help="also run every stage")
+    parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "fetch_download.json")
+    args = parser.parse_args()
+
+    process, env = start_sandbox(args, args.cache)
+    try:
+        ids = candidate_ids(env)
+        rows = [run(env, ids, args, extract=False)]
+        if args.full:
+            rows.append(run(env, ids, args, extract=True))
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+    print(
+        f"{args.candidates} candidates, {args.latency * 1000:.0f} ms per API call, "
+        f"{args.download_latency * 1000:.0f} ms per download, concurrency {args.concurrency}"
+    )
+    keys = [
+        "stages",
+        "api_calls",
+        "downloads",
+        "wall_s",
+        "serial_s",
+        "ideal_s",
+        "wall_over_ideal",
+        "cpu_floor_s",
+        "refused_concurrency",
+        "peak_rss_mb",
+    ]
+    print("  ".join(f"{k:>18}" for k in keys))
+    for row in rows:
+        print("  ".join(f"{row[k]!s:>18}" for k in keys))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
+    )
+
+
+if __name__ == "__main__":
+    main()
