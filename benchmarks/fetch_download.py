@@ -68,6 +68,12 @@ def start_sandbox(args: argparse.Namespace, cache: Path) -> tuple[subprocess.Pop
     raise SystemExit("the sandbox did not start")
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of another process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def stats(env: dict[str, str]) -> dict:
     origin = env["KOMBO_BASE_URL"].rsplit("/v1", 1)[0]
     return httpx.get(f"{origin}/_sandbox/stats").json()
@@ -81,9 +87,17 @@ def candidate_ids(env: dict[str, str]) -> list[str]:
         return [c.id for page in client.candidate_pages() for c in page.candidates]
 
 
-def run(env: dict[str, str], ids: list[str], args: argparse.Namespace, *, extract: bool) -> dict:
-    settings = resolve_kombo(Options(), env=env, concurrency=args.concurrency)
+def run(
+    env: dict[str, str], ids: list[str], args: argparse.Namespace, *, extract: bool, pid: int
+) -> dict:
+    settings = resolve_kombo(
+        Options(),
+        env=env,
+        concurrency=args.concurrency,
+        download_concurrency=args.download_concurrency,
+    )
     before = stats(env)
+    sandbox_cpu_before = process_cpu(pid)
     with tempfile.TemporaryDirectory() as tmp:
         data = DataSettings(Path(tmp), f"sqlite:///{tmp}/pipeline.db")
         with Pipeline(settings, data) as pipeline:
@@ -93,6 +107,7 @@ def run(env: dict[str, str], ids: list[str], args: argparse.Namespace, *, extrac
             summary = pipeline.ingest(ids)
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_before
+    sandbox_cpu = process_cpu(pid) - sandbox_cpu_before
     after = stats(env)
     actions = after["requests"].get("action", 0) - before["requests"].get("action", 0)
     files = after["file_requests"] - before["file_requests"]
@@ -112,6 +127,7 @@ def run(env: dict[str, str], ids: list[str], args: argparse.Namespace, *, extrac
         "wall_over_ideal": round(wall / ideal, 2) if ideal else None,
         "cpu_s": round(cpu, 2),
         "cpu_floor_s": round(cpu / (os.cpu_count() or 1), 2),
+        "sandbox_cpu_s": round(sandbox_cpu, 2),
         "refused_concurrency": after["refused_concurrency"] - before["refused_concurrency"],
         "max_in_flight": after["max_in_flight"],
         "exit_code": summary.exit_code,
@@ -125,6 +141,7 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.1, help="seconds per API call")
     parser.add_argument("--download-latency", type=float, default=0.0)
     parser.add_argument("--concurrency", type=int, default=30)
+    parser.add_argument("--download-concurrency", type=int, default=16)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--full", action="store_true", help="also run every stage")
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
@@ -134,9 +151,9 @@ def main() -> None:
     process, env = start_sandbox(args, args.cache)
     try:
         ids = candidate_ids(env)
-        rows = [run(env, ids, args, extract=False)]
+        rows = [run(env, ids, args, extract=False, pid=process.pid)]
         if args.full:
-            rows.append(run(env, ids, args, extract=True))
+            rows.append(run(env, ids, args, extract=True, pid=process.pid))
     finally:
         process.terminate()
         process.wait(timeout=10)

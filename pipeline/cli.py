@@ -110,6 +110,13 @@ def kombo_options(func: F) -> F:
                 f"{DEFAULT_CONCURRENCY}, Kombo's limit).",
             ),
             click.option(
+                "--download-concurrency",
+                type=click.IntRange(1, 256),
+                default=None,
+                help="Most file downloads at once (default 16); not counted against "
+                "Kombo's action limit.",
+            ),
+            click.option(
                 "--timeout",
                 type=click.FloatRange(min=0.1),
                 default=None,
@@ -156,6 +163,7 @@ def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
         options,
         concurrency=kwargs.get("concurrency"),
         read_timeout=kwargs.get("timeout"),
+        download_concurrency=kwargs.get("download_concurrency"),
         max_file_bytes=int(max_mb * 1024 * 1024) if max_mb else None,
     )
     _REDACT.secrets.append(settings.api_key.reveal())

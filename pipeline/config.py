@@ -56,7 +56,7 @@ class KomboSettings:
     # The attachments endpoints call the ATS live: answers of several seconds are normal.
     read_timeout: float = 60.0
     concurrency: int = DEFAULT_CONCURRENCY
-    download_concurrency: int = 8
+    download_concurrency: int = 16
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
     retry_base_delay: float = 1.0
     retry_max_delay: float = 30.0

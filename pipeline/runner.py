@@ -26,10 +26,11 @@ the download and extraction stages hold a full window of work.
 from __future__ import annotations
 
 import logging
+import queue
 import time
 from collections import Counter
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
@@ -513,7 +514,11 @@ class Pipeline:
 
 
 class _Stages:
-    """Futures of the three stages, each tagged with its kind, completed as they finish."""
+    """Futures of the three stages, each tagged with its kind, collected as they finish.
+
+    Finished futures land on a queue through their done-callbacks, so collecting costs the
+    same whatever the number in flight (``concurrent.futures.wait`` would visit them all).
+    """
 
     def __init__(
         self,
@@ -523,8 +528,12 @@ class _Stages:
     ) -> None:
         self._pools = {"list": fetch_pool, "download": download_pool}
         self._extractor = extractor
-        self.inflight: dict[Future[object], tuple[str, object]] = {}
+        self._done: queue.SimpleQueue[tuple[str, Future[object], object]] = queue.SimpleQueue()
         self._counts: Counter[str] = Counter()
+
+    @property
+    def inflight(self) -> int:
+        return sum(self._counts.values())
 
     def count(self, kind: str) -> int:
         return self._counts[kind]
@@ -534,15 +543,19 @@ class _Stages:
         self.track(kind, future, None)
 
     def track(self, kind: str, future: Future[object], wrap: object) -> None:
-        self.inflight[future] = (kind, wrap)
         self._counts[kind] += 1
+        future.add_done_callback(lambda f: self._done.put((kind, f, wrap)))
 
     def completed(self) -> list[tuple[str, object]]:
         """Wait for at least one future; return every one that has finished."""
-        done, _ = wait(list(self.inflight), return_when=FIRST_COMPLETED)
+        finished = [self._done.get()]
+        while True:
+            try:
+                finished.append(self._done.get_nowait())
+            except queue.Empty:
+                break
         results = []
-        for future in done:
-            kind, wrap = self.inflight.pop(future)
+        for kind, future, wrap in finished:
             self._counts[kind] -= 1
             value = future.result()
             results.append((kind, wrap(value) if callable(wrap) else value))
