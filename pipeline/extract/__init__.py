@@ -15,10 +15,15 @@ from pathlib import Path
 
 from ..errors import EncryptedDocumentError, ExtractionError
 from ..states import AttachmentState
-from . import docx as _docx  # noqa: F401  (registers the parser)
+from . import doc as _doc  # noqa: F401  (each module registers its parser)
+from . import docx as _docx  # noqa: F401
+from . import html as _html  # noqa: F401
+from . import odt as _odt  # noqa: F401
 from . import pdf as _pdf  # noqa: F401
+from . import rtf as _rtf  # noqa: F401
 from . import text as _text  # noqa: F401
-from .detect import decide, normalise_content_type
+from .detect import ENCRYPTED_OOXML, decide, normalise_content_type
+from .doc import UnavailableError
 from .normalise import normalise_text
 from .registry import parser_for, supported_types
 
@@ -57,6 +62,10 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
     if path.stat().st_size == 0:
         return Extraction(AttachmentState.FAILED, None, error="empty")
     detected = decide(path, content_type, file_name)
+    if detected == ENCRYPTED_OOXML:
+        return Extraction(
+            AttachmentState.ENCRYPTED, detected, error="encrypted: the Office file needs a password"
+        )
     parser = parser_for(detected)
     if parser is None:
         return Extraction(AttachmentState.UNSUPPORTED, detected, error=f"no parser for {detected}")
@@ -65,12 +74,14 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
         parsed = parser.parse(path)
     except EncryptedDocumentError as exc:
         return Extraction(AttachmentState.ENCRYPTED, **meta, error=exc.message)
+    except UnavailableError as exc:
+        return Extraction(AttachmentState.UNSUPPORTED, **meta, error=exc.message)
     except ExtractionError as exc:
         return Extraction(AttachmentState.FAILED, **meta, error=exc.message)
-    except (MemoryError, RecursionError) as exc:
-        return Extraction(
-            AttachmentState.FAILED, **meta, error=f"parser gave up: {type(exc).__name__}"
-        )
+    except MemoryError:
+        return Extraction(AttachmentState.FAILED, **meta, error="memory limit")
+    except RecursionError:
+        return Extraction(AttachmentState.FAILED, **meta, error="parser gave up: nested too deep")
     except (zipfile.BadZipFile, KeyError) as exc:
         return Extraction(AttachmentState.FAILED, **meta, error=f"broken container: {exc}"[:300])
     except Exception as exc:
@@ -90,4 +101,6 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
             text="",
             error="no text (image-only or empty document)",
         )
-    return Extraction(AttachmentState.PENDING, **meta, page_count=parsed.page_count, text=text)
+    return Extraction(
+        AttachmentState.PENDING, **meta, page_count=parsed.page_count, text=text, error=parsed.note
+    )

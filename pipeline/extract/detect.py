@@ -1,5 +1,11 @@
 """Deciding what a file really is: the declared ``content_type``, the file name's extension
-and the file's own bytes. Where they disagree, the bytes win."""
+and the file's own bytes. Where they disagree, the bytes win.
+
+Containers are decided from their inside: a zip by the members that name its kind (DOCX, ODT,
+XLSX, ...), an OLE2 compound file by its streams (Word 97-2003, Excel, or an encrypted OOXML
+package). Everything else is sniffed by puremagic; text that no magic number proves is
+recognised by the labels or by looking like text.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +13,19 @@ import mimetypes
 import zipfile
 from pathlib import Path
 
+import olefile
+import puremagic
+
 PDF = "application/pdf"
 DOCX = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 PPTX = "application/vnd.openxmlformats-officedocument.presentationml.presentation"
 ODT = "application/vnd.oasis.opendocument.text"
 DOC = "application/msword"
+XLS = "application/vnd.ms-excel"
+PPT = "application/vnd.ms-powerpoint"
 OLE = "application/x-ole-storage"
+ENCRYPTED_OOXML = "application/x-encrypted-ooxml"  # OOXML wrapped in OLE with a password
 RTF = "application/rtf"
 HTML = "text/html"
 TEXT = "text/plain"
@@ -35,8 +47,6 @@ _ALIASES = {
     "text/rtf": RTF,
     "text/richtext": RTF,
     "application/xhtml+xml": HTML,
-    "text/x-markdown": TEXT,
-    "text/markdown": TEXT,
     "application/txt": TEXT,
     "application/x-zip-compressed": ZIP,
     "binary/octet-stream": OCTET,
@@ -53,9 +63,13 @@ _EXTENSIONS = {
     ".md": TEXT,
     ".htm": HTML,
     ".html": HTML,
+    ".xhtml": HTML,
     ".xlsx": XLSX,
     ".pptx": PPTX,
 }
+
+# Binary formats a label may name but only the bytes can prove.
+_NEEDS_PROOF = frozenset({PDF, DOCX, ODT, XLSX, PPTX, DOC, XLS, PPT, RTF, ZIP, OCTET})
 
 
 def normalise_content_type(content_type: str | None) -> str | None:
@@ -77,7 +91,7 @@ def type_from_name(file_name: str | None) -> str | None:
     return _EXTENSIONS.get(suffix) or (mimetypes.guess_type("x" + suffix)[0] if suffix else None)
 
 
-def _zip_kind(path: Path) -> str:
+def _zip_kind(path: Path) -> str | None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = set(archive.namelist())
@@ -88,56 +102,76 @@ def _zip_kind(path: Path) -> str:
             if "ppt/presentation.xml" in names:
                 return PPTX
             if "mimetype" in names:
-                kind = archive.read("mimetype")[:100].decode("ascii", "replace").strip()
+                with archive.open("mimetype") as member:  # bounded: it could be a bomb
+                    kind = member.read(100).decode("ascii", "replace").strip()
                 return kind or ZIP
-    except (zipfile.BadZipFile, OSError, KeyError, ValueError):
-        return OCTET  # a broken container: nothing a parser can trust
+    except (zipfile.BadZipFile, OSError, KeyError, ValueError, EOFError, RuntimeError):
+        return None  # a broken container proves nothing: the labels decide, the parser says why
     return ZIP
+
+
+def _ole_kind(path: Path) -> str:
+    try:
+        with olefile.OleFileIO(str(path)) as ole:
+            streams = {"/".join(entry) for entry in ole.listdir(streams=True, storages=False)}
+    except (OSError, ValueError, IndexError):
+        return OLE
+    if "EncryptedPackage" in streams or "EncryptionInfo" in streams:
+        return ENCRYPTED_OOXML
+    if "WordDocument" in streams:
+        return DOC
+    if "Workbook" in streams or "Book" in streams:
+        return XLS
+    if "PowerPoint Document" in streams:
+        return PPT
+    return OLE
 
 
 def sniff(path: Path) -> str | None:
     """The type the bytes prove, or None when they prove nothing (then the labels decide)."""
     with path.open("rb") as handle:
-        head = handle.read(4096)
+        head = handle.read(8192)
     if not head:
         return None
-    if b"%PDF-" in head[:1024]:
-        return PDF
     if head.startswith(b"PK\x03\x04"):
         return _zip_kind(path)
     if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
-        return OLE  # Word 97-2003, Excel 97-2003, or an encrypted OOXML file
-    if head.startswith(b"{\\rtf"):
+        return _ole_kind(path)
+    if head.lstrip().startswith(b"{\\rtf"):
         return RTF
-    for magic, kind in (
-        (b"\x89PNG\r\n\x1a\n", "image/png"),
-        (b"\xff\xd8\xff", "image/jpeg"),
-        (b"GIF8", "image/gif"),
-        (b"II*\x00", "image/tiff"),
-        (b"MM\x00*", "image/tiff"),
-    ):
-        if head.startswith(magic):
-            return kind
-    lowered = head[:1024].lstrip().lower()
-    if lowered.startswith((b"<!doctype html", b"<html")) or b"<html" in lowered[:512]:
-        return HTML
+    if b"%PDF-" in head[:1024]:
+        return PDF  # PDF allows junk before the header, which magic tables miss
     if head.startswith((b"\xff\xfe", b"\xfe\xff", b"\xef\xbb\xbf")):
-        return TEXT
+        return _html_or_text(head)
+    try:
+        matches = puremagic.magic_string(head)
+    except (puremagic.PureError, ValueError):
+        matches = []
+    for match in matches:
+        if match.confidence >= 0.8 and match.mime_type:
+            mime = normalise_content_type(match.mime_type)
+            if mime in (ZIP, OLE):
+                continue
+            return mime
+    if head.lstrip()[:1] == b"<":
+        return _html_or_text(head)
     return None
+
+
+def _html_or_text(head: bytes) -> str:
+    probe = head.replace(b"\x00", b"")[:2048].lower()
+    return HTML if b"<html" in probe or b"<!doctype html" in probe or b"<body" in probe else TEXT
 
 
 def decide(path: Path, content_type: str | None, file_name: str | None) -> str:
     """The MIME type the pipeline will parse the file as."""
     sniffed = sniff(path)
-    declared = normalise_content_type(content_type)
-    by_name = type_from_name(file_name)
-    if sniffed == OLE:
-        # Legacy Word, or something else in an OLE box: trust a label that says Word.
-        return DOC if DOC in (declared, by_name) else OLE
     if sniffed is not None:
         return sniffed
+    declared = normalise_content_type(content_type)
+    by_name = type_from_name(file_name)
     for label in (declared, by_name):
-        if label and label not in (OCTET, ZIP, PDF, DOCX, ODT, XLSX, PPTX):
+        if label and label not in _NEEDS_PROOF:
             # A label naming a binary format the bytes did not confirm is a lie; text-ish
             # labels (text/plain, text/html, ...) cannot be proved by magic numbers.
             return label

@@ -15,7 +15,11 @@ import docx
 from lxml import etree
 
 from .detect import DOCX
+from .html import decode_html, visible_text
 from .registry import Parsed, register
+from .safety import check_zip
+
+_HTML_PARTS = frozenset({"text/html", "application/xhtml+xml"})
 
 _W = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
 _MC = "http://schemas.openxmlformats.org/markup-compatibility/2006"
@@ -93,10 +97,15 @@ class DocxParser:
         return version("python-docx")
 
     def parse(self, path: Path) -> Parsed:
+        check_zip(path)
         document = docx.Document(str(path))
         package = document.part.package
         ranked = []
         for part in package.iter_parts():
+            if part.content_type in _HTML_PARTS:
+                # altChunk: Word keeps imported HTML as a part of its own, outside document.xml
+                ranked.append((1, str(part.partname), visible_text(decode_html(part.blob))))
+                continue
             rank = _part_rank(str(part.partname))
             if rank is None:
                 continue

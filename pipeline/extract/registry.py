@@ -11,6 +11,7 @@ from typing import Protocol
 class Parsed:
     text: str
     page_count: int | None = None
+    note: str | None = None  # something the reader should know, e.g. pages skipped
 
 
 class Parser(Protocol):
@@ -36,7 +37,11 @@ def register(parser: Parser) -> Parser:
 
 
 def parser_for(mime: str) -> Parser | None:
-    return _PARSERS.get(mime)
+    parser = _PARSERS.get(mime)
+    if parser is None and mime.startswith("text/"):
+        # text/x-tex, text/markdown, text/csv ...: plain text to a recruiter's search.
+        parser = _PARSERS.get("text/plain")
+    return parser
 
 
 def supported_types() -> list[str]:
