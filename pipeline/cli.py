@@ -32,6 +32,7 @@ from .config import (
 )
 from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
 from .export import FORMATS, WRITERS, iter_records
+from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ProcessExtractor
 from .index import SearchResults
 from .runner import Pipeline, RunSummary
 from .states import AttachmentState
@@ -224,12 +225,28 @@ def _finish(summary: RunSummary) -> int:
 )
 @kombo_options
 @data_options
+@click.option(
+    "--extract-timeout",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_TIMEOUT,
+    show_default=True,
+    help="Seconds one document may take to parse before its worker is killed.",
+)
+@click.option(
+    "--extract-memory-mb",
+    type=click.IntRange(min=64),
+    default=DEFAULT_MEMORY_MB,
+    show_default=True,
+    help="Address space one parsing worker may use.",
+)
 def ingest(
     candidate_ids: tuple[str, ...],
     application_ids: tuple[str, ...],
     ids_file: Any,
     data_dir: str | None,
     database_url: str | None,
+    extract_timeout: float,
+    extract_memory_mb: int,
     **kombo: Any,
 ) -> int:
     """Fetch each candidate's attachments, download, extract and index them.
@@ -244,7 +261,8 @@ def ingest(
             "no candidate ids: give them as arguments, with --ids-file or --application"
         )
     settings = _kombo(kombo)
-    with Pipeline(settings, _data(data_dir, database_url)) as pipeline:
+    extractor = ProcessExtractor(timeout=extract_timeout, memory_mb=extract_memory_mb)
+    with Pipeline(settings, _data(data_dir, database_url), extractor=extractor) as pipeline:
         return _finish(pipeline.ingest(ids, application_ids=applications))
 
 

@@ -46,7 +46,7 @@ from .errors import (
     TooLargeError,
 )
 from .extract import Extraction
-from .extract.pool import Extractor, ThreadExtractor
+from .extract.pool import Extractor, ProcessExtractor
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
 from .index import SearchIndex
 from .lock import WriterLock
@@ -298,7 +298,7 @@ class Pipeline:
         assert self.kombo is not None
         client = KomboClient(self.kombo, transport=self._transport)
         downloader = Downloader(self.kombo, self.files, transport=self._download_transport)
-        extractor = self._extractor or ThreadExtractor()
+        extractor = self._extractor or ProcessExtractor()
         fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
         download_pool = ThreadPoolExecutor(
             self.kombo.download_concurrency, thread_name_prefix="download"

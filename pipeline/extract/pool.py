@@ -1,13 +1,37 @@
 """Where extraction runs. The run loop hands files to an :class:`Extractor` and gets futures
-back, so the place (threads now, isolated worker processes later) can change alone."""
+back, so the place can change alone.
+
+:class:`ProcessExtractor` is the default: each document is parsed in a worker process (one per
+core) with a wall-clock limit and a memory limit. A parser that hangs or loops is killed when
+its time is up and the attachment ends ``failed`` with "timeout"; one that eats memory hits
+the address-space limit and ends ``failed`` with "memory limit"; a worker that crashes is
+replaced. The run goes on either way. Workers come from a forkserver with the parsers already
+imported, because the parent has threads and forking a threaded process is unsafe.
+
+:class:`ThreadExtractor` runs in-process, for callers that want no subprocesses.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import resource
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
+from ..states import AttachmentState
 from . import Extraction, extract_file
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 60.0
+DEFAULT_MEMORY_MB = 1536
 
 
 class Extractor(Protocol):
@@ -21,7 +45,7 @@ class Extractor(Protocol):
 
 
 class ThreadExtractor:
-    """Extraction on a few threads beside the network threads."""
+    """Extraction on a few threads beside the network threads (no isolation)."""
 
     def __init__(self, workers: int = 2) -> None:
         self.workers = workers
@@ -34,3 +58,147 @@ class ThreadExtractor:
 
     def close(self, *, cancel: bool = False) -> None:
         self._pool.shutdown(wait=not cancel, cancel_futures=True)
+
+
+def _worker_main(conn: Connection, memory_bytes: int) -> None:
+    """A worker process: parse what arrives until told to stop."""
+    if memory_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    logging.disable(logging.WARNING)  # pypdf warns on every odd file; the parent logs outcomes
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        path, content_type, file_name = job
+        try:
+            result = extract_file(Path(path), content_type, file_name)
+        except MemoryError:
+            result = Extraction(AttachmentState.FAILED, None, error="memory limit")
+        conn.send(result)
+
+
+_CONTEXT: multiprocessing.context.BaseContext | None = None
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    global _CONTEXT
+    if _CONTEXT is None:
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["pipeline.extract"])
+        _CONTEXT = context
+    return _CONTEXT
+
+
+class _Slot:
+    """One worker process and the thread in the parent that feeds it and keeps its time."""
+
+    def __init__(self, owner: ProcessExtractor, number: int) -> None:
+        self.owner = owner
+        self.process: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.thread = threading.Thread(target=self.run, name=f"extract-{number}", daemon=True)
+
+    def start_worker(self) -> None:
+        parent, child = _context().Pipe()
+        process = _context().Process(  # type: ignore[attr-defined]
+            target=_worker_main, args=(child, self.owner.memory_bytes), daemon=True
+        )
+        process.start()
+        child.close()
+        self.process, self.conn = process, parent
+
+    def kill_worker(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout=5)
+        if self.conn is not None:
+            self.conn.close()
+        self.process, self.conn = None, None
+
+    def run(self) -> None:
+        while True:
+            job = self.owner.jobs.get()
+            if job is None:
+                break
+            future, path, content_type, file_name = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self.parse(path, content_type, file_name))
+            except BaseException as exc:
+                future.set_exception(exc)
+        if self.conn is not None:
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            if self.process is not None:
+                self.process.join(timeout=5)
+        self.kill_worker()
+
+    def parse(self, path: str, content_type: str | None, file_name: str | None) -> Extraction:
+        if self.process is None or not self.process.is_alive():
+            self.kill_worker()
+            self.start_worker()
+        assert self.conn is not None and self.process is not None
+        self.conn.send((path, content_type, file_name))
+        if not self.conn.poll(self.owner.timeout):
+            log.warning(
+                "parser gave no answer in %.1f s on %s: worker killed",
+                self.owner.timeout,
+                Path(path).name,
+            )
+            self.kill_worker()
+            return Extraction(AttachmentState.FAILED, None, error="timeout")
+        try:
+            return self.conn.recv()  # type: ignore[no-any-return]
+        except (EOFError, OSError):
+            code = self.process.exitcode if self.process else None
+            self.kill_worker()
+            # Killed by the kernel for memory, or crashed in C code.
+            error = "memory limit" if code in (-9, None) else f"parser crashed (exit {code})"
+            return Extraction(AttachmentState.FAILED, None, error=error)
+
+
+class ProcessExtractor:
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        memory_mb: int = DEFAULT_MEMORY_MB,
+    ) -> None:
+        self.workers = workers or os.cpu_count() or 1
+        self.timeout = timeout
+        self.memory_bytes = memory_mb * 1024 * 1024
+        self.jobs: queue.SimpleQueue[tuple[Future[Extraction], str, str | None, str | None] | None]
+        self.jobs = queue.SimpleQueue()
+        self._slots = [_Slot(self, n) for n in range(self.workers)]
+        for slot in self._slots:
+            slot.thread.start()
+
+    def submit(
+        self, path: Path, content_type: str | None, file_name: str | None
+    ) -> Future[Extraction]:
+        future: Future[Extraction] = Future()
+        self.jobs.put((future, str(path), content_type, file_name))
+        return future
+
+    def close(self, *, cancel: bool = False) -> None:
+        if cancel:
+            # Drop what waits; kill what runs (a Ctrl-C must not wait for a long parse).
+            while True:
+                try:
+                    job = self.jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    job[0].cancel()
+            for slot in self._slots:
+                slot.kill_worker()
+        for _ in self._slots:
+            self.jobs.put(None)
+        if not cancel:
+            for slot in self._slots:
+                slot.thread.join()
