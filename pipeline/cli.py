@@ -227,7 +227,7 @@ def _finish(summary: RunSummary) -> int:
 @data_options
 @click.option(
     "--extract-timeout",
-    type=click.FloatRange(min=0.1),
+    type=click.FloatRange(min=0.01),
     default=DEFAULT_TIMEOUT,
     show_default=True,
     help="Seconds one document may take to parse before its worker is killed.",

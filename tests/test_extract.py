@@ -170,3 +170,48 @@ def test_every_corpus_pdf_and_docx_goes_through_without_stopping() -> None:
             assert result.error, row[0]
         seen += 1
     assert seen >= 60
+
+
+def test_a_spreadsheet_labelled_pdf_is_unsupported(tmp_path: Path) -> None:
+    import zipfile
+
+    path = tmp_path / "cv.pdf"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("xl/workbook.xml", "<workbook/>")
+    result = extract_file(path, "application/pdf", "cv.pdf")
+    assert result.state == AttachmentState.UNSUPPORTED
+    assert (
+        result.detected_type == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    )
+
+
+def test_html_is_read_in_its_real_charset_and_only_visibly(tmp_path: Path) -> None:
+    markup = (
+        '<html><head><meta charset="utf-8"><title>Lebenslauf</title>'
+        "<style>p { color: red }</style><script>var secret = 1;</script></head>"
+        "<body><h1>Jürgen Müller</h1><p>Führungserfahrung in Köln</p></body></html>"
+    )
+    path = tmp_path / "cv.html"
+    path.write_bytes(markup.encode("cp1252"))  # the meta tag lies: the bytes are cp1252
+    result = extract_file(path, "text/html", "cv.html")
+    assert result.state == AttachmentState.PENDING
+    assert "Jürgen Müller" in result.text and "Führungserfahrung in Köln" in result.text
+    assert "secret" not in result.text and "color" not in result.text
+
+
+def test_rtf_in_its_code_page(tmp_path: Path) -> None:
+    path = tmp_path / "cv.rtf"
+    path.write_bytes(
+        rb"{\rtf1\ansi\ansicpg1250 Za\'bf\'f3\'b3\'e6 g\'ea\'9cl\'b9 ja\'9f\'f1 Kubernetes\par}"
+    )
+    result = extract_file(path, "application/rtf", "cv.rtf")
+    assert result.text == "Zażółć gęślą jaźń Kubernetes"
+
+
+def test_any_text_type_is_read_as_text(tmp_path: Path) -> None:
+    path = tmp_path / "cv.tex"
+    path.write_text("\\section{Kenntnisse} Kubernetes", encoding="utf-8")
+    result = extract_file(path, "text/x-tex", "cv.tex")
+    assert result.state == AttachmentState.PENDING
+    assert "Kubernetes" in result.text
