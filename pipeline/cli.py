@@ -208,6 +208,23 @@ def _finish(summary: RunSummary) -> int:
     return summary.exit_code
 
 
+def extract_options(func: F) -> F:
+    func = click.option(
+        "--extract-memory-mb",
+        type=click.IntRange(min=64),
+        default=DEFAULT_MEMORY_MB,
+        show_default=True,
+        help="Address space one parsing worker may use.",
+    )(func)
+    return click.option(
+        "--extract-timeout",
+        type=click.FloatRange(min=0.01),
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        help="Seconds one document may take to parse before its worker is killed.",
+    )(func)
+
+
 @cli.command()
 @click.argument("candidate_ids", nargs=-1)
 @click.option(
@@ -225,20 +242,7 @@ def _finish(summary: RunSummary) -> int:
 )
 @kombo_options
 @data_options
-@click.option(
-    "--extract-timeout",
-    type=click.FloatRange(min=0.01),
-    default=DEFAULT_TIMEOUT,
-    show_default=True,
-    help="Seconds one document may take to parse before its worker is killed.",
-)
-@click.option(
-    "--extract-memory-mb",
-    type=click.IntRange(min=64),
-    default=DEFAULT_MEMORY_MB,
-    show_default=True,
-    help="Address space one parsing worker may use.",
-)
+@extract_options
 def ingest(
     candidate_ids: tuple[str, ...],
     application_ids: tuple[str, ...],
@@ -264,6 +268,159 @@ def ingest(
     extractor = ProcessExtractor(timeout=extract_timeout, memory_mb=extract_memory_mb)
     with Pipeline(settings, _data(data_dir, database_url), extractor=extractor) as pipeline:
         return _finish(pipeline.ingest(ids, application_ids=applications))
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="List every candidate, not only those changed.")
+@click.option(
+    "--ids-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Run over these candidate ids ('-' for stdin) instead of asking Kombo.",
+)
+@click.option("--wait", is_flag=True, help="Wait for a run in progress instead of exiting.")
+@kombo_options
+@data_options
+@extract_options
+def nightly(
+    full: bool,
+    ids_file: Any,
+    wait: bool,
+    data_dir: str | None,
+    database_url: str | None,
+    extract_timeout: float,
+    extract_memory_mb: int,
+    **kombo: Any,
+) -> int:
+    """The scheduled batch run: ingest what changed at Kombo, erase what Kombo deleted.
+
+    Asks GET /ats/candidates for candidates updated since the last successful nightly run
+    (every candidate with --full, or the given ones with --ids-file), following the cursor.
+    One run writes at a time: a second exits with a message, or waits with --wait.
+    """
+    given = _collect_ids((), ids_file) if ids_file is not None else None
+    settings = _kombo(kombo)
+    extractor = ProcessExtractor(timeout=extract_timeout, memory_mb=extract_memory_mb)
+    with Pipeline(settings, _data(data_dir, database_url), extractor=extractor) as pipeline:
+        return _finish(pipeline.nightly(full=full, candidate_ids=given, wait_for_lock=wait))
+
+
+@cli.command()
+@click.argument("candidate_ids", nargs=-1)
+@click.option(
+    "--ids-file",
+    type=click.File("r", encoding="utf-8"),
+    help="Read candidate ids from a file ('-' for stdin).",
+)
+@data_options
+def forget(
+    candidate_ids: tuple[str, ...], ids_file: Any, data_dir: str | None, database_url: str | None
+) -> int:
+    """Erase candidates completely (GDPR): rows, text, index documents and files.
+
+    A file that another candidate still refers to stays. A record of each erasure is kept
+    with the candidate id and the time only.
+    """
+    ids = _collect_ids(candidate_ids, ids_file)
+    if not ids:
+        raise UsageError("no candidate ids: give them as arguments or with --ids-file")
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        erased = pipeline.forget(ids)
+    click.echo(
+        f"forget succeeded: {erased} of {len(ids)} candidates erased "
+        f"({len(ids) - erased} were not on record)"
+    )
+    return 0
+
+
+@cli.command()
+@click.option(
+    "--not-seen-days",
+    type=click.IntRange(min=1),
+    required=True,
+    help="Erase candidates Kombo has not returned for this many days.",
+)
+@data_options
+def purge(not_seen_days: int, data_dir: str | None, database_url: str | None) -> int:
+    """Erase candidates that Kombo has not returned for N days (as forget does)."""
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        erased = pipeline.purge(not_seen_days=not_seen_days)
+    click.echo(f"purge succeeded: {erased} candidates not seen for {not_seen_days} days erased")
+    return 0
+
+
+@cli.command()
+@click.option(
+    "--limit",
+    type=click.IntRange(1, 1000),
+    default=10,
+    show_default=True,
+    help="How many recent runs to show.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@data_options
+def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | None) -> int:
+    """The last runs and the number of attachments in each state."""
+    from .runner import WATERMARK
+
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        runs = pipeline.store.recent_runs(limit)
+        counts = pipeline.store.counts_by_status()
+        watermark = pipeline.store.get_setting(WATERMARK)
+        erasures = len(pipeline.store.erasures(1_000_000))
+    if as_json:
+        payload = {
+            "attachments": counts,
+            "nightly_watermark": watermark,
+            "erasures": erasures,
+            "runs": [
+                {
+                    "id": r.id,
+                    "kind": r.kind,
+                    "status": r.status,
+                    "started_at": r.started_at.isoformat(),
+                    "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                    "counts": r.counts,
+                    "errors": len(r.errors),
+                    "warnings": r.warnings,
+                    "summary": r.summary,
+                }
+                for r in runs
+            ],
+        }
+        click.echo(json.dumps(payload))
+        return 0
+    total = sum(counts.values())
+    click.echo(f"attachments: {total}" + "".join(f", {n} {s}" for s, n in sorted(counts.items())))
+    click.echo(f"nightly watermark: {watermark or 'none (the next nightly run lists everyone)'}")
+    click.echo(f"erasures on record: {erasures}")
+    for r in runs:
+        took = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
+        click.echo(
+            f"run {r.id:>4} {r.kind:<8} {r.status:<11} {r.started_at:%Y-%m-%d %H:%M:%S}Z "
+            f"{'' if took is None else f'{took:7.1f}s'}  {len(r.errors)} errors, "
+            f"{len(r.warnings)} warnings"
+        )
+    return 0
+
+
+@cli.command()
+@data_options
+def check(data_dir: str | None, database_url: str | None) -> int:
+    """Compare database, index and file store; report drift (exit 1). `reindex` repairs it."""
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        drift = pipeline.check()
+    found = sum(len(v) for v in drift.values())
+    for what, items in drift.items():
+        if items:
+            click.echo(
+                f"{what}: {len(items)} ({', '.join(items[:5])}{' ...' if len(items) > 5 else ''})"
+            )
+    click.echo(
+        "check succeeded: no drift"
+        if not found
+        else f"check found drift in {found} places: run `pipeline reindex` to repair"
+    )
+    return 1 if found else 0
 
 
 @cli.command()

@@ -130,8 +130,12 @@ class SearchIndex:
         return whoosh_index.exists_in(str(self.directory), indexname=INDEX_NAME)
 
     @contextmanager
-    def writer(self) -> Iterator[IndexWriter]:
-        """One writer; committed on a clean exit, cancelled (and the error re-raised) if not."""
+    def writer(self, *, purge: bool = False) -> Iterator[IndexWriter]:
+        """One writer; committed on a clean exit, cancelled (and the error re-raised) if not.
+
+        ``purge`` merges every segment on commit: a deleted document's terms otherwise stay
+        in its old segment file until a later merge, and an erasure must not wait for that.
+        """
         ix = self._open()
         raw = ix.writer(limitmb=128)
         wrapped = IndexWriter(raw)
@@ -141,12 +145,14 @@ class SearchIndex:
             raw.cancel()
             raise
         else:
-            raw.commit()
+            raw.commit(optimize=purge)
         finally:
             ix.close()
 
-    def write(self, docs: Iterable[IndexDoc] = (), deletions: Iterable[str] = ()) -> int:
-        with self.writer() as writer:
+    def write(
+        self, docs: Iterable[IndexDoc] = (), deletions: Iterable[str] = (), *, purge: bool = False
+    ) -> int:
+        with self.writer(purge=purge) as writer:
             for attachment_id in deletions:
                 writer.delete(attachment_id)
             for doc in docs:

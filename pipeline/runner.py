@@ -29,9 +29,10 @@ import logging
 import queue
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Literal
 
 import httpx
@@ -66,6 +67,11 @@ from .store import (
 log = logging.getLogger(__name__)
 
 INDEX_BATCH = 500
+WATERMARK = "nightly_watermark"
+
+
+def _parse_stamp(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
 
 
 @dataclass
@@ -82,6 +88,8 @@ class RunSummary:
     seconds: float = 0.0
     status: str = "running"
     fatal: IntegrationError | None = None
+    erased: int = 0
+    listed: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -99,6 +107,7 @@ class RunSummary:
             "candidate_errors": self.candidate_errors,
             "unchanged": self.unchanged,
             "reused": self.reused,
+            "erased": self.erased,
             **{str(k): v for k, v in sorted(self.outcomes.items())},
         }
 
@@ -112,7 +121,8 @@ class RunSummary:
         return (
             f"{self.kind} {self.status}: {self.candidates} candidates "
             f"({self.candidate_errors} failed), {done} attachments processed: {states}; "
-            f"{self.unchanged} unchanged; {len(self.warnings)} warnings; {self.seconds:.1f}s"
+            f"{self.unchanged} unchanged; {self.erased} candidates erased; "
+            f"{len(self.warnings)} warnings; {self.seconds:.1f}s"
         )
 
 
@@ -211,42 +221,146 @@ class Pipeline:
         kind: str = "ingest",
         wait_for_lock: bool = False,
     ) -> RunSummary:
+        with WriterLock(self.data.data_dir, wait=wait_for_lock):
+            return self._ingest(list(candidate_ids), list(application_ids), kind)
+
+    def _ingest(
+        self,
+        candidate_ids: list[str],
+        application_ids: list[str],
+        kind: str,
+        *,
+        before: Callable[[RunSummary], None] | None = None,
+    ) -> RunSummary:
+        """A run, with the writer lock already held; ``before`` does a step's own first work
+        (the nightly listing) inside the run's record."""
         if self.kombo is None:
             raise PipelineError("ingest needs Kombo settings")
         summary = RunSummary(kind=kind)
         started = time.monotonic()
-        with WriterLock(self.data.data_dir, wait=wait_for_lock):
-            self._recover()
-            summary.run_id = self.store.begin_run(kind)
-            try:
-                targets = self._targets(list(candidate_ids), list(application_ids), summary)
-                self._run(targets, summary)
-                summary.status = "failed" if summary.exit_code else "succeeded"
-            except IntegrationError as exc:
-                summary.fatal = exc
-                summary.status = "aborted"
-                summary.errors.append(exc.message)
-            except KeyboardInterrupt:
-                summary.status = "interrupted"
-            finally:
-                summary.seconds = time.monotonic() - started
-                self.store.finish_run(
-                    summary.run_id,
-                    status=summary.status,
-                    counts=summary.counts(),
-                    errors=summary.errors,
-                    warnings=summary.warnings,
-                    summary=summary.line(),
-                )
-            if summary.status != "interrupted":
-                self._collect_garbage()
+        self._recover()
+        summary.run_id = self.store.begin_run(kind)
+        try:
+            if before is not None:
+                before(summary)
+                candidate_ids = candidate_ids + summary.listed
+            targets = self._targets(candidate_ids, application_ids, summary)
+            self._run(targets, summary)
+            summary.status = "failed" if summary.exit_code else "succeeded"
+        except IntegrationError as exc:
+            summary.fatal = exc
+            summary.status = "aborted"
+            summary.errors.append(exc.message)
+        except KeyboardInterrupt:
+            summary.status = "interrupted"
+        finally:
+            summary.seconds = time.monotonic() - started
+            self.store.finish_run(
+                summary.run_id,
+                status=summary.status,
+                counts=summary.counts(),
+                errors=summary.errors,
+                warnings=summary.warnings,
+                summary=summary.line(),
+            )
+        if summary.status != "interrupted":
+            self._collect_garbage()
         return summary
+
+    # -- nightly and erasure -------------------------------------------------------------------
+
+    def nightly(
+        self,
+        *,
+        full: bool = False,
+        candidate_ids: Iterable[str] | None = None,
+        wait_for_lock: bool = False,
+    ) -> RunSummary:
+        """Ingest what changed at Kombo since the last successful nightly run, erase what
+        Kombo deleted. ``candidate_ids`` runs over a given list instead of asking Kombo."""
+        with WriterLock(self.data.data_dir, wait=wait_for_lock):
+            started_at = utcnow()
+            given = list(candidate_ids) if candidate_ids is not None else None
+            watermark = None if full else _parse_stamp(self.store.get_setting(WATERMARK))
+
+            def list_changes(summary: RunSummary) -> None:
+                if given is not None:
+                    return
+                assert self.kombo is not None
+                client = KomboClient(self.kombo, transport=self._transport)
+                try:
+                    for page in client.candidate_pages(
+                        updated_after=watermark, include_deleted=True
+                    ):
+                        summary.warnings.extend(f"candidate list: {w}" for w in page.warnings)
+                        for candidate in page.candidates:
+                            if candidate.deleted:
+                                if self._erase([candidate.id], "deleted at Kombo"):
+                                    summary.erased += 1
+                            else:
+                                summary.listed.append(candidate.id)
+                finally:
+                    client.close()
+
+            summary = self._ingest(given or [], [], "nightly", before=list_changes)
+            # Every candidate listed and ingested (attachment failures are retried by later
+            # runs on their own): the next nightly run asks only for what changed after this
+            # run began. An aborted, interrupted or partly listed run leaves the mark alone.
+            if (
+                given is None
+                and summary.status in ("succeeded", "failed")
+                and not summary.candidate_errors
+            ):
+                self.store.set_setting(WATERMARK, started_at.isoformat())
+            return summary
+
+    def forget(self, candidate_ids: Iterable[str], *, reason: str = "forget") -> int:
+        """Erase candidates completely: rows, text, index documents and files."""
+        with WriterLock(self.data.data_dir, wait=True, timeout=600):
+            return self._erase(list(candidate_ids), reason)
+
+    def purge(self, *, not_seen_days: int) -> int:
+        """Erase candidates Kombo has not returned for ``not_seen_days`` days."""
+        cutoff = utcnow() - timedelta(days=not_seen_days)
+        with WriterLock(self.data.data_dir, wait=True, timeout=600):
+            stale = self.store.candidates_not_seen_since(cutoff)
+            return self._erase(stale, f"not seen for {not_seen_days} days")
+
+    def _erase(self, candidate_ids: list[str], reason: str) -> int:
+        erased: list[str] = []
+        attachment_ids: list[str] = []
+        for candidate_id in dict.fromkeys(candidate_ids):
+            ids = self.store.erase_candidate(candidate_id, reason)
+            if ids is not None:
+                erased.append(candidate_id)
+                attachment_ids += ids
+        if erased:
+            # Merge the index so that no segment keeps the erased documents' terms.
+            self.index.write(deletions=attachment_ids, purge=True)
+            self._collect_garbage()
+            self.store.compact()
+            log.info("erased %d candidates (%s)", len(erased), reason)
+        return len(erased)
+
+    def check(self) -> dict[str, list[str]]:
+        """Drift between the database, the index and the file store (empty lists: none)."""
+        expected = {doc.attachment_id for doc in self.store.index_docs(only_pending=False)}
+        indexed = self.index.attachment_ids()
+        live = live_hashes(self.store)
+        stored = set(self.files.hashes())
+        return {
+            "missing from the index": sorted(expected - indexed),
+            "in the index but not in the database": sorted(indexed - expected),
+            "files missing from the store": sorted(live - stored),
+            "stored files nothing refers to": sorted(stored - live),
+        }
 
     def reindex(self) -> int:
         """Rebuild the index from the database; pending texts become indexed."""
         with WriterLock(self.data.data_dir):
             count = self.index.rebuild(self.store.index_docs(only_pending=False))
             self.store.mark_indexed(list(self.store.attachment_ids([AttachmentState.PENDING])))
+            self._collect_garbage()
             return count
 
     # -- before and after --------------------------------------------------------------------

@@ -133,6 +133,18 @@ class Run(Base):
     summary: Mapped[str | None] = mapped_column(Text)
 
 
+class Erasure(Base):
+    """That a candidate was erased, and when: no personal data, only Kombo's id."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    candidate_id: Mapped[str] = mapped_column(String(64), index=True)
+    erased_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    reason: Mapped[str] = mapped_column(String(100))
+    attachments: Mapped[int] = mapped_column(Integer)
+
+
 class Setting(Base):
     """Small named values such as the nightly watermark."""
 
@@ -175,6 +187,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
+        # Erased rows are overwritten, not left readable in free pages (GDPR erasure).
+        cursor.execute("PRAGMA secure_delete=ON")
         cursor.close()
 
 
@@ -502,6 +516,52 @@ class Store:
                 )
             )
             return [(a, c) for a, c in rows]
+
+    # -- erasure -----------------------------------------------------------------------------
+
+    def erase_candidate(self, candidate_id: str, reason: str) -> list[str] | None:
+        """Delete the candidate and its attachments; keep a record without personal data.
+
+        Returns the attachment ids that were erased, or None when the candidate is unknown.
+        Texts and files are removed afterwards by the caller's garbage collection, which
+        keeps what another candidate still refers to.
+        """
+        a, c = _ATTACHMENTS, Candidate.__table__
+        with self._conn() as conn:
+            ids = list(
+                conn.execute(select(a.c.id).where(a.c.candidate_id == candidate_id)).scalars()
+            )
+            known = conn.execute(select(c.c.id).where(c.c.id == candidate_id)).first()
+            if not ids and known is None:
+                return None
+            conn.execute(delete(a).where(a.c.candidate_id == candidate_id))
+            conn.execute(delete(c).where(c.c.id == candidate_id))
+            conn.execute(
+                insert(Erasure.__table__),
+                {
+                    "candidate_id": candidate_id,
+                    "erased_at": utcnow(),
+                    "reason": reason,
+                    "attachments": len(ids),
+                },
+            )
+            return ids
+
+    def candidates_not_seen_since(self, cutoff: datetime) -> list[str]:
+        c = Candidate.__table__
+        with self._conn() as conn:
+            seen = func.coalesce(c.c.last_seen_at, c.c.first_seen_at)
+            return list(conn.execute(select(c.c.id).where(seen < cutoff)).scalars())
+
+    def erasures(self, limit: int = 20) -> list[Erasure]:
+        with self.session() as s:
+            return list(s.scalars(select(Erasure).order_by(Erasure.id.desc()).limit(limit)))
+
+    def compact(self) -> None:
+        """Fold the write-ahead log back and empty it, so no erased page lingers there."""
+        if self.engine.dialect.name == "sqlite":
+            with self.engine.connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- runs --------------------------------------------------------------------------------
 
