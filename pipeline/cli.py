@@ -14,6 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +34,7 @@ from .config import (
 from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
 from .export import FORMATS, WRITERS, iter_records
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ProcessExtractor
-from .index import SearchResults
+from .index import CandidateHit, SearchHit, SearchResults, group_by_candidate
 from .runner import Pipeline, RunSummary
 from .states import AttachmentState
 
@@ -427,14 +428,36 @@ def check(data_dir: str | None, database_url: str | None) -> int:
 @click.argument("query")
 @click.option("--type", "type_", type=click.Choice(TYPES), help="Only this attachment type.")
 @click.option("--candidate", help="Only this candidate's attachments.")
+@click.option("--language", help="Only documents in this language (ISO 639-1: en, de, fr, es ...).")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only documents updated at Kombo since this date (UTC).",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option(
+    "--offset",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    show_default=True,
+    help="Skip this many hits (paging).",
+)
+@click.option(
+    "--by-candidate",
+    is_flag=True,
+    help="One entry per candidate, at the rank of their best document.",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
 @data_options
 def search(
     query: str,
     type_: str | None,
     candidate: str | None,
+    language: str | None,
+    since: datetime | None,
     limit: int,
+    offset: int,
+    by_candidate: bool,
     as_json: bool,
     data_dir: str | None,
     database_url: str | None,
@@ -442,15 +465,61 @@ def search(
     """Full-text search over the indexed text, best hits first.
 
     Words must all match (AND); use OR, NOT, "quoted phrases", prefix* and
-    field:value (type:CV, file_name:lebenslauf). Case and accents do not matter.
+    field:value (type:CV, language:de, file_name:lebenslauf). Case and accents do not
+    matter, words are matched by their stem in English, German, French and Spanish, and a
+    query that finds nothing is spelled again from the index's words ("did you mean").
     """
+    since_utc = since.replace(tzinfo=UTC) if since else None
     with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        # Grouping needs more files than people shown.
+        wanted = (offset + limit) * 5 if by_candidate else limit
         results = pipeline.index.search(
             query,
             texts=pipeline.store.texts_for,
             type=type_,
             candidate_id=candidate,
-            limit=limit,
+            language=language,
+            since=since_utc,
+            limit=min(wanted, 5000),
+            offset=0 if by_candidate else offset,
+        )
+    if by_candidate:
+        people = group_by_candidate(results.hits)
+        if as_json:
+            click.echo(
+                json.dumps(
+                    _people_json(results, people[offset : offset + limit], len(people)),
+                    ensure_ascii=False,
+                )
+            )
+        else:
+            _print_people(results, people[offset : offset + limit], len(people))
+        return 0
+    if as_json:
+        click.echo(json.dumps(_results_json(results), ensure_ascii=False))
+    else:
+        _print_results(results, offset)
+    return 0
+
+
+@cli.command()
+@click.argument("attachment_id")
+@click.option("--type", "type_", type=click.Choice(TYPES), help="Only this attachment type.")
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@data_options
+def similar(
+    attachment_id: str,
+    type_: str | None,
+    limit: int,
+    as_json: bool,
+    data_dir: str | None,
+    database_url: str | None,
+) -> int:
+    """Documents of other candidates most like this one (more CVs like this CV)."""
+    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
+        results = pipeline.index.similar(
+            attachment_id, texts=pipeline.store.texts_for, type=type_, limit=limit
         )
     if as_json:
         click.echo(json.dumps(_results_json(results), ensure_ascii=False))
@@ -459,43 +528,86 @@ def search(
     return 0
 
 
-def _results_json(results: SearchResults) -> dict[str, Any]:
+def _hit_json(h: SearchHit) -> dict[str, Any]:
     return {
+        "attachment_id": h.attachment_id,
+        "candidate_id": h.candidate_id,
+        "application_id": h.application_id,
+        "type": h.type,
+        "file_name": h.file_name,
+        "score": h.score,
+        "snippet": h.snippet,
+        "language": h.language,
+    }
+
+
+def _results_json(results: SearchResults) -> dict[str, Any]:
+    payload: dict[str, Any] = {
         "query": results.query,
         "total": results.total,
-        "hits": [
+        "hits": [_hit_json(h) for h in results.hits],
+    }
+    if results.did_you_mean:
+        payload["did_you_mean"] = results.did_you_mean
+    return payload
+
+
+def _people_json(results: SearchResults, people: list[CandidateHit], total: int) -> dict[str, Any]:
+    payload: dict[str, Any] = {
+        "query": results.query,
+        "total": total,
+        "candidates": [
             {
-                "attachment_id": h.attachment_id,
-                "candidate_id": h.candidate_id,
-                "application_id": h.application_id,
-                "type": h.type,
-                "file_name": h.file_name,
-                "score": h.score,
-                "snippet": h.snippet,
+                "candidate_id": p.candidate_id,
+                "score": p.score,
+                "hits": [_hit_json(h) for h in p.hits],
             }
-            for h in results.hits
+            for p in people
         ],
     }
+    if results.did_you_mean:
+        payload["did_you_mean"] = results.did_you_mean
+    return payload
+
+
+def _print_people(results: SearchResults, people: list[CandidateHit], total: int) -> None:
+    _print_header(results, total, len(people), "candidate")
+    for rank, person in enumerate(people, 1):
+        files = ", ".join(f"{h.type} {h.file_name or h.attachment_id}" for h in person.hits)
+        click.echo(f"{rank:>3}. {person.score:7.2f}  {person.candidate_id}  ({files})")
+        click.echo(f"       {_terminal(person.hits[0].snippet)}")
+
+
+def _print_header(results: SearchResults, total: int, shown: int, noun: str) -> None:
+    if results.did_you_mean and total:
+        click.echo(f'no match for "{results.query}"; showing results for "{results.did_you_mean}"')
+    elif results.did_you_mean:
+        click.echo(f'no match for "{results.query}"; did you mean "{results.did_you_mean}"?')
+    plural = noun + ("es" if noun.endswith("ch") else "s")
+    click.echo(
+        f'{total} {plural if total != 1 else noun} for "{results.query}"'
+        + (f", showing {shown}" if shown < total else "")
+    )
 
 
 _BOLD = re.compile(r"<b>(.*?)</b>")
 
 
-def _print_results(results: SearchResults) -> None:
+def _terminal(snippet: str) -> str:
     tty = sys.stdout.isatty()
-    shown = len(results.hits)
-    click.echo(
-        f"{results.total} match{'es' if results.total != 1 else ''} for "
-        f'"{results.query}"' + (f", showing {shown}" if shown < results.total else "")
+    marked = _BOLD.sub(
+        lambda m: click.style(m.group(1), bold=True) if tty else f"[{m.group(1)}]", snippet
     )
-    for rank, hit in enumerate(results.hits, 1):
+    return html.unescape(marked)
+
+
+def _print_results(results: SearchResults, offset: int = 0) -> None:
+    _print_header(results, results.total, len(results.hits), "match")
+    for rank, hit in enumerate(results.hits, offset + 1):
         click.echo(
             f"{rank:>3}. {hit.score:7.2f}  {hit.type:<12} {hit.candidate_id}  {hit.file_name or ''}"
         )
-        snippet = _BOLD.sub(
-            lambda m: click.style(m.group(1), bold=True) if tty else f"[{m.group(1)}]", hit.snippet
-        )
-        click.echo(f"       {html.unescape(snippet)}")
+        click.echo(f"       {_terminal(hit.snippet)}")
 
 
 @cli.command()

@@ -13,14 +13,15 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from whoosh import index as whoosh_index
-from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
-from whoosh.fields import ID, STORED, TEXT, Schema
+from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer, StemFilter
+from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
 from whoosh.highlight import ContextFragmenter, HtmlFormatter, get_text
-from whoosh.qparser import AndGroup, MultifieldParser
-from whoosh.query import And, ConstantScoreQuery, Query, Term
+from whoosh.qparser import AndGroup, MultifieldParser, QueryParser
+from whoosh.query import And, ConstantScoreQuery, DateRange, Or, Query, Term
 from whoosh.support.charset import accent_map
 from whoosh.writing import IndexWriter as _WhooshWriter
 
@@ -34,20 +35,43 @@ INDEX_NAME = "attachments"
 _TOKEN_PATTERN = r"\w+(?:[.'’]\w+)*(?:\+\+|#)?"
 
 
+STEMMED = ("en", "de", "fr", "es")  # languages with their own stemmed field
+FIELDS = ("text", "file_name", *(f"text_{lang}" for lang in STEMMED))
+# Exact words weigh more than shared stems; a match in the file name ("Lebenslauf Müller")
+# weighs double.
+BOOSTS = {"text": 1.0, "file_name": 2.0, **{f"text_{lang}": 0.6 for lang in STEMMED}}
+
+
 def _analyzer():  # type: ignore[no-untyped-def]
     # Folding accents makes "Müller" find "Muller" and the reverse; case is folded too.
     return RegexTokenizer(_TOKEN_PATTERN) | LowercaseFilter() | CharsetFilter(accent_map)
 
 
+def _stemming_analyzer(lang: str):  # type: ignore[no-untyped-def]
+    # Stem before folding: the German and French stemmers know their accented suffixes.
+    return (
+        RegexTokenizer(_TOKEN_PATTERN)
+        | LowercaseFilter()
+        | StemFilter(lang=lang, cachesize=50_000)
+        | CharsetFilter(accent_map)
+    )
+
+
 def _schema() -> Schema:
     analyzer = _analyzer()
+    stems = {
+        f"text_{lang}": TEXT(analyzer=_stemming_analyzer(lang), phrase=True) for lang in STEMMED
+    }
     return Schema(
         attachment_id=ID(stored=True, unique=True),
         candidate_id=ID(stored=True),
         application_id=STORED(),
         type=ID(stored=True),
-        file_name=TEXT(stored=True, analyzer=analyzer, field_boost=2.0),
+        language=ID(stored=True),
+        updated=DATETIME(stored=True),
+        file_name=TEXT(stored=True, analyzer=analyzer),
         text=TEXT(analyzer=analyzer, phrase=True),
+        **stems,
     )
 
 
@@ -60,6 +84,7 @@ class SearchHit:
     file_name: str | None
     score: float
     snippet: str
+    language: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +92,23 @@ class SearchResults:
     query: str
     total: int
     hits: list[SearchHit]
+    # When nothing matched the query as typed: the corrected spelling, whose hits these are.
+    did_you_mean: str | None = None
+
+
+@dataclass(frozen=True)
+class CandidateHit:
+    candidate_id: str
+    score: float
+    hits: list[SearchHit]
+
+
+def group_by_candidate(hits: list[SearchHit]) -> list[CandidateHit]:
+    """People, not files: each candidate once, at the rank of their best file."""
+    grouped: dict[str, list[SearchHit]] = {}
+    for hit in hits:
+        grouped.setdefault(hit.candidate_id, []).append(hit)
+    return [CandidateHit(cid, files[0].score, files) for cid, files in grouped.items()]
 
 
 class _BoldFormatter(HtmlFormatter):  # type: ignore[misc]
@@ -87,14 +129,20 @@ class IndexWriter:
         self.pending = 0
 
     def upsert(self, doc: IndexDoc) -> None:
-        self._writer.update_document(
-            attachment_id=doc.attachment_id,
-            candidate_id=doc.candidate_id,
-            application_id=doc.application_id,
-            type=doc.type,
-            file_name=doc.file_name or "",
-            text=doc.text,
-        )
+        fields: dict[str, object] = {
+            "attachment_id": doc.attachment_id,
+            "candidate_id": doc.candidate_id,
+            "application_id": doc.application_id,
+            "type": doc.type,
+            "language": doc.language or "",
+            "file_name": doc.file_name or "",
+            "text": doc.text,
+        }
+        if doc.updated_at is not None:
+            fields["updated"] = doc.updated_at.replace(tzinfo=None)
+        if doc.language in STEMMED:
+            fields[f"text_{doc.language}"] = doc.text
+        self._writer.update_document(**fields)
         self.pending += 1
 
     def delete(self, attachment_id: str) -> None:
@@ -184,6 +232,12 @@ class SearchIndex:
         finally:
             ix.close()
 
+    def _check_schema(self, ix: whoosh_index.Index) -> None:
+        if set(ix.schema.names()) != set(_schema().names()):
+            raise QueryError(
+                "the search index was built by an older version: run `pipeline reindex`"
+            )
+
     def search(
         self,
         query: str,
@@ -191,60 +245,157 @@ class SearchIndex:
         texts: Callable[[Sequence[str]], dict[str, str]],
         type: str | None = None,
         candidate_id: str | None = None,
+        language: str | None = None,
+        since: datetime | None = None,
         limit: int = 10,
+        offset: int = 0,
     ) -> SearchResults:
-        """Ranked hits (BM25F) with snippets made from ``texts`` (attachment id -> text)."""
+        """Ranked hits (BM25F) with snippets made from ``texts`` (attachment id -> text).
+
+        When nothing matches, the query is spelled again from the index's own words and, if
+        that finds something, those hits come back with ``did_you_mean`` set.
+        """
         _check_syntax(query)
         if not self.exists():
             return SearchResults(query, 0, [])
         ix = self._open()
         try:
-            parser = MultifieldParser(["text", "file_name"], ix.schema, group=AndGroup)
-            try:
-                parsed = parser.parse(query)
-            except Exception as exc:
-                raise QueryError(f"cannot read query {query!r}: {exc}") from exc
-            # Filters join the query with no score of their own (Whoosh's filter= argument
-            # leaves len(results) counting unfiltered matches).
-            filters: list[Query] = []
-            if type:
-                filters.append(ConstantScoreQuery(Term("type", type), 0.0))
-            if candidate_id:
-                filters.append(ConstantScoreQuery(Term("candidate_id", candidate_id), 0.0))
+            self._check_schema(ix)
+            filters = _filters(type, candidate_id, language, since)
             with ix.searcher() as searcher:
-                results = searcher.search(
-                    And([parsed, *filters]) if filters else parsed,
-                    limit=max(1, limit),
-                    terms=True,
-                )
-                results.fragmenter = ContextFragmenter(maxchars=240, surround=60)
-                results.formatter = _BoldFormatter()
-                total = len(results)
-                stored = [dict(hit.fields()) | {"score": hit.score} for hit in results]
-                bodies = texts([fields["attachment_id"] for fields in stored])
-                hits = []
-                for hit, fields in zip(results, stored, strict=True):
-                    body = bodies.get(fields["attachment_id"], "")
-                    snippet = hit.highlights("text", text=body, top=2) if body else ""
-                    if not snippet:
-                        snippet = _escape(body[:200])
-                    hits.append(
-                        SearchHit(
-                            attachment_id=fields["attachment_id"],
-                            candidate_id=fields["candidate_id"],
-                            application_id=fields.get("application_id"),
-                            type=fields["type"],
-                            file_name=fields.get("file_name"),
-                            score=round(float(fields["score"]), 4),
-                            snippet=" ".join(snippet.split()),
+                parsed = _parse(ix.schema, query)
+                results = self._run(searcher, parsed, filters, texts, limit, offset, query)
+                if results.total == 0:
+                    corrected = _correct(searcher, ix.schema, query)
+                    if corrected is not None:
+                        again = self._run(
+                            searcher,
+                            _parse(ix.schema, corrected),
+                            filters,
+                            texts,
+                            limit,
+                            offset,
+                            query,
                         )
-                    )
-            # Equal scores come back in segment order, which a rebuild changes: break ties
-            # by id so the same data always gives the same page.
-            hits.sort(key=lambda h: (-h.score, h.attachment_id))
-            return SearchResults(query, total, hits)
+                        if again.total:
+                            return SearchResults(query, again.total, again.hits, corrected)
+                        return SearchResults(query, 0, [], corrected)
+                return results
         finally:
             ix.close()
+
+    def similar(
+        self,
+        attachment_id: str,
+        *,
+        texts: Callable[[Sequence[str]], dict[str, str]],
+        type: str | None = None,
+        limit: int = 10,
+    ) -> SearchResults:
+        """Documents most like this one (by its key terms), other candidates' first."""
+        body = texts([attachment_id]).get(attachment_id)
+        if body is None or not self.exists():
+            raise QueryError(f"attachment {attachment_id} is not in the index")
+        ix = self._open()
+        try:
+            self._check_schema(ix)
+            with ix.searcher() as searcher:
+                docnum = searcher.document_number(attachment_id=attachment_id)
+                if docnum is None:
+                    raise QueryError(f"attachment {attachment_id} is not in the index")
+                own = searcher.stored_fields(docnum)["candidate_id"]
+                keys = searcher.key_terms_from_text("text", body, numterms=25)
+                terms = Or([Term("text", word, boost=weight) for word, weight in keys])
+                results = searcher.search(terms, limit=(limit + 1) * 4, terms=True)
+                wanted = [
+                    hit
+                    for hit in results
+                    if hit["attachment_id"] != attachment_id
+                    and hit["candidate_id"] != own
+                    and (type is None or hit["type"] == type)
+                ][:limit]
+                hits = _hits(wanted, texts)
+            return SearchResults(f"similar:{attachment_id}", len(hits), hits)
+        finally:
+            ix.close()
+
+    def _run(self, searcher, parsed, filters, texts, limit, offset, query):  # type: ignore[no-untyped-def]
+        results = searcher.search(
+            And([parsed, *filters]) if filters else parsed,
+            limit=max(1, offset + limit),
+            terms=True,
+        )
+        results.fragmenter = ContextFragmenter(maxchars=240, surround=60)
+        results.formatter = _BoldFormatter()
+        total = len(results)
+        page = list(results)[offset : offset + limit]
+        hits = _hits(page, texts)
+        # Equal scores come back in segment order, which a rebuild changes: break ties by id
+        # so the same data always gives the same page.
+        hits.sort(key=lambda h: (-h.score, h.attachment_id))
+        return SearchResults(query, total, hits)
+
+
+def _parse(schema: Schema, query: str) -> Query:
+    parser = MultifieldParser(list(FIELDS), schema, fieldboosts=BOOSTS, group=AndGroup)
+    try:
+        return parser.parse(query)
+    except Exception as exc:  # whoosh's parser raises assorted errors
+        raise QueryError(f"cannot read query {query!r}: {exc}") from exc
+
+
+def _filters(
+    type: str | None, candidate_id: str | None, language: str | None, since: datetime | None
+) -> list[Query]:
+    # Filters join the query with no score of their own (Whoosh's filter= argument leaves
+    # len(results) counting unfiltered matches).
+    filters: list[Query] = []
+    if type:
+        filters.append(ConstantScoreQuery(Term("type", type), 0.0))
+    if candidate_id:
+        filters.append(ConstantScoreQuery(Term("candidate_id", candidate_id), 0.0))
+    if language:
+        filters.append(ConstantScoreQuery(Term("language", language), 0.0))
+    if since is not None:
+        start = since.astimezone(UTC).replace(tzinfo=None) if since.tzinfo else since
+        filters.append(ConstantScoreQuery(DateRange("updated", start, None), 0.0))
+    return filters
+
+
+def _correct(searcher, schema: Schema, query: str) -> str | None:  # type: ignore[no-untyped-def]
+    """The query spelled with words the index holds ("Kubernets" -> "kubernetes")."""
+    try:
+        plain = QueryParser("text", schema).parse(query)
+        corrected = searcher.correct_query(plain, query, maxdist=2)
+    except Exception:  # a suggestion is a nicety: never fail a search for it
+        return None
+    if corrected.query == plain or not corrected.string.strip():
+        return None
+    return str(corrected.string)
+
+
+def _hits(results: Iterable, texts: Callable[[Sequence[str]], dict[str, str]]) -> list[SearchHit]:  # type: ignore[type-arg]
+    page = list(results)
+    bodies = texts([hit["attachment_id"] for hit in page])
+    hits = []
+    for hit in page:
+        body = bodies.get(hit["attachment_id"], "")
+        snippet = hit.highlights("text", text=body, top=2) if body else ""
+        if not snippet:
+            snippet = _escape(body[:200])
+        hits.append(
+            SearchHit(
+                attachment_id=hit["attachment_id"],
+                candidate_id=hit["candidate_id"],
+                application_id=hit.get("application_id"),
+                type=hit["type"],
+                file_name=hit.get("file_name"),
+                score=round(float(hit.score), 4),
+                snippet=" ".join(snippet.split()),
+                language=hit.get("language") or None,
+            )
+        )
+    return hits
 
 
 def _escape(text: str) -> str:

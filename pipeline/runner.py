@@ -565,6 +565,7 @@ class Pipeline:
                 page_count=prior.page_count,
                 text=prior.text,
                 error=prior.error,
+                language=prior.language,
             )
             self._save(
                 item, extraction.state, extraction.error, downloaded, extraction, summary, batch
@@ -617,6 +618,7 @@ class Pipeline:
             parser_version=extraction.parser_version if extraction else None,
             page_count=extraction.page_count if extraction else None,
             text=extraction.text if extraction else None,
+            language=extraction.language if extraction else None,
         )
         if state == AttachmentState.PENDING and extraction and extraction.text and downloaded:
             summary.outcomes[AttachmentState.INDEXED] += 1

@@ -110,6 +110,7 @@ class Attachment(Base):
     parser_version: Mapped[str | None] = mapped_column(String(100))
     page_count: Mapped[int | None] = mapped_column(Integer)
     char_count: Mapped[int | None] = mapped_column(Integer)
+    language: Mapped[str | None] = mapped_column(String(16), index=True)
     fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     extracted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -165,6 +166,8 @@ class IndexDoc:
     file_name: str | None
     text: str
     sha256: str | None = None
+    language: str | None = None
+    updated_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -203,6 +206,22 @@ class Store:
 
     def create(self) -> None:
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
+
+    def _add_missing_columns(self) -> None:
+        """Additive migration: columns a newer version added to a table that already exists."""
+        from sqlalchemy import inspect
+
+        inspector = inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in Base.metadata.sorted_tables:
+                present = {c["name"] for c in inspector.get_columns(table.name)}
+                for column in table.columns:
+                    if column.name not in present:
+                        kind = column.type.compile(self.engine.dialect)
+                        conn.exec_driver_sql(
+                            f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'
+                        )
 
     def close(self) -> None:
         self.engine.dispose()
@@ -356,6 +375,7 @@ class Store:
         parser_version: str | None = None,
         page_count: int | None = None,
         text: str | None = None,
+        language: str | None = None,
     ) -> None:
         """Store what download and extraction found, in one transaction."""
         now = utcnow()
@@ -368,6 +388,7 @@ class Store:
             "parser_version": parser_version,
             "page_count": page_count,
             "char_count": len(text) if text is not None else None,
+            "language": language,
             "indexed_at": None,
         }
         if sha256 is not None:
@@ -444,6 +465,8 @@ class Store:
                     Attachment.file_name,
                     ExtractedText.text,
                     Attachment.sha256,
+                    Attachment.language,
+                    func.coalesce(Attachment.remote_updated_at, Attachment.fetched_at),
                 )
                 .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
                 .where(Attachment.status.in_(wanted))
@@ -637,6 +660,7 @@ class PriorExtraction:
     parser_version: str | None
     page_count: int | None
     text: str | None
+    language: str | None = None
 
 
 _REUSABLE = (
@@ -664,6 +688,7 @@ def prior_extraction(store: Store, sha256: str) -> PriorExtraction | None:
         parser_version=row.parser_version,
         page_count=row.page_count,
         text=row.text if has_text else None,
+        language=row.language,
     )
 
 
@@ -747,6 +772,8 @@ _INDEX_DOC = (
         _a.c.file_name,
         _t.c.text,
         _a.c.sha256,
+        _a.c.language,
+        func.coalesce(_a.c.remote_updated_at, _a.c.fetched_at),
     )
     .join(_t, _t.c.sha256 == _a.c.sha256)
     .where(_a.c.id == bindparam("attachment_id"))
@@ -761,6 +788,7 @@ _PRIOR = (
         _a.c.parser_version,
         _a.c.page_count,
         _t.c.text,
+        _a.c.language,
     )
     .outerjoin(_t, _t.c.sha256 == _a.c.sha256)
     .where(

@@ -28,8 +28,11 @@ def _all_bytes(folder: Path) -> bytes:
     return b"".join(p.read_bytes() for p in folder.rglob("*") if p.is_file())
 
 
-def test_nightly_ingests_changes_and_erases_deletions(cli, sandbox: SandboxServer,  # type: ignore[no-untyped-def]
-                                                     tmp_path: Path) -> None:
+def test_nightly_ingests_changes_and_erases_deletions(
+    cli,
+    sandbox: SandboxServer,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     world = sandbox.world
     first = cli("nightly", env=sandbox.env())
     assert first.code == 0, first.err
@@ -140,8 +143,11 @@ def test_forget_leaves_no_trace(cli, sandbox: SandboxServer, tmp_path: Path) -> 
     assert cli("check").code == 0
 
 
-def test_purge_erases_candidates_not_seen_for_n_days(cli, sandbox: SandboxServer,  # type: ignore[no-untyped-def]
-                                                    tmp_path: Path) -> None:
+def test_purge_erases_candidates_not_seen_for_n_days(
+    cli,
+    sandbox: SandboxServer,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     ids = [c.id for c in sandbox.world.ordered()][:3]
     assert cli("ingest", *ids, env=sandbox.env()).code == 0
     old = (datetime.now(UTC) - timedelta(days=40)).replace(tzinfo=None).isoformat(sep=" ")
@@ -153,8 +159,11 @@ def test_purge_erases_candidates_not_seen_for_n_days(cli, sandbox: SandboxServer
     assert {r["candidate_id"] for r in _records(cli)} == set(ids[1:])
 
 
-def test_check_finds_drift_and_reindex_repairs_it(cli, sandbox: SandboxServer,  # type: ignore[no-untyped-def]
-                                                 tmp_path: Path) -> None:
+def test_check_finds_drift_and_reindex_repairs_it(
+    cli,
+    sandbox: SandboxServer,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
     import shutil
 
     assert cli("ingest", *sandbox.world.candidates, env=sandbox.env()).code == 0

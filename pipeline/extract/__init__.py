@@ -24,6 +24,7 @@ from . import rtf as _rtf  # noqa: F401
 from . import text as _text  # noqa: F401
 from .detect import ENCRYPTED_OOXML, decide, normalise_content_type
 from .doc import UnavailableError
+from .language import detect_language
 from .normalise import normalise_text
 from .registry import parser_for, supported_types
 
@@ -42,6 +43,7 @@ class Extraction:
     text: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    language: str | None = None
 
     @property
     def char_count(self) -> int:
@@ -102,5 +104,10 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
             error="no text (image-only or empty document)",
         )
     return Extraction(
-        AttachmentState.PENDING, **meta, page_count=parsed.page_count, text=text, error=parsed.note
+        AttachmentState.PENDING,
+        **meta,
+        page_count=parsed.page_count,
+        text=text,
+        error=parsed.note,
+        language=detect_language(text),
     )
