@@ -252,8 +252,8 @@ class SearchIndex:
     ) -> SearchResults:
         """Ranked hits (BM25F) with snippets made from ``texts`` (attachment id -> text).
 
-        When nothing matches, the query is spelled again from the index's own words and, if
-        that finds something, those hits come back with ``did_you_mean`` set.
+        Words the index does not hold are spelled again from its own words; when that finds
+        more, those hits come back with ``did_you_mean`` set.
         """
         _check_syntax(query)
         if not self.exists():
@@ -265,21 +265,18 @@ class SearchIndex:
             with ix.searcher() as searcher:
                 parsed = _parse(ix.schema, query)
                 results = self._run(searcher, parsed, filters, texts, limit, offset, query)
+                # A word the index does not hold is likely a typo even when its stem matched
+                # a few documents ("Kubernets"): the corrected query wins if it finds more.
+                corrected = _correct(searcher, ix.schema, query)
+                if corrected is None:
+                    return results
+                again = self._run(
+                    searcher, _parse(ix.schema, corrected), filters, texts, limit, offset, query
+                )
+                if again.total > results.total:
+                    return SearchResults(query, again.total, again.hits, corrected)
                 if results.total == 0:
-                    corrected = _correct(searcher, ix.schema, query)
-                    if corrected is not None:
-                        again = self._run(
-                            searcher,
-                            _parse(ix.schema, corrected),
-                            filters,
-                            texts,
-                            limit,
-                            offset,
-                            query,
-                        )
-                        if again.total:
-                            return SearchResults(query, again.total, again.hits, corrected)
-                        return SearchResults(query, 0, [], corrected)
+                    return SearchResults(query, 0, [], corrected)
                 return results
         finally:
             ix.close()

@@ -72,8 +72,15 @@ def test_search_json_shape_and_ranking(cli, sandbox) -> None:  # type: ignore[no
     assert payload["query"] == "Python"
     assert payload["total"] == len(payload["hits"]) > 0
     hit = payload["hits"][0]
-    assert {"attachment_id", "candidate_id", "application_id", "type", "file_name", "score",
-            "snippet"} <= set(hit)
+    assert {
+        "attachment_id",
+        "candidate_id",
+        "application_id",
+        "type",
+        "file_name",
+        "score",
+        "snippet",
+    } <= set(hit)
     assert "<b>Python</b>" in hit["snippet"]
     scores = [h["score"] for h in payload["hits"]]
     assert scores == sorted(scores, reverse=True)
