@@ -13,6 +13,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +66,25 @@ class _Redact(logging.Filter):
 _REDACT = _Redact()
 
 
-def _setup_logging(verbose: int, quiet: bool) -> None:
+class _JsonFormatter(logging.Formatter):
+    """One JSON object a line, for log collectors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + "Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            payload["exception"] = self.formatException(record.exc_info).splitlines()[-1]
+        return json.dumps(payload, ensure_ascii=False)
+
+
+_FEEDBACK = {"quiet": False}
+
+
+def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     level = logging.WARNING
     if quiet:
         level = logging.ERROR
@@ -74,7 +93,13 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
     elif verbose >= 2:
         level = logging.DEBUG
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        formatter: logging.Formatter = _JsonFormatter()
+        formatter.converter = time.gmtime  # type: ignore[assignment]
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handler.setFormatter(formatter)
+    _FEEDBACK["quiet"] = quiet or log_format == "json"
     handler.addFilter(_REDACT)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -178,13 +203,20 @@ def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="pipeline")
 @click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr.")
-def cli(verbose: int, quiet: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr, no progress bar.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object a line, for log collectors.",
+)
+def cli(verbose: int, quiet: bool, log_format: str) -> None:
     """Turn candidates' CVs and cover letters from Kombo into searchable text.
 
     Stages: fetch (Kombo's attachments API) -> download -> extract -> index (SQLite + Whoosh).
     """
-    _setup_logging(verbose, quiet)
+    _setup_logging(verbose, quiet, log_format)
 
 
 def _collect_ids(ids: tuple[str, ...], ids_file: Any) -> list[str]:
@@ -194,6 +226,54 @@ def _collect_ids(ids: tuple[str, ...], ids_file: Any) -> list[str]:
     for candidate_id in collected:
         validate_candidate_id(candidate_id)
     return list(dict.fromkeys(collected))
+
+
+class _Progress:
+    """Progress bars on a terminal (tqdm); nothing at all when stderr is not one."""
+
+    def __init__(self) -> None:
+        self.enabled = sys.stderr.isatty() and not _FEEDBACK["quiet"]
+        self._bars: dict[str, Any] = {}
+
+    def __call__(self, what: str, done: int, total: int | None) -> None:
+        if not self.enabled:
+            return
+        bar = self._bars.get(what)
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(
+                total=total,
+                desc=what,
+                unit="",
+                leave=False,
+                file=sys.stderr,
+                position=len(self._bars),
+                dynamic_ncols=True,
+            )
+            self._bars[what] = bar
+        if done:
+            bar.update(done)
+
+    def wrap(self, iterable: Any, what: str) -> Any:
+        if not self.enabled:
+            return iterable
+        from tqdm import tqdm
+
+        return tqdm(iterable, desc=what, unit="", leave=False, file=sys.stderr)
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+
+
+def _run_with_progress(pipeline: Pipeline, work: Callable[[], RunSummary]) -> RunSummary:
+    progress = _Progress()
+    pipeline.progress = progress
+    try:
+        return work()
+    finally:
+        progress.close()
 
 
 def _finish(summary: RunSummary) -> int:
@@ -268,7 +348,9 @@ def ingest(
     settings = _kombo(kombo)
     extractor = ProcessExtractor(timeout=extract_timeout, memory_mb=extract_memory_mb)
     with Pipeline(settings, _data(data_dir, database_url), extractor=extractor) as pipeline:
-        return _finish(pipeline.ingest(ids, application_ids=applications))
+        return _finish(
+            _run_with_progress(pipeline, lambda: pipeline.ingest(ids, application_ids=applications))
+        )
 
 
 @cli.command()
@@ -302,7 +384,12 @@ def nightly(
     settings = _kombo(kombo)
     extractor = ProcessExtractor(timeout=extract_timeout, memory_mb=extract_memory_mb)
     with Pipeline(settings, _data(data_dir, database_url), extractor=extractor) as pipeline:
-        return _finish(pipeline.nightly(full=full, candidate_ids=given, wait_for_lock=wait))
+        return _finish(
+            _run_with_progress(
+                pipeline,
+                lambda: pipeline.nightly(full=full, candidate_ids=given, wait_for_lock=wait),
+            )
+        )
 
 
 @cli.command()
@@ -611,7 +698,14 @@ def _print_results(results: SearchResults, offset: int = 0) -> None:
 
 
 @cli.command()
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="jsonl", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="jsonl",
+    show_default=True,
+    help="parquet needs the [parquet] extra and --output.",
+)
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, writable=True),
@@ -626,6 +720,11 @@ def _print_results(results: SearchResults, offset: int = 0) -> None:
     help="Only records in this state, or all.",
 )
 @click.option("--candidate", help="Only this candidate's records.")
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+    help="Only attachments updated at Kombo since this date (UTC).",
+)
 @click.option("--no-text", is_flag=True, help="Leave the extracted text out.")
 @data_options
 def export(
@@ -634,25 +733,42 @@ def export(
     type_: str | None,
     status: str,
     candidate: str | None,
+    since: datetime | None,
     no_text: bool,
     data_dir: str | None,
     database_url: str | None,
 ) -> int:
-    """Write attachment records as JSON lines or CSV (schemas/export_record.schema.json)."""
+    """Write attachment records as JSON lines, CSV or Parquet (schemas/export_record.schema.json).
+
+    Records stream from the database in batches, so memory stays flat at any size.
+    """
+    if fmt == "parquet" and output is None:
+        raise UsageError("--format parquet writes a file: give --output PATH")
     with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        records = iter_records(
-            pipeline.store, type=type_, status=status, candidate_id=candidate, with_text=not no_text
+        records = _Progress().wrap(
+            iter_records(
+                pipeline.store,
+                type=type_,
+                status=status,
+                candidate_id=candidate,
+                since=since.replace(tzinfo=UTC) if since else None,
+                with_text=not no_text,
+            ),
+            "records",
         )
         writer = WRITERS[fmt]
-        extra = {"with_text": not no_text} if fmt == "csv" else {}
         if output is None:
-            count = writer(records, sys.stdout, **extra)
+            count = writer(records, sys.stdout, with_text=not no_text)
         else:
             target = Path(output)
             fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=".export-")
             try:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                    count = writer(records, handle, **extra)
+                with os.fdopen(
+                    fd,
+                    "wb" if fmt == "parquet" else "w",
+                    **({} if fmt == "parquet" else {"encoding": "utf-8", "newline": ""}),
+                ) as handle:
+                    count = writer(records, handle, with_text=not no_text)
                 os.chmod(tmp, 0o600)
                 os.replace(tmp, target)
             except BaseException:

@@ -201,6 +201,8 @@ class Pipeline:
         self._extractor = extractor
         # Stop after the download stage (the fetch/download benchmark measures just that).
         self.extract_enabled = True
+        # progress(what, done, total): a front end's hook; total is given once, when known.
+        self.progress: Callable[[str, int, int | None], None] = lambda what, n, total: None
 
     def close(self) -> None:
         self.store.close()
@@ -404,6 +406,7 @@ class Pipeline:
             log.info("also retrying %d candidates with unfinished or failed work", len(extra))
         targets += [Target("candidate", c) for c in extra]
         summary.candidates = len({t.candidate_id or t.id for t in targets})
+        self.progress("candidates", 0, len(targets))
         return targets
 
     # -- the run -----------------------------------------------------------------------------
@@ -476,6 +479,7 @@ class Pipeline:
         target = listed.target
         if isinstance(listed.error, IntegrationError):
             raise listed.error
+        self.progress("candidates", 1, None)
         if target.kind == "application" and target.candidate_id is None:
             summary.candidate_errors += 1
             message = (
@@ -604,6 +608,7 @@ class Pipeline:
         summary: RunSummary,
         batch: _IndexBatch,
     ) -> None:
+        self.progress("attachments", 1, None)
         if state == AttachmentState.FAILED:
             log.error("attachment %s of candidate %s failed: %s", item.id, item.candidate_id, error)
             summary.errors.append(f"attachment {item.id}: {error}")

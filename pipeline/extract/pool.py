@@ -99,6 +99,7 @@ class _Slot:
         self.owner = owner
         self.process: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
+        self.lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"extract-{number}", daemon=True)
 
     def start_worker(self) -> None:
@@ -111,12 +112,16 @@ class _Slot:
         self.process, self.conn = process, parent
 
     def kill_worker(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.process.kill()
-            self.process.join(timeout=5)
-        if self.conn is not None:
-            self.conn.close()
-        self.process, self.conn = None, None
+        # Called from this slot's thread (timeout) and from close() on a Ctrl-C, maybe both.
+        with self.lock:
+            process, conn = self.process, self.conn
+            self.process, self.conn = None, None
+        if process is not None and process.is_alive():
+            process.kill()
+            process.join(timeout=5)
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.close()
 
     def run(self) -> None:
         while True:
@@ -130,20 +135,29 @@ class _Slot:
                 future.set_result(self.parse(path, content_type, file_name))
             except BaseException as exc:
                 future.set_exception(exc)
-        if self.conn is not None:
+        conn, process = self.conn, self.process
+        if conn is not None and process is not None:
             with contextlib.suppress(OSError):
-                self.conn.send(None)
-            if self.process is not None:
-                self.process.join(timeout=5)
+                conn.send(None)
+            process.join(timeout=5)
         self.kill_worker()
 
     def parse(self, path: str, content_type: str | None, file_name: str | None) -> Extraction:
+        try:
+            return self._parse(path, content_type, file_name)
+        except (OSError, EOFError, AttributeError):
+            # The worker was killed under us by close(cancel=True): the run is stopping.
+            self.kill_worker()
+            return Extraction(AttachmentState.FAILED, None, error="cancelled")
+
+    def _parse(self, path: str, content_type: str | None, file_name: str | None) -> Extraction:
         if self.process is None or not self.process.is_alive():
             self.kill_worker()
             self.start_worker()
-        assert self.conn is not None and self.process is not None
-        self.conn.send((path, content_type, file_name))
-        if not self.conn.poll(self.owner.timeout):
+        conn, process = self.conn, self.process
+        assert conn is not None and process is not None
+        conn.send((path, content_type, file_name))
+        if not conn.poll(self.owner.timeout):
             log.warning(
                 "parser gave no answer in %.1f s on %s: worker killed",
                 self.owner.timeout,
@@ -152,9 +166,9 @@ class _Slot:
             self.kill_worker()
             return Extraction(AttachmentState.FAILED, None, error="timeout")
         try:
-            return self.conn.recv()  # type: ignore[no-any-return]
+            return conn.recv()  # type: ignore[no-any-return]
         except (EOFError, OSError):
-            code = self.process.exitcode if self.process else None
+            code = process.exitcode
             self.kill_worker()
             # Killed by the kernel for memory, or crashed in C code.
             error = "memory limit" if code in (-9, None) else f"parser crashed (exit {code})"
