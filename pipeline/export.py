@@ -59,55 +59,71 @@ def iter_records(
     since: datetime | None = None,
     with_text: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Records in a stable order (candidate, then attachment id)."""
-    columns: list[Any] = [Attachment]
+    """Records in a stable order (candidate, then attachment id), streamed from the database.
+
+    Plain Core rows, not ORM objects, fetched in batches: memory does not grow with the
+    number of records.
+    """
+    a, t = Attachment.__table__, ExtractedText.__table__
+    columns = [a.c[name] for name in _ATTACHMENT_COLUMNS]
     if with_text:
-        columns.append(ExtractedText.text)
+        columns.append(t.c.text)
     query = select(*columns)
     if with_text:
-        query = query.outerjoin(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
+        query = query.select_from(a.outerjoin(t, t.c.sha256 == a.c.sha256))
     if type:
-        query = query.where(Attachment.type == type)
+        query = query.where(a.c.type == type)
     if status and status != "all":
-        query = query.where(Attachment.status == status)
+        query = query.where(a.c.status == status)
     if candidate_id:
-        query = query.where(Attachment.candidate_id == candidate_id)
+        query = query.where(a.c.candidate_id == candidate_id)
     if since is not None:
-        query = query.where(Attachment.remote_updated_at >= since)
-    query = query.order_by(Attachment.candidate_id, Attachment.id).execution_options(yield_per=500)
-    with store.session() as session:
-        for row in session.execute(query):
-            attachment: Attachment = row[0]
+        query = query.where(a.c.remote_updated_at >= since)
+    query = query.order_by(a.c.candidate_id, a.c.id)
+    with store.engine.connect() as conn:
+        result = conn.execution_options(yield_per=500).execute(query)
+        for row in result:
+            values = row._mapping
             record: dict[str, Any] = {
-                "integration_id": attachment.integration_id,
-                "attachment_id": attachment.id,
-                "candidate_id": attachment.candidate_id,
-                "application_id": attachment.application_id,
-                "type": attachment.type,
-                "remote_id": attachment.remote_id,
-                "file_name": attachment.file_name,
-                "content_type": attachment.content_type,
-                "detected_type": attachment.detected_type,
-                "remote_created_at": _iso(attachment.remote_created_at),
-                "remote_updated_at": _iso(attachment.remote_updated_at),
-                "sha256": attachment.sha256,
-                "size_bytes": attachment.size_bytes,
-                "status": attachment.status,
-                "error": attachment.error,
-                "parser": attachment.parser,
-                "page_count": attachment.page_count,
-                "parser_version": attachment.parser_version,
-                "char_count": attachment.char_count,
-                "language": attachment.language,
-                "fetched_at": _iso(attachment.fetched_at),
-                "extracted_at": _iso(attachment.extracted_at),
-                "indexed_at": _iso(attachment.indexed_at),
+                "integration_id": values["integration_id"],
+                "attachment_id": values["id"],
             }
+            for name in _ATTACHMENT_COLUMNS[2:]:
+                value = values[name]
+                record[name] = _iso(value) if isinstance(value, datetime) else value
             if with_text:
                 # Text is kept only for attachments whose state has text to give.
-                record["text"] = row[1] if attachment.status in ("indexed", "pending") else None
-            session.expunge(attachment)
+                has_text = values["status"] in ("indexed", "pending")
+                record["text"] = values["text"] if has_text else None
             yield record
+
+
+# Attachment columns in the order of the export record (text, when wanted, comes last).
+_ATTACHMENT_COLUMNS = (
+    "integration_id",
+    "id",
+    "candidate_id",
+    "application_id",
+    "type",
+    "remote_id",
+    "file_name",
+    "content_type",
+    "detected_type",
+    "remote_created_at",
+    "remote_updated_at",
+    "sha256",
+    "size_bytes",
+    "status",
+    "error",
+    "parser",
+    "page_count",
+    "parser_version",
+    "char_count",
+    "language",
+    "fetched_at",
+    "extracted_at",
+    "indexed_at",
+)
 
 
 def write_jsonl(records: Iterator[dict[str, Any]], out: IO[str], *, with_text: bool = True) -> int:

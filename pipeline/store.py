@@ -19,6 +19,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     String,
     Text,
@@ -88,6 +89,8 @@ class ExtractedText(Base):
 
 class Attachment(Base):
     __tablename__ = "attachments"
+    # Export and the index walk attachments in this order: an index, so no sort in memory.
+    __table_args__ = (Index("ix_attachments_candidate_order", "candidate_id", "id"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     integration_id: Mapped[str] = mapped_column(String(200))
@@ -222,6 +225,8 @@ class Store:
                         conn.exec_driver_sql(
                             f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {kind}'
                         )
+                for index in table.indexes:
+                    index.create(conn, checkfirst=True)
 
     def close(self) -> None:
         self.engine.dispose()
