@@ -783,7 +783,12 @@ def export(
 def reindex(data_dir: str | None, database_url: str | None) -> int:
     """Rebuild the search index from the database."""
     with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        count = pipeline.reindex()
+        progress = _Progress()
+        pipeline.progress = progress
+        try:
+            count = pipeline.reindex()
+        finally:
+            progress.close()
     click.echo(f"reindex succeeded: {count} documents indexed")
     return 0
 

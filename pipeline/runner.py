@@ -359,8 +359,14 @@ class Pipeline:
 
     def reindex(self) -> int:
         """Rebuild the index from the database; pending texts become indexed."""
+        def counted(docs: Iterable[IndexDoc]) -> Iterable[IndexDoc]:
+            for doc in docs:
+                self.progress("documents", 1, None)
+                yield doc
+
         with WriterLock(self.data.data_dir):
-            count = self.index.rebuild(self.store.index_docs(only_pending=False))
+            self.progress("documents", 0, None)
+            count = self.index.rebuild(counted(self.store.index_docs(only_pending=False)))
             self.store.mark_indexed(list(self.store.attachment_ids([AttachmentState.PENDING])))
             self._collect_garbage()
             return count
