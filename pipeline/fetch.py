@@ -98,6 +98,7 @@ class RemoteCandidate:
     id: str
     changed_at: datetime | None
     remote_deleted_at: datetime | None
+    title: str | None = None  # their current job title, as the ATS has it
 
     @property
     def deleted(self) -> bool:
@@ -234,6 +235,7 @@ class KomboClient:
                     id=c["id"],
                     changed_at=parse_time(c.get("changed_at")),
                     remote_deleted_at=parse_time(c.get("remote_deleted_at")),
+                    title=c.get("title") if isinstance(c.get("title"), str) else None,
                 )
                 for c in data["results"]
             ]

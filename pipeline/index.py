@@ -36,10 +36,15 @@ _TOKEN_PATTERN = r"\w+(?:[.'’]\w+)*(?:\+\+|#)?"
 
 
 STEMMED = ("en", "de", "fr", "es")  # languages with their own stemmed field
-FIELDS = ("text", "file_name", *(f"text_{lang}" for lang in STEMMED))
+FIELDS = ("text", "file_name", "candidate_title", *(f"text_{lang}" for lang in STEMMED))
 # Exact words weigh more than shared stems; a match in the file name ("Lebenslauf Müller")
-# weighs double.
-BOOSTS = {"text": 1.0, "file_name": 2.0, **{f"text_{lang}": 0.6 for lang in STEMMED}}
+# weighs double, and one in the candidate's current job title one and a half.
+BOOSTS = {
+    "text": 1.0,
+    "file_name": 2.0,
+    "candidate_title": 1.5,
+    **{f"text_{lang}": 0.6 for lang in STEMMED},
+}
 
 
 def _analyzer():  # type: ignore[no-untyped-def]
@@ -70,6 +75,7 @@ def _schema() -> Schema:
         language=ID(stored=True),
         updated=DATETIME(stored=True),
         file_name=TEXT(stored=True, analyzer=analyzer),
+        candidate_title=TEXT(analyzer=analyzer),
         text=TEXT(analyzer=analyzer, phrase=True),
         **stems,
     )
@@ -136,6 +142,7 @@ class IndexWriter:
             "type": doc.type,
             "language": doc.language or "",
             "file_name": doc.file_name or "",
+            "candidate_title": doc.candidate_title or "",
             "text": doc.text,
         }
         if doc.updated_at is not None:

@@ -300,6 +300,9 @@ class Pipeline:
                                 if self._erase([candidate.id], "deleted at Kombo"):
                                     summary.erased += 1
                             else:
+                                self.store.candidate_listed(
+                                    candidate.id, self.kombo.integration_id, candidate.title
+                                )
                                 summary.listed.append(candidate.id)
                 finally:
                     client.close()
@@ -359,6 +362,7 @@ class Pipeline:
 
     def reindex(self) -> int:
         """Rebuild the index from the database; pending texts become indexed."""
+
         def counted(docs: Iterable[IndexDoc]) -> Iterable[IndexDoc]:
             for doc in docs:
                 self.progress("documents", 1, None)

@@ -76,6 +76,8 @@ class Candidate(Base):
     last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fetch_error: Mapped[str | None] = mapped_column(Text)
     remote_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Candidate-level text for search (their current job title, from GET /ats/candidates).
+    title: Mapped[str | None] = mapped_column(Text)
 
 
 class ExtractedText(Base):
@@ -171,6 +173,7 @@ class IndexDoc:
     sha256: str | None = None
     language: str | None = None
     updated_at: datetime | None = None
+    candidate_title: str | None = None
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,25 @@ class Store:
                         "integration_id": integration_id,
                         "first_seen_at": now,
                         **{k: v for k, v in params.items() if k != "key"},
+                    },
+                )
+
+    def candidate_listed(self, candidate_id: str, integration_id: str, title: str | None) -> None:
+        """Record what GET /ats/candidates says of a candidate (their title, for search)."""
+        table = Candidate.__table__
+        now = utcnow()
+        with self._conn() as conn:
+            updated = conn.execute(
+                update(table).where(table.c.id == candidate_id).values(title=title)
+            )
+            if not updated.rowcount:
+                conn.execute(
+                    insert(table),
+                    {
+                        "id": candidate_id,
+                        "integration_id": integration_id,
+                        "first_seen_at": now,
+                        "title": title,
                     },
                 )
 
@@ -472,8 +494,10 @@ class Store:
                     Attachment.sha256,
                     Attachment.language,
                     func.coalesce(Attachment.remote_updated_at, Attachment.fetched_at),
+                    Candidate.title,
                 )
                 .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
+                .outerjoin(Candidate, Candidate.id == Attachment.candidate_id)
                 .where(Attachment.status.in_(wanted))
                 .order_by(Attachment.candidate_id, Attachment.sha256, Attachment.id)
                 .execution_options(yield_per=500)
@@ -779,8 +803,10 @@ _INDEX_DOC = (
         _a.c.sha256,
         _a.c.language,
         func.coalesce(_a.c.remote_updated_at, _a.c.fetched_at),
+        _c.c.title,
     )
     .join(_t, _t.c.sha256 == _a.c.sha256)
+    .outerjoin(_c, _c.c.id == _a.c.candidate_id)
     .where(_a.c.id == bindparam("attachment_id"))
 )
 _HASHES = select(_a.c.sha256).where(_a.c.sha256.is_not(None)).distinct()

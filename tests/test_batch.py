@@ -189,3 +189,16 @@ def test_status_shows_runs_and_states(cli, sandbox: SandboxServer) -> None:  # t
     lines = result.out.splitlines()
     assert lines[0].startswith("attachments: ") and "indexed" in lines[0]
     assert any(line.startswith("run    1 ingest   succeeded") for line in lines)
+
+
+def test_candidate_title_from_kombo_is_searched(cli, sandbox: SandboxServer) -> None:  # type: ignore[no-untyped-def]
+    candidate = sandbox.world.ordered()[0]
+    for attachment in candidate.attachments:
+        sandbox.world.body(attachment.id)  # documents written with the old title
+    candidate.title = "Quantenphysikerin"  # only Kombo's candidate record says so
+    assert cli("nightly", env=sandbox.env()).code == 0
+    hits = _hits(cli, "quantenphysikerin")
+    assert hits and {h["candidate_id"] for h in hits} == {candidate.id}
+    assert b"Quantenphysikerin" not in b"".join(
+        sandbox.world.body(a.id) for a in candidate.attachments
+    )
