@@ -98,32 +98,8 @@ def iter_records(
             yield record
 
 
-# Attachment columns in the order of the export record (text, when wanted, comes last).
-_ATTACHMENT_COLUMNS = (
-    "integration_id",
-    "id",
-    "candidate_id",
-    "application_id",
-    "type",
-    "remote_id",
-    "file_name",
-    "content_type",
-    "detected_type",
-    "remote_created_at",
-    "remote_updated_at",
-    "sha256",
-    "size_bytes",
-    "status",
-    "error",
-    "parser",
-    "page_count",
-    "parser_version",
-    "char_count",
-    "language",
-    "fetched_at",
-    "extracted_at",
-    "indexed_at",
-)
+# The attachments table's columns, in the record's order (the text comes from its own table).
+_ATTACHMENT_COLUMNS = tuple("id" if c == "attachment_id" else c for c in COLUMNS if c != "text")
 
 
 def write_jsonl(records: Iterator[dict[str, Any]], out: IO[str], *, with_text: bool = True) -> int:

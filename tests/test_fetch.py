@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.config import KomboSettings
 from pipeline.errors import (
+    RETRYABLE_CODES,
     IntegrationError,
     KomboError,
     ResponseInvalidError,
@@ -83,15 +84,7 @@ def test_unknown_candidate_fails_alone(sandbox: SandboxServer, settings: KomboSe
         assert client.candidate_attachments(_first(sandbox)).attachments
 
 
-@pytest.mark.parametrize(
-    "code",
-    [
-        "PLATFORM.RATE_LIMIT_EXCEEDED",
-        "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
-        "REMOTE.RATE_LIMIT_EXCEEDED",
-        "REMOTE.SERVICE_UNAVAILABLE",
-    ],
-)
+@pytest.mark.parametrize("code", sorted(RETRYABLE_CODES))
 def test_retryable_codes_recover(
     sandbox: SandboxServer, settings: KomboSettings, code: str
 ) -> None:

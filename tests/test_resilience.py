@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import KomboSettings
-from pipeline.errors import INTEGRATION_WIDE_CODES
+from pipeline.errors import INTEGRATION_WIDE_CODES, RETRYABLE_CODES
 from pipeline.fetch import KomboClient
 from pipeline.sandbox.generator import EPOCH, World
 from pipeline.sandbox.server import SandboxServer
@@ -55,15 +55,7 @@ def test_integration_wide_codes_stop_the_run_with_exit_2(cli, sandbox, code: str
     assert _records(cli) == {}
 
 
-@pytest.mark.parametrize(
-    "code",
-    [
-        "PLATFORM.RATE_LIMIT_EXCEEDED",
-        "PLATFORM.CONCURRENCY_LIMIT_EXCEEDED",
-        "REMOTE.RATE_LIMIT_EXCEEDED",
-        "REMOTE.SERVICE_UNAVAILABLE",
-    ],
-)
+@pytest.mark.parametrize("code", sorted(RETRYABLE_CODES))
 def test_a_run_rides_out_each_retryable_code(cli, sandbox, code: str) -> None:  # type: ignore[no-untyped-def]
     status = 503 if code.endswith("SERVICE_UNAVAILABLE") else 429
     sandbox.add_fault(kind="error", status=status, code=code, times=5)

@@ -87,7 +87,7 @@ def _context() -> multiprocessing.context.BaseContext:
     global _CONTEXT
     if _CONTEXT is None:
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["pipeline.extract"])
+        context.set_forkserver_preload(["pipeline.extract.warm"])
         _CONTEXT = context
     return _CONTEXT
 
