@@ -1,0 +1,126 @@
+"""Indexing and search at size: documents per second into the Whoosh index (through our own
+SearchIndex, every field as a run writes it) beside the same text into SQLite FTS5 as a
+reference, and p50/p95 latency of a fixed query mix.
+
+    python benchmarks/index_search.py                 # 10,000 documents
+    python benchmarks/index_search.py --docs 100000   # the full size (several minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import statistics
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pipeline.index import SearchIndex
+from pipeline.sandbox.documents import cv_blocks, render_text
+from pipeline.sandbox.generator import World
+from pipeline.store import IndexDoc
+
+ROOT = Path(__file__).resolve().parent
+QUERIES = (
+    "Python",
+    "Kubernetes Docker",
+    '"machine learning"',
+    "München",
+    "developpement",
+    "Teamfähigkeit",
+    "Python OR Golang",
+    "Kuber*",
+    "Kubernets",
+    "Entwicklungen",
+)
+
+
+def documents(count: int) -> list[IndexDoc]:
+    world = World(candidates=count, seed=17)
+    now = datetime.now(UTC)
+    docs = []
+    for candidate in world.ordered():
+        text = render_text(cv_blocks(candidate)).decode()
+        docs.append(
+            IndexDoc(
+                attachment_id=f"doc{len(docs):08d}",
+                candidate_id=candidate.id,
+                application_id=None,
+                type="CV",
+                file_name=f"{candidate.full_name} CV.pdf",
+                text=text,
+                sha256=None,
+                language=candidate.language,
+                updated_at=now,
+                candidate_title=candidate.title,
+            )
+        )
+    return docs
+
+
+def index_whoosh(docs: list[IndexDoc], folder: Path) -> float:
+    started = time.perf_counter()
+    SearchIndex(folder).write(docs)
+    return time.perf_counter() - started
+
+
+def index_fts5(docs: list[IndexDoc], path: Path) -> float:
+    started = time.perf_counter()
+    db = sqlite3.connect(path)
+    db.execute(
+        "CREATE VIRTUAL TABLE docs USING fts5(attachment_id UNINDEXED, file_name, text, "
+        "tokenize='unicode61 remove_diacritics 2')"
+    )
+    db.executemany(
+        "INSERT INTO docs VALUES (?, ?, ?)",
+        ((d.attachment_id, d.file_name, d.text) for d in docs),
+    )
+    db.commit()
+    db.close()
+    return time.perf_counter() - started
+
+
+def search_latency(folder: Path, texts: dict[str, str], rounds: int) -> list[float]:
+    index = SearchIndex(folder)
+    latencies = []
+    for _ in range(rounds):
+        for query in QUERIES:
+            started = time.perf_counter()
+            index.search(query, texts=lambda ids: {i: texts[i] for i in ids}, limit=10)
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, nargs="+", default=[10_000])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "index_search.json")
+    args = parser.parse_args()
+    rows = []
+    for count in args.docs:
+        docs = documents(count)
+        texts = {d.attachment_id: d.text for d in docs}
+        with tempfile.TemporaryDirectory() as tmp:
+            whoosh_s = index_whoosh(docs, Path(tmp) / "index")
+            fts5_s = index_fts5(docs, Path(tmp) / "fts.db")
+            latencies = sorted(search_latency(Path(tmp) / "index", texts, args.rounds))
+        p50 = statistics.median(latencies)
+        p95 = latencies[int(len(latencies) * 0.95) - 1]
+        rows.append({
+            "docs": count,
+            "whoosh_docs_per_s": round(count / whoosh_s, 1),
+            "fts5_docs_per_s": round(count / fts5_s, 1),
+            "whoosh_over_fts5_time": round(whoosh_s / fts5_s, 1),
+            "search_p50_ms": round(p50 * 1000, 1),
+            "search_p95_ms": round(p95 * 1000, 1),
+        })
+        print(json.dumps(rows[-1]))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
