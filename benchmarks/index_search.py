@@ -109,14 +109,16 @@ def main() -> None:
             latencies = sorted(search_latency(Path(tmp) / "index", texts, args.rounds))
         p50 = statistics.median(latencies)
         p95 = latencies[int(len(latencies) * 0.95) - 1]
-        rows.append({
-            "docs": count,
-            "whoosh_docs_per_s": round(count / whoosh_s, 1),
-            "fts5_docs_per_s": round(count / fts5_s, 1),
-            "whoosh_over_fts5_time": round(whoosh_s / fts5_s, 1),
-            "search_p50_ms": round(p50 * 1000, 1),
-            "search_p95_ms": round(p95 * 1000, 1),
-        })
+        rows.append(
+            {
+                "docs": count,
+                "whoosh_docs_per_s": round(count / whoosh_s, 1),
+                "fts5_docs_per_s": round(count / fts5_s, 1),
+                "whoosh_over_fts5_time": round(whoosh_s / fts5_s, 1),
+                "search_p50_ms": round(p50 * 1000, 1),
+                "search_p95_ms": round(p95 * 1000, 1),
+            }
+        )
         print(json.dumps(rows[-1]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))

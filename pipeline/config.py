@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -88,7 +88,6 @@ class Options:
     region: str | None = None
     data_dir: str | None = None
     database_url: str | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def _pick(flag: str | None, env: Mapping[str, str], name: str) -> str | None:

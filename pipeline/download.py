@@ -29,7 +29,6 @@ _EXPIRED_STATUSES = frozenset({403, 404, 410})
 class Downloaded:
     sha256: str
     size_bytes: int
-    content_type: str | None  # what the file server said, for the record only
 
 
 class Downloader:
@@ -97,7 +96,7 @@ class Downloader:
                         )
                     if writer.size == 0 and declared is None:
                         log.debug("%s: empty body", subject)
-                return Downloaded(writer.sha256, writer.size, response.headers.get("content-type"))
+                return Downloaded(writer.sha256, writer.size)
         except httpx.TimeoutException as exc:
             raise DownloadError(f"{subject}: download timed out", transient=True) from exc
         except (httpx.RemoteProtocolError, httpx.ReadError) as exc:

@@ -431,7 +431,7 @@ class Pipeline:
             self.kombo.download_concurrency, thread_name_prefix="download"
         )
         batch = _IndexBatch(self.index, self.store)
-        stage = _Stages(fetch_pool, download_pool, extractor)
+        stage = _Stages(fetch_pool, download_pool)
         self._hashes = self.store.known_hashes()
         # sha256 -> attachments waiting for an extraction of the same bytes already under way
         self._extracting: dict[str, list[tuple[RemoteAttachment, Downloaded]]] = {}
@@ -568,11 +568,7 @@ class Pipeline:
             # The same bytes were read before: their outcome holds, no need to parse again.
             summary.reused += 1
             extraction = Extraction(
-                state=(
-                    AttachmentState.PENDING
-                    if prior.state == AttachmentState.INDEXED
-                    else AttachmentState(prior.state)
-                ),
+                state=AttachmentState(prior.state),
                 detected_type=prior.detected_type,
                 parser=prior.parser,
                 parser_version=prior.parser_version,
@@ -655,10 +651,8 @@ class _Stages:
         self,
         fetch_pool: ThreadPoolExecutor,
         download_pool: ThreadPoolExecutor,
-        extractor: Extractor,
     ) -> None:
         self._pools = {"list": fetch_pool, "download": download_pool}
-        self._extractor = extractor
         self._done: queue.SimpleQueue[tuple[str, Future[object], object]] = queue.SimpleQueue()
         self._counts: Counter[str] = Counter()
 
@@ -736,7 +730,6 @@ class _IndexBatch:
         self.upsert(doc)
         for other, _ in siblings[1:]:
             self.delete(other)
-            self._deletions.add(other)
             self._covered.add(other)
 
     def flush(self) -> None:

@@ -455,11 +455,6 @@ class Store:
                     .values(status=AttachmentState.INDEXED, indexed_at=now)
                 )
 
-    def text_for(self, sha256: str) -> str | None:
-        with self.session() as s:
-            row = s.get(ExtractedText, sha256)
-            return row.text if row else None
-
     def texts_for(self, attachment_ids: Sequence[str]) -> dict[str, str]:
         if not attachment_ids:
             return {}
@@ -680,7 +675,8 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
 
 @dataclass(frozen=True)
 class PriorExtraction:
-    """What extracting a file with these bytes gave before (for reuse by sha256)."""
+    """What extracting a file with these bytes gave before (for reuse by sha256), in
+    extraction's terms (``pending`` when it gave text)."""
 
     state: str
     error: str | None
@@ -710,7 +706,8 @@ def prior_extraction(store: Store, sha256: str) -> PriorExtraction | None:
     if has_text and row.text is None:
         return None
     return PriorExtraction(
-        state=AttachmentState.INDEXED if has_text else row.status,
+        # In extraction's terms: text read and waiting for the index is "pending".
+        state=AttachmentState.PENDING if has_text else row.status,
         error=row.error,
         detected_type=row.detected_type,
         parser=row.parser,

@@ -28,7 +28,6 @@ W_T = f"{{{_W}}}t"
 W_TAB = f"{{{_W}}}tab"
 W_BR = f"{{{_W}}}br"
 W_CR = f"{{{_W}}}cr"
-W_TC = f"{{{_W}}}tc"
 MC_FALLBACK = f"{{{_MC}}}Fallback"
 
 # Parts in the order a reader meets them: headers, body, notes, footers.

@@ -7,8 +7,6 @@ its time is up and the attachment ends ``failed`` with "timeout"; one that eats 
 the address-space limit and ends ``failed`` with "memory limit"; a worker that crashes is
 replaced. The run goes on either way. Workers come from a forkserver with the parsers already
 imported, because the parent has threads and forking a threaded process is unsafe.
-
-:class:`ThreadExtractor` runs in-process, for callers that want no subprocesses.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import os
 import queue
 import resource
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
@@ -42,22 +40,6 @@ class Extractor(Protocol):
     ) -> Future[Extraction]: ...
 
     def close(self, *, cancel: bool = False) -> None: ...
-
-
-class ThreadExtractor:
-    """Extraction on a few threads beside the network threads (no isolation)."""
-
-    def __init__(self, workers: int = 2) -> None:
-        self.workers = workers
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="extract")
-
-    def submit(
-        self, path: Path, content_type: str | None, file_name: str | None
-    ) -> Future[Extraction]:
-        return self._pool.submit(extract_file, path, content_type, file_name)
-
-    def close(self, *, cancel: bool = False) -> None:
-        self._pool.shutdown(wait=not cancel, cancel_futures=True)
 
 
 def _worker_main(conn: Connection, memory_bytes: int) -> None:
