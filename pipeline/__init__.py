@@ -7,17 +7,45 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .config import DataSettings, KomboSettings, Options, resolve_data, resolve_kombo
-from .errors import (
-    IntegrationError,
-    KomboError,
-    PipelineError,
-    QueryError,
-    UsageError,
-)
-from .index import SearchHit, SearchIndex, SearchResults
-from .runner import Pipeline, RunSummary
-from .states import AttachmentState
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import DataSettings, KomboSettings, Options, resolve_data, resolve_kombo
+    from .errors import IntegrationError, KomboError, PipelineError, QueryError, UsageError
+    from .index import SearchHit, SearchIndex, SearchResults
+    from .runner import Pipeline, RunSummary
+    from .states import AttachmentState
+
+# Imported on first use (PEP 562): a process that needs one stage (the download process,
+# the CLI's quick commands) does not pay for Whoosh, SQLAlchemy and every parser.
+_EXPORTS = {
+    "DataSettings": "config",
+    "KomboSettings": "config",
+    "Options": "config",
+    "resolve_data": "config",
+    "resolve_kombo": "config",
+    "IntegrationError": "errors",
+    "KomboError": "errors",
+    "PipelineError": "errors",
+    "QueryError": "errors",
+    "UsageError": "errors",
+    "SearchHit": "index",
+    "SearchIndex": "index",
+    "SearchResults": "index",
+    "Pipeline": "runner",
+    "RunSummary": "runner",
+    "AttachmentState": "states",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
 
 __all__ = [
     "AttachmentState",

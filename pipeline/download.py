@@ -7,14 +7,26 @@ never leaves for any origin but the API's, redirects included.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
-from dataclasses import dataclass
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from multiprocessing.connection import Connection
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 
 from . import __version__
-from .config import KomboSettings
+from .config import KomboSettings, Secret
 from .errors import DownloadError, LinkExpiredError, TooLargeError
 from .retry import retrying
 from .storage import LocalFileStore
@@ -53,7 +65,7 @@ class Downloader:
             transport=transport,
         )
 
-    def close(self) -> None:
+    def close(self, *, cancel: bool = False) -> None:
         self._http.close()
 
     def download(self, data_url: str, *, subject: str) -> Downloaded:
@@ -121,3 +133,162 @@ def _content_length(response: httpx.Response) -> int | None:
     if raw is None or not raw.strip().isdigit():
         return None
     return int(raw)
+
+
+# -- the download process --------------------------------------------------------------------
+#
+# Listing candidates, writing the database and indexing keep the parent's interpreter busy;
+# the downloads' HTTP work and hashing would compete with them for its one lock. In a process
+# of their own they take the second core. The child never holds the API key (downloads carry
+# no credentials anyway) and writes only into the file store's temporary folder and hash
+# names, exactly as an in-process download would.
+
+_ERRORS: dict[str, type[DownloadError]] = {
+    cls.__name__: cls for cls in (DownloadError, LinkExpiredError, TooLargeError)
+}
+
+
+class _ForwardLogs(logging.Handler):
+    """In the child: hand log records to the parent, which logs them through its handlers."""
+
+    def __init__(self, send: Callable[[tuple[object, ...]], None]) -> None:
+        super().__init__(logging.INFO)
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self._send(("log", record.name, record.levelno, record.getMessage()))
+
+
+def serve(fd: int) -> None:
+    """The child's entry point: download what the parent asks for over the socket ``fd``,
+    each on a thread of its own."""
+    # Ctrl-C reaches the whole process group; the parent decides when this process stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    send_lock = threading.Lock()
+
+    def send(message: tuple[object, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    logging.getLogger().handlers[:] = [_ForwardLogs(send)]
+    logging.getLogger().setLevel(logging.INFO)
+    # httpx logs every request URL at INFO: data_url links are capabilities, keep them out.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    settings, root = conn.recv()
+    downloader = Downloader(settings, LocalFileStore(Path(root)))
+    pool = ThreadPoolExecutor(settings.download_concurrency, thread_name_prefix="download")
+
+    def job(key: int, data_url: str, subject: str) -> None:
+        try:
+            done = downloader.download(data_url, subject=subject)
+            outcome: tuple[object, ...] = ("ok", key, done.sha256, done.size_bytes)
+        except DownloadError as exc:
+            outcome = ("error", key, type(exc).__name__, exc.message, exc.transient)
+        except Exception as exc:  # a bug must fail one download, not the process
+            outcome = ("error", key, "DownloadError", f"{subject}: {type(exc).__name__}", False)
+        with contextlib.suppress(OSError):
+            send(outcome)
+
+    while True:
+        try:
+            request = conn.recv()
+        except (EOFError, OSError):
+            # The parent is gone (killed, perhaps): stop at once; the next run sweeps any
+            # temporary file this leaves behind.
+            os._exit(0)
+        if request is None:
+            break
+        pool.submit(job, *request)
+    pool.shutdown(wait=True)
+    downloader.close()
+    conn.close()
+
+
+class DownloadProcess:
+    """A :class:`Downloader` in a child process; ``download`` blocks like the original."""
+
+    def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
+        store.ensure()
+        # A fresh interpreter that imports only this stage (a fork of a threaded parent is
+        # unsafe, and the forkserver's warm-up for the parsers takes seconds). Downloads need
+        # no credentials, so the child gets neither the key in its settings nor in its
+        # environment.
+        ours, theirs = socket.socketpair()
+        environment = {k: v for k, v in os.environ.items() if k != "KOMBO_API_KEY"}
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"from pipeline.download import serve; serve({theirs.fileno()})",
+            ],
+            pass_fds=[theirs.fileno()],
+            env=environment,
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send((replace(settings, api_key=Secret("")), str(store.root)))
+        self._send_lock = threading.Lock()
+        self._waiting: dict[int, Future[Downloaded]] = {}
+        self._keys = itertools.count()
+        self._reader = threading.Thread(target=self._read, name="download-results", daemon=True)
+        self._reader.start()
+
+    def submit(self, data_url: str, *, subject: str) -> Future[Downloaded]:
+        """Start a download; the future holds what ``Downloader.download`` would return or
+        raise."""
+        future: Future[Downloaded] = Future()
+        parts = urlsplit(data_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            future.set_exception(DownloadError(f"{subject}: data_url is not an http(s) URL"))
+            return future
+        with self._send_lock:
+            key = next(self._keys)
+            self._waiting[key] = future
+            try:
+                self._conn.send((key, data_url, subject))
+            except OSError:
+                self._waiting.pop(key, None)
+                future.set_exception(DownloadError(f"{subject}: the download process is gone"))
+        return future
+
+    def download(self, data_url: str, *, subject: str) -> Downloaded:
+        return self.submit(data_url, subject=subject).result()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                message = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "log":
+                _, name, level, text = message
+                logging.getLogger(name).log(level, "%s", text)
+                continue
+            future = self._waiting.pop(message[1])
+            if message[0] == "ok":
+                future.set_result(Downloaded(message[2], message[3]))
+            else:
+                _, _, kind, text, transient = message
+                future.set_exception(_ERRORS.get(kind, DownloadError)(text, transient=transient))
+        # The child ended under us: nobody waits forever.
+        for key in list(self._waiting):
+            waiting = self._waiting.pop(key, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(DownloadError("the download process ended"))
+
+    def close(self, *, cancel: bool = False) -> None:
+        if not cancel:
+            with contextlib.suppress(OSError), self._send_lock:
+                self._conn.send(None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=30)
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        self._reader.join(timeout=5)

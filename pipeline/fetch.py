@@ -270,7 +270,7 @@ class KomboClient:
                 if not action:
                     return self._once(path, params, subject, schema, {})
                 # Actions (calls that reach the ATS live) count against Kombo's limit.
-                self.actions.acquire()
+                ticket = self.actions.acquire()
                 seen: dict[str, int | None] = {}
                 refused = False
                 try:
@@ -280,6 +280,7 @@ class KomboClient:
                     raise
                 finally:
                     self.actions.release(
+                        ticket,
                         refused=refused,
                         remaining=seen.get("remaining"),
                         server_limit=seen.get("limit"),

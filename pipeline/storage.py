@@ -9,8 +9,9 @@ data).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,10 +54,17 @@ class LocalFileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._tmp = root / "tmp"
+        # Folders known to exist: a download costs a file creation, not three mkdir calls.
+        self._folders: set[str] = set()
+        self._names = itertools.count()
+        self._prefix = f"dl-{os.getpid()}-{secrets.token_hex(4)}-"
 
     def ensure(self) -> None:
+        if "" in self._folders:
+            return
         for folder in (self.root, self._tmp):
             folder.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+        self._folders.add("")
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
@@ -77,8 +85,10 @@ class LocalFileStore:
         On any exception the temporary file is removed and nothing is stored.
         """
         self.ensure()
-        fd, name = tempfile.mkstemp(dir=self._tmp, prefix="dl-", suffix=".part")
-        tmp_path = Path(name)
+        # A name no other writer uses (process, random tag, counter), created exclusively
+        # and private from the first byte.
+        tmp_path = self._tmp / f"{self._prefix}{next(self._names)}.part"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         committed = False
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -88,8 +98,10 @@ class LocalFileStore:
                 # by a power cut is caught by its size (``exists(sha, size)``) and fetched again.
                 handle.flush()
             final = self.path(writer.sha256)
-            final.parent.mkdir(exist_ok=True, mode=_DIR_MODE)
-            os.chmod(tmp_path, _FILE_MODE)
+            folder = final.parent.name
+            if folder not in self._folders:
+                final.parent.mkdir(exist_ok=True, mode=_DIR_MODE)
+                self._folders.add(folder)
             os.replace(tmp_path, final)  # atomic; identical content may simply replace itself
             committed = True
         finally:
