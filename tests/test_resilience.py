@@ -101,6 +101,18 @@ def test_a_lower_server_limit_is_learned_and_the_run_finishes(cli, tmp_path: Pat
         assert server.stats.refused_concurrency < 30
 
 
+def test_a_limit_shared_with_another_client_is_held_not_overrun(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # Another client of the integration keeps 20 actions running: 10 remain for us, and the
+    # answers say so only through Concurrency-Remaining.
+    world = World(candidates=60, seed=13)
+    with SandboxServer(world, latency=0.05, concurrency_limit=30, others_in_flight=20) as server:
+        result = cli("ingest", *[c.id for c in world.ordered()], env=server.env())
+        assert result.code == 0, result.err
+        assert server.stats.max_in_flight <= 10
+        # A few refusals while the client learns the room left, not one per candidate.
+        assert server.stats.refused_concurrency < 15
+
+
 def test_downloads_follow_redirects_without_carrying_credentials(cli, sandbox) -> None:  # type: ignore[no-untyped-def]
     # A second server stands in for another origin (the file host after a redirect).
     other_world = World(candidates=len(sandbox.world.candidates), seed=7)

@@ -111,6 +111,7 @@ class SandboxState:
         latency: float = 0.0,
         download_latency: float = 0.0,
         concurrency_limit: int = 30,
+        others_in_flight: int = 0,
         link_ttl: float = 7 * 24 * 3600,
     ) -> None:
         self.world = world
@@ -119,6 +120,9 @@ class SandboxState:
         self.latency = latency
         self.download_latency = download_latency
         self.concurrency_limit = concurrency_limit
+        # Actions another client of the same integration keeps in flight all the time: they
+        # use up part of the limit, and only the headers tell our client so.
+        self.others_in_flight = others_in_flight
         self.link_ttl = link_ttl
         self.faults: list[Fault] = []
         self.stats = Stats()
@@ -290,14 +294,16 @@ class _Handler(BaseHTTPRequestHandler):
             return
         # Actions count against the integration's concurrency limit, as at Kombo.
         with state.lock:
-            if state.stats.in_flight >= state.concurrency_limit:
+            if state.stats.in_flight + state.others_in_flight >= state.concurrency_limit:
                 state.stats.refused_concurrency += 1
                 refused = True
             else:
                 refused = False
                 state.stats.in_flight += 1
                 state.stats.max_in_flight = max(state.stats.max_in_flight, state.stats.in_flight)
-            remaining = max(0, state.concurrency_limit - state.stats.in_flight)
+            remaining = max(
+                0, state.concurrency_limit - state.others_in_flight - state.stats.in_flight
+            )
         headers = {
             "Concurrency-Limit": str(state.concurrency_limit),
             "Concurrency-Remaining": str(remaining),
