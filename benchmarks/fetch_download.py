@@ -87,6 +87,11 @@ def candidate_ids(env: dict[str, str]) -> list[str]:
         return [c.id for page in client.candidate_pages() for c in page.candidates]
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run(
     env: dict[str, str], ids: list[str], args: argparse.Namespace, *, extract: bool, pid: int
 ) -> dict:
@@ -103,10 +108,13 @@ def run(
         with Pipeline(settings, data) as pipeline:
             pipeline.extract_enabled = extract
             cpu_before = time.process_time()
+            children_before = _children_cpu()
             started = time.perf_counter()
             summary = pipeline.ingest(ids)
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_before
+            # The download process is our child and has been waited for by now.
+            children = _children_cpu() - children_before
     sandbox_cpu = process_cpu(pid) - sandbox_cpu_before
     after = stats(env)
     actions = after["requests"].get("action", 0) - before["requests"].get("action", 0)
@@ -126,6 +134,7 @@ def run(
         "ideal_s": round(ideal, 2),
         "wall_over_ideal": round(wall / ideal, 2) if ideal else None,
         "cpu_s": round(cpu, 2),
+        "child_cpu_s": round(children, 2),
         "cpu_floor_s": round(cpu / (os.cpu_count() or 1), 2),
         "sandbox_cpu_s": round(sandbox_cpu, 2),
         "refused_concurrency": after["refused_concurrency"] - before["refused_concurrency"],
@@ -170,7 +179,9 @@ def main() -> None:
         "serial_s",
         "ideal_s",
         "wall_over_ideal",
-        "cpu_floor_s",
+        "cpu_s",
+        "child_cpu_s",
+        "sandbox_cpu_s",
         "refused_concurrency",
         "peak_rss_mb",
     ]

@@ -18,7 +18,7 @@
     └── LockedError                  another run holds the writer lock
 
 Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
-stage: ``fetch._translate_transport``, ``download``, ``extract`` and ``index``.
+stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``index``.
 Messages never contain the API key: only ids, codes and Kombo's own texts.
 """
 

@@ -36,8 +36,6 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, Literal
 
-import httpx
-
 from .config import DataSettings, KomboSettings
 from .download import Downloaded, DownloadProcess
 from .errors import (
@@ -187,7 +185,6 @@ class Pipeline:
         kombo: KomboSettings | None,
         data: DataSettings,
         *,
-        transport: httpx.BaseTransport | None = None,
         extractor: Extractor | None = None,
     ) -> None:
         self.kombo = kombo
@@ -197,7 +194,6 @@ class Pipeline:
         self.store.create()
         self.files = LocalFileStore(data.files_dir)
         self.index = SearchIndex(data.index_dir)
-        self._transport = transport
         self._extractor = extractor
         # Stop after the download stage (the fetch/download benchmark measures just that).
         self.extract_enabled = True
@@ -289,7 +285,7 @@ class Pipeline:
                 if given is not None:
                     return
                 assert self.kombo is not None
-                client = KomboClient(self.kombo, transport=self._transport)
+                client = KomboClient(self.kombo)
                 try:
                     for page in client.candidate_pages(
                         updated_after=watermark, include_deleted=True
@@ -423,7 +419,7 @@ class Pipeline:
 
     def _run(self, targets: list[Target], summary: RunSummary) -> None:
         assert self.kombo is not None
-        client = KomboClient(self.kombo, transport=self._transport)
+        client = KomboClient(self.kombo)
         downloader = DownloadProcess(self.kombo, self.files)
         extractor = self._extractor or ProcessExtractor()
         fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
