@@ -9,17 +9,20 @@ copy, so the database stays the one place personal text lives.
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache, lru_cache
 from pathlib import Path
 
 from whoosh import index as whoosh_index
 from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer, StemFilter
 from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
 from whoosh.highlight import ContextFragmenter, HtmlFormatter, get_text
+from whoosh.lang import stemmer_for_language
 from whoosh.qparser import AndGroup, MultifieldParser, QueryParser
 from whoosh.query import And, ConstantScoreQuery, DateRange, Or, Query, Term
 from whoosh.support.charset import accent_map
@@ -60,6 +63,30 @@ def _stemming_analyzer(lang: str):  # type: ignore[no-untyped-def]
         | StemFilter(lang=lang, cachesize=50_000)
         | CharsetFilter(accent_map)
     )
+
+
+_WORD = re.compile(_TOKEN_PATTERN)
+
+
+@cache
+def _stemmer(lang: str) -> Callable[[str], str]:
+    return lru_cache(maxsize=100_000)(stemmer_for_language(lang))
+
+
+def _words(text: str) -> tuple[list[str], list[str]]:
+    """The analyzers' work done in one pass for indexing: (lower-cased words, folded words).
+
+    Whoosh takes a list of words as already analyzed; building them with one regex scan and
+    C-level string methods is several times cheaper than its chain of token generators. The
+    result is the same as the fields' analyzers, which still analyze the queries.
+    """
+    lowered = [word.lower() for word in _WORD.findall(text)]
+    return lowered, [word.translate(accent_map) for word in lowered]
+
+
+def _stems(lowered: list[str], lang: str) -> list[str]:
+    stem = _stemmer(lang)
+    return [stem(word).translate(accent_map) for word in lowered]
 
 
 def _schema() -> Schema:
@@ -143,12 +170,13 @@ class IndexWriter:
             "language": doc.language or "",
             "file_name": doc.file_name or "",
             "candidate_title": doc.candidate_title or "",
-            "text": doc.text,
         }
+        lowered, folded = _words(doc.text)
+        fields["text"] = folded
         if doc.updated_at is not None:
             fields["updated"] = doc.updated_at.replace(tzinfo=None)
         if doc.language in STEMMED:
-            fields[f"text_{doc.language}"] = doc.text
+            fields[f"text_{doc.language}"] = _stems(lowered, doc.language)
         self._writer.update_document(**fields)
         self.pending += 1
 
@@ -192,7 +220,7 @@ class SearchIndex:
         in its old segment file until a later merge, and an erasure must not wait for that.
         """
         ix = self._open()
-        raw = ix.writer(limitmb=128)
+        raw = ix.writer(limitmb=256)
         wrapped = IndexWriter(raw)
         try:
             yield wrapped
@@ -327,7 +355,6 @@ class SearchIndex:
         results = searcher.search(
             And([parsed, *filters]) if filters else parsed,
             limit=max(1, offset + limit),
-            terms=True,
         )
         results.fragmenter = ContextFragmenter(maxchars=240, surround=60)
         results.formatter = _BoldFormatter()
