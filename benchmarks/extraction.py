@@ -31,14 +31,10 @@ def pypdf_pages(path: Path) -> int | None:
         return None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", type=Path, default=ROOT.parent.parent / "shared" / "corpus")
-    parser.add_argument("--json", type=Path, default=ROOT / "results" / "extraction.json")
-    args = parser.parse_args()
+def measure(files: list[Path], root: Path | None = None) -> dict:
+    """pypdf and pdftotext over the same readable PDFs: pages per second and the ratio."""
     logging.disable(logging.WARNING)
     pdftotext = shutil.which("pdftotext")
-    files = sorted(args.corpus.rglob("*.pdf"))
     rows = []
     for path in files:
         started = time.perf_counter()
@@ -55,30 +51,43 @@ def main() -> None:
             reference_s = time.perf_counter() - started if done.returncode == 0 else None
         rows.append(
             {
-                "file": str(path.relative_to(args.corpus)),
+                "file": str(path.relative_to(root)) if root else path.name,
                 "pages": pages,
                 "pypdf_s": round(pypdf_s, 4),
                 "pdftotext_s": round(reference_s, 4) if reference_s else None,
             }
         )
-    pages = sum(r["pages"] for r in rows)
-    pypdf_total = sum(r["pypdf_s"] for r in rows)
+    logging.disable(logging.NOTSET)
     both = [r for r in rows if r["pdftotext_s"]]
-    print(f"{len(rows)} readable PDFs, {pages} pages")
-    print(f"pypdf:     {pages / pypdf_total:8.1f} pages/s ({pypdf_total:.2f} s)")
-    if both:
-        ref_pages = sum(r["pages"] for r in both)
-        ref_total = sum(r["pdftotext_s"] for r in both)
-        mine = sum(r["pypdf_s"] for r in both)
-        print(
-            f"pdftotext: {ref_pages / ref_total:8.1f} pages/s ({ref_total:.2f} s, a process "
-            "per file included)"
-        )
-        print(f"ratio pypdf / pdftotext speed: {(ref_pages / mine) / (ref_pages / ref_total):.3f}")
+    pages = sum(r["pages"] for r in both)
+    pypdf_s = sum(r["pypdf_s"] for r in both)
+    reference_s = sum(r["pdftotext_s"] for r in both)
+    return {
+        "files": len(both),
+        "pages": pages,
+        "pypdf_pages_per_s": round(pages / pypdf_s, 1) if pypdf_s else None,
+        "pdftotext_pages_per_s": round(pages / reference_s, 1) if reference_s else None,
+        "pypdf_over_pdftotext_speed": round(reference_s / pypdf_s, 3) if pypdf_s else None,
+        "pdftotext": bool(pdftotext),
+        "rows": rows,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--corpus", type=Path, default=ROOT.parent.parent / "shared" / "corpus")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "extraction.json")
+    args = parser.parse_args()
+    result = measure(sorted(args.corpus.rglob("*.pdf")), args.corpus)
+    print(f"{result['files']} readable PDFs, {result['pages']} pages")
+    print(f"pypdf:     {result['pypdf_pages_per_s']} pages/s")
+    if result["pdftotext"]:
+        print(f"pdftotext: {result['pdftotext_pages_per_s']} pages/s (a process per file)")
+        print(f"ratio pypdf / pdftotext speed: {result['pypdf_over_pdftotext_speed']}")
     else:
         print("pdftotext: not installed (apt-get install poppler-utils)")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2))
+    args.json.write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -93,6 +93,23 @@ def search_latency(folder: Path, texts: dict[str, str], rounds: int) -> list[flo
     return latencies
 
 
+def measure(count: int, rounds: int) -> dict:
+    docs = documents(count)
+    texts = {d.attachment_id: d.text for d in docs}
+    with tempfile.TemporaryDirectory() as tmp:
+        whoosh_s = index_whoosh(docs, Path(tmp) / "index")
+        fts5_s = index_fts5(docs, Path(tmp) / "fts.db")
+        latencies = sorted(search_latency(Path(tmp) / "index", texts, rounds))
+    return {
+        "docs": count,
+        "whoosh_docs_per_s": round(count / whoosh_s, 1),
+        "fts5_docs_per_s": round(count / fts5_s, 1),
+        "whoosh_over_fts5_time": round(whoosh_s / fts5_s, 1),
+        "search_p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "search_p95_ms": round(latencies[int(len(latencies) * 0.95) - 1] * 1000, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, nargs="+", default=[10_000])
@@ -101,24 +118,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for count in args.docs:
-        docs = documents(count)
-        texts = {d.attachment_id: d.text for d in docs}
-        with tempfile.TemporaryDirectory() as tmp:
-            whoosh_s = index_whoosh(docs, Path(tmp) / "index")
-            fts5_s = index_fts5(docs, Path(tmp) / "fts.db")
-            latencies = sorted(search_latency(Path(tmp) / "index", texts, args.rounds))
-        p50 = statistics.median(latencies)
-        p95 = latencies[int(len(latencies) * 0.95) - 1]
-        rows.append(
-            {
-                "docs": count,
-                "whoosh_docs_per_s": round(count / whoosh_s, 1),
-                "fts5_docs_per_s": round(count / fts5_s, 1),
-                "whoosh_over_fts5_time": round(whoosh_s / fts5_s, 1),
-                "search_p50_ms": round(p50 * 1000, 1),
-                "search_p95_ms": round(p95 * 1000, 1),
-            }
-        )
+        rows.append(measure(count, args.rounds))
         print(json.dumps(rows[-1]))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(rows, indent=2))

@@ -329,8 +329,7 @@ class KomboClient:
             ) from exc
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
             raise TransportError(
-                f"cannot reach Kombo at {self._host} ({subject}): "
-                f"{type(exc).__name__}"
+                f"cannot reach Kombo at {self._host} ({subject}): {type(exc).__name__}"
             ) from exc
         seen["remaining"] = _int_header(response, "concurrency-remaining")
         seen["limit"] = _int_header(response, "concurrency-limit")

@@ -89,6 +89,9 @@ class RunSummary:
     fatal: IntegrationError | None = None
     erased: int = 0
     listed: list[str] = field(default_factory=list)
+    # CPU seconds spent parsing (in the workers) and writing the index (on the writer thread)
+    extract_cpu: float = 0.0
+    index_cpu: float = 0.0
 
     @property
     def exit_code(self) -> int:
@@ -448,7 +451,9 @@ class Pipeline:
                 with self.store.batch():
                     for kind, value in done:
                         if kind == "list":
-                            self._record_list(value, summary, batch, stage, client, downloader)
+                            self._record_list(
+                                value, summary, batch, stage, client, downloader, extractor
+                            )
                         elif kind == "download":
                             self._record_download(
                                 value, summary, batch, stage, extractor, client, downloader
@@ -469,6 +474,7 @@ class Pipeline:
                 client.close()
             # Whatever finished is made searchable, even when the run stops early.
             batch.flush()
+            summary.index_cpu += batch.cpu
 
     def _record_list(
         self,
@@ -478,6 +484,7 @@ class Pipeline:
         stage: _Stages,
         client: KomboClient,
         downloader: DownloadProcess,
+        extractor: Extractor,
     ) -> None:
         assert self.kombo is not None
         target = listed.target
@@ -524,6 +531,8 @@ class Pipeline:
         listed_ids = {item.id for item in items}
         for item in items:
             if _needs_work(item, known.get(item.id), self.files):
+                if self.extract_enabled:
+                    extractor.prestart()
                 future = downloader.submit(item.data_url, subject=f"attachment {item.id}")
                 stage.track("download", future, partial(_fetched, item))
             else:
@@ -598,6 +607,7 @@ class Pipeline:
         self, extracted: _Extracted, summary: RunSummary, batch: _IndexBatch
     ) -> None:
         extraction = extracted.extraction
+        summary.extract_cpu += extraction.cpu_seconds
         waiting = self._extracting.pop(extracted.downloaded.sha256, [])
         for item, downloaded in [(extracted.item, extracted.downloaded), *waiting]:
             self._save(
@@ -702,6 +712,7 @@ class _IndexBatch:
         self._docs: dict[str, IndexDoc] = {}
         self._deletions: set[str] = set()
         self._covered: set[str] = set()
+        self.cpu = 0.0  # seconds spent in index writes
 
     @property
     def size(self) -> int:
@@ -733,7 +744,9 @@ class _IndexBatch:
     def flush(self) -> None:
         if not self.size and not self._covered:
             return
+        started = time.thread_time()
         self._index.write(self._docs.values(), self._deletions)
+        self.cpu += time.thread_time() - started
         self._store.mark_indexed([*self._docs, *self._covered])
         self._docs.clear()
         self._deletions.clear()

@@ -19,6 +19,7 @@ import queue
 import resource
 import threading
 from concurrent.futures import Future
+from multiprocessing import forkserver
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
@@ -38,6 +39,8 @@ class Extractor(Protocol):
     def submit(
         self, path: Path, content_type: str | None, file_name: str | None
     ) -> Future[Extraction]: ...
+
+    def prestart(self) -> None: ...
 
     def close(self, *, cancel: bool = False) -> None: ...
 
@@ -170,9 +173,25 @@ class ProcessExtractor:
         self.memory_bytes = memory_mb * 1024 * 1024
         self.jobs: queue.SimpleQueue[tuple[Future[Extraction], str, str | None, str | None] | None]
         self.jobs = queue.SimpleQueue()
+        self._prestarted = False
         self._slots = [_Slot(self, n) for n in range(self.workers)]
         for slot in self._slots:
             slot.thread.start()
+
+    def prestart(self) -> None:
+        """Boot the forkserver now, in the background: its warm-up (the parsers and the
+        language model, about a second of CPU) then overlaps with the first downloads instead
+        of holding up the first extraction."""
+        if self._prestarted:
+            return
+        self._prestarted = True
+
+        def boot() -> None:
+            _context()
+            with contextlib.suppress(Exception):
+                forkserver.ensure_running()
+
+        threading.Thread(target=boot, name="forkserver-boot", daemon=True).start()
 
     def submit(
         self, path: Path, content_type: str | None, file_name: str | None

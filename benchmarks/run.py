@@ -1,0 +1,262 @@
+"""Every performance figure in one run, side by side, as ratios (these machines are noisy).
+
+    python -m benchmarks            # full size: 2,000 candidates, 10,000 and 100,000 documents
+    python -m benchmarks --quick    # a laptop's size: 300 candidates, 2,000 and 10,000 documents
+
+Prints one table and writes it as JSON (``benchmarks/results/run.json``):
+
+- end to end: N sandbox candidates (PDF and DOCX, about two files each), 100 ms per API call
+  and 50 ms per download. Wall time; the network floor (calls x latency / concurrency, API
+  calls and downloads each against their own bound, the larger); the CPU floor (extraction
+  and indexing CPU / cores); wall / max(floors);
+- the same run again with nothing changed: wall time against the listing calls' floor;
+- extraction alone: pypdf against ``pdftotext`` on the same PDFs (the shared corpus when it
+  is beside the project, else the sandbox's own PDFs);
+- indexing alone: Whoosh against SQLite FTS5 on the same generated CVs;
+- search: p50 and p95 over a fixed query mix at both index sizes;
+- memory: peak RSS of the pipeline's process for the small and the full end-to-end run.
+
+Each end-to-end run is a process of its own (``--child``), so that its peak RSS is its own.
+The sandbox runs in a process of its own too, its documents rendered once into a cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+import extraction  # noqa: E402
+import fetch_download  # noqa: E402
+import index_search  # noqa: E402
+
+SIZES = {
+    "full": {"candidates": 2000, "small": 500, "docs": [10_000, 100_000], "rounds": 5},
+    "quick": {"candidates": 300, "small": 75, "docs": [2_000, 10_000], "rounds": 3},
+}
+API_LATENCY = 0.1
+DOWNLOAD_LATENCY = 0.05
+TARGETS = {
+    "end_to_end_over_floor": 1.3,
+    "rerun_over_floor": 1.5,
+    "whoosh_over_fts5_time": 20.0,
+    "search_p95_ms_largest": 50.0,
+    "peak_rss_ratio": 1.3,
+}
+
+
+# -- one end-to-end run, in a process of its own ------------------------------------------------
+
+
+def child(data_dir: Path, ids_file: Path) -> None:
+    from pipeline.config import DataSettings, Options, resolve_kombo
+    from pipeline.runner import Pipeline
+
+    settings = resolve_kombo(Options(), env=dict(os.environ))
+    data = DataSettings(data_dir, f"sqlite:///{data_dir}/pipeline.db")
+    ids = ids_file.read_text().split()
+    with Pipeline(settings, data) as pipeline:
+        started = time.perf_counter()
+        summary = pipeline.ingest(ids)
+        wall = time.perf_counter() - started
+    print(
+        json.dumps(
+            {
+                "wall_s": wall,
+                "exit_code": summary.exit_code,
+                "counts": summary.counts(),
+                "extract_cpu_s": summary.extract_cpu,
+                "index_cpu_s": summary.index_cpu,
+                "concurrency": settings.concurrency,
+                "download_concurrency": settings.download_concurrency,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+def ingest(env: dict[str, str], ids: list[str], data_dir: Path) -> dict:
+    ids_file = data_dir.parent / f"{data_dir.name}.ids"
+    ids_file.write_text("\n".join(ids))
+    before = fetch_download.stats(env)
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", str(data_dir), str(ids_file)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"the end-to-end run failed:\n{done.stderr[-2000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    after = fetch_download.stats(env)
+    result["api_calls"] = after["requests"].get("action", 0) - before["requests"].get("action", 0)
+    result["downloads"] = after["file_requests"] - before["file_requests"]
+    return result
+
+
+def end_to_end(size: dict, cache: Path) -> dict:
+    args = argparse.Namespace(
+        candidates=size["candidates"],
+        seed=7,
+        latency=API_LATENCY,
+        download_latency=DOWNLOAD_LATENCY,
+    )
+    process, env = fetch_download.start_sandbox(args, cache)
+    cores = os.cpu_count() or 1
+    try:
+        ids = fetch_download.candidate_ids(env)
+        with tempfile.TemporaryDirectory() as tmp:
+            full = ingest(env, ids, Path(tmp) / "full")
+            rerun = ingest(env, ids, Path(tmp) / "full")
+            small = ingest(env, ids[: size["small"]], Path(tmp) / "small")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    network = max(
+        full["api_calls"] * API_LATENCY / full["concurrency"],
+        full["downloads"] * DOWNLOAD_LATENCY / full["download_concurrency"],
+    )
+    cpu = (full["extract_cpu_s"] + full["index_cpu_s"]) / cores
+    rerun_floor = rerun["api_calls"] * API_LATENCY / rerun["concurrency"]
+    return {
+        "candidates": len(ids),
+        "attachments": sum(v for k, v in full["counts"].items() if k not in _NOT_ATTACHMENTS),
+        "api_calls": full["api_calls"],
+        "downloads": full["downloads"],
+        "exit_code": full["exit_code"],
+        "wall_s": round(full["wall_s"], 2),
+        "network_floor_s": round(network, 2),
+        "cpu_floor_s": round(cpu, 2),
+        "extract_cpu_s": round(full["extract_cpu_s"], 2),
+        "index_cpu_s": round(full["index_cpu_s"], 2),
+        "end_to_end_over_floor": round(full["wall_s"] / max(network, cpu), 2),
+        "rerun_wall_s": round(rerun["wall_s"], 2),
+        "rerun_api_calls": rerun["api_calls"],
+        "rerun_downloads": rerun["downloads"],
+        "rerun_floor_s": round(rerun_floor, 2),
+        "rerun_over_floor": round(rerun["wall_s"] / rerun_floor, 2),
+        "small_candidates": size["small"],
+        "peak_rss_small_mb": round(small["peak_rss_mb"], 1),
+        "peak_rss_full_mb": round(full["peak_rss_mb"], 1),
+        "peak_rss_ratio": round(full["peak_rss_mb"] / small["peak_rss_mb"], 2),
+    }
+
+
+_NOT_ATTACHMENTS = {"candidates", "candidate_errors", "unchanged", "reused", "erased"}
+
+
+def pdfs(cache: Path) -> tuple[list[Path], Path | None]:
+    corpus = ROOT.parent.parent / "shared" / "corpus"
+    if corpus.is_dir():
+        return sorted(corpus.rglob("*.pdf")), corpus
+    # No shared corpus (a user's clone): the sandbox's own PDFs, rendered into the cache.
+    found = [p for p in sorted(cache.glob("*.bin")) if p.read_bytes()[:5] == b"%PDF-"]
+    return found[:200], None
+
+
+# -- the table ------------------------------------------------------------------------------------
+
+
+def table(result: dict) -> list[tuple[str, str, str]]:
+    e2e, ext = result["end_to_end"], result["extraction"]
+    rows = [
+        (
+            f"end to end, {e2e['candidates']} candidates ({e2e['attachments']} attachments)",
+            f"{e2e['wall_s']} s (network floor {e2e['network_floor_s']} s, "
+            f"CPU floor {e2e['cpu_floor_s']} s)",
+            f"{e2e['end_to_end_over_floor']} (<= 1.3)",
+        ),
+        (
+            "the same run again, nothing changed",
+            f"{e2e['rerun_wall_s']} s ({e2e['rerun_api_calls']} calls, "
+            f"{e2e['rerun_downloads']} downloads; floor {e2e['rerun_floor_s']} s)",
+            f"{e2e['rerun_over_floor']} (<= 1.5)",
+        ),
+        (
+            f"extraction, {ext['files']} PDFs, {ext['pages']} pages",
+            f"pypdf {ext['pypdf_pages_per_s']} pages/s, "
+            f"pdftotext {ext['pdftotext_pages_per_s']} pages/s",
+            f"{ext['pypdf_over_pdftotext_speed']} (speed ratio)",
+        ),
+    ]
+    for row in result["index"]:
+        rows.append(
+            (
+                f"indexing {row['docs']:,} documents",
+                f"Whoosh {row['whoosh_docs_per_s']} docs/s, FTS5 {row['fts5_docs_per_s']} docs/s",
+                f"{row['whoosh_over_fts5_time']} (<= 20)",
+            )
+        )
+        rows.append(
+            (
+                f"search at {row['docs']:,} documents",
+                f"p50 {row['search_p50_ms']} ms, p95 {row['search_p95_ms']} ms",
+                "p95 < 50 ms at the largest",
+            )
+        )
+    rows.append(
+        (
+            f"peak RSS, {e2e['small_candidates']} vs {e2e['candidates']} candidates",
+            f"{e2e['peak_rss_small_mb']} MB vs {e2e['peak_rss_full_mb']} MB",
+            f"{e2e['peak_rss_ratio']} (<= 1.3)",
+        )
+    )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a laptop's size")
+    parser.add_argument("--skip", nargs="*", default=[], choices=["e2e", "extraction", "index"])
+    parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
+    parser.add_argument("--json", type=Path, default=ROOT / "results" / "run.json")
+    parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    size = SIZES["quick" if args.quick else "full"]
+    result: dict = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "size": "quick" if args.quick else "full",
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}",
+        "targets": TARGETS,
+    }
+    if "e2e" not in args.skip:
+        result["end_to_end"] = end_to_end(size, args.cache)
+        print(json.dumps(result["end_to_end"]), flush=True)
+    if "extraction" not in args.skip:
+        files, root = pdfs(args.cache)
+        result["extraction"] = extraction.measure(files, root)
+        result["extraction"].pop("rows")
+        print(json.dumps(result["extraction"]), flush=True)
+    if "index" not in args.skip:
+        result["index"] = []
+        for count in size["docs"]:
+            result["index"].append(index_search.measure(count, size["rounds"]))
+            print(json.dumps(result["index"][-1]), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    if not args.skip:
+        print(f"\n{result['size']} size, {result['date']}, {result['machine']}")
+        rows = table(result)
+        width = max(len(r[0]) for r in rows)
+        for what, figures, ratio in rows:
+            print(f"{what:<{width}}  {figures}  ->  {ratio}")
+
+
+if __name__ == "__main__":
+    main()
