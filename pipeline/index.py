@@ -8,23 +8,35 @@ copy, so the database stays the one place personal text lives.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
+import os
 import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from whoosh import index as whoosh_index
-from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer, StemFilter
+from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
 from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
 from whoosh.highlight import ContextFragmenter, HtmlFormatter, get_text
 from whoosh.lang import stemmer_for_language
 from whoosh.qparser import AndGroup, MultifieldParser, QueryParser
 from whoosh.query import And, ConstantScoreQuery, DateRange, Or, Query, Term
+from whoosh.spelling import ReaderCorrector
 from whoosh.support.charset import accent_map
 from whoosh.writing import IndexWriter as _WhooshWriter
 
@@ -38,31 +50,23 @@ INDEX_NAME = "attachments"
 _TOKEN_PATTERN = r"\w+(?:[.'’]\w+)*(?:\+\+|#)?"
 
 
-STEMMED = ("en", "de", "fr", "es")  # languages with their own stemmed field
-FIELDS = ("text", "file_name", "candidate_title", *(f"text_{lang}" for lang in STEMMED))
-# Exact words weigh more than shared stems; a match in the file name ("Lebenslauf Müller")
-# weighs double, and one in the candidate's current job title one and a half.
-BOOSTS = {
-    "text": 1.0,
-    "file_name": 2.0,
-    "candidate_title": 1.5,
-    **{f"text_{lang}": 0.6 for lang in STEMMED},
-}
+STEMMED = ("en", "de", "fr", "es")  # languages whose documents are stemmed too
+FIELDS = ("text", "file_name", "candidate_title")
+# A match in the file name ("Lebenslauf Müller") weighs double, one in the candidate's
+# current job title one and a half; a match through a shared stem weighs 0.6 of an exact one.
+BOOSTS = {"text": 1.0, "file_name": 2.0, "candidate_title": 1.5}
+STEM_BOOST = 0.6
+# Stems live in the text field itself, marked so that no word can be mistaken for one: a
+# document in a stemmed language holds "~develop" for "developing" (only where the stem
+# differs from the word). One field instead of one per language halves the postings to
+# write and the terms a query visits; the stems come after the words, so phrase positions
+# stay those of the words.
+STEM_MARK = "~"
 
 
 def _analyzer():  # type: ignore[no-untyped-def]
     # Folding accents makes "Müller" find "Muller" and the reverse; case is folded too.
     return RegexTokenizer(_TOKEN_PATTERN) | LowercaseFilter() | CharsetFilter(accent_map)
-
-
-def _stemming_analyzer(lang: str):  # type: ignore[no-untyped-def]
-    # Stem before folding: the German and French stemmers know their accented suffixes.
-    return (
-        RegexTokenizer(_TOKEN_PATTERN)
-        | LowercaseFilter()
-        | StemFilter(lang=lang, cachesize=50_000)
-        | CharsetFilter(accent_map)
-    )
 
 
 _WORD = re.compile(_TOKEN_PATTERN)
@@ -73,27 +77,33 @@ def _stemmer(lang: str) -> Callable[[str], str]:
     return lru_cache(maxsize=100_000)(stemmer_for_language(lang))
 
 
-def _words(text: str) -> tuple[list[str], list[str]]:
-    """The analyzers' work done in one pass for indexing: (lower-cased words, folded words).
+def _fold(word: str) -> str:
+    return word.translate(accent_map)
+
+
+def _terms(text: str, language: str | None) -> list[str]:
+    """The text field's terms for a document: its folded words, then the marked stems.
 
     Whoosh takes a list of words as already analyzed; building them with one regex scan and
     C-level string methods is several times cheaper than its chain of token generators. The
-    result is the same as the fields' analyzers, which still analyze the queries.
+    words are what the field's analyzer makes of a query. Stems are taken before folding
+    (the German and French stemmers know their accented suffixes).
     """
     lowered = [word.lower() for word in _WORD.findall(text)]
-    return lowered, [word.translate(accent_map) for word in lowered]
+    folded = [_fold(word) for word in lowered]
+    if language not in STEMMED:
+        return folded
+    stem = _stemmer(language)
+    stems = [_fold(stem(word)) for word in lowered]
+    return folded + [STEM_MARK + s for s, word in zip(stems, folded, strict=True) if s != word]
 
 
-def _stems(lowered: list[str], lang: str) -> list[str]:
-    stem = _stemmer(lang)
-    return [stem(word).translate(accent_map) for word in lowered]
+def _query_stems(lowered: str) -> set[str]:
+    return {_fold(_stemmer(lang)(lowered)) for lang in STEMMED}
 
 
 def _schema() -> Schema:
     analyzer = _analyzer()
-    stems = {
-        f"text_{lang}": TEXT(analyzer=_stemming_analyzer(lang), phrase=True) for lang in STEMMED
-    }
     return Schema(
         attachment_id=ID(stored=True, unique=True),
         candidate_id=ID(stored=True),
@@ -104,7 +114,6 @@ def _schema() -> Schema:
         file_name=TEXT(stored=True, analyzer=analyzer),
         candidate_title=TEXT(analyzer=analyzer),
         text=TEXT(analyzer=analyzer, phrase=True),
-        **stems,
     )
 
 
@@ -171,12 +180,9 @@ class IndexWriter:
             "file_name": doc.file_name or "",
             "candidate_title": doc.candidate_title or "",
         }
-        lowered, folded = _words(doc.text)
-        fields["text"] = folded
+        fields["text"] = _terms(doc.text, doc.language)
         if doc.updated_at is not None:
             fields["updated"] = doc.updated_at.replace(tzinfo=None)
-        if doc.language in STEMMED:
-            fields[f"text_{doc.language}"] = _stems(lowered, doc.language)
         self._writer.update_document(**fields)
         self.pending += 1
 
@@ -220,7 +226,9 @@ class SearchIndex:
         in its old segment file until a later merge, and an erasure must not wait for that.
         """
         ix = self._open()
-        raw = ix.writer(limitmb=256)
+        # Wait for the lock a while: a writer process of a run that was killed may still be
+        # finishing its last batch.
+        raw = ix.writer(limitmb=256, timeout=120, delay=0.1)
         wrapped = IndexWriter(raw)
         try:
             yield wrapped
@@ -308,7 +316,8 @@ class SearchIndex:
                 again = self._run(
                     searcher, _parse(ix.schema, corrected), filters, texts, limit, offset, query
                 )
-                if again.total > results.total:
+                # As many or more: the stems of a typo often find the same documents.
+                if again.total >= results.total and again.total:
                     return SearchResults(query, again.total, again.hits, corrected)
                 if results.total == 0:
                     return SearchResults(query, 0, [], corrected)
@@ -370,9 +379,28 @@ class SearchIndex:
 def _parse(schema: Schema, query: str) -> Query:
     parser = MultifieldParser(list(FIELDS), schema, fieldboosts=BOOSTS, group=AndGroup)
     try:
-        return parser.parse(query)
+        parsed = parser.parse(query)
     except Exception as exc:  # whoosh's parser raises assorted errors
         raise QueryError(f"cannot read query {query!r}: {exc}") from exc
+    # The parser folded the words; stems need them as typed (lower-cased, accents kept).
+    typed = {_fold(word): word for word in (w.lower() for w in _WORD.findall(query))}
+    return _with_stems(parsed, typed)
+
+
+def _with_stems(query: Query, typed: dict[str, str]) -> Query:
+    """Each word of the text field also matches the documents that share one of its stems
+    (in any stemmed language: the query's own language is unknown)."""
+    if type(query) is Term and query.fieldname == "text":
+        word = query.text
+        stems = _query_stems(typed.get(word, word))
+        boost = query.boost * STEM_BOOST
+        alternatives: list[Query] = [query]
+        alternatives += [Term("text", STEM_MARK + s, boost=boost) for s in sorted(stems)]
+        alternatives += [Term("text", s, boost=boost) for s in sorted(stems) if s != word]
+        return Or(alternatives)
+    if query.is_leaf():
+        return query
+    return query.apply(lambda child: _with_stems(child, typed))
 
 
 def _filters(
@@ -397,12 +425,26 @@ def _correct(searcher, schema: Schema, query: str) -> str | None:  # type: ignor
     """The query spelled with words the index holds ("Kubernets" -> "kubernetes")."""
     try:
         plain = QueryParser("text", schema).parse(query)
-        corrected = searcher.correct_query(plain, query, maxdist=2)
+        corrected = searcher.correct_query(
+            plain,
+            query,
+            maxdist=2,
+            correctors={"text": _WordCorrector(searcher.reader(), "text", schema["text"])},
+        )
     except Exception:  # a suggestion is a nicety: never fail a search for it
         return None
     if corrected.query == plain or not corrected.string.strip():
         return None
     return str(corrected.string)
+
+
+class _WordCorrector(ReaderCorrector):  # type: ignore[misc]
+    """Suggests words of the text field, never its marked stems."""
+
+    def _suggestions(self, text, maxdist, prefix):  # type: ignore[no-untyped-def]
+        for score, suggestion in super()._suggestions(text, maxdist, prefix):
+            if not suggestion.startswith(STEM_MARK):
+                yield score, suggestion
 
 
 def _hits(results: Iterable, texts: Callable[[Sequence[str]], dict[str, str]]) -> list[SearchHit]:  # type: ignore[type-arg]
@@ -431,3 +473,105 @@ def _hits(results: Iterable, texts: Callable[[Sequence[str]], dict[str, str]]) -
 
 def _escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# -- the index writer process ---------------------------------------------------------------
+#
+# Writing the index is pure Python and costs about 2 ms a document. On the run's writer
+# thread it held the interpreter for a second or more per batch, and the run loop, which
+# feeds the extraction workers, stood still meanwhile. In a process of its own the batches are
+# written while the run goes on; batches are applied in the order they were sent.
+
+
+def serve_writer(fd: int) -> None:
+    """The child's entry point: apply (docs, deletions) batches to the index at ``directory``,
+    answering each with its number once committed (or with the error)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    conn = Connection(fd)
+    directory = conn.recv()
+    index = SearchIndex(Path(directory))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone: nothing half-committed is ever visible
+        if message is None:
+            break
+        number, docs, deletions = message
+        started = time.process_time()
+        try:
+            index.write(docs, deletions)
+            error = None
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        conn.send((number, error, time.process_time() - started))
+    conn.close()
+
+
+class IndexWriterProcess:
+    """Sends batches to a writer process; each ``submit`` gives a future of the CPU seconds
+    the batch took, done when the batch is committed."""
+
+    def __init__(self, directory: Path) -> None:
+        ours, theirs = socket.socketpair()
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                f"from pipeline.index import serve_writer; serve_writer({theirs.fileno()})",
+            ],
+            pass_fds=[theirs.fileno()],
+            env={k: v for k, v in os.environ.items() if k != "KOMBO_API_KEY"},
+            stdin=subprocess.DEVNULL,
+        )
+        theirs.close()
+        self._conn = Connection(ours.detach())
+        self._conn.send(str(directory))
+        self._waiting: dict[int, Future[float]] = {}
+        self._lock = threading.Lock()
+        self._numbers = itertools.count()
+        self._reader = threading.Thread(target=self._read, name="index-results", daemon=True)
+        self._reader.start()
+
+    def submit(self, docs: list[IndexDoc], deletions: list[str]) -> Future[float]:
+        future: Future[float] = Future()
+        with self._lock:
+            number = next(self._numbers)
+            self._waiting[number] = future
+            try:
+                self._conn.send((number, docs, deletions))
+            except OSError:
+                self._waiting.pop(number, None)
+                future.set_exception(RuntimeError("the index writer process is gone"))
+        return future
+
+    def _read(self) -> None:
+        while True:
+            try:
+                number, error, cpu = self._conn.recv()
+            except (EOFError, OSError):
+                break
+            with self._lock:
+                future = self._waiting.pop(number)
+            if error is None:
+                future.set_result(cpu)
+            else:
+                future.set_exception(RuntimeError(f"writing the search index failed: {error}"))
+        with self._lock:
+            waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(RuntimeError("the index writer process ended"))
+
+    def close(self, *, cancel: bool = False) -> None:
+        if not cancel:
+            with contextlib.suppress(OSError), self._lock:
+                self._conn.send(None)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(timeout=600)
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(timeout=5)
+        with contextlib.suppress(OSError):
+            self._conn.close()
+        self._reader.join(timeout=5)

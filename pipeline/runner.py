@@ -25,6 +25,7 @@ the download and extraction stages hold a full window of work.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import time
@@ -48,7 +49,7 @@ from .errors import (
 from .extract import Extraction
 from .extract.pool import Extractor, ProcessExtractor
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
-from .index import SearchIndex
+from .index import IndexWriterProcess, SearchIndex
 from .lock import WriterLock
 from .states import FINAL_STATES, AttachmentState
 from .storage import LocalFileStore
@@ -426,7 +427,8 @@ class Pipeline:
         downloader = DownloadProcess(self.kombo, self.files)
         extractor = self._extractor or ProcessExtractor()
         fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
-        batch = _IndexBatch(self.index, self.store)
+        writer = IndexWriterProcess(self.index.directory) if self.extract_enabled else None
+        batch = _IndexBatch(self.index, self.store, writer)
         stage = _Stages(fetch_pool)
         self._hashes = self.store.known_hashes()
         # sha256 -> attachments waiting for an extraction of the same bytes already under way
@@ -460,6 +462,7 @@ class Pipeline:
                             )
                         else:
                             self._record_extraction(value, summary, batch)
+                batch.collect(summary)
                 if batch.size >= INDEX_BATCH:
                     batch.flush()
         except KeyboardInterrupt:
@@ -472,8 +475,17 @@ class Pipeline:
             downloader.close(cancel=interrupted)
             if not interrupted:
                 client.close()
-            # Whatever finished is made searchable, even when the run stops early.
-            batch.flush()
+            # Whatever finished is made searchable, even when the run stops early (a Ctrl-C
+            # leaves it pending, and the next run indexes it first).
+            if writer is not None:
+                if interrupted:
+                    writer.close(cancel=True)
+                else:
+                    batch.flush()
+                    batch.finish(summary)
+                    writer.close()
+            else:
+                batch.flush()
             summary.index_cpu += batch.cpu
 
     def _record_list(
@@ -706,9 +718,14 @@ class _IndexBatch:
     hit, not two), and the others are marked ``indexed`` with it.
     """
 
-    def __init__(self, index: SearchIndex, store: Store) -> None:
+    def __init__(
+        self, index: SearchIndex, store: Store, writer: IndexWriterProcess | None = None
+    ) -> None:
         self._index = index
         self._store = store
+        self._writer = writer
+        # batches sent to the writer process: (its future, the rows it makes indexed)
+        self._sent: list[tuple[Future[float], list[str]]] = []
         self._docs: dict[str, IndexDoc] = {}
         self._deletions: set[str] = set()
         self._covered: set[str] = set()
@@ -744,13 +761,38 @@ class _IndexBatch:
     def flush(self) -> None:
         if not self.size and not self._covered:
             return
-        started = time.thread_time()
-        self._index.write(self._docs.values(), self._deletions)
-        self.cpu += time.thread_time() - started
-        self._store.mark_indexed([*self._docs, *self._covered])
+        docs, deletions = list(self._docs.values()), list(self._deletions)
+        done = [*self._docs, *self._covered]
         self._docs.clear()
         self._deletions.clear()
         self._covered.clear()
+        if self._writer is not None:
+            self._sent.append((self._writer.submit(docs, deletions), done))
+            return
+        started = time.thread_time()
+        self._index.write(docs, deletions)
+        self.cpu += time.thread_time() - started
+        self._store.mark_indexed(done)
+
+    def collect(self, summary: RunSummary) -> None:
+        """Mark the rows of every batch the writer process has committed (in order)."""
+        while self._sent and self._sent[0][0].done():
+            future, done = self._sent.pop(0)
+            try:
+                self.cpu += future.result()
+            except RuntimeError as exc:
+                # The rows stay pending: the next run indexes them first.
+                summary.errors.append(str(exc))
+                log.error("%s; %d documents stay pending", exc, len(done))
+                continue
+            self._store.mark_indexed(done)
+
+    def finish(self, summary: RunSummary) -> None:
+        """Wait for every batch sent, and mark its rows."""
+        for future, _ in self._sent:
+            with contextlib.suppress(Exception):
+                future.result()
+        self.collect(summary)
 
 
 # -- worker-thread functions: no database, no index ------------------------------------------

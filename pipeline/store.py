@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -35,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql.dml import Update
 
 from .states import FINAL_STATES, AttachmentState
 
@@ -406,7 +408,6 @@ class Store:
     ) -> None:
         """Store what download and extraction found, in one transaction."""
         now = utcnow()
-        a = _ATTACHMENTS
         values: dict[str, Any] = {
             "status": state.value,
             "error": error,
@@ -423,11 +424,12 @@ class Store:
             values["size_bytes"] = size_bytes
         if parser is not None or state != AttachmentState.FAILED:
             values["extracted_at"] = now
+        statement = _outcome_statement(tuple(values))
         with self._conn() as conn:
-            conn.execute(update(a).where(a.c.id == attachment_id).values(values))
+            conn.execute(statement, {"key": attachment_id, **values})
             exists = text and sha256 and conn.execute(_TEXT_EXISTS, {"sha256": sha256}).first()
             if text and sha256 and exists is None:
-                conn.execute(insert(_TEXTS), {"sha256": sha256, "text": text})
+                conn.execute(_INSERT_TEXT, {"sha256": sha256, "text": text})
 
     def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
         if not attachment_ids:
@@ -789,6 +791,16 @@ _SIBLINGS = (
     )
     .order_by(_a.c.id)
 )
+_INSERT_TEXT = insert(_t)
+
+
+@cache
+def _outcome_statement(columns: tuple[str, ...]) -> Update:
+    """``save_outcome``'s UPDATE for one set of columns, built once (building a statement
+    cost as much as running it)."""
+    return update(_a).where(_a.c.id == bindparam("key")).values({c: bindparam(c) for c in columns})
+
+
 _INDEX_DOC = (
     select(
         _a.c.id,
