@@ -429,6 +429,7 @@ def _correct(searcher, schema: Schema, query: str) -> str | None:  # type: ignor
             plain,
             query,
             maxdist=2,
+            prefix=1,  # a typo in the first letter is rare; a whole-lexicon scan is not cheap
             correctors={"text": _WordCorrector(searcher.reader(), "text", schema["text"])},
         )
     except Exception:  # a suggestion is a nicety: never fail a search for it
