@@ -294,6 +294,14 @@ class DownloadProcess:
         self._reader = threading.Thread(target=self._read, name="download-results", daemon=True)
         self._reader.start()
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode
+
     def submit(self, data_url: str, *, subject: str) -> Future[Downloaded]:
         """Start a download; the future holds what ``Downloader.download`` would return or
         raise."""

@@ -478,34 +478,84 @@ def _escape(text: str) -> str:
 
 # -- the index writer process ---------------------------------------------------------------
 #
-# Writing the index is pure Python and costs about 2 ms a document. On the run's writer
-# thread it held the interpreter for a second or more per batch, and the run loop, which
-# feeds the extraction workers, stood still meanwhile. In a process of its own the batches are
-# written while the run goes on; batches are applied in the order they were sent.
+# Writing the index is pure Python and costs a few milliseconds a document. On the run's
+# writer thread it held the interpreter for a second or more per batch, and the run loop,
+# which feeds the extraction workers, stood still meanwhile. In a process of its own the
+# documents are added while the run goes on, in the order they were sent, into one open
+# Whoosh writer that commits every COMMIT_DOCS documents or COMMIT_SECONDS seconds (each
+# commit merges segments, so committing every small batch cost half as much again). A batch
+# is answered only by the commit that holds it: rows are marked indexed after that, never
+# before.
+
+COMMIT_DOCS = 2000
+COMMIT_SECONDS = 20.0
 
 
 def serve_writer(fd: int) -> None:
-    """The child's entry point: apply (docs, deletions) batches to the index at ``directory``,
-    answering each with its number once committed (or with the error)."""
+    """The child's entry point: add (number, docs, deletions) batches to the index, answer
+    each with (number, error or None, CPU seconds) once committed; None means commit and
+    stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     conn = Connection(fd)
-    directory = conn.recv()
-    index = SearchIndex(Path(directory))
+    index = SearchIndex(Path(conn.recv()))
+    stack = contextlib.ExitStack()
+    writer: IndexWriter | None = None
+    uncommitted: list[int] = []
+    added = 0
+    opened_at = cpu = 0.0
+
+    def settle(error: str | None) -> None:
+        nonlocal stack, writer, added, cpu
+        started = time.process_time()
+        try:
+            stack.close()  # commits (or, after an error, cancels) the open writer
+        except Exception as exc:
+            error = error or f"{type(exc).__name__}: {exc}"
+        cpu += time.process_time() - started
+        for number in uncommitted:
+            conn.send((number, error, cpu))
+            cpu = 0.0
+        uncommitted.clear()
+        stack, writer, added = contextlib.ExitStack(), None, 0
+
     while True:
+        if uncommitted:
+            wait = max(0.0, opened_at + COMMIT_SECONDS - time.monotonic())
+            if not conn.poll(wait):
+                settle(None)
+                continue
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            os._exit(0)  # the parent is gone: nothing half-committed is ever visible
+            os._exit(0)  # the parent is gone: nothing uncommitted is ever visible
         if message is None:
             break
         number, docs, deletions = message
         started = time.process_time()
         try:
-            index.write(docs, deletions)
-            error = None
+            if writer is None:
+                writer = stack.enter_context(index.writer())
+                opened_at = time.monotonic()
+            for attachment_id in deletions:
+                writer.delete(attachment_id)
+            for doc in docs:
+                writer.upsert(doc)
+            added += len(docs) + len(deletions)
+            uncommitted.append(number)
+            cpu += time.process_time() - started
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        conn.send((number, error, time.process_time() - started))
+            # The open writer is cancelled: this batch and the uncommitted ones before it
+            # stay pending in the database, and the next run indexes them.
+            uncommitted.append(number)
+            with contextlib.suppress(Exception):
+                stack.__exit__(type(exc), exc, exc.__traceback__)
+            stack = contextlib.ExitStack()
+            settle(f"{type(exc).__name__}: {exc}")
+            continue
+        if added >= COMMIT_DOCS:
+            settle(None)
+    if uncommitted:
+        settle(None)
     conn.close()
 
 

@@ -463,7 +463,7 @@ class Pipeline:
                         else:
                             self._record_extraction(value, summary, batch)
                 batch.collect(summary)
-                if batch.size >= INDEX_BATCH:
+                if batch.size >= batch.flush_at:
                     batch.flush()
         except KeyboardInterrupt:
             interrupted = True
@@ -482,8 +482,8 @@ class Pipeline:
                     writer.close(cancel=True)
                 else:
                     batch.flush()
+                    writer.close()  # commits what it holds, answers, and ends
                     batch.finish(summary)
-                    writer.close()
             else:
                 batch.flush()
             summary.index_cpu += batch.cpu
@@ -734,6 +734,12 @@ class _IndexBatch:
     @property
     def size(self) -> int:
         return len(self._docs) + len(self._deletions)
+
+    @property
+    def flush_at(self) -> int:
+        # The writer process adds what it gets at once and commits on its own schedule, so
+        # it is fed small batches; written here, every batch is a commit: fewer, larger.
+        return INDEX_BATCH // 10 if self._writer is not None else INDEX_BATCH
 
     def upsert(self, doc: IndexDoc) -> None:
         self._deletions.discard(doc.attachment_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import KomboSettings
-from pipeline.download import Downloader
+from pipeline.download import Downloader, DownloadProcess
 from pipeline.errors import DownloadError, LinkExpiredError, TooLargeError
 from pipeline.fetch import KomboClient, RemoteAttachment
 from pipeline.sandbox.server import SandboxServer
@@ -104,3 +104,24 @@ def test_an_expired_link_says_so(
 def test_a_non_http_link_is_refused(settings: KomboSettings, tmp_path: Path) -> None:
     with pytest.raises(DownloadError, match="http"):
         Downloader(settings, LocalFileStore(tmp_path)).download("file:///etc/passwd", subject="x")
+
+
+def test_the_download_process_downloads_and_never_holds_the_key(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key = settings.api_key.reveal()
+    monkeypatch.setenv("KOMBO_API_KEY", key)
+    item = _cv(sandbox, settings)
+    store = LocalFileStore(tmp_path / "files")
+    process = DownloadProcess(settings, store)
+    try:
+        environment = Path(f"/proc/{process.pid}/environ").read_bytes()
+        assert key.encode() not in environment
+        got = process.download(item.data_url, subject="cv")
+        assert store.path(got.sha256).read_bytes()[:5] == b"%PDF-"
+        with pytest.raises(DownloadError, match="not an http"):
+            process.download("file:///etc/passwd", subject="x")
+    finally:
+        process.close()
+    assert process.returncode == 0
+    assert sandbox.stats.auth_headers_on_files == 0
