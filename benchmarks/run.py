@@ -219,7 +219,13 @@ def table(result: dict) -> list[tuple[str, str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a laptop's size")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["e2e", "extraction", "index"])
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["e2e", "extraction", "index"],
+        help="sections to leave out (their figures from the last run of this size are kept)",
+    )
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
     parser.add_argument("--json", type=Path, default=ROOT / "results" / "run.json")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
@@ -228,6 +234,12 @@ def main() -> None:
         child(*args.child)
         return
     size = SIZES["quick" if args.quick else "full"]
+    previous: dict = {}
+    if args.skip and args.json.exists():
+        # Sections skipped now keep their figures from the last run of the same size.
+        previous = json.loads(args.json.read_text())
+        if previous.get("size") != ("quick" if args.quick else "full"):
+            previous = {}
     result: dict = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "size": "quick" if args.quick else "full",
@@ -235,6 +247,9 @@ def main() -> None:
         f"Python {platform.python_version()}",
         "targets": TARGETS,
     }
+    for section in ("end_to_end", "extraction", "index"):
+        if section in previous:
+            result[section] = previous[section]
     if "e2e" not in args.skip:
         result["end_to_end"] = end_to_end(size, args.cache)
         print(json.dumps(result["end_to_end"]), flush=True)
@@ -250,7 +265,7 @@ def main() -> None:
             print(json.dumps(result["index"][-1]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
-    if not args.skip:
+    if all(section in result for section in ("end_to_end", "extraction", "index")):
         print(f"\n{result['size']} size, {result['date']}, {result['machine']}")
         rows = table(result)
         width = max(len(r[0]) for r in rows)
