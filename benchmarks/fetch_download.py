@@ -103,7 +103,10 @@ def run(
     )
     before = stats(env)
     sandbox_cpu_before = process_cpu(pid)
-    with tempfile.TemporaryDirectory() as tmp:
+    # The data directory sits where a user's would (beside the project, not in /tmp, whose
+    # file creation is several times slower on this machine).
+    (ROOT / "results").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=ROOT / "results", prefix="data-") as tmp:
         data = DataSettings(Path(tmp), f"sqlite:///{tmp}/pipeline.db")
         with Pipeline(settings, data) as pipeline:
             pipeline.extract_enabled = extract

@@ -117,7 +117,10 @@ def end_to_end(size: dict, cache: Path) -> dict:
     cores = os.cpu_count() or 1
     try:
         ids = fetch_download.candidate_ids(env)
-        with tempfile.TemporaryDirectory() as tmp:
+        # Data directories where a user's would be (/tmp creates files several times slower
+        # on this machine).
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache.parent, prefix="data-") as tmp:
             full = ingest(env, ids, Path(tmp) / "full")
             rerun = ingest(env, ids, Path(tmp) / "full")
             small = ingest(env, ids[: size["small"]], Path(tmp) / "small")
