@@ -12,9 +12,6 @@ import itertools
 import logging
 import os
 import signal
-import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,7 +23,7 @@ from urllib.parse import urljoin, urlsplit
 import httpcore
 import httpx
 
-from . import __version__
+from . import __version__, child
 from .config import KomboSettings, Secret
 from .errors import DownloadError, LinkExpiredError, TooLargeError
 from .retry import retrying
@@ -269,24 +266,10 @@ class DownloadProcess:
 
     def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
         store.ensure()
-        # A fresh interpreter that imports only this stage (a fork of a threaded parent is
-        # unsafe, and the forkserver's warm-up for the parsers takes seconds). Downloads need
-        # no credentials, so the child gets neither the key in its settings nor in its
+        # Not the extraction forkserver: its warm-up for the parsers takes a second. Downloads
+        # need no credentials, so the child gets the key neither in its settings nor in its
         # environment.
-        ours, theirs = socket.socketpair()
-        environment = {k: v for k, v in os.environ.items() if k != "KOMBO_API_KEY"}
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                f"from pipeline.download import serve; serve({theirs.fileno()})",
-            ],
-            pass_fds=[theirs.fileno()],
-            env=environment,
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        self._process, self._conn = child.start("pipeline.download", "serve")
         self._conn.send((replace(settings, api_key=Secret("")), str(store.root)))
         self._send_lock = threading.Lock()
         self._waiting: dict[int, Future[Downloaded]] = {}
@@ -345,14 +328,6 @@ class DownloadProcess:
                 waiting.set_exception(DownloadError("the download process ended"))
 
     def close(self, *, cancel: bool = False) -> None:
-        if not cancel:
-            with contextlib.suppress(OSError), self._send_lock:
-                self._conn.send(None)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(timeout=30)
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=5)
-        with contextlib.suppress(OSError):
-            self._conn.close()
-        self._reader.join(timeout=5)
+        child.stop(
+            self._process, self._conn, self._send_lock, self._reader, cancel=cancel, timeout=30
+        )

@@ -15,9 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -40,6 +37,7 @@ from whoosh.spelling import ReaderCorrector
 from whoosh.support.charset import accent_map
 from whoosh.writing import IndexWriter as _WhooshWriter
 
+from . import child
 from .errors import QueryError
 from .store import IndexDoc
 
@@ -424,7 +422,7 @@ def _with_stems(query: Query, typed: dict[str, str]) -> Query:
         return Or(alternatives)
     if query.is_leaf():
         return query
-    return query.apply(lambda child: _with_stems(child, typed))
+    return query.apply(lambda sub: _with_stems(sub, typed))
 
 
 def _filters(
@@ -588,19 +586,7 @@ class IndexWriterProcess:
     the batch took, done when the batch is committed."""
 
     def __init__(self, directory: Path) -> None:
-        ours, theirs = socket.socketpair()
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                f"from pipeline.index import serve_writer; serve_writer({theirs.fileno()})",
-            ],
-            pass_fds=[theirs.fileno()],
-            env={k: v for k, v in os.environ.items() if k != "KOMBO_API_KEY"},
-            stdin=subprocess.DEVNULL,
-        )
-        theirs.close()
-        self._conn = Connection(ours.detach())
+        self._process, self._conn = child.start("pipeline.index", "serve_writer")
         self._conn.send(str(directory))
         self._waiting: dict[int, Future[float]] = {}
         self._lock = threading.Lock()
@@ -639,14 +625,4 @@ class IndexWriterProcess:
                 future.set_exception(RuntimeError("the index writer process ended"))
 
     def close(self, *, cancel: bool = False) -> None:
-        if not cancel:
-            with contextlib.suppress(OSError), self._lock:
-                self._conn.send(None)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self._process.wait(timeout=600)
-        if self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(timeout=5)
-        with contextlib.suppress(OSError):
-            self._conn.close()
-        self._reader.join(timeout=5)
+        child.stop(self._process, self._conn, self._lock, self._reader, cancel=cancel, timeout=600)
