@@ -1,11 +1,16 @@
 """A run: fetch -> download -> extract -> index, as bounded stages that overlap.
 
-Concurrency is threads, not asyncio: the network stages are waits (httpx's sync client is
-thread-safe and pools connections), extraction sits behind an :class:`Extractor` (threads
-now, isolated processes when a parser must be killable), and every write goes through this
-module's main thread, the only one to touch the database and the index. That keeps SQLite
-and Whoosh single-writer without locks of our own, and keeps the stage modules plain
-functions that can be tested alone.
+Where each stage runs, and why:
+- listings on threads (the waits are the ATS's; the client is thread-safe and pools
+  connections; asyncio measured twice the CPU);
+- downloads in a download process (:class:`~pipeline.download.DownloadProcess`): their HTTP
+  work and hashing would otherwise compete with the run loop for one interpreter;
+- extraction in worker processes behind an :class:`Extractor`, killable when a parser hangs;
+- the database on this module's main thread, the only one to touch it (SQLite stays
+  single-writer without locks of our own);
+- the index in an index writer process (:class:`~pipeline.index.IndexWriterProcess`), fed in
+  order from the main thread, so that a commit never holds the run loop still.
+The stage modules stay plain functions and classes that can be tested alone.
 
 Order of a run:
 1. take the writer lock, sweep temporary files, mark runs that died as ``killed``, and index
@@ -15,8 +20,8 @@ Order of a run:
    ``deleted``;
 3. download the new or changed ones; reuse the outcome of identical bytes seen before, or
    extract;
-4. write each outcome in its own transaction and each text to the index, committing the index
-   in batches and only then marking rows ``indexed``;
+4. write each outcome in its own transaction and send each text to the index writer; rows
+   become ``indexed`` only once the commit that holds them is done;
 5. remove stored files and texts that nothing points at any more.
 
 Memory stays flat: targets are listed a window at a time, and no new listing starts while
