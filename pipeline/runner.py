@@ -757,17 +757,13 @@ class _IndexBatch:
 
     def reconcile(self, candidate_id: str, sha256: str) -> None:
         """Make the index hold exactly one document for this candidate's content."""
-        siblings = self._store.content_siblings(candidate_id, sha256)
-        if not siblings:
+        copies = self._store.content_copies(candidate_id, sha256)
+        if not copies:
             return
-        representative, _ = siblings[0]
-        doc = self._store.index_doc(representative)
-        if doc is None:
-            return
-        self.upsert(doc)
-        for other, _ in siblings[1:]:
-            self.delete(other)
-            self._covered.add(other)
+        self.upsert(copies[0])
+        for other in copies[1:]:
+            self.delete(other.attachment_id)
+            self._covered.add(other.attachment_id)
 
     def flush(self) -> None:
         if not self.size and not self._covered:

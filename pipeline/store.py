@@ -518,16 +518,12 @@ class Store:
             )
             return [(c, h) for c, h in rows]
 
-    def content_siblings(self, candidate_id: str, sha256: str) -> list[tuple[str, str]]:
-        """(id, status) of the candidate's live attachments with these bytes, by id."""
+    def content_copies(self, candidate_id: str, sha256: str) -> list[IndexDoc]:
+        """The candidate's live attachments with these bytes, by id, as index documents (one
+        query: the run asks this for every text it indexes)."""
         with self._conn() as conn:
-            rows = conn.execute(_SIBLINGS, {"candidate_id": candidate_id, "sha256": sha256})
-            return [(row.id, row.status) for row in rows]
-
-    def index_doc(self, attachment_id: str) -> IndexDoc | None:
-        with self._conn() as conn:
-            row = conn.execute(_INDEX_DOC, {"attachment_id": attachment_id}).first()
-            return IndexDoc(*row) if row else None
+            rows = conn.execute(_COPIES, {"candidate_id": candidate_id, "sha256": sha256})
+            return [IndexDoc(*row) for row in rows]
 
     def known_hashes(self) -> set[str]:
         """Every sha256 on record: a file whose hash is not here was never extracted."""
@@ -782,15 +778,6 @@ _KNOWN = select(
     (_a.c.candidate_id == bindparam("candidate_id")) | _a.c.id.in_(bindparam("ids", expanding=True))
 )
 _TEXT_EXISTS = select(_t.c.sha256).where(_t.c.sha256 == bindparam("sha256"))
-_SIBLINGS = (
-    select(_a.c.id, _a.c.status)
-    .where(
-        _a.c.candidate_id == bindparam("candidate_id"),
-        _a.c.sha256 == bindparam("sha256"),
-        _a.c.status.in_([AttachmentState.PENDING.value, AttachmentState.INDEXED.value]),
-    )
-    .order_by(_a.c.id)
-)
 _INSERT_TEXT = insert(_t)
 
 
@@ -801,7 +788,7 @@ def _outcome_statement(columns: tuple[str, ...]) -> Update:
     return update(_a).where(_a.c.id == bindparam("key")).values({c: bindparam(c) for c in columns})
 
 
-_INDEX_DOC = (
+_COPIES = (
     select(
         _a.c.id,
         _a.c.candidate_id,
@@ -816,7 +803,12 @@ _INDEX_DOC = (
     )
     .join(_t, _t.c.sha256 == _a.c.sha256)
     .outerjoin(_c, _c.c.id == _a.c.candidate_id)
-    .where(_a.c.id == bindparam("attachment_id"))
+    .where(
+        _a.c.candidate_id == bindparam("candidate_id"),
+        _a.c.sha256 == bindparam("sha256"),
+        _a.c.status.in_([AttachmentState.PENDING.value, AttachmentState.INDEXED.value]),
+    )
+    .order_by(_a.c.id)
 )
 _HASHES = select(_a.c.sha256).where(_a.c.sha256.is_not(None)).distinct()
 _PRIOR = (
