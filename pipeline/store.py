@@ -211,6 +211,7 @@ class Store:
             _sqlite_pragmas(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._batch: Connection | None = None
+        self._held: Connection | None = None
 
     def create(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -234,6 +235,9 @@ class Store:
                     index.create(conn, checkfirst=True)
 
     def close(self) -> None:
+        if self._held is not None:
+            self._held.close()
+            self._held = None
         self.engine.dispose()
 
     @contextmanager
@@ -246,8 +250,12 @@ class Store:
         if self._batch is not None:
             yield
             return
-        with self.engine.begin() as connection:
-            self._batch = connection
+        # One connection kept for every batch: checking one out of the pool for each cost
+        # as much as a statement.
+        if self._held is None:
+            self._held = self.engine.connect()
+        with self._held.begin():
+            self._batch = self._held
             try:
                 yield
             finally:
