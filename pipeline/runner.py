@@ -98,6 +98,8 @@ class RunSummary:
     # CPU seconds spent parsing (in the workers) and writing the index (on the writer thread)
     extract_cpu: float = 0.0
     index_cpu: float = 0.0
+    # documents whose index write failed: they stay pending, and the next run indexes them
+    index_errors: int = 0
 
     @property
     def exit_code(self) -> int:
@@ -105,7 +107,11 @@ class RunSummary:
             return 2
         if self.status == "interrupted":
             return 130
-        if self.candidate_errors or self.outcomes.get(AttachmentState.FAILED, 0):
+        if (
+            self.candidate_errors
+            or self.index_errors
+            or self.outcomes.get(AttachmentState.FAILED, 0)
+        ):
             return 1
         return 0
 
@@ -789,7 +795,8 @@ class _IndexBatch:
                 self.cpu += future.result()
             except RuntimeError as exc:
                 # The rows stay pending: the next run indexes them first.
-                summary.errors.append(str(exc))
+                summary.index_errors += len(done)
+                summary.errors.append(f"{exc}; {len(done)} documents stay pending")
                 log.error("%s; %d documents stay pending", exc, len(done))
                 continue
             self._store.mark_indexed(done)

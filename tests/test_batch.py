@@ -202,3 +202,26 @@ def test_candidate_title_from_kombo_is_searched(cli, sandbox: SandboxServer) -> 
     assert b"Quantenphysikerin" not in b"".join(
         sandbox.world.body(a.id) for a in candidate.attachments
     )
+
+
+def test_an_index_that_refuses_writes_leaves_documents_pending_and_reindex_repairs_it(
+    cli,
+    sandbox: SandboxServer,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+) -> None:
+    from whoosh import fields, index
+
+    # An index from another build, whose schema has none of the fields a run writes.
+    folder = tmp_path / "data" / "index"
+    folder.mkdir(parents=True)
+    index.create_in(str(folder), fields.Schema(other=fields.ID()), indexname="attachments")
+    result = cli("ingest", *sandbox.world.candidates, env=sandbox.env())
+    assert result.code == 1, result.err
+    assert "writing the search index failed" in result.err
+    assert "stay pending" in result.err
+    pending = [r for r in _records(cli) if r["status"] == "pending"]
+    assert pending, "the texts wait for the index, none is lost"
+    assert cli("search", "Python").code == 2  # the old index asks for a reindex
+    assert cli("reindex").code == 0
+    assert not [r for r in _records(cli) if r["status"] == "pending"]
+    assert _hits(cli, "Python")
