@@ -195,3 +195,45 @@ def test_any_text_type_is_read_as_text(tmp_path: Path) -> None:
     result = extract_file(path, "text/x-tex", "cv.tex")
     assert result.state == AttachmentState.PENDING
     assert "Kubernetes" in result.text
+
+
+_LANGUAGE_SAMPLES = (
+    "Senior Python developer with ten years of experience in Kubernetes and cloud platforms.",
+    "Erfahrene Entwicklerin mit Schwerpunkt auf verteilten Systemen und Teamfähigkeit.",
+    "Ingénieure logiciel passionnée par le développement web et la conception d'API.",
+    "Desarrollador con experiencia en gestión de proyectos y diseño de bases de datos.",
+)
+
+
+def test_the_unpacked_language_model_answers_as_py3langid_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from py3langid import langid
+
+    from pipeline.extract import language
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(langid, "IDENTIFIER", None)
+    language.load_model()
+    assert list((tmp_path / "kombo-cv-pipeline").glob("py3langid-*-model.npz"))
+    ours = langid.IDENTIFIER
+    assert ours is not None
+    reference = langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE)
+    for text in _LANGUAGE_SAMPLES:
+        assert ours.classify(text) == reference.classify(text)
+
+
+def test_without_a_writable_cache_the_language_model_loads_as_usual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from py3langid import langid
+
+    from pipeline.extract import language
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.setattr(langid, "IDENTIFIER", None)
+    language.load_model()
+    assert langid.IDENTIFIER is None  # left to py3langid
+    assert [language.detect_language(t) for t in _LANGUAGE_SAMPLES] == ["en", "de", "fr", "es"]

@@ -4,6 +4,7 @@ with the parsers imported and the language model loaded."""
 from __future__ import annotations
 
 from . import extract_file  # noqa: F401  (imports every parser)
-from .language import detect_language
+from .language import detect_language, load_model
 
+load_model()
 detect_language("Warm up the language model before the first worker is forked.")
