@@ -272,6 +272,8 @@ class DownloadProcess:
         self._process, self._conn = child.start("pipeline.download", "serve")
         self._conn.send((replace(settings, api_key=Secret("")), str(store.root)))
         self._send_lock = threading.Lock()
+        # A lock of its own: the results reader must never wait behind a send.
+        self._waiting_lock = threading.Lock()
         self._waiting: dict[int, Future[Downloaded]] = {}
         self._keys = itertools.count()
         self._reader = threading.Thread(target=self._read, name="download-results", daemon=True)
@@ -292,14 +294,16 @@ class DownloadProcess:
         if not _is_http(data_url):
             future.set_exception(DownloadError(f"{subject}: data_url is not an http(s) URL"))
             return future
-        with self._send_lock:
+        with self._waiting_lock:
             key = next(self._keys)
             self._waiting[key] = future
-            try:
+        try:
+            with self._send_lock:
                 self._conn.send((key, data_url, subject))
-            except OSError:
+        except OSError:
+            with self._waiting_lock:
                 self._waiting.pop(key, None)
-                future.set_exception(DownloadError(f"{subject}: the download process is gone"))
+            future.set_exception(DownloadError(f"{subject}: the download process is gone"))
         return future
 
     def download(self, data_url: str, *, subject: str) -> Downloaded:
@@ -315,17 +319,21 @@ class DownloadProcess:
                 _, name, level, text = message
                 logging.getLogger(name).log(level, "%s", text)
                 continue
-            future = self._waiting.pop(message[1])
+            with self._waiting_lock:
+                future = self._waiting.pop(message[1], None)
+            if future is None:
+                continue
             if message[0] == "ok":
                 future.set_result(Downloaded(message[2], message[3]))
             else:
                 _, _, kind, text, transient = message
                 future.set_exception(_ERRORS.get(kind, DownloadError)(text, transient=transient))
         # The child ended under us: nobody waits forever.
-        for key in list(self._waiting):
-            waiting = self._waiting.pop(key, None)
-            if waiting is not None and not waiting.done():
-                waiting.set_exception(DownloadError("the download process ended"))
+        with self._waiting_lock:
+            waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(DownloadError("the download process ended"))
 
     def close(self, *, cancel: bool = False) -> None:
         child.stop(

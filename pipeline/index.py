@@ -590,6 +590,7 @@ class IndexWriterProcess:
         self._conn.send(str(directory))
         self._waiting: dict[int, Future[float]] = {}
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._numbers = itertools.count()
         self._reader = threading.Thread(target=self._read, name="index-results", daemon=True)
         self._reader.start()
@@ -599,11 +600,15 @@ class IndexWriterProcess:
         with self._lock:
             number = next(self._numbers)
             self._waiting[number] = future
-            try:
+        try:
+            # A batch can fill the socket while the writer commits: the results reader must
+            # not wait behind this send, so sending has a lock of its own.
+            with self._send_lock:
                 self._conn.send((number, docs, deletions))
-            except OSError:
+        except OSError:
+            with self._lock:
                 self._waiting.pop(number, None)
-                future.set_exception(RuntimeError("the index writer process is gone"))
+            future.set_exception(RuntimeError("the index writer process is gone"))
         return future
 
     def _read(self) -> None:
@@ -613,7 +618,9 @@ class IndexWriterProcess:
             except (EOFError, OSError):
                 break
             with self._lock:
-                future = self._waiting.pop(number)
+                future = self._waiting.pop(number, None)
+            if future is None:
+                continue
             if error is None:
                 future.set_result(cpu)
             else:
@@ -625,4 +632,6 @@ class IndexWriterProcess:
                 future.set_exception(RuntimeError("the index writer process ended"))
 
     def close(self, *, cancel: bool = False) -> None:
-        child.stop(self._process, self._conn, self._lock, self._reader, cancel=cancel, timeout=600)
+        child.stop(
+            self._process, self._conn, self._send_lock, self._reader, cancel=cancel, timeout=600
+        )
