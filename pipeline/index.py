@@ -329,21 +329,22 @@ class SearchIndex:
             filters = _filters(type, candidate_id, language, since)
             with ix.searcher() as searcher:
                 parsed = _parse(ix.schema, query)
-                results = self._run(searcher, parsed, filters, texts, limit, offset, query)
+                found, total = self._collect(searcher, parsed, filters, limit, offset)
                 # A word the index does not hold is likely a typo even when its stem matched
-                # a few documents ("Kubernets"): the corrected query wins if it finds more.
+                # a few documents ("Kubernets"): the corrected query wins if it finds as many
+                # or more (the stems of a typo often find the same documents). Snippets are
+                # made only for the page that is returned.
                 corrected = _correct(searcher, ix.schema, query)
-                if corrected is None:
-                    return results
-                again = self._run(
-                    searcher, _parse(ix.schema, corrected), filters, texts, limit, offset, query
-                )
-                # As many or more: the stems of a typo often find the same documents.
-                if again.total >= results.total and again.total:
-                    return SearchResults(query, again.total, again.hits, corrected)
-                if results.total == 0:
-                    return SearchResults(query, 0, [], corrected)
-                return results
+                if corrected is not None:
+                    again, again_total = self._collect(
+                        searcher, _parse(ix.schema, corrected), filters, limit, offset
+                    )
+                    if again_total >= total and again_total:
+                        hits = _page(again, texts, offset, limit)
+                        return SearchResults(query, again_total, hits, corrected)
+                    if total == 0:
+                        return SearchResults(query, 0, [], corrected)
+                return SearchResults(query, total, _page(found, texts, offset, limit))
         finally:
             ix.close()
 
@@ -382,20 +383,15 @@ class SearchIndex:
         finally:
             ix.close()
 
-    def _run(self, searcher, parsed, filters, texts, limit, offset, query):  # type: ignore[no-untyped-def]
+    def _collect(self, searcher, parsed, filters, limit, offset):  # type: ignore[no-untyped-def]
+        """Whoosh's results for the first offset + limit hits, and the number of matches."""
         results = searcher.search(
             And([parsed, *filters]) if filters else parsed,
             limit=max(1, offset + limit),
         )
         results.fragmenter = ContextFragmenter(maxchars=240, surround=60)
         results.formatter = _BoldFormatter()
-        total = len(results)
-        page = list(results)[offset : offset + limit]
-        hits = _hits(page, texts)
-        # Equal scores come back in segment order, which a rebuild changes: break ties by id
-        # so the same data always gives the same page.
-        hits.sort(key=lambda h: (-h.score, h.attachment_id))
-        return SearchResults(query, total, hits)
+        return results, len(results)
 
 
 def _parse(schema: Schema, query: str) -> Query:
@@ -468,6 +464,14 @@ class _WordCorrector(ReaderCorrector):  # type: ignore[misc]
         for score, suggestion in super()._suggestions(text, maxdist, prefix):
             if not suggestion.startswith(STEM_MARK):
                 yield score, suggestion
+
+
+def _page(results, texts, offset: int, limit: int) -> list[SearchHit]:  # type: ignore[no-untyped-def]
+    hits = _hits(list(results)[offset : offset + limit], texts)
+    # Equal scores come back in segment order, which a rebuild changes: break ties by id so
+    # the same data always gives the same page.
+    hits.sort(key=lambda h: (-h.score, h.attachment_id))
+    return hits
 
 
 def _hits(results: Iterable, texts: Callable[[Sequence[str]], dict[str, str]]) -> list[SearchHit]:  # type: ignore[type-arg]
