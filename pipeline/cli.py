@@ -667,10 +667,8 @@ def _print_people(results: SearchResults, people: list[CandidateHit], total: int
 
 def _print_header(results: SearchResults, total: int, shown: int, noun: str) -> None:
     if results.did_you_mean and total:
-        # The typed word may still match through a shared stem; the index does not hold it.
-        click.echo(
-            f'no word "{results.query}" in the index; showing results for "{results.did_you_mean}"'
-        )
+        # Not "no match": the typed word may match through a stem it shares.
+        click.echo(f'showing results for "{results.did_you_mean}" instead of "{results.query}"')
     elif results.did_you_mean:
         click.echo(f'no match for "{results.query}"; did you mean "{results.did_you_mean}"?')
     plural = noun + ("es" if noun.endswith("ch") else "s")
