@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+_HEX = frozenset("0123456789abcdef")
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 
@@ -67,7 +68,7 @@ class LocalFileStore:
         self._folders.add("")
 
     def path(self, sha256: str) -> Path:
-        if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        if len(sha256) != 64 or not _HEX.issuperset(sha256):
             raise ValueError(f"not a sha256 hex digest: {sha256!r}")
         return self.root / sha256[:2] / sha256
 
