@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import signal
+import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -261,23 +262,49 @@ def serve(fd: int) -> None:
     conn.close()
 
 
+MAX_RESTARTS = 3
+
+
+@dataclass
+class _Request:
+    future: Future[Downloaded]
+    data_url: str
+    subject: str
+    sent_to: int = 0  # how many download processes it was given to
+
+
 class DownloadProcess:
-    """A :class:`Downloader` in a child process; ``download`` blocks like the original."""
+    """A :class:`Downloader` in a child process; ``download`` blocks like the original.
+
+    If the child dies (killed, out of memory), a new one takes over: the downloads it had in
+    hand are given to the new one once more (a download is idempotent), and the run goes on.
+    After MAX_RESTARTS the downloads still waiting fail with the reason, and so do later ones.
+    """
 
     def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
         store.ensure()
-        # Not the extraction forkserver: its warm-up for the parsers takes a second. Downloads
-        # need no credentials, so the child gets the key neither in its settings nor in its
-        # environment.
-        self._process, self._conn = child.start("pipeline.download", "serve")
-        self._conn.send((replace(settings, api_key=Secret("")), str(store.root)))
+        # Downloads need no credentials: the child gets the key neither in its settings nor in
+        # its environment.
+        self._setup = (replace(settings, api_key=Secret("")), str(store.root))
         self._send_lock = threading.Lock()
         # A lock of its own: the results reader must never wait behind a send.
         self._waiting_lock = threading.Lock()
-        self._waiting: dict[int, Future[Downloaded]] = {}
+        self._waiting: dict[int, _Request] = {}
         self._keys = itertools.count()
-        self._reader = threading.Thread(target=self._read, name="download-results", daemon=True)
-        self._reader.start()
+        self._restarts = 0
+        self._closing = False
+        self._gave_up = False
+        self._start()
+
+    def _start(self) -> None:
+        # Not the extraction forkserver: its warm-up for the parsers takes a second.
+        process, conn = child.start("pipeline.download", "serve")
+        conn.send(self._setup)
+        reader = threading.Thread(
+            target=self._read, args=(process, conn), name="download-results", daemon=True
+        )
+        self._process, self._conn, self._reader = process, conn, reader
+        reader.start()
 
     @property
     def pid(self) -> int:
@@ -294,25 +321,39 @@ class DownloadProcess:
         if not _is_http(data_url):
             future.set_exception(DownloadError(f"{subject}: data_url is not an http(s) URL"))
             return future
+        if self._gave_up:
+            future.set_exception(DownloadError(f"{subject}: the download process kept dying"))
+            return future
+        request = _Request(future, data_url, subject)
         with self._waiting_lock:
             key = next(self._keys)
-            self._waiting[key] = future
+            self._waiting[key] = request
+        self._send(key, request)
+        return future
+
+    def _send(self, key: int, request: _Request) -> None:
+        request.sent_to += 1
         try:
             with self._send_lock:
-                self._conn.send((key, data_url, subject))
+                self._conn.send((key, request.data_url, request.subject))
         except OSError:
-            with self._waiting_lock:
-                self._waiting.pop(key, None)
-            future.set_exception(DownloadError(f"{subject}: the download process is gone"))
-        return future
+            # The child is gone: its reader hands the request to the next one, unless it has
+            # given up already.
+            if self._gave_up:
+                with self._waiting_lock:
+                    self._waiting.pop(key, None)
+                if not request.future.done():
+                    request.future.set_exception(
+                        DownloadError(f"{request.subject}: the download process kept dying")
+                    )
 
     def download(self, data_url: str, *, subject: str) -> Downloaded:
         return self.submit(data_url, subject=subject).result()
 
-    def _read(self) -> None:
+    def _read(self, process: subprocess.Popen[bytes], conn: Connection) -> None:
         while True:
             try:
-                message = self._conn.recv()
+                message = conn.recv()
             except (EOFError, OSError):
                 break
             if message[0] == "log":
@@ -320,22 +361,51 @@ class DownloadProcess:
                 logging.getLogger(name).log(level, "%s", text)
                 continue
             with self._waiting_lock:
-                future = self._waiting.pop(message[1], None)
-            if future is None:
+                request = self._waiting.pop(message[1], None)
+            if request is None:
                 continue
             if message[0] == "ok":
-                future.set_result(Downloaded(message[2], message[3]))
+                request.future.set_result(Downloaded(message[2], message[3]))
             else:
                 _, _, kind, text, transient = message
-                future.set_exception(_ERRORS.get(kind, DownloadError)(text, transient=transient))
-        # The child ended under us: nobody waits forever.
+                error = _ERRORS.get(kind, DownloadError)(text, transient=transient)
+                request.future.set_exception(error)
+        if self._closing:
+            self._fail_waiting("the download process ended")
+            return
+        process.wait()
+        self._restarts += 1
+        if self._restarts > MAX_RESTARTS:
+            log.error("the download process died %d times: giving up", self._restarts)
+            self._gave_up = True
+            self._fail_waiting("the download process kept dying")
+            return
+        log.warning("the download process ended (exit %s): starting another", process.returncode)
+        with contextlib.suppress(OSError):
+            conn.close()
+        with self._send_lock:
+            self._start()
+        with self._waiting_lock:
+            again = list(self._waiting.items())
+        for key, request in again:
+            if request.sent_to >= 2:
+                with self._waiting_lock:
+                    self._waiting.pop(key, None)
+                request.future.set_exception(
+                    DownloadError(f"{request.subject}: the download process died twice on it")
+                )
+            else:
+                self._send(key, request)
+
+    def _fail_waiting(self, reason: str) -> None:
         with self._waiting_lock:
             waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
-            if not future.done():
-                future.set_exception(DownloadError("the download process ended"))
+        for request in waiting.values():
+            if not request.future.done():
+                request.future.set_exception(DownloadError(f"{request.subject}: {reason}"))
 
     def close(self, *, cancel: bool = False) -> None:
+        self._closing = True
         child.stop(
             self._process, self._conn, self._send_lock, self._reader, cancel=cancel, timeout=30
         )

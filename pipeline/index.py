@@ -527,6 +527,9 @@ def serve_writer(fd: int) -> None:
     stack = contextlib.ExitStack()
     writer: IndexWriter | None = None
     uncommitted: list[int] = []
+    # Whoosh replaces or deletes a document only in committed segments: one that comes again
+    # before the commit would stand twice. Such a batch waits for a commit first.
+    touched: set[str] = set()
     added = 0
     opened_at = cpu = 0.0
 
@@ -542,6 +545,7 @@ def serve_writer(fd: int) -> None:
             conn.send((number, error, cpu))
             cpu = 0.0
         uncommitted.clear()
+        touched.clear()
         stack, writer, added = contextlib.ExitStack(), None, 0
 
     while True:
@@ -557,6 +561,9 @@ def serve_writer(fd: int) -> None:
         if message is None:
             break
         number, docs, deletions = message
+        ids = {doc.attachment_id for doc in docs}.union(deletions)
+        if uncommitted and not touched.isdisjoint(ids):
+            settle(None)
         started = time.process_time()
         try:
             if writer is None:
@@ -567,6 +574,7 @@ def serve_writer(fd: int) -> None:
             for doc in docs:
                 writer.upsert(doc)
             added += len(docs) + len(deletions)
+            touched.update(ids)
             uncommitted.append(number)
             cpu += time.process_time() - started
         except Exception as exc:

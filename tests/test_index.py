@@ -114,3 +114,25 @@ def test_rebuild_starts_from_nothing(index: SearchIndex) -> None:
     index.write([_doc("old", "stale text")])
     assert index.rebuild([_doc("new", "fresh text")]) == 1
     assert index.attachment_ids() == {"new"}
+
+
+def test_the_writer_process_keeps_one_document_per_attachment_across_batches(
+    index: SearchIndex,
+) -> None:
+    from pipeline.index import IndexWriterProcess
+
+    writer = IndexWriterProcess(index.directory)
+    batches = [
+        writer.submit([_doc("a1", "Python developer"), _doc("a2", "Kubernetes")], []),
+        # The same attachments again before any commit: a new text, and a deletion.
+        writer.submit([_doc("a1", "Golang developer")], ["a2"]),
+        writer.submit([_doc("a3", "Golang and Python")], []),
+    ]
+    writer.close()
+    for batch in batches:
+        assert batch.result(timeout=30) >= 0.0  # committed, with its CPU seconds
+    docs = {"a1": "Golang developer", "a3": "Golang and Python"}
+    assert index.doc_count() == 2
+    assert sorted(_search(index, docs, "Golang")) == ["a1", "a3"]
+    assert _search(index, docs, "Python") == ["a3"]
+    assert _search(index, docs, "Kubernetes") == []

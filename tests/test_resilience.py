@@ -239,3 +239,49 @@ def test_application_attachments(cli, sandbox) -> None:  # type: ignore[no-untyp
     records = _records(cli)
     mine = [r for r in records.values() if r["candidate_id"] == candidate.id]
     assert mine and all(r["status"] in ("indexed", "unsupported") for r in mine)
+
+
+def _download_process_of(parent: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[1]) == parent and b"pipeline.download import serve" in command:
+            return int(entry.name)
+    return None
+
+
+def test_a_killed_download_process_is_replaced_and_the_run_finishes(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import signal
+    import threading
+    import time
+
+    world = World(candidates=12, seed=21)
+    with SandboxServer(world, download_latency=0.3) as server:
+        killed: list[int] = []
+
+        def kill_after_the_first_downloads() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not killed:
+                pid = _download_process_of(os.getpid())
+                if pid is not None and server.stats.file_requests >= 2:
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+                time.sleep(0.01)
+
+        killer = threading.Thread(target=kill_after_the_first_downloads)
+        killer.start()
+        result = cli("ingest", *[c.id for c in world.ordered()], env=server.env())
+        killer.join()
+        assert killed, "the download process was never seen"
+        # The downloads it had in hand went to its successor: nothing failed, nothing is lost.
+        assert result.code == 0, result.err
+        assert "the download process ended (exit -9): starting another" in result.err
+    records = [json.loads(line) for line in cli("export", "--status", "all").out.splitlines()]
+    assert len(records) == len(world.attachments)
+    assert not [r for r in records if r["status"] in ("pending", "failed")]
