@@ -71,7 +71,7 @@ class Downloader:
             "pool": settings.read_timeout,
         }
 
-    def close(self, *, cancel: bool = False) -> None:
+    def close(self) -> None:
         with self._pools_lock:
             pools, self._pools = self._pools, []
         for pool in pools:
@@ -303,7 +303,7 @@ class DownloadProcess:
         reader = threading.Thread(
             target=self._read, args=(process, conn), name="download-results", daemon=True
         )
-        self._process, self._conn, self._reader = process, conn, reader
+        self._conn, self._reader, self._process = conn, reader, process
         reader.start()
 
     @property

@@ -132,7 +132,8 @@ class SearchResults:
     query: str
     total: int
     hits: list[SearchHit]
-    # When nothing matched the query as typed: the corrected spelling, whose hits these are.
+    # When a word of the query is not in the index and its correction finds at least as much:
+    # the corrected spelling, whose hits these are (or the suggestion, when nothing matched).
     did_you_mean: str | None = None
 
 
@@ -170,6 +171,11 @@ class IndexWriter:
 
     def upsert(self, doc: IndexDoc) -> None:
         self._writer.update_document(**_fields(doc))
+        self.pending += 1
+
+    def add(self, doc: IndexDoc) -> None:
+        """Add without looking for an older version: for a bulk load into an empty index."""
+        self._writer.add_document(**_fields(doc))
         self.pending += 1
 
     def delete(self, attachment_id: str) -> None:
@@ -262,21 +268,10 @@ class SearchIndex:
         """
         if self.directory.exists():
             shutil.rmtree(self.directory)
-        ix = self._open()
-        raw = ix.writer(limitmb=256)
-        count = 0
-        try:
+        with self.writer() as writer:
             for doc in docs:
-                raw.add_document(**_fields(doc))
-                count += 1
-        except BaseException:
-            raw.cancel()
-            raise
-        else:
-            raw.commit()
-        finally:
-            ix.close()
-        return count
+                writer.add(doc)
+            return writer.pending
 
     def attachment_ids(self) -> set[str]:
         if not self.exists():

@@ -438,8 +438,7 @@ class Pipeline:
         downloader = DownloadProcess(self.kombo, self.files)
         extractor = self._extractor or ProcessExtractor()
         fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
-        writer = IndexWriterProcess(self.index.directory) if self.extract_enabled else None
-        batch = _IndexBatch(self.index, self.store, writer)
+        batch = _IndexBatch(self.index, self.store, writer_process=self.extract_enabled)
         stage = _Stages(fetch_pool)
         self._hashes = self.store.known_hashes()
         # sha256 -> attachments waiting for an extraction of the same bytes already under way
@@ -486,17 +485,7 @@ class Pipeline:
             downloader.close(cancel=interrupted)
             if not interrupted:
                 client.close()
-            # Whatever finished is made searchable, even when the run stops early (a Ctrl-C
-            # leaves it pending, and the next run indexes it first).
-            if writer is not None:
-                if interrupted:
-                    writer.close(cancel=True)
-                else:
-                    batch.flush()
-                    writer.close()  # commits what it holds, answers, and ends
-                    batch.finish(summary)
-            else:
-                batch.flush()
+            batch.close(summary, cancel=interrupted)
             summary.index_cpu += batch.cpu
 
     def _record_list(
@@ -729,12 +718,13 @@ class _IndexBatch:
     hit, not two), and the others are marked ``indexed`` with it.
     """
 
-    def __init__(
-        self, index: SearchIndex, store: Store, writer: IndexWriterProcess | None = None
-    ) -> None:
+    def __init__(self, index: SearchIndex, store: Store, *, writer_process: bool = False) -> None:
         self._index = index
         self._store = store
-        self._writer = writer
+        # With writer_process, batches go to an index writer process, started with the first
+        # batch (a run with nothing to index starts none).
+        self._use_process = writer_process
+        self._writer: IndexWriterProcess | None = None
         # batches sent to the writer process: (its future, the rows it makes indexed)
         self._sent: list[tuple[Future[float], list[str]]] = []
         self._docs: dict[str, IndexDoc] = {}
@@ -750,7 +740,7 @@ class _IndexBatch:
     def flush_at(self) -> int:
         # The writer process adds what it gets at once and commits on its own schedule, so
         # it is fed small batches; written here, every batch is a commit: fewer, larger.
-        return INDEX_BATCH // 10 if self._writer is not None else INDEX_BATCH
+        return INDEX_BATCH // 10 if self._use_process else INDEX_BATCH
 
     def upsert(self, doc: IndexDoc) -> None:
         self._deletions.discard(doc.attachment_id)
@@ -779,7 +769,9 @@ class _IndexBatch:
         self._docs.clear()
         self._deletions.clear()
         self._covered.clear()
-        if self._writer is not None:
+        if self._use_process:
+            if self._writer is None:
+                self._writer = IndexWriterProcess(self._index.directory)
             self._sent.append((self._writer.submit(docs, deletions), done))
             return
         started = time.thread_time()
@@ -801,12 +793,24 @@ class _IndexBatch:
                 continue
             self._store.mark_indexed(done)
 
-    def finish(self, summary: RunSummary) -> None:
-        """Wait for every batch sent, and mark its rows."""
-        for future, _ in self._sent:
-            with contextlib.suppress(Exception):
-                future.result()
-        self.collect(summary)
+    def close(self, summary: RunSummary, *, cancel: bool) -> None:
+        """At the end of a run, make whatever finished searchable: send what is left, let the
+        writer process commit it, and mark the rows. On a Ctrl-C the writer process is
+        stopped at once: its rows stay pending, and the next run indexes them first."""
+        if not self._use_process:
+            self.flush()
+            return
+        if cancel:
+            if self._writer is not None:
+                self._writer.close(cancel=True)
+            return
+        self.flush()
+        if self._writer is not None:
+            self._writer.close()  # commits what it holds, answers, and ends
+            for future, _ in self._sent:
+                with contextlib.suppress(Exception):
+                    future.result()
+            self.collect(summary)
 
 
 # -- worker-thread functions: no database, no index ------------------------------------------

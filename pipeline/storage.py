@@ -56,16 +56,17 @@ class LocalFileStore:
         self.root = root
         self._tmp = root / "tmp"
         # Folders known to exist: a download costs a file creation, not three mkdir calls.
-        self._folders: set[str] = set()
+        self._ensured = False
+        self._folders: set[str] = set()  # hash-prefix folders known to exist
         self._names = itertools.count()
         self._prefix = f"dl-{os.getpid()}-{secrets.token_hex(4)}-"
 
     def ensure(self) -> None:
-        if "" in self._folders:
+        if self._ensured:
             return
         for folder in (self.root, self._tmp):
             folder.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
-        self._folders.add("")
+        self._ensured = True
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or not _HEX.issuperset(sha256):
