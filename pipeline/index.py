@@ -29,7 +29,6 @@ from pathlib import Path
 from whoosh import index as whoosh_index
 from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
 from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
-from whoosh.highlight import ContextFragmenter, HtmlFormatter, get_text
 from whoosh.lang import stemmer_for_language
 from whoosh.qparser import AndGroup, MultifieldParser, QueryParser
 from whoosh.query import And, ConstantScoreQuery, DateRange, Or, Query, Term
@@ -62,9 +61,14 @@ STEM_BOOST = 0.6
 STEM_MARK = "~"
 
 
-def _analyzer():  # type: ignore[no-untyped-def]
+def _analyzer(pattern: str = _TOKEN_PATTERN):  # type: ignore[no-untyped-def]
     # Folding accents makes "Müller" find "Muller" and the reverse; case is folded too.
-    return RegexTokenizer(_TOKEN_PATTERN) | LowercaseFilter() | CharsetFilter(accent_map)
+    return RegexTokenizer(pattern) | LowercaseFilter() | CharsetFilter(accent_map)
+
+
+# File names break at dots and underscores too: "Lebenslauf_Max_Müller.pdf" is four words,
+# so "Müller" finds it (the text's pattern would keep "müller.pdf" whole, as "node.js").
+_FILE_NAME_PATTERN = r"[^\W_]+(?:\+\+|#)?"
 
 
 _WORD = re.compile(_TOKEN_PATTERN)
@@ -109,7 +113,7 @@ def _schema() -> Schema:
         type=ID(stored=True),
         language=ID(stored=True),
         updated=DATETIME(stored=True),
-        file_name=TEXT(stored=True, analyzer=analyzer),
+        file_name=TEXT(stored=True, analyzer=_analyzer(_FILE_NAME_PATTERN)),
         candidate_title=TEXT(analyzer=analyzer),
         text=TEXT(analyzer=analyzer, phrase=True),
     )
@@ -150,16 +154,6 @@ def group_by_candidate(hits: list[SearchHit]) -> list[CandidateHit]:
     for hit in hits:
         grouped.setdefault(hit.candidate_id, []).append(hit)
     return [CandidateHit(cid, files[0].score, files) for cid, files in grouped.items()]
-
-
-class _BoldFormatter(HtmlFormatter):  # type: ignore[misc]
-    """``<b>term</b>`` around matches, the rest HTML-escaped."""
-
-    def __init__(self) -> None:
-        super().__init__(tagname="b", between=" ... ")
-
-    def format_token(self, text, token, replace=False):  # type: ignore[no-untyped-def]
-        return "<b>" + self._text(get_text(text, token, replace)) + "</b>"
 
 
 class IndexWriter:
@@ -236,7 +230,9 @@ class SearchIndex:
         ix = self._open()
         # Wait for the lock a while: a writer process of a run that was killed may still be
         # finishing its last batch.
-        raw = ix.writer(limitmb=256, timeout=120, delay=0.1)
+        # Segments are left as separate files: Whoosh reads a file of a compound segment by
+        # copying it whole into memory, on every search (90 ms at 100,000 CVs).
+        raw = ix.writer(limitmb=256, timeout=120, delay=0.1, compound=False)
         wrapped = IndexWriter(raw)
         try:
             yield wrapped
@@ -324,22 +320,22 @@ class SearchIndex:
             filters = _filters(type, candidate_id, language, since)
             with ix.searcher() as searcher:
                 parsed = _parse(ix.schema, query)
-                found, total = self._collect(searcher, parsed, filters, limit, offset)
+                found, total = _collect(searcher, parsed, filters, offset + limit)
                 # A word the index does not hold is likely a typo even when its stem matched
                 # a few documents ("Kubernets"): the corrected query wins if it finds as many
                 # or more (the stems of a typo often find the same documents). Snippets are
                 # made only for the page that is returned.
                 corrected = _correct(searcher, ix.schema, query)
                 if corrected is not None:
-                    again, again_total = self._collect(
-                        searcher, _parse(ix.schema, corrected), filters, limit, offset
-                    )
+                    reparsed = _parse(ix.schema, corrected)
+                    again, again_total = _collect(searcher, reparsed, filters, offset + limit)
                     if again_total >= total and again_total:
-                        hits = _page(again, texts, offset, limit)
+                        hits = _page(searcher, reparsed, again[offset:], texts)
                         return SearchResults(query, again_total, hits, corrected)
                     if total == 0:
                         return SearchResults(query, 0, [], corrected)
-                return SearchResults(query, total, _page(found, texts, offset, limit))
+                hits = _page(searcher, parsed, found[offset:], texts)
+                return SearchResults(query, total, hits)
         finally:
             ix.close()
 
@@ -365,28 +361,38 @@ class SearchIndex:
                 own = searcher.stored_fields(docnum)["candidate_id"]
                 keys = searcher.key_terms_from_text("text", body, numterms=25)
                 terms = Or([Term("text", word, boost=weight) for word, weight in keys])
-                results = searcher.search(terms, limit=(limit + 1) * 4, terms=True)
-                wanted = [
-                    hit
-                    for hit in results
-                    if hit["attachment_id"] != attachment_id
-                    and hit["candidate_id"] != own
-                    and (type is None or hit["type"] == type)
-                ][:limit]
-                hits = _hits(wanted, texts)
+                found, _total = _collect(searcher, terms, [], (limit + 1) * 4)
+                wanted = []
+                for docnum, score in found:
+                    fields = searcher.stored_fields(docnum)
+                    if (
+                        fields["attachment_id"] != attachment_id
+                        and fields["candidate_id"] != own
+                        and (type is None or fields["type"] == type)
+                    ):
+                        wanted.append((docnum, score))
+                hits = _page(searcher, terms, wanted[:limit], texts)
             return SearchResults(f"similar:{attachment_id}", len(hits), hits)
         finally:
             ix.close()
 
-    def _collect(self, searcher, parsed, filters, limit, offset):  # type: ignore[no-untyped-def]
-        """Whoosh's results for the first offset + limit hits, and the number of matches."""
-        results = searcher.search(
-            And([parsed, *filters]) if filters else parsed,
-            limit=max(1, offset + limit),
-        )
-        results.fragmenter = ContextFragmenter(maxchars=240, surround=60)
-        results.formatter = _BoldFormatter()
-        return results, len(results)
+
+def _collect(searcher, parsed: Query, filters: list[Query], limit: int):  # type: ignore[no-untyped-def]
+    """The best ``limit`` (document number, score) pairs, best first, and the number of
+    matches. Scored a posting list at a time (``pipeline.ranking``); through Whoosh's own
+    matchers only if the index is of a shape that module does not read."""
+    from . import ranking  # numpy: the index writer process never needs it
+
+    query = And([parsed, *filters]) if filters else parsed
+    try:
+        ranked = ranking.rank(searcher, query, limit)
+        return ranked.top, ranked.total
+    except ranking.Unsupported as exc:
+        log.debug("searching through Whoosh's matchers: %s", exc)
+    results = searcher.search(query, limit=max(1, limit))
+    # Whoosh's top-N skips blocks by their best possible score and can miss a document
+    # that ties; it counts the matches again for len().
+    return [(hit.docnum, hit.score) for hit in results], len(results)
 
 
 def _parse(schema: Schema, query: str) -> Query:
@@ -461,36 +467,107 @@ class _WordCorrector(ReaderCorrector):  # type: ignore[misc]
                 yield score, suggestion
 
 
-def _page(results, texts, offset: int, limit: int) -> list[SearchHit]:  # type: ignore[no-untyped-def]
-    hits = _hits(list(results)[offset : offset + limit], texts)
+def _page(
+    searcher,  # type: ignore[no-untyped-def]
+    query: Query,
+    found: list[tuple[int, float]],
+    texts: Callable[[Sequence[str]], dict[str, str]],
+) -> list[SearchHit]:
+    """Hits for the (document number, score) pairs, with snippets of the words that
+    matched."""
+    stored = [(searcher.stored_fields(docnum), score) for docnum, score in found]
+    bodies = texts([fields["attachment_id"] for fields, _score in stored])
+    words, stems = _highlighted(searcher, query)
+    hits = []
+    for fields, score in stored:
+        body = bodies.get(fields["attachment_id"], "")
+        language = fields.get("language") or None
+        snippet = _snippet(body, words, stems, language) if body else ""
+        hits.append(
+            SearchHit(
+                attachment_id=fields["attachment_id"],
+                candidate_id=fields["candidate_id"],
+                application_id=fields.get("application_id"),
+                type=fields["type"],
+                file_name=fields.get("file_name"),
+                score=round(float(score), 4),
+                snippet=" ".join((snippet or _escape(body[:200])).split()),
+                language=language,
+            )
+        )
     # Equal scores come back in segment order, which a rebuild changes: break ties by id so
     # the same data always gives the same page.
     hits.sort(key=lambda h: (-h.score, h.attachment_id))
     return hits
 
 
-def _hits(results: Iterable, texts: Callable[[Sequence[str]], dict[str, str]]) -> list[SearchHit]:  # type: ignore[type-arg]
-    page = list(results)
-    bodies = texts([hit["attachment_id"] for hit in page])
-    hits = []
-    for hit in page:
-        body = bodies.get(hit["attachment_id"], "")
-        snippet = hit.highlights("text", text=body, top=2) if body else ""
-        if not snippet:
-            snippet = _escape(body[:200])
-        hits.append(
-            SearchHit(
-                attachment_id=hit["attachment_id"],
-                candidate_id=hit["candidate_id"],
-                application_id=hit.get("application_id"),
-                type=hit["type"],
-                file_name=hit.get("file_name"),
-                score=round(float(hit.score), 4),
-                snippet=" ".join(snippet.split()),
-                language=hit.get("language") or None,
-            )
-        )
-    return hits
+def _highlighted(searcher, query: Query) -> tuple[frozenset[str], frozenset[str]]:  # type: ignore[no-untyped-def]
+    """The text field's words the query matches (patterns expanded) and its marked stems."""
+    words, stems = set(), set()
+    for fieldname, btext in query.existing_terms(searcher.reader(), phrases=True, expand=True):
+        if fieldname != "text":
+            continue
+        term = btext.decode("utf-8") if isinstance(btext, bytes) else str(btext)
+        if term.startswith(STEM_MARK):
+            stems.add(term[len(STEM_MARK) :])
+        else:
+            words.add(term)
+    return frozenset(words), frozenset(stems)
+
+
+SNIPPET_CHARS = 240  # at most, per fragment
+SNIPPET_CONTEXT = 60  # characters of context before the first match and after the last
+SNIPPET_FRAGMENTS = 2
+
+
+def _snippet(body: str, words: frozenset[str], stems: frozenset[str], language: str | None) -> str:
+    """Up to two fragments of ``body`` around the words that matched, in text order, each
+    word in ``<b>`` and the rest HTML-escaped; "" when no word of the query is found.
+
+    A word matched through its stem ("developing" for "development") is marked as well:
+    the document's own language stems it as the index did.
+    """
+    stem = _stemmer(language) if stems and language in STEMMED else None
+    marks: list[tuple[int, int, str]] = []
+    for match in _WORD.finditer(body):
+        lowered = match.group().lower()
+        folded = lowered if lowered.isascii() else _fold(lowered)
+        if folded in words or (stem is not None and _fold(stem(lowered)) in stems):
+            marks.append((match.start(), match.end(), folded))
+    if not marks:
+        return ""
+    fragments: list[list[tuple[int, int, str]]] = []
+    for mark in marks:
+        current = fragments[-1] if fragments else None
+        if current and mark[1] - current[0][0] <= SNIPPET_CHARS - 2 * SNIPPET_CONTEXT:
+            current.append(mark)
+        else:
+            fragments.append([mark])
+    # The fragments with the most different words (then the most matches), shown in order.
+    best = sorted(
+        range(len(fragments)),
+        key=lambda i: (-len({m[2] for m in fragments[i]}), -len(fragments[i]), i),
+    )[:SNIPPET_FRAGMENTS]
+    return " ... ".join(_fragment(body, fragments[i]) for i in sorted(best))
+
+
+def _fragment(body: str, marks: list[tuple[int, int, str]]) -> str:
+    start = max(0, marks[0][0] - SNIPPET_CONTEXT)
+    end = min(len(body), marks[-1][1] + SNIPPET_CONTEXT)
+    # Start and end on whole words.
+    if start > 0:
+        first = _WORD.search(body, start, marks[0][0] + 1)
+        start = first.start() if first else marks[0][0]
+    if end < len(body):
+        cut = body.rfind(" ", marks[-1][1], end)
+        end = cut if cut != -1 else marks[-1][1]
+    parts, position = [], start
+    for mark_start, mark_end, _word in marks:
+        parts.append(_escape(body[position:mark_start]))
+        parts.append("<b>" + _escape(body[mark_start:mark_end]) + "</b>")
+        position = mark_end
+    parts.append(_escape(body[position:end]))
+    return "".join(parts)
 
 
 def _escape(text: str) -> str:

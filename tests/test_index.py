@@ -136,3 +136,34 @@ def test_the_writer_process_keeps_one_document_per_attachment_across_batches(
     assert sorted(_search(index, docs, "Golang")) == ["a1", "a3"]
     assert _search(index, docs, "Python") == ["a3"]
     assert _search(index, docs, "Kubernetes") == []
+
+
+def test_words_of_a_file_name_are_found(index: SearchIndex) -> None:
+    docs = {"a1": "Curriculum vitae", "a2": "Curriculum vitae"}
+    index.write(
+        [
+            _doc("a1", docs["a1"], file_name="Lebenslauf_Max_Müller.pdf"),
+            _doc("a2", docs["a2"], file_name="cv.pdf"),
+        ]
+    )
+    assert _search(index, docs, "Müller") == ["a1"]
+    assert _search(index, docs, "lebenslauf max") == ["a1"]
+
+
+def test_snippets_mark_words_matched_through_their_stem(index: SearchIndex) -> None:
+    docs = {"a1": "Years of developing payment software. " + "Filler words here. " * 30}
+    index.write([IndexDoc("a1", "C1", None, "CV", "cv.pdf", docs["a1"], language="en")])
+    results = index.search("development", texts=lambda ids: docs)
+    assert [hit.attachment_id for hit in results.hits] == ["a1"]
+    assert "<b>developing</b> payment" in results.hits[0].snippet
+    assert len(results.hits[0].snippet) < 300  # a fragment around the match, not the text
+
+
+def test_snippets_show_the_fragments_with_matches(index: SearchIndex) -> None:
+    filler = "Lorem ipsum dolor sit amet. " * 20
+    docs = {"a1": f"{filler}Kubernetes at scale. {filler}Docker and Kubernetes. {filler}"}
+    index.write(_doc(k, v) for k, v in docs.items())
+    snippet = index.search("kubernetes docker", texts=lambda ids: docs).hits[0].snippet
+    assert "<b>Docker</b> and <b>Kubernetes</b>" in snippet
+    assert " ... " in snippet and "<b>Kubernetes</b> at scale" in snippet
+    assert snippet.index("at scale") < snippet.index("<b>Docker</b>")  # in text order

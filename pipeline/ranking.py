@@ -1,0 +1,381 @@
+"""Ranking at size: Whoosh's BM25F scores, computed a posting list at a time with numpy.
+
+Whoosh scores one posting at a time through a tree of Python matchers (about a microsecond
+a posting per query term), then walks the matches again to count them: at 100,000 CVs a
+common word ("Python" is in a third of them) costs hundreds of milliseconds. Here each
+term's postings are read a block at a time straight from the segment files, scored as
+arrays with the very formula and statistics Whoosh uses, and combined into one dense score
+array per query node; the total is the count of that array's matches. The results are
+Whoosh's own (``tests/test_ranking.py`` compares them, score for score, on every kind of
+query the parser makes).
+
+A query node of a kind not handled here (a numeric range, a sloppy phrase, ``*``) is
+evaluated by Whoosh's own matcher for that node only. Anything this module cannot read
+(another codec, a Whoosh version whose segment files differ) raises ``Unsupported``, and
+the caller searches the way Whoosh does.
+
+Nothing outside ``pipeline.index`` uses this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher, _lenfield
+from whoosh.matching.wrappers import FilterMatcher
+from whoosh.query import (
+    And,
+    AndMaybe,
+    AndNot,
+    ConstantScoreQuery,
+    Every,
+    Not,
+    NullQuery,
+    Or,
+    Phrase,
+    Prefix,
+    Query,
+    Term,
+    Wildcard,
+)
+from whoosh.query.terms import MultiTerm
+from whoosh.scoring import BM25F
+from whoosh.util.numeric import byte_to_length
+
+# Whoosh keeps a field's length in a document as one byte; this is its decoding.
+_LENGTHS = np.array([byte_to_length(b) or 0 for b in range(256)], dtype=np.float64)
+
+
+# Queries whose matcher is Whoosh's "or the terms this pattern expands to".
+_EXPANDING = (MultiTerm.matcher, Prefix.matcher, Wildcard.matcher)
+
+
+class Unsupported(Exception):
+    """The index or the query is of a shape this module does not read."""
+
+
+@dataclass(frozen=True)
+class Ranked:
+    total: int
+    top: list[tuple[int, float]]  # (document number, score), best first
+
+
+@dataclass
+class _Postings:
+    ids: np.ndarray  # document numbers across the whole index, ascending
+    weights: np.ndarray  # the term's frequency in each document
+    values: list[bytes] | None  # encoded positions, when asked for
+
+
+class _Node:
+    """A query node's matches: a mask over every document, and their scores."""
+
+    __slots__ = ("mask", "scores")
+
+    def __init__(self, mask: np.ndarray, scores: np.ndarray) -> None:
+        self.mask = mask
+        self.scores = scores
+
+
+def rank(searcher, query: Query, limit: int) -> Ranked:  # type: ignore[no-untyped-def]
+    """The ``limit`` best documents for ``query`` (ties: lower document number first) and
+    the number of documents it matches."""
+    weighting = searcher.weighting
+    if type(weighting) is not BM25F or weighting._field_B:
+        raise Unsupported("only Whoosh's default BM25F is reproduced")
+    ranker = _Ranker(searcher, weighting.B, weighting.K1)
+    node = ranker.evaluate(query)
+    mask = node.mask & ranker.alive
+    matched = np.flatnonzero(mask)
+    total = int(matched.size)
+    if not total or limit <= 0:
+        return Ranked(total, [])
+    scores = node.scores[matched]
+    if total > limit:
+        # Keep every document scoring at least the limit-th best, ties included, then order
+        # them exactly: best first, the lower document number first among equals (Whoosh's
+        # order).
+        threshold = np.partition(scores, total - limit)[total - limit]
+        keep = scores >= threshold
+        matched, scores = matched[keep], scores[keep]
+    order = np.lexsort((matched, -scores))[:limit]
+    return Ranked(total, [(int(matched[i]), float(scores[i])) for i in order])
+
+
+class _Ranker:
+    def __init__(self, searcher, b: float, k1: float) -> None:  # type: ignore[no-untyped-def]
+        self.searcher = searcher
+        self.schema = searcher.schema
+        self.b = b
+        self.k1 = k1
+        self.size = int(searcher.doc_count_all())
+        self.leaves = list(searcher.leaf_searchers())
+        self.readers = [(sub.reader(), offset) for sub, offset in self.leaves]
+        alive = np.ones(self.size, dtype=bool)
+        for reader, offset in self.readers:
+            if reader.has_deletions():
+                try:
+                    deleted = np.fromiter(reader.deleted_docs_set, dtype=np.int64)
+                except AttributeError as exc:
+                    raise Unsupported(f"deletions: {exc}") from exc
+                alive[deleted + offset] = False
+        self.alive = alive
+        self._lengths: dict[str, np.ndarray] = {}
+
+    # -- combining nodes -----------------------------------------------------------------
+
+    def evaluate(self, query: Query) -> _Node:
+        kind = type(query)
+        if kind is Term:
+            return self._term(query)
+        if kind in (And, Or):
+            if not query.subqueries:
+                return self._empty()
+            if len(query.subqueries) == 1:
+                # Whoosh matches a lone subquery by itself, without the compound's boost.
+                return self.evaluate(query.subqueries[0])
+            if kind is Or and (query.scale or query.minmatch):
+                raise Unsupported("Or with a coordination bonus or minimum match")
+            nodes = [self.evaluate(sub) for sub in query.subqueries]
+            mask = nodes[0].mask.copy()
+            scores = nodes[0].scores.copy()
+            for node in nodes[1:]:
+                if kind is And:
+                    mask &= node.mask
+                else:
+                    mask |= node.mask
+                scores += node.scores
+            return self._boosted(_Node(mask, scores), query.boost)
+        if kind is AndNot:
+            positive, negative = self.evaluate(query.a), self.evaluate(query.b)
+            return _Node(positive.mask & ~negative.mask, positive.scores)
+        if kind is AndMaybe:
+            required, optional = self.evaluate(query.a), self.evaluate(query.b)
+            return _Node(required.mask, required.scores + optional.scores * required.mask)
+        if kind is Not:
+            # Whoosh's inverse matcher matches every document the child does not, each with
+            # a weight (and score) of 1.
+            child = self.evaluate(query.query)
+            return _Node(~child.mask, np.where(child.mask, 0.0, 1.0))
+        if kind is ConstantScoreQuery:
+            child = self.evaluate(query.child)
+            return _Node(child.mask, np.where(child.mask, query.score, 0.0))
+        if kind is Phrase and query.slop == 1:
+            return self._phrase(query)
+        if kind is Every:
+            return self._every(query.fieldname, query.boost)
+        if kind in (Prefix, Wildcard) and query.text == ("" if kind is Prefix else "*"):
+            return self._every(query.fieldname, query.boost)  # as Whoosh reads these
+        if isinstance(query, MultiTerm) and type(query).matcher in _EXPANDING:
+            return self._multiterm(query)
+        if query is NullQuery:
+            return self._empty()
+        return self._by_whoosh(query)
+
+    def _empty(self) -> _Node:
+        return _Node(np.zeros(self.size, dtype=bool), np.zeros(self.size))
+
+    def _boosted(self, node: _Node, boost: float) -> _Node:
+        if boost != 1.0:
+            node.scores *= boost
+        return node
+
+    def _from_postings(self, ids: np.ndarray, scores: np.ndarray) -> _Node:
+        mask = np.zeros(self.size, dtype=bool)
+        mask[ids] = True
+        dense = np.zeros(self.size)
+        dense[ids] = scores
+        return _Node(mask, dense)
+
+    # -- leaves ----------------------------------------------------------------------------
+
+    def _term(self, query: Term) -> _Node:
+        if query.fieldname not in self.schema:
+            return self._empty()
+        field = self.schema[query.fieldname]
+        try:
+            btext = field.to_bytes(query.text)
+        except ValueError:
+            return self._empty()
+        postings = self._postings(query.fieldname, btext)
+        if postings is None:
+            return self._empty()
+        scores = self._scores(query.fieldname, btext, postings)
+        return self._boosted(self._from_postings(postings.ids, scores), query.boost)
+
+    def _every(self, fieldname: str | None, boost: float) -> _Node:
+        # Every document (no field), or every document with a word in the field; each
+        # scores the query's boost.
+        if fieldname in (None, "", "*"):
+            mask = self.alive.copy()
+        elif fieldname in self.schema:
+            mask = self._field_lengths(fieldname) > 0
+        else:
+            return self._empty()
+        return _Node(mask, np.where(mask, boost, 0.0))
+
+    def _multiterm(self, query: MultiTerm) -> _Node:
+        # As Whoosh does, segment by segment: the terms the pattern expands to are or'ed,
+        # and a single one is matched alone (Whoosh drops the query's boost then; so do we,
+        # for the same order).
+        fieldname = query.field()
+        if fieldname not in self.schema:
+            return self._empty()
+        result = self._empty()
+        for reader, offset in self.readers:
+            texts = [t for t in query._btexts(reader) if t]
+            if not texts:
+                continue
+            boost = query.boost if len(texts) > 1 else 1.0
+            for btext in texts:
+                postings = self._postings(fieldname, btext, only=(reader, offset))
+                if postings is None:
+                    continue
+                scores = self._scores(fieldname, btext, postings) * boost
+                result.mask[postings.ids] = True
+                result.scores[postings.ids] += scores
+        return result
+
+    def _phrase(self, query: Phrase) -> _Node:
+        """Documents holding the words one after another, scored as the words' sum (Whoosh
+        scores a phrase by the intersection of its terms)."""
+        fieldname = query.fieldname
+        if fieldname not in self.schema:
+            return self._empty()
+        field = self.schema[fieldname]
+        if not field.format or not field.format.supports("positions"):
+            return self._by_whoosh(query)  # Whoosh's own error for a field without positions
+        words = []
+        for word in query.words:
+            try:
+                words.append(field.to_bytes(word))
+            except ValueError:
+                return self._empty()
+        lists = []
+        for btext in words:
+            postings = self._postings(fieldname, btext, values=True)
+            if postings is None:
+                return self._empty()
+            lists.append(postings)
+        common = lists[0].ids
+        for postings in lists[1:]:
+            common = np.intersect1d(common, postings.ids, assume_unique=True)
+        if not common.size:
+            return self._empty()
+        decode = field.format.decode_positions
+        rows = [np.searchsorted(p.ids, common) for p in lists]
+        keep = np.zeros(common.size, dtype=bool)
+        for i in range(common.size):
+            starts = set(decode(lists[0].values[rows[0][i]]))  # type: ignore[index]
+            for k in range(1, len(lists)):
+                following = decode(lists[k].values[rows[k][i]])  # type: ignore[index]
+                starts = {p - k for p in following}.intersection(starts)
+                if not starts:
+                    break
+            keep[i] = bool(starts)
+        ids = common[keep]
+        total = np.zeros(ids.size)
+        for btext, postings, row in zip(words, lists, rows, strict=True):
+            picked = _Postings(ids, postings.weights[row[keep]], None)
+            total += self._scores(fieldname, btext, picked)
+        return self._boosted(self._from_postings(ids, total), query.boost)
+
+    def _by_whoosh(self, query: Query) -> _Node:
+        """Whoosh's own matcher for one node: exact, at Whoosh's speed."""
+        ids: list[int] = []
+        scores: list[float] = []
+        for sub, offset in self.leaves:
+            matcher = query.matcher(sub, sub.context())
+            while matcher.is_active():
+                ids.append(matcher.id() + offset)
+                scores.append(matcher.score())
+                matcher.next()
+        return self._from_postings(np.array(ids, dtype=np.int64), np.array(scores))
+
+    # -- postings and scores -----------------------------------------------------------------
+
+    def _postings(
+        self, fieldname: str, btext: bytes, *, values: bool = False, only=None
+    ) -> _Postings | None:  # type: ignore[no-untyped-def]
+        ids: list[np.ndarray] = []
+        weights: list[float] = []
+        raw_values: list[bytes] | None = [] if values else None
+        for reader, offset in [only] if only else self.readers:
+            if (fieldname, btext) not in reader:
+                continue
+            matcher = reader.postings(fieldname, btext)
+            if isinstance(matcher, FilterMatcher):
+                matcher = matcher.child  # deletions: the alive mask takes them out
+            for block_ids, block_weights, block_values in _blocks(matcher):
+                ids.append(block_ids + offset)
+                weights.extend(block_weights)
+                if raw_values is not None:
+                    raw_values.extend(block_values)
+        if not ids:
+            return None
+        return _Postings(np.concatenate(ids), np.array(weights), raw_values)
+
+    def _scores(self, fieldname: str, btext: bytes, postings: _Postings) -> np.ndarray:
+        field = self.schema[fieldname]
+        if not field.scorable:
+            return postings.weights.astype(np.float64)  # Whoosh's WeightScorer
+        text = field.from_bytes(btext)
+        idf = self.searcher.idf(fieldname, text)
+        avgfl = self.searcher.avg_field_length(fieldname) or 1
+        lengths = self._field_lengths(fieldname)[postings.ids]
+        tf = postings.weights
+        k1, b = self.k1, self.b
+        return idf * ((tf * (k1 + 1)) / (tf + k1 * ((1 - b) + b * lengths / avgfl)))
+
+    def _field_lengths(self, fieldname: str) -> np.ndarray:
+        if fieldname not in self._lengths:
+            parts = []
+            for reader, _offset in self.readers:
+                count = reader.doc_count_all()
+                column = _length_bytes(reader, fieldname, count)
+                parts.append(_LENGTHS[column])
+            self._lengths[fieldname] = np.concatenate(parts) if parts else np.zeros(0)
+        return self._lengths[fieldname]
+
+
+def _length_bytes(reader, fieldname: str, count: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """A segment's one-byte field lengths, read as one slice of its column file."""
+    try:
+        column = reader._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
+        if column is None:
+            return np.zeros(count, dtype=np.uint8)
+        stored = min(column._count, count)
+        raw = column._dbfile.get(column._basepos, stored) if stored else b""
+    except AttributeError as exc:
+        raise Unsupported(f"field lengths: {exc}") from exc
+    lengths = np.zeros(count, dtype=np.uint8)
+    lengths[:stored] = np.frombuffer(raw, dtype=np.uint8)
+    return lengths
+
+
+def _blocks(matcher) -> Iterable[tuple[np.ndarray, Iterable[float], list[bytes]]]:  # type: ignore[no-untyped-def]
+    """A term's postings a block at a time: (document numbers, weights, values).
+
+    Reads the blocks as Whoosh's own matcher does (its whoosh3 codec: a pickled tuple of
+    delta-encoded ids, weights and values per block), without a Python call per posting.
+    """
+    if type(matcher) is not W3LeafMatcher:
+        raise Unsupported(f"postings of type {type(matcher).__name__}")
+    try:
+        while True:
+            matcher._read_data()
+            deltas, weights, values = matcher._data
+            count = matcher._blocklength
+            ids = np.cumsum(np.array(deltas, dtype=np.int64))
+            if weights is None:
+                weights = (1.0,) * count
+            elif isinstance(weights, float):
+                weights = (weights,) * count
+            yield ids, weights, values
+            if matcher._lastblock:
+                return
+            matcher._goto(matcher._nextoffset)
+    except AttributeError as exc:
+        raise Unsupported(f"postings blocks: {exc}") from exc

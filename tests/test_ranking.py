@@ -1,0 +1,146 @@
+"""Search ranks with numpy over Whoosh's postings (``pipeline.ranking``): the same documents,
+scores and totals as Whoosh's own matchers, on a real index of generated CVs with several
+segments and deleted documents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from whoosh import index as whoosh_index
+from whoosh.query import And, ConstantScoreQuery, DateRange, Term
+
+from pipeline import ranking
+from pipeline.index import INDEX_NAME, IndexWriter, SearchIndex, _parse
+from pipeline.sandbox.documents import cv_blocks, render_text
+from pipeline.sandbox.generator import World
+from pipeline.store import IndexDoc
+
+QUERIES = [
+    "Python",
+    "python developer",
+    "Kubernetes Docker",
+    '"machine learning"',
+    '"senior python developer"',
+    "München",
+    "developpement",
+    "Teamfähigkeit",
+    "Entwicklungen",
+    "Python OR Golang",
+    "(python OR go) berlin",
+    "Python NOT Java",
+    "NOT Java",
+    "python ANDMAYBE java",
+    "python^3 berlin",
+    "Kuber*",
+    "Pyth?n",
+    "c++ node.js",
+    "type:CV python",
+    '"machine learning"~4',  # a sloppy phrase: Whoosh's own matcher, inside our ranking
+    "file_name:lebenslauf",
+    "*",
+    "zzzzz",
+]
+
+
+def _docs(count: int) -> list[IndexDoc]:
+    world = World(candidates=count, seed=5)
+    docs = []
+    for number, candidate in enumerate(world.ordered()):
+        docs.append(
+            IndexDoc(
+                attachment_id=f"doc{number:05d}",
+                candidate_id=candidate.id,
+                application_id=None,
+                type="CV" if number % 5 else "COVER_LETTER",
+                file_name=f"{candidate.full_name} {'CV' if number % 3 else 'Lebenslauf'}.pdf",
+                text=render_text(cv_blocks(candidate)).decode(),
+                sha256=None,
+                language=candidate.language,
+                updated_at=datetime(2026, 1 + number % 12, 1, tzinfo=UTC),
+                candidate_title=candidate.title,
+            )
+        )
+    return docs
+
+
+@pytest.fixture(scope="module")
+def searcher(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    folder: Path = tmp_path_factory.mktemp("ranking") / "index"
+    SearchIndex(folder).write([])  # creates the index with our schema
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    docs = _docs(450)
+    # Three segments (no merging), then deletions in two of them.
+    for start in (0, 150, 300):
+        raw = ix.writer(compound=False)
+        writer = IndexWriter(raw)
+        for doc in docs[start : start + 150]:
+            writer.add(doc)
+        raw.commit(merge=False)
+    raw = ix.writer(compound=False)
+    for number in range(0, 450, 7):
+        raw.delete_by_term("attachment_id", f"doc{number:05d}")
+    raw.commit(merge=False)
+    with ix.searcher() as opened:
+        assert len(opened.leaf_searchers()) == 3
+        assert opened.doc_count() < opened.doc_count_all()
+        yield opened
+    ix.close()
+
+
+def _whoosh(searcher, query, limit: int) -> tuple[list[tuple[int, float]], int]:  # type: ignore[no-untyped-def]
+    # Every match as Whoosh scores it, best first, the lower document number first among
+    # equals. (Whoosh's own top-N is no oracle: over several segments it can leave out a
+    # document that belongs in it, optimized or not.)
+    results = searcher.search(query, limit=None, optimize=False)
+    ranked = sorted(((hit.docnum, hit.score) for hit in results), key=lambda h: (-h[1], h[0]))
+    total = sum(1 for _ in searcher.docs_for_query(query))
+    return ranked[:limit], total
+
+
+def _assert_same(ours: ranking.Ranked, theirs: list[tuple[int, float]], total: int) -> None:
+    assert ours.total == total
+    assert len(ours.top) == len(theirs)
+    for (_, mine), (_, whoosh) in zip(ours.top, theirs, strict=True):
+        assert mine == pytest.approx(whoosh, rel=1e-9, abs=1e-9)
+    if theirs:
+        # The same documents; only those tied with the last one may differ.
+        last = theirs[-1][1]
+        assert {d for d, s in ours.top if s > last + 1e-9} == {
+            d for d, s in theirs if s > last + 1e-9
+        }
+
+
+@pytest.mark.parametrize("text", QUERIES)
+def test_same_hits_scores_and_total_as_whoosh(searcher, text: str) -> None:  # type: ignore[no-untyped-def]
+    query = _parse(searcher.schema, text)
+    ours = ranking.rank(searcher, query, 30)
+    theirs, total = _whoosh(searcher, query, 30)
+    _assert_same(ours, theirs, total)
+    if text not in ("zzzzz", '"senior python developer"', "c++ node.js"):
+        assert total > 0  # the query means something on this index
+
+
+def test_filters_select_without_scoring(searcher) -> None:  # type: ignore[no-untyped-def]
+    parsed = _parse(searcher.schema, "python")
+    filters = [
+        ConstantScoreQuery(Term("type", "CV"), 0.0),
+        ConstantScoreQuery(DateRange("updated", datetime(2026, 6, 1), None), 0.0),
+    ]
+    ours = ranking.rank(searcher, And([parsed, *filters]), 30)
+    plain = ranking.rank(searcher, parsed, 1000)
+    theirs, total = _whoosh(searcher, And([parsed, *filters]), 30)
+    assert 0 < ours.total == total < plain.total
+    # Whoosh lets each filter add its own score; ours adds nothing: same order.
+    shifted = [(docnum, score - len(filters)) for docnum, score in theirs]
+    _assert_same(ours, shifted, total)
+    scores = dict(plain.top)
+    assert all(score == pytest.approx(scores[docnum]) for docnum, score in ours.top)
+
+
+def test_deleted_documents_never_match(searcher) -> None:  # type: ignore[no-untyped-def]
+    ranked = ranking.rank(searcher, _parse(searcher.schema, "*"), 1000)
+    assert ranked.total == searcher.doc_count()
+    found = {searcher.stored_fields(docnum)["attachment_id"] for docnum, _ in ranked.top}
+    assert "doc00007" not in found and "doc00008" in found
