@@ -19,6 +19,7 @@ Nothing outside ``pipeline.index`` uses this module.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -80,36 +81,23 @@ class _Node:
 
 
 def rank(searcher, query: Query, limit: int) -> Ranked:  # type: ignore[no-untyped-def]
-    """The ``limit`` best documents for ``query`` (ties: lower document number first) and
-    the number of documents it matches."""
-    weighting = searcher.weighting
-    if type(weighting) is not BM25F or weighting._field_B:
-        raise Unsupported("only Whoosh's default BM25F is reproduced")
-    ranker = _Ranker(searcher, weighting.B, weighting.K1)
-    node = ranker.evaluate(query)
-    mask = node.mask & ranker.alive
-    matched = np.flatnonzero(mask)
-    total = int(matched.size)
-    if not total or limit <= 0:
-        return Ranked(total, [])
-    scores = node.scores[matched]
-    if total > limit:
-        # Keep every document scoring at least the limit-th best, ties included, then order
-        # them exactly: best first, the lower document number first among equals (Whoosh's
-        # order).
-        threshold = np.partition(scores, total - limit)[total - limit]
-        keep = scores >= threshold
-        matched, scores = matched[keep], scores[keep]
-    order = np.lexsort((matched, -scores))[:limit]
-    return Ranked(total, [(int(matched[i]), float(scores[i])) for i in order])
+    return Ranker(searcher).rank(query, limit)
 
 
-class _Ranker:
-    def __init__(self, searcher, b: float, k1: float) -> None:  # type: ignore[no-untyped-def]
+class Ranker:
+    """Ranks queries on one open searcher. A term's scored postings are kept for the
+    ranker's life: a spelling correction ranked after the query it corrects shares most of
+    its terms (the stems of "Kubernets" are those of "Kubernetes")."""
+
+    def __init__(self, searcher) -> None:  # type: ignore[no-untyped-def]
+        weighting = searcher.weighting
+        if type(weighting) is not BM25F or weighting._field_B:
+            raise Unsupported("only Whoosh's default BM25F is reproduced")
         self.searcher = searcher
         self.schema = searcher.schema
-        self.b = b
-        self.k1 = k1
+        self.b = weighting.B
+        self.k1 = weighting.K1
+        self._scored: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray] | None] = {}
         self.size = int(searcher.doc_count_all())
         self.leaves = list(searcher.leaf_searchers())
         self.readers = [(sub.reader(), offset) for sub, offset in self.leaves]
@@ -123,6 +111,25 @@ class _Ranker:
                 alive[deleted + offset] = False
         self.alive = alive
         self._lengths: dict[str, np.ndarray] = {}
+
+    def rank(self, query: Query, limit: int) -> Ranked:
+        """The ``limit`` best documents for ``query`` (ties: lower document number first)
+        and the number of documents it matches."""
+        node = self.evaluate(query)
+        matched = np.flatnonzero(node.mask & self.alive)
+        total = int(matched.size)
+        if not total or limit <= 0:
+            return Ranked(total, [])
+        scores = node.scores[matched]
+        if total > limit:
+            # Keep every document scoring at least the limit-th best, ties included, then
+            # order them exactly: best first, the lower document number first among equals
+            # (Whoosh's order).
+            threshold = np.partition(scores, total - limit)[total - limit]
+            keep = scores >= threshold
+            matched, scores = matched[keep], scores[keep]
+        order = np.lexsort((matched, -scores))[:limit]
+        return Ranked(total, [(int(matched[i]), float(scores[i])) for i in order])
 
     # -- combining nodes -----------------------------------------------------------------
 
@@ -199,11 +206,18 @@ class _Ranker:
             btext = field.to_bytes(query.text)
         except ValueError:
             return self._empty()
-        postings = self._postings(query.fieldname, btext)
-        if postings is None:
+        key = (query.fieldname, btext)
+        if key not in self._scored:
+            postings = self._postings(query.fieldname, btext)
+            self._scored[key] = (
+                None
+                if postings is None
+                else (postings.ids, self._scores(query.fieldname, btext, postings))
+            )
+        scored = self._scored[key]
+        if scored is None:
             return self._empty()
-        scores = self._scores(query.fieldname, btext, postings)
-        return self._boosted(self._from_postings(postings.ids, scores), query.boost)
+        return self._boosted(self._from_postings(*scored), query.boost)
 
     def _every(self, fieldname: str | None, boost: float) -> _Node:
         # Every document (no field), or every document with a word in the field; each
@@ -245,8 +259,11 @@ class _Ranker:
         if fieldname not in self.schema:
             return self._empty()
         field = self.schema[fieldname]
-        if not field.format or not field.format.supports("positions"):
-            return self._by_whoosh(query)  # Whoosh's own error for a field without positions
+        dtype = getattr(field.format, "positions_dtype", None)
+        if dtype is None:
+            # Another positions format (an index built before WordPositions) or none at
+            # all (Whoosh raises its own error): Whoosh's own phrase matcher.
+            return self._by_whoosh(query)
         words = []
         for word in query.words:
             try:
@@ -264,17 +281,30 @@ class _Ranker:
             common = np.intersect1d(common, postings.ids, assume_unique=True)
         if not common.size:
             return self._empty()
-        decode = field.format.decode_positions
         rows = [np.searchsorted(p.ids, common) for p in lists]
+        # Every position of every word as one number, document * stride + position; a
+        # phrase starts where word k stands k places after the first word, in the same
+        # document.
+        keyed = []
+        for postings, row in zip(lists, rows, strict=True):
+            values = (
+                operator.itemgetter(*row)(postings.values)
+                if row.size > 1
+                else [
+                    postings.values[row[0]]  # type: ignore[index]
+                ]
+            )
+            counts = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) // 4
+            position = np.frombuffer(b"".join(values), dtype=dtype).astype(np.int64)
+            keyed.append((np.repeat(np.arange(len(values), dtype=np.int64), counts), position))
+        stride = max(int(position.max()) for _, position in keyed) + len(keyed) + 1
+        starts = keyed[0][0] * stride + keyed[0][1]
+        for k, (document, position) in enumerate(keyed[1:], start=1):
+            starts = starts[np.isin(starts + k, document * stride + position)]
+            if not starts.size:
+                break
         keep = np.zeros(common.size, dtype=bool)
-        for i in range(common.size):
-            starts = set(decode(lists[0].values[rows[0][i]]))  # type: ignore[index]
-            for k in range(1, len(lists)):
-                following = decode(lists[k].values[rows[k][i]])  # type: ignore[index]
-                starts = {p - k for p in following}.intersection(starts)
-                if not starts:
-                    break
-            keep[i] = bool(starts)
+        keep[starts // stride] = True
         ids = common[keep]
         total = np.zeros(ids.size)
         for btext, postings, row in zip(words, lists, rows, strict=True):

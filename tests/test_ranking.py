@@ -144,3 +144,28 @@ def test_deleted_documents_never_match(searcher) -> None:  # type: ignore[no-unt
     assert ranked.total == searcher.doc_count()
     found = {searcher.stored_fields(docnum)["attachment_id"] for docnum, _ in ranked.top}
     assert "doc00007" not in found and "doc00008" in found
+
+
+def test_an_index_with_whooshs_own_positions_still_finds_phrases(tmp_path: Path) -> None:
+    # Indexes built before the text field stored its positions as arrays keep Whoosh's
+    # pickled ones: phrases are then matched by Whoosh's own matcher, with the same result.
+    from whoosh.formats import Positions
+
+    from pipeline.index import _schema
+
+    schema = _schema()
+    schema["text"].format = Positions(field_boost=1.0)
+    folder = tmp_path / "index"
+    folder.mkdir()
+    ix = whoosh_index.create_in(str(folder), schema, indexname=INDEX_NAME)
+    docs = {"a1": "machine learning engineer", "a2": "learning about machines", "a3": "ML"}
+    raw = ix.writer()
+    writer = IndexWriter(raw)
+    for key, text in docs.items():
+        writer.add(IndexDoc(key, "C1", None, "CV", "cv.pdf", text))
+    raw.commit()
+    ix.close()
+    index = SearchIndex(folder)
+    results = index.search('"machine learning"', texts=lambda ids: {i: docs[i] for i in ids})
+    assert [hit.attachment_id for hit in results.hits] == ["a1"]
+    assert results.hits[0].snippet == "<b>machine</b> <b>learning</b> engineer"
