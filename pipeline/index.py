@@ -32,6 +32,7 @@ from pathlib import Path
 from whoosh import index as whoosh_index
 from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
 from whoosh.codec import whoosh3 as _whoosh3
+from whoosh.codec.whoosh3 import W3Codec
 from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
 from whoosh.formats import Positions
 from whoosh.lang import stemmer_for_language
@@ -241,6 +242,13 @@ class IndexWriter:
         self.pending += 1
 
 
+def _codec() -> W3Codec:
+    # Postings blocks are left uncompressed: inflating them was a third of a search's time
+    # at 100,000 CVs, for postings files 2.4 times smaller. Blocks of 512 postings instead
+    # of 128: a search reads whole posting lists, and each block costs a seek and a pickle.
+    return W3Codec(blocklimit=512, compression=0)
+
+
 def _read_lengths_once(writer: _WhooshWriter) -> None:
     """Make the writer's flush read each field's lengths column once.
 
@@ -332,7 +340,7 @@ class SearchIndex:
         # finishing its last batch.
         # Segments are left as separate files: Whoosh reads a file of a compound segment by
         # copying it whole into memory, on every search (90 ms at 100,000 CVs).
-        raw = ix.writer(limitmb=256, timeout=120, delay=0.1, compound=False)
+        raw = ix.writer(limitmb=256, timeout=120, delay=0.1, compound=False, codec=_codec())
         _read_lengths_once(raw)
         wrapped = IndexWriter(raw)
         try:

@@ -20,7 +20,7 @@ Nothing outside ``pipeline.index`` uses this module.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -329,23 +329,35 @@ class Ranker:
     def _postings(
         self, fieldname: str, btext: bytes, *, values: bool = False, only=None
     ) -> _Postings | None:  # type: ignore[no-untyped-def]
-        ids: list[np.ndarray] = []
+        # A block's ids are stored as differences, its first counted from 0 in its segment.
+        # Joined, one running sum gives every id in the index once each block's first
+        # difference is lowered by the id before it (the last of the block before) less
+        # the block's segment offset.
+        deltas: list[int] = []
         weights: list[float] = []
         raw_values: list[bytes] | None = [] if values else None
+        starts: list[int] = []  # where each block begins in the joined differences
+        lowered: list[int] = []
+        last = 0  # the last id so far, across the index
         for reader, offset in [only] if only else self.readers:
             if (fieldname, btext) not in reader:
                 continue
             matcher = reader.postings(fieldname, btext)
             if isinstance(matcher, FilterMatcher):
                 matcher = matcher.child  # deletions: the alive mask takes them out
-            for block_ids, block_weights, block_values in _blocks(matcher):
-                ids.append(block_ids + offset)
+            for block_deltas, block_weights, block_values, last_id in _blocks(matcher):
+                starts.append(len(deltas))
+                lowered.append(last - offset)
+                deltas.extend(block_deltas)
                 weights.extend(block_weights)
                 if raw_values is not None:
                     raw_values.extend(block_values)
-        if not ids:
+                last = last_id + offset
+        if not deltas:
             return None
-        return _Postings(np.concatenate(ids), np.array(weights), raw_values)
+        differences = np.array(deltas, dtype=np.int64)
+        differences[starts] -= lowered
+        return _Postings(np.cumsum(differences), np.array(weights), raw_values)
 
     def _scores(self, fieldname: str, btext: bytes, postings: _Postings) -> np.ndarray:
         field = self.schema[fieldname]
@@ -385,8 +397,8 @@ def _length_bytes(reader, fieldname: str, count: int) -> np.ndarray:  # type: ig
     return lengths
 
 
-def _blocks(matcher) -> Iterable[tuple[np.ndarray, Iterable[float], list[bytes]]]:  # type: ignore[no-untyped-def]
-    """A term's postings a block at a time: (document numbers, weights, values).
+def _blocks(matcher) -> Iterable[tuple[Sequence[int], Sequence[float], list[bytes], int]]:  # type: ignore[no-untyped-def]
+    """A term's postings a block at a time: (id differences, weights, values, last id).
 
     Reads the blocks as Whoosh's own matcher does (its whoosh3 codec: a pickled tuple of
     delta-encoded ids, weights and values per block), without a Python call per posting.
@@ -398,12 +410,11 @@ def _blocks(matcher) -> Iterable[tuple[np.ndarray, Iterable[float], list[bytes]]
             matcher._read_data()
             deltas, weights, values = matcher._data
             count = matcher._blocklength
-            ids = np.cumsum(np.array(deltas, dtype=np.int64))
             if weights is None:
                 weights = (1.0,) * count
             elif isinstance(weights, float):
                 weights = (weights,) * count
-            yield ids, weights, values
+            yield deltas, weights, values, matcher._maxid
             if matcher._lastblock:
                 return
             matcher._goto(matcher._nextoffset)

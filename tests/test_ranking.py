@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from whoosh import index as whoosh_index
+from whoosh.codec.whoosh3 import W3Codec
 from whoosh.query import And, ConstantScoreQuery, DateRange, Term
 
 from pipeline import ranking
@@ -71,9 +72,10 @@ def searcher(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyp
     SearchIndex(folder).write([])  # creates the index with our schema
     ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
     docs = _docs(450)
-    # Three segments (no merging), then deletions in two of them.
-    for start in (0, 150, 300):
-        raw = ix.writer(compound=False)
+    # Three segments (no merging), then deletions in two of them. Small blocks, compressed
+    # and not, so that posting lists cross many block boundaries.
+    for start, codec in ((0, W3Codec(16, 0)), (150, W3Codec(128, 3)), (300, W3Codec(7, 3))):
+        raw = ix.writer(compound=False, codec=codec)
         writer = IndexWriter(raw)
         for doc in docs[start : start + 150]:
             writer.add(doc)
