@@ -1,8 +1,9 @@
 """Index stage: full-text search over extracted text, behind an interface of our own.
 
-The engine is Whoosh (the ``whoosh-reloaded`` fork; see the README for why). Nothing outside
-this module imports ``whoosh``, so the engine can change (paperless-ngx moved to tantivy)
-without touching the rest. The index keeps no text: snippets are made from the database's
+The engine is Whoosh (the ``whoosh-reloaded`` fork; see the README for why); queries are
+scored by ``pipeline.ranking`` over its posting lists. Nothing outside these two modules
+imports ``whoosh``, so the engine can change (paperless-ngx moved to tantivy) without
+touching the rest. The index keeps no text: snippets are made from the database's
 copy, so the database stays the one place personal text lives.
 """
 
