@@ -34,6 +34,7 @@ from whoosh.query import (
     Every,
     Not,
     NullQuery,
+    NumericRange,
     Or,
     Phrase,
     Prefix,
@@ -177,6 +178,10 @@ class Ranker:
             return self._every(query.fieldname, query.boost)  # as Whoosh reads these
         if isinstance(query, MultiTerm) and type(query).matcher in _EXPANDING:
             return self._multiterm(query)
+        if isinstance(query, NumericRange) and hasattr(query, "_compile_query"):
+            # A number or date range is the terms of its numeric tiers, or'ed: Whoosh's own
+            # matcher compiles it the same way (``--since`` is one).
+            return self.evaluate(query._compile_query(self.searcher.reader()))
         if query is NullQuery:
             return self._empty()
         return self._by_whoosh(query)
