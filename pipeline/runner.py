@@ -730,11 +730,12 @@ class _IndexBatch:
         self._docs: dict[str, IndexDoc] = {}
         self._deletions: set[str] = set()
         self._covered: set[str] = set()
+        self._reconcile: set[tuple[str, str]] = set()
         self.cpu = 0.0  # seconds spent in index writes
 
     @property
     def size(self) -> int:
-        return len(self._docs) + len(self._deletions)
+        return len(self._docs) + len(self._deletions) + len(self._reconcile)
 
     @property
     def flush_at(self) -> int:
@@ -752,16 +753,21 @@ class _IndexBatch:
         self._deletions.add(attachment_id)
 
     def reconcile(self, candidate_id: str, sha256: str) -> None:
-        """Make the index hold exactly one document for this candidate's content."""
-        copies = self._store.content_copies(candidate_id, sha256)
-        if not copies:
-            return
-        self.upsert(copies[0])
-        for other in copies[1:]:
-            self.delete(other.attachment_id)
-            self._covered.add(other.attachment_id)
+        """Make the index hold exactly one document for this candidate's content (looked up
+        at the next flush, with every other content of the batch in one query)."""
+        self._reconcile.add((candidate_id, sha256))
+
+    def _resolve(self) -> None:
+        keys, self._reconcile = self._reconcile, set()
+        for copies in self._store.contents_copies(sorted(keys)).values():
+            self.upsert(copies[0])
+            for other in copies[1:]:
+                self.delete(other.attachment_id)
+                self._covered.add(other.attachment_id)
 
     def flush(self) -> None:
+        if self._reconcile:
+            self._resolve()
         if not self.size and not self._covered:
             return
         docs, deletions = list(self._docs.values()), list(self._deletions)

@@ -212,6 +212,7 @@ class Store:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._batch: Connection | None = None
         self._held: Connection | None = None
+        self._upserts = _upserts(self.engine.dialect.name)
 
     def create(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -290,18 +291,19 @@ class Store:
             "fetch_error": error,
             "last_seen_at": now if error is None else None,
         }
+        row = {
+            "id": candidate_id,
+            "integration_id": integration_id,
+            "first_seen_at": now,
+            **{k: v for k, v in params.items() if k != "key"},
+        }
         with self._conn() as conn:
+            if self._upserts is not None:
+                conn.execute(self._upserts.candidate(error is None), row)
+                return
             statement = _CANDIDATE_SEEN if error is None else _CANDIDATE_FAILED
             if not conn.execute(statement, params).rowcount:
-                conn.execute(
-                    insert(Candidate.__table__),
-                    {
-                        "id": candidate_id,
-                        "integration_id": integration_id,
-                        "first_seen_at": now,
-                        **{k: v for k, v in params.items() if k != "key"},
-                    },
-                )
+                conn.execute(insert(Candidate.__table__), row)
 
     def candidate_listed(self, candidate_id: str, integration_id: str, title: str | None) -> None:
         """Record what GET /ats/candidates says of a candidate (their title, for search)."""
@@ -435,8 +437,11 @@ class Store:
         statement = _outcome_statement(tuple(values))
         with self._conn() as conn:
             conn.execute(statement, {"key": attachment_id, **values})
-            exists = text and sha256 and conn.execute(_TEXT_EXISTS, {"sha256": sha256}).first()
-            if text and sha256 and exists is None:
+            if not (text and sha256):
+                return
+            if self._upserts is not None:
+                conn.execute(self._upserts.text, {"sha256": sha256, "text": text})
+            elif conn.execute(_TEXT_EXISTS, {"sha256": sha256}).first() is None:
                 conn.execute(_INSERT_TEXT, {"sha256": sha256, "text": text})
 
     def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
@@ -527,11 +532,31 @@ class Store:
             return [(c, h) for c, h in rows]
 
     def content_copies(self, candidate_id: str, sha256: str) -> list[IndexDoc]:
-        """The candidate's live attachments with these bytes, by id, as index documents (one
-        query: the run asks this for every text it indexes)."""
+        """The candidate's live attachments with these bytes, by id, as index documents."""
+        return self.contents_copies([(candidate_id, sha256)]).get((candidate_id, sha256), [])
+
+    def contents_copies(
+        self, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], list[IndexDoc]]:
+        """``content_copies`` for many (candidate id, sha256) keys, a query per 500 of them
+        (a run asks this for every text it indexes)."""
+        found: dict[tuple[str, str], list[IndexDoc]] = {}
+        wanted = set(keys)
         with self._conn() as conn:
-            rows = conn.execute(_COPIES, {"candidate_id": candidate_id, "sha256": sha256})
-            return [IndexDoc(*row) for row in rows]
+            for chunk in _chunks(sorted(wanted), 500):
+                rows = conn.execute(
+                    _COPIES,
+                    {
+                        "candidates": sorted({c for c, _ in chunk}),
+                        "hashes": sorted({h for _, h in chunk}),
+                    },
+                )
+                for row in rows:
+                    doc = IndexDoc(*row)
+                    key = (doc.candidate_id, doc.sha256 or "")
+                    if key in wanted:
+                        found.setdefault(key, []).append(doc)
+        return found
 
     def known_hashes(self) -> set[str]:
         """Every sha256 on record: a file whose hash is not here was never extracted."""
@@ -789,6 +814,47 @@ _TEXT_EXISTS = select(_t.c.sha256).where(_t.c.sha256 == bindparam("sha256"))
 _INSERT_TEXT = insert(_t)
 
 
+@dataclass(frozen=True)
+class _Upserts:
+    """Insert-or-update statements, for the dialects that have them."""
+
+    text: Any  # a text row, unless one with the same sha256 is there
+    seen: Any  # a candidate listed: insert, or update when fetched, error and seen
+    failed: Any  # a candidate whose listing failed: insert, or update when fetched and error
+
+    def candidate(self, listed: bool) -> Any:
+        return self.seen if listed else self.failed
+
+
+def _upserts(dialect: str) -> _Upserts | None:
+    """One statement where the portable way takes two (a look, then an insert or update).
+    SQLite (3.24 and later) and PostgreSQL share the syntax; other databases take two."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as dialect_insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+    else:
+        return None
+    text = dialect_insert(_t).on_conflict_do_nothing(index_elements=[_t.c.sha256])
+    candidate = dialect_insert(_c)
+    seen = candidate.on_conflict_do_update(
+        index_elements=[_c.c.id],
+        set_={
+            "last_fetched_at": candidate.excluded.last_fetched_at,
+            "fetch_error": candidate.excluded.fetch_error,
+            "last_seen_at": candidate.excluded.last_seen_at,
+        },
+    )
+    failed = candidate.on_conflict_do_update(
+        index_elements=[_c.c.id],
+        set_={
+            "last_fetched_at": candidate.excluded.last_fetched_at,
+            "fetch_error": candidate.excluded.fetch_error,
+        },
+    )
+    return _Upserts(text, seen, failed)
+
+
 @cache
 def _outcome_statement(columns: tuple[str, ...]) -> Update:
     """``save_outcome``'s UPDATE for one set of columns, built once (building a statement
@@ -812,8 +878,8 @@ _COPIES = (
     .join(_t, _t.c.sha256 == _a.c.sha256)
     .outerjoin(_c, _c.c.id == _a.c.candidate_id)
     .where(
-        _a.c.candidate_id == bindparam("candidate_id"),
-        _a.c.sha256 == bindparam("sha256"),
+        _a.c.candidate_id.in_(bindparam("candidates", expanding=True)),
+        _a.c.sha256.in_(bindparam("hashes", expanding=True)),
         _a.c.status.in_([AttachmentState.PENDING.value, AttachmentState.INDEXED.value]),
     )
     .order_by(_a.c.id)
