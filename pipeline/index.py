@@ -695,13 +695,12 @@ def _snippet(body: str, words: frozenset[str], stems: frozenset[str], language: 
 def _fragment(body: str, marks: list[tuple[int, int, str]]) -> str:
     start = max(0, marks[0][0] - SNIPPET_CONTEXT)
     end = min(len(body), marks[-1][1] + SNIPPET_CONTEXT)
-    # Start and end on whole words.
-    if start > 0:
-        first = _WORD.search(body, start, marks[0][0] + 1)
-        start = first.start() if first else marks[0][0]
-    if end < len(body):
-        cut = body.rfind(" ", marks[-1][1], end)
-        end = cut if cut != -1 else marks[-1][1]
+    # Start and end on whole words: after a space, before one (at most the context's length
+    # to walk).
+    while start < marks[0][0] and start > 0 and not body[start - 1].isspace():
+        start += 1
+    while end > marks[-1][1] and end < len(body) and not body[end].isspace():
+        end -= 1
     parts, position = [], start
     for mark_start, mark_end, _word in marks:
         parts.append(_escape(body[position:mark_start]))

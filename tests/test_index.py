@@ -167,3 +167,16 @@ def test_snippets_show_the_fragments_with_matches(index: SearchIndex) -> None:
     assert "<b>Docker</b> and <b>Kubernetes</b>" in snippet
     assert " ... " in snippet and "<b>Kubernetes</b> at scale" in snippet
     assert snippet.index("at scale") < snippet.index("<b>Docker</b>")  # in text order
+    # Fragments start and end on whole words.
+    words = set(docs["a1"].split())
+    shown = snippet.replace("<b>", "").replace("</b>", "").replace(" ... ", " ").split()
+    assert set(shown) <= words, set(shown) - words
+
+
+def test_snippets_cut_long_words_only_at_spaces(index: SearchIndex) -> None:
+    text = "Softwareentwicklungsprojektleitungsassistenz " * 3 + "Python " + "Donau" * 30
+    docs = {"a1": text}
+    index.write(_doc(k, v) for k, v in docs.items())
+    snippet = index.search("python", texts=lambda ids: docs).hits[0].snippet
+    assert snippet.startswith("Softwareentwicklungsprojektleitungsassistenz <b>Python</b>")
+    assert snippet.endswith("<b>Python</b>")  # the next word runs past the context
