@@ -103,6 +103,12 @@ def _fold(word: str) -> str:
     return word.translate(accent_map)
 
 
+def _fold_all(words: list[str]) -> list[str]:
+    # One translate over the joined words instead of one call a word (a character maps to
+    # the same text either way, and no word holds the separator).
+    return "\x00".join(words).translate(accent_map).split("\x00") if words else []
+
+
 def _terms(text: str, language: str | None) -> list[str]:
     """The text field's terms for a document: its folded words, then the marked stems.
 
@@ -112,11 +118,10 @@ def _terms(text: str, language: str | None) -> list[str]:
     (the German and French stemmers know their accented suffixes).
     """
     lowered = [word.lower() for word in _WORD.findall(text)]
-    folded = [_fold(word) for word in lowered]
+    folded = _fold_all(lowered)
     if language not in STEMMED:
         return folded
-    stem = _stemmer(language)
-    stems = [_fold(stem(word)) for word in lowered]
+    stems = _fold_all(list(map(_stemmer(language), lowered)))
     return folded + [STEM_MARK + s for s, word in zip(stems, folded, strict=True) if s != word]
 
 
@@ -273,18 +278,28 @@ class _WholeLengths:
 
     def __init__(self, reader) -> None:  # type: ignore[no-untyped-def]
         self._reader = reader
-        self._columns: dict[str, list[int]] = {}
+        self._columns = _Columns(reader)
 
     def doc_field_length(self, docnum: int, fieldname: str, default: int = 0) -> int:
-        column = self._columns.get(fieldname)
-        if column is None:
-            count = self._reader.doc_count_all()
-            column = [self._reader.doc_field_length(n, fieldname, default) for n in range(count)]
-            self._columns[fieldname] = column
-        return column[docnum] if docnum < len(column) else default
+        # Called once per posting: kept to one lookup and one index.
+        return self._columns[fieldname][docnum]
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
         return getattr(self._reader, name)
+
+
+class _Columns(dict[str, list[int]]):
+    """Field name -> every document's length in the field, read on first use."""
+
+    def __init__(self, reader) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self._reader = reader
+
+    def __missing__(self, fieldname: str) -> list[int]:
+        count = self._reader.doc_count_all()
+        column = [self._reader.doc_field_length(n, fieldname, 0) for n in range(count)]
+        self[fieldname] = column
+        return column
 
 
 def _fields(doc: IndexDoc) -> dict[str, object]:
