@@ -237,3 +237,14 @@ def test_without_a_writable_cache_the_language_model_loads_as_usual(
     language.load_model()
     assert langid.IDENTIFIER is None  # left to py3langid
     assert [language.detect_language(t) for t in _LANGUAGE_SAMPLES] == ["en", "de", "fr", "es"]
+
+
+def test_commands_that_parse_nothing_do_not_import_the_parsers() -> None:
+    # pypdf, python-docx and lxml take 0.2 s to import: `pipeline search` starts without them.
+    import subprocess
+    import sys
+
+    probe = "import sys, pipeline.cli; print(sorted({'pypdf', 'docx', 'lxml'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -7,28 +7,42 @@ Library errors are translated here and only here.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 import zipfile
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 from ..errors import EncryptedDocumentError, ExtractionError
 from ..states import AttachmentState
-from . import doc as _doc  # noqa: F401  (each module registers its parser)
-from . import docx as _docx  # noqa: F401
-from . import html as _html  # noqa: F401
-from . import odt as _odt  # noqa: F401
-from . import pdf as _pdf  # noqa: F401
-from . import rtf as _rtf  # noqa: F401
-from . import text as _text  # noqa: F401
+from . import registry
 from .detect import ENCRYPTED_OOXML, decide, normalise_content_type
 from .doc import UnavailableError
 from .language import detect_language
 from .normalise import normalise_text
-from .registry import parser_for, supported_types
+from .registry import parser_for
 
 log = logging.getLogger(__name__)
+
+# Each module registers its parser when imported.
+_PARSER_MODULES = ("doc", "docx", "html", "odt", "pdf", "rtf", "text")
+
+
+@cache
+def load_parsers() -> None:
+    """Import the parsers, on first use: pypdf, python-docx and lxml take 0.2 s to import, and
+    most commands (search, export, status) parse nothing. The extraction workers' forkserver
+    loads them before it forks (``warm.py``)."""
+    for name in _PARSER_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+def supported_types() -> list[str]:
+    load_parsers()
+    return registry.supported_types()
+
 
 __all__ = ["Extraction", "extract_file", "normalise_content_type", "supported_types"]
 
@@ -52,6 +66,7 @@ class Extraction:
 
 
 def extract_file(path: Path, content_type: str | None, file_name: str | None) -> Extraction:
+    load_parsers()
     started, cpu = time.perf_counter(), time.process_time()
     result = _extract(path, content_type, file_name)
     return _with_time(result, time.perf_counter() - started, time.process_time() - cpu)
