@@ -15,6 +15,7 @@
     ├── ExtractionError              a parser could not read a file (state ``failed``)
     │   └── EncryptedDocumentError   needs a password we do not have (state ``encrypted``)
     ├── QueryError                   a search query the parser cannot read (exit 2)
+    ├── IndexBuildError              a rebuilt index does not hold every document (exit 1)
     └── LockedError                  another run holds the writer lock
 
 Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
@@ -149,6 +150,10 @@ class EncryptedDocumentError(ExtractionError):
 
 
 class QueryError(PipelineError):
+    pass
+
+
+class IndexBuildError(PipelineError):
     pass
 
 
