@@ -9,6 +9,9 @@ array per query node; the total is the count of that array's matches. The result
 Whoosh's own (``tests/test_ranking.py`` compares them, score for score, on every kind of
 query the parser makes).
 
+Each node of a query holds a score and a flag for every document of the index: 9 bytes a
+document (0.9 MB at 100,000 CVs), freed as the query is combined.
+
 A query node of a kind not handled here (a numeric range, a sloppy phrase, ``*``) is
 evaluated by Whoosh's own matcher for that node only. Anything this module cannot read
 (another codec, a Whoosh version whose segment files differ) raises ``Unsupported``, and
