@@ -112,6 +112,27 @@ def test_garbage_labelled_docx_fails(tmp_path: Path) -> None:
     assert result.error
 
 
+def test_a_package_whose_main_part_is_not_a_word_document_fails(tmp_path: Path) -> None:
+    # A Word template (or a spreadsheet) dressed as a .docx: the package opens, but its main
+    # part is not a document's, as docx.Document would refuse it too.
+    import io
+    import zipfile
+
+    data = render_docx([Block("para", "Kubernetes")], header="CV")
+    source, rewritten = zipfile.ZipFile(io.BytesIO(data)), io.BytesIO()
+    with zipfile.ZipFile(rewritten, "w") as out:
+        for item in source.infolist():
+            body = source.read(item.filename)
+            if item.filename == "[Content_Types].xml":
+                body = body.replace(b"document.main+xml", b"template.main+xml")
+            out.writestr(item, body)
+    path = _write(tmp_path, "cv.docx", rewritten.getvalue())
+    result = extract_file(path, DOCX, "cv.docx")
+    assert result.state == AttachmentState.FAILED
+    assert result.error is not None and result.error.startswith("not a Word document")
+    assert "template.main+xml" in result.error
+
+
 def test_png_is_unsupported(world_template: World, tmp_path: Path) -> None:
     photo = next(a for a in world_template.attachments.values() if a.kind == "png")
     path = _write(tmp_path, "photo.png", world_template.body(photo.id))
