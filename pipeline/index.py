@@ -261,7 +261,7 @@ def _read_lengths_once(writer: _WhooshWriter) -> None:
 
     Writing a segment's postings, Whoosh asks the new segment for the document's field
     length at every posting (for the blocks' statistics), each a seek and an unpack in
-    Python: a fifth of a bulk load's time. The lengths are read whole instead.
+    Python: a tenth of a bulk load's time. The lengths are read whole instead.
     """
     opener = getattr(writer, "per_document_reader", None)
     if opener is None:
@@ -365,11 +365,12 @@ class SearchIndex:
         in its old segment file until a later merge, and an erasure must not wait for that.
         """
         ix = self._open()
-        # Wait for the lock a while: a writer process of a run that was killed may still be
-        # finishing its last batch.
         # Segments are left as separate files: Whoosh reads a file of a compound segment by
-        # copying it whole into memory, on every search (90 ms at 100,000 CVs).
+        # copying it whole into memory, on every search (90 ms at 100,000 CVs). The pool's
+        # 256 MB are shared between the writer processes.
         options = {"limitmb": 256 // procs, "compound": False, "codec": _codec()}
+        # Wait for the lock a while (timeout): a writer process of a run that was killed may
+        # still be finishing its last batch.
         if procs > 1:
             # Whoosh's multiprocess writer: documents go to the processes in batches of 100
             # through files; each process writes segments of its own ("multisegment"), and
@@ -426,9 +427,10 @@ class SearchIndex:
                     writer.add(doc)
                 count = writer.pending
             added += count
-            if self.doc_count() != added:
+            held = self.doc_count()
+            if held != added:
                 raise IndexBuildError(
-                    f"the index holds {self.doc_count()} of the {added} documents written "
+                    f"the index holds {held} of the {added} documents written "
                     "(a writer process failed): run `pipeline reindex` again"
                 )
             if count < per_writer:

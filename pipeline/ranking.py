@@ -12,17 +12,16 @@ query the parser makes).
 Each node of a query holds a score and a flag for every document of the index: 9 bytes a
 document (0.9 MB at 100,000 CVs), freed as the query is combined.
 
-A query node of a kind not handled here (a numeric range, a sloppy phrase, ``*``) is
-evaluated by Whoosh's own matcher for that node only. Anything this module cannot read
-(another codec, a Whoosh version whose segment files differ) raises ``Unsupported``, and
-the caller searches the way Whoosh does.
+A query node of a kind not handled here (a sloppy phrase such as ``"a b"~3``, a span
+query) is evaluated by Whoosh's own matcher for that node only. Anything this module cannot
+read (another codec, a Whoosh version whose segment files differ) raises ``Unsupported``,
+and the caller searches the way Whoosh does.
 
 Nothing outside ``pipeline.index`` uses this module.
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -293,16 +292,12 @@ class Ranker:
         # Every position of every word as one number, document * stride + position; a
         # phrase starts where word k stands k places after the first word, in the same
         # document.
+        width = np.dtype(dtype).itemsize
         keyed = []
         for postings, row in zip(lists, rows, strict=True):
-            values = (
-                operator.itemgetter(*row)(postings.values)
-                if row.size > 1
-                else [
-                    postings.values[row[0]]  # type: ignore[index]
-                ]
-            )
-            counts = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) // 4
+            assert postings.values is not None
+            values = list(map(postings.values.__getitem__, row.tolist()))
+            counts = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) // width
             position = np.frombuffer(b"".join(values), dtype=dtype).astype(np.int64)
             keyed.append((np.repeat(np.arange(len(values), dtype=np.int64), counts), position))
         stride = max(int(position.max()) for _, position in keyed) + len(keyed) + 1

@@ -95,7 +95,8 @@ class RunSummary:
     fatal: IntegrationError | None = None
     erased: int = 0
     listed: list[str] = field(default_factory=list)
-    # CPU seconds spent parsing (in the workers) and writing the index (on the writer thread)
+    # CPU seconds spent parsing (in the workers) and writing the index (in the index writer
+    # process, as it reports them)
     extract_cpu: float = 0.0
     index_cpu: float = 0.0
     # documents whose index write failed: they stay pending, and the next run indexes them
@@ -759,7 +760,7 @@ class _IndexBatch:
 
     def _resolve(self) -> None:
         keys, self._reconcile = self._reconcile, set()
-        for copies in self._store.contents_copies(sorted(keys)).values():
+        for copies in self._store.content_copies(keys).values():
             self.upsert(copies[0])
             for other in copies[1:]:
                 self.delete(other.attachment_id)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -531,15 +531,12 @@ class Store:
             )
             return [(c, h) for c, h in rows]
 
-    def content_copies(self, candidate_id: str, sha256: str) -> list[IndexDoc]:
-        """The candidate's live attachments with these bytes, by id, as index documents."""
-        return self.contents_copies([(candidate_id, sha256)]).get((candidate_id, sha256), [])
-
-    def contents_copies(
-        self, keys: Sequence[tuple[str, str]]
+    def content_copies(
+        self, keys: Iterable[tuple[str, str]]
     ) -> dict[tuple[str, str], list[IndexDoc]]:
-        """``content_copies`` for many (candidate id, sha256) keys, a query per 500 of them
-        (a run asks this for every text it indexes)."""
+        """For each (candidate id, sha256): the candidate's live attachments with these
+        bytes, by id, as index documents. A query per 500 keys: a run asks this for every
+        text it indexes."""
         found: dict[tuple[str, str], list[IndexDoc]] = {}
         wanted = set(keys)
         with self._conn() as conn:
