@@ -17,6 +17,7 @@ import pickle
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from multiprocessing.connection import Connection
+from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
 from whoosh import index as whoosh_index
@@ -45,6 +47,7 @@ from whoosh.writing import IndexWriter as _WhooshWriter
 
 from . import child
 from .errors import IndexBuildError, QueryError
+from .segments import ArraySegmentWriter
 from .store import IndexDoc
 
 log = logging.getLogger(__name__)
@@ -103,26 +106,61 @@ def _fold(word: str) -> str:
     return word.translate(accent_map)
 
 
-def _fold_all(words: list[str]) -> list[str]:
-    # One translate over the joined words instead of one call a word (a character maps to
-    # the same text either way, and no word holds the separator).
-    return "\x00".join(words).translate(accent_map).split("\x00") if words else []
+class _WordMap(dict[str, str]):
+    """A word's analysed form, worked out once and then found by a lookup.
+
+    ``map(words.__getitem__, ...)`` stays in C for every word seen before; a CV's words are
+    mostly words other CVs have. Bounded: emptied when full (the next documents refill it
+    with the words that are common).
+    """
+
+    LIMIT = 50_000
+
+    def __init__(self, make: Callable[[str], str]) -> None:
+        super().__init__()
+        self._make = make
+
+    def __missing__(self, word: str) -> str:
+        if len(self) >= self.LIMIT:
+            self.clear()
+        made = self[word] = self._make(word)
+        return made
+
+
+# A word as the text field holds it: lowercased, then accents folded. Translating through
+# Whoosh's accent map costs a dictionary miss per unaccented character, so each distinct
+# word is folded once.
+_FOLDED = _WordMap(lambda word: _fold(word.lower()))
+
+
+@cache
+def _marked_stems(lang: str) -> _WordMap:
+    """Word -> its marked stem, or "" where the stem is the folded word itself.
+
+    Stems are taken before folding (the German and French stemmers know their accented
+    suffixes)."""
+    stem = _stemmer(lang)
+
+    def marked(word: str) -> str:
+        lowered = word.lower()
+        stemmed = _fold(stem(lowered))
+        return "" if stemmed == _fold(lowered) else STEM_MARK + stemmed
+
+    return _WordMap(marked)
 
 
 def _terms(text: str, language: str | None) -> list[str]:
     """The text field's terms for a document: its folded words, then the marked stems.
 
-    Whoosh takes a list of words as already analyzed; building them with one regex scan and
-    C-level string methods is several times cheaper than its chain of token generators. The
-    words are what the field's analyzer makes of a query. Stems are taken before folding
-    (the German and French stemmers know their accented suffixes).
+    Whoosh takes a list of words as already analyzed; one regex scan and a lookup per word
+    are many times cheaper than its chain of token generators. The words are what the
+    field's analyzer makes of a query.
     """
-    lowered = [word.lower() for word in _WORD.findall(text)]
-    folded = _fold_all(lowered)
+    words = _WORD.findall(text)
+    folded = list(map(_FOLDED.__getitem__, words))
     if language not in STEMMED:
         return folded
-    stems = _fold_all(list(map(_stemmer(language), lowered)))
-    return folded + [STEM_MARK + s for s, word in zip(stems, folded, strict=True) if s != word]
+    return folded + list(filter(None, map(_marked_stems(language).__getitem__, words)))
 
 
 def _query_stems(lowered: str) -> set[str]:
@@ -332,14 +370,144 @@ def _check_syntax(query: str) -> None:
         raise QueryError(f"cannot read query {query!r}: parentheses do not match")
 
 
-# A bulk load writes a segment per this many documents: Whoosh sorts a segment's postings in
-# memory up to its pool limit and merges runs from disk beyond it, in Python, which made a
-# load of 100,000 half as fast per document as one of 10,000.
+# A bulk load writes a segment per this many documents. A segment of fewer than 32,768 makes
+# Whoosh rebuild its stored-field offsets in a Python loop each time a search opens it; a
+# larger one costs the writer more memory at its flush (about 60 bytes a word).
 REBUILD_SEGMENT_DOCS = 34_000
 # A bulk load of at least this many documents is shared by a writer process per core (at
-# most two), each writing its own segments: 1.7 times as fast on two cores. Below it, the
-# processes' start costs more than they save.
+# most two), each analysing its documents and writing its own segments. Below it, starting
+# the processes costs more than they save.
 PARALLEL_REBUILD_DOCS = 5_000
+# Documents go to the writer processes in batches of this many, at most two batches ahead.
+REBUILD_BATCH_DOCS = 250
+# A writer process that sends nothing for this long while it has work is taken as hung.
+REBUILD_SILENCE_SECONDS = 600.0
+
+
+def _writer_options() -> dict[str, object]:
+    # Segments are left as separate files: Whoosh reads a file of a compound segment by
+    # copying it whole into memory, on every search (90 ms at 100,000 CVs).
+    return {"limitmb": 256, "compound": False, "codec": _codec()}
+
+
+class _SegmentBuilder:
+    """Analyses documents and writes them into segments of at most ``segment_docs``."""
+
+    def __init__(self, ix: whoosh_index.Index, segment_docs: int) -> None:
+        self._ix = ix
+        self._segment_docs = segment_docs
+        self._writer: ArraySegmentWriter | None = None
+        self._segments: list[object] = []
+        self.added = 0
+
+    def add(self, doc: IndexDoc) -> None:
+        if self._writer is None:
+            # No lock: the process that commits the segments holds it.
+            self._writer = ArraySegmentWriter(self._ix, _lk=False, **_writer_options())
+        self._writer.add_document(**_fields(doc))
+        self.added += 1
+        if self._writer.doc_count() >= self._segment_docs:
+            self._close()
+
+    def finish(self) -> list[object]:
+        if self._writer is not None:
+            self._close()
+        return self._segments
+
+    def _close(self) -> None:
+        assert self._writer is not None
+        self._segments.append(self._writer._finalize_segment())
+        self._writer = None
+
+
+def serve_segments(fd: int) -> None:
+    """A rebuild's writer process: (directory, segment size), then batches of documents,
+    each answered with ("added", count); None answers ("done", segments) and stops. An
+    error answers ("error", message)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    conn = Connection(fd)
+    directory, segment_docs = conn.recv()
+    try:
+        ix = whoosh_index.open_dir(directory, indexname=INDEX_NAME)
+        builder = _SegmentBuilder(ix, segment_docs)
+        while (batch := conn.recv()) is not None:
+            for doc in batch:
+                builder.add(doc)
+            conn.send(("added", len(batch)))
+        conn.send(("done", builder.finish()))
+    except (EOFError, OSError):
+        os._exit(0)  # the parent is gone
+    except Exception as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    conn.close()
+
+
+def _build_in_processes(
+    directory: Path, docs: Iterator[IndexDoc], procs: int
+) -> tuple[list[object], int]:
+    """Share the documents between ``procs`` writer processes; their segments and the count."""
+    workers = [child.start("pipeline.index", "serve_segments") for _ in range(procs)]
+    ahead = dict.fromkeys(range(procs), 0)  # batches sent and not yet answered
+    segments: list[object] = []
+    added = 0
+
+    def answer(number: int) -> tuple[str, object]:
+        try:
+            kind, value = workers[number][1].recv()
+        except (EOFError, OSError):
+            code = workers[number][0].poll()
+            raise IndexBuildError(
+                f"a writer process stopped (exit code {code}): run `pipeline reindex` again"
+            ) from None
+        if kind == "error":
+            raise IndexBuildError(f"a writer process failed: {value}")
+        return kind, value
+
+    def wait_for_answers() -> None:
+        conns = {workers[n][1]: n for n, count in ahead.items() if count}
+        ready = wait_for(list(conns), timeout=REBUILD_SILENCE_SECONDS)
+        if not ready:
+            raise IndexBuildError(
+                f"a writer process sent nothing for {REBUILD_SILENCE_SECONDS:.0f} s: "
+                "run `pipeline reindex` again"
+            )
+        for conn in ready:
+            number = conns[conn]  # type: ignore[index]
+            answer(number)
+            ahead[number] -= 1
+
+    try:
+        for _, conn in workers:
+            conn.send((str(directory), REBUILD_SEGMENT_DOCS))
+        while batch := list(itertools.islice(docs, REBUILD_BATCH_DOCS)):
+            while min(ahead.values()) >= 2:
+                wait_for_answers()
+            number = min(ahead, key=ahead.__getitem__)
+            workers[number][1].send(batch)
+            ahead[number] += 1
+            added += len(batch)
+        while any(ahead.values()):
+            wait_for_answers()
+        for _, conn in workers:
+            conn.send(None)
+        for number in range(procs):
+            if not wait_for([workers[number][1]], timeout=REBUILD_SILENCE_SECONDS):
+                raise IndexBuildError(
+                    "a writer process did not finish: run `pipeline reindex` again"
+                )
+            _, value = answer(number)
+            segments.extend(value)  # type: ignore[arg-type]
+    finally:
+        for process, conn in workers:
+            with contextlib.suppress(OSError):
+                conn.close()
+            if process.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=10)
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return segments, added
 
 
 class SearchIndex:
@@ -356,39 +524,22 @@ class SearchIndex:
         return whoosh_index.exists_in(str(self.directory), indexname=INDEX_NAME)
 
     @contextmanager
-    def writer(
-        self, *, purge: bool = False, merge: bool = True, procs: int = 1
-    ) -> Iterator[IndexWriter]:
+    def writer(self, *, purge: bool = False, merge: bool = True) -> Iterator[IndexWriter]:
         """One writer; committed on a clean exit, cancelled (and the error re-raised) if not.
 
         ``purge`` merges every segment on commit: a deleted document's terms otherwise stay
         in its old segment file until a later merge, and an erasure must not wait for that.
         """
         ix = self._open()
-        # Segments are left as separate files: Whoosh reads a file of a compound segment by
-        # copying it whole into memory, on every search (90 ms at 100,000 CVs). The pool's
-        # 256 MB are shared between the writer processes.
-        options = {"limitmb": 256 // procs, "compound": False, "codec": _codec()}
         # Wait for the lock a while (timeout): a writer process of a run that was killed may
         # still be finishing its last batch.
-        if procs > 1:
-            # Whoosh's multiprocess writer: documents go to the processes in batches of 100
-            # through files; each process writes segments of its own ("multisegment"), and
-            # this one commits them all. Merging them would cost more than the processes save.
-            raw = ix.writer(
-                procs=procs, multisegment=True, subargs=options, timeout=120, delay=0.1, **options
-            )
-        else:
-            raw = ix.writer(timeout=120, delay=0.1, **options)
+        raw = ix.writer(timeout=120, delay=0.1, **_writer_options())
         _read_lengths_once(raw)
         wrapped = IndexWriter(raw)
         try:
             yield wrapped
         except BaseException:
             raw.cancel()
-            # Whoosh's cancel only flags its processes in this one: stop them.
-            for task in getattr(raw, "tasks", ()):
-                task.terminate()
             raise
         else:
             raw.commit(optimize=purge, merge=merge or purge)
@@ -408,10 +559,10 @@ class SearchIndex:
     def rebuild(self, docs: Iterable[IndexDoc]) -> int:
         """Start again from nothing: the database is the source of truth.
 
-        A bulk load: documents are added, not updated (nothing is there to replace), a
-        segment per REBUILD_SEGMENT_DOCS, by a writer process per core when there are many.
-        The index is counted after each commit: a writer process that died (killed, out of
-        memory) fails the rebuild instead of leaving documents out.
+        A bulk load through ``pipeline.segments``' array writer: a segment per
+        REBUILD_SEGMENT_DOCS, written by a process per core when there are many documents,
+        all committed at once at the end. The index is counted after the commit: a writer
+        process that failed fails the rebuild instead of leaving documents out.
         """
         if self.directory.exists():
             shutil.rmtree(self.directory)
@@ -419,22 +570,33 @@ class SearchIndex:
         head = list(itertools.islice(stream, PARALLEL_REBUILD_DOCS))
         procs = min(2, os.cpu_count() or 1) if len(head) == PARALLEL_REBUILD_DOCS else 1
         stream = itertools.chain(head, stream)
-        per_writer = REBUILD_SEGMENT_DOCS * procs
-        added = 0
-        while True:
-            with self.writer(merge=False, procs=procs) as writer:
-                for doc in itertools.islice(stream, per_writer):
-                    writer.add(doc)
-                count = writer.pending
-            added += count
-            held = self.doc_count()
-            if held != added:
-                raise IndexBuildError(
-                    f"the index holds {held} of the {added} documents written "
-                    "(a writer process failed): run `pipeline reindex` again"
-                )
-            if count < per_writer:
-                return added
+        ix = self._open()
+        try:
+            # This writer only holds the lock and commits the segments the builders wrote.
+            holder = ArraySegmentWriter(ix, timeout=120, delay=0.1, **_writer_options())
+            try:
+                if procs == 1:
+                    builder = _SegmentBuilder(ix, REBUILD_SEGMENT_DOCS)
+                    for doc in stream:
+                        builder.add(doc)
+                    segments, added = builder.finish(), builder.added
+                else:
+                    segments, added = _build_in_processes(self.directory, stream, procs)
+            except BaseException:
+                holder.cancel()
+                raise
+            holder._close_segment()
+            holder._commit_toc(segments)
+            holder._finish()
+        finally:
+            ix.close()
+        held = self.doc_count()
+        if held != added:
+            raise IndexBuildError(
+                f"the index holds {held} of the {added} documents written "
+                "(a writer process failed): run `pipeline reindex` again"
+            )
+        return added
 
     def attachment_ids(self) -> set[str]:
         if not self.exists():

@@ -1,0 +1,276 @@
+"""Whoosh segments written from arrays: the index stage's bulk writer.
+
+Whoosh's own writer makes a tuple of every posting (a word in a document), pools and sorts
+the tuples, and hands them to its codec one at a time, asking the new segment for the
+document's length at each: several microseconds a posting in Python, most of a bulk load's
+time. This writer keeps a document's words as numbers in one array, sorts a segment's
+postings at once with numpy, and gives the codec whole blocks. The files it writes are the
+ones Whoosh's writer writes for the same documents, byte for byte (``tests/test_segments.py``
+compares them), so every reader, Whoosh's and ``pipeline.ranking``, takes them as they are.
+
+Fields fed a list of words whose format stores positions as 32-bit numbers (the text field,
+``pipeline.index.WordPositions``) take the array path. The other fields (ids, the date, the
+file name) have a few postings a document and go through Whoosh's ``field.index`` as before,
+pooled per term here instead of sorted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from array import array
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+from whoosh.codec.whoosh3 import W3PostingsWriter
+from whoosh.util.numeric import _length_byte_cache, byte_to_length
+from whoosh.writing import SegmentWriter
+
+# A field length's byte, as Whoosh's length_to_byte makes it (a logarithmic scale).
+_LENGTH_STEPS = np.asarray(_length_byte_cache, dtype=np.int64)
+_LONGEST = 106_374  # this length and longer all take byte 255
+
+
+def _length_bytes(lengths: np.ndarray) -> np.ndarray:
+    found = np.searchsorted(_LENGTH_STEPS, lengths, side="left")
+    return np.where(lengths >= _LONGEST, 255, found).astype(np.uint8)
+
+
+def _is_word_list_format(field: Any) -> bool:
+    return getattr(field.format, "positions_dtype", None) == "<u4"
+
+
+class _Words:
+    """One list-valued field's words in a segment, as numbers in document order."""
+
+    def __init__(self) -> None:
+        # A word's number is its order of first appearance: a dict lookup per word, all in C.
+        self.numbers: defaultdict[str, int] = defaultdict(itertools.count().__next__)
+        self.words = array("i")
+        self.docnums = array("i")
+        self.counts = array("i")
+
+    def add(self, docnum: int, words: list[str]) -> None:
+        self.words.extend(map(self.numbers.__getitem__, words))
+        self.docnums.append(docnum)
+        self.counts.append(len(words))
+
+
+class _BlockPostings(W3PostingsWriter):  # type: ignore[misc]
+    """Whoosh's postings writer, fed a term's postings as arrays, a block at a time."""
+
+    def write(
+        self, ids: list[int], weights: list[float], values: list[bytes], length_bytes: list[int]
+    ) -> None:
+        # Whoosh writes a block when the next posting finds it full, and the last block at
+        # finish_postings (marked last there): the same split.
+        limit = self._blocklimit
+        for start in range(0, len(ids), limit):
+            if start:
+                self._write_block()
+            block = slice(start, start + limit)
+            self._fill(ids[block], weights[block], values[block], length_bytes[block])
+
+    def _fill(
+        self, ids: list[int], weights: list[float], values: list[bytes], length_bytes: list[int]
+    ) -> None:
+        self._ids = ids
+        self._weights = array("f", weights)
+        self._values = [value for value in values if value]
+        self._maxweight = max(0, max(weights))
+        # The block's shortest and longest document, as Whoosh's writer reads them back from
+        # the segment's length column: byte-rounded, and documents without a length left out.
+        known = [b for b in length_bytes if b]
+        if known:
+            self._minlength = byte_to_length(min(known))
+            self._maxlength = byte_to_length(max(known))
+
+
+class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
+    """A segment writer whose postings are built from arrays at flush.
+
+    It takes documents as Whoosh's ``SegmentWriter`` does (``add_document``, and
+    ``update_document`` through it) and writes the same segment. It does not merge other
+    segments into its own: commit it with ``merge=False``. Custom boosts (``_boost``),
+    custom stored values, spelling fields and term vectors are not supported.
+    """
+
+    def __init__(self, ix: Any, **kwargs: Any) -> None:
+        super().__init__(ix, **kwargs)
+        for name, field in self.schema.items():
+            if field.vector or field.separate_spelling():
+                raise ValueError(f"field {name!r}: vectors and spelling fields are not supported")
+        self._word_fields: dict[str, _Words] = {}
+        self._postings: dict[str, dict[bytes, list[tuple[int, float, bytes]]]] = {}
+        self._lengths: dict[str, dict[int, int]] = {}
+
+    def add_document(self, **fields: Any) -> None:
+        self._check_state()
+        if any(name.startswith("_") for name in fields):
+            raise ValueError("boosts and custom stored values are not supported")
+        schema = self.schema
+        names = sorted(fields)
+        self._check_fields(schema, names)
+        docnum = self.docnum
+        perdoc = self.perdocwriter
+        perdoc.start_doc(docnum)
+        try:
+            for name in names:
+                value = fields[name]
+                if value is None:
+                    continue
+                field = schema[name]
+                length = 0
+                if field.indexed:
+                    length = self._index(name, field, docnum, value)
+                    if length:
+                        self._lengths.setdefault(name, {})[docnum] = length
+                perdoc.add_field(name, field, value if field.stored else None, length)
+                column = field.column_type
+                if column:
+                    perdoc.add_column_value(name, column, field.to_column_value(value))
+        except BaseException:
+            perdoc.cancel_doc()
+            raise
+        perdoc.finish_doc()
+        self._added = True
+        self.docnum += 1
+
+    def _index(self, name: str, field: Any, docnum: int, value: Any) -> int:
+        if isinstance(value, list) and _is_word_list_format(field):
+            words = self._word_fields.get(name)
+            if words is None:
+                words = self._word_fields[name] = _Words()
+            words.add(docnum, value)
+            return len(value) if field.scorable else 0
+        length = 0
+        terms = self._postings.setdefault(name, {})
+        for text, freq, weight, encoded in field.index(value):
+            if field.scorable:
+                length += freq
+            found = terms.get(text)
+            if found is None:
+                terms[text] = [(docnum, weight, encoded)]
+            else:
+                found.append((docnum, weight, encoded))
+        return length
+
+    def add_reader(self, reader: Any) -> None:
+        raise NotImplementedError("the array writer does not merge segments: merge=False")
+
+    def _flush_segment(self) -> None:
+        self.perdocwriter.close()
+        if self.pool.current or self.pool.runs:
+            raise RuntimeError("postings reached Whoosh's pool: the array writer cannot write them")
+        writer = self.fieldwriter
+        doccount = self.docnum
+        # A field without a posting gets no entry (Whoosh numbers the fields it writes).
+        filled = {name for name, words in self._word_fields.items() if len(words.words)}
+        filled |= {name for name, terms in self._postings.items() if terms}
+        for name in sorted(filled):
+            length_bytes = np.zeros(doccount, dtype=np.uint8)
+            lengths = self._lengths.get(name)
+            if lengths:
+                docs = np.fromiter(lengths.keys(), dtype=np.int64, count=len(lengths))
+                length_bytes[docs] = _length_bytes(
+                    np.fromiter(lengths.values(), dtype=np.int64, count=len(lengths))
+                )
+            field = self.schema[name]
+            writer.start_field(name, field)
+            codec = self.codec
+            writer._postwriter = _BlockPostings(
+                writer._postfile,
+                blocklimit=codec._blocklimit,
+                compression=codec._compression,
+                inlinelimit=codec._inlinelimit,
+            )
+            if name in self._word_fields:
+                _write_words(writer, self._word_fields[name], field, length_bytes)
+            else:
+                _write_pooled(writer, self._postings[name], length_bytes.tolist())
+            writer.finish_field()
+        self.fieldwriter.close()
+
+
+def _write_pooled(
+    writer: Any, terms: dict[bytes, list[tuple[int, float, bytes]]], length_bytes: list[int]
+) -> None:
+    for text in sorted(terms):
+        postings = terms[text]
+        ids = [p[0] for p in postings]
+        writer.start_term(text)
+        writer._postwriter.write(
+            ids, [p[1] for p in postings], [p[2] for p in postings], [length_bytes[i] for i in ids]
+        )
+        writer.finish_term()
+
+
+def _stable_order(keys: np.ndarray, span: int) -> np.ndarray:
+    """argsort(keys, kind="stable"), in passes of 16 bits: numpy sorts 16-bit keys by radix,
+    in linear time, where wider ones take a merge sort."""
+    order = np.argsort(keys.astype(np.uint16), kind="stable")
+    shift = 16
+    while span >> shift:
+        high = (keys[order] >> shift).astype(np.uint16)
+        order = order[np.argsort(high, kind="stable")]
+        shift += 16
+    return order
+
+
+# The postings of a segment's words become Python objects (a bytes value, numbers) this
+# many at a time, so that the flush's memory does not grow with the segment.
+_CHUNK_POSTINGS = 100_000
+
+
+def _write_words(writer: Any, words: _Words, field: Any, length_bytes: np.ndarray) -> None:
+    texts = [word.encode("utf-8") for word in words.numbers]
+    # Terms go to the file in the order of their bytes.
+    by_text = sorted(range(len(texts)), key=texts.__getitem__)
+    rank = np.empty(len(texts), dtype=np.int32)
+    rank[by_text] = np.arange(len(texts), dtype=np.int32)
+
+    counts = np.frombuffer(words.counts, dtype=np.int32)
+    starts = (np.cumsum(counts, dtype=np.int64) - counts).astype(np.int32)
+    term_of = rank[np.frombuffer(words.words, dtype=np.int32)]
+    doc_of = np.repeat(np.frombuffer(words.docnums, dtype=np.int32), counts)
+    place = np.arange(len(term_of), dtype=np.int32) - np.repeat(starts, counts)
+    # Words are in document order and, within one, in place order: a stable sort by term
+    # leaves each term's postings in document order with their positions ascending.
+    order = _stable_order(term_of, len(texts))
+    term_of, doc_of = term_of[order], doc_of[order]
+    positions = place[order].astype("<u4").tobytes()
+    del order, place
+
+    edge = np.flatnonzero((term_of[1:] != term_of[:-1]) | (doc_of[1:] != doc_of[:-1])) + 1
+    width = np.dtype("<u4").itemsize
+    first = np.concatenate(([0], edge)) * width  # each posting's positions, in bytes
+    end = np.concatenate((edge, [len(term_of)])) * width
+    post_term = term_of[first // width]
+    post_doc = doc_of[first // width]
+    del term_of, doc_of, edge
+    weights = (end - first) // width * float(field.format.field_boost)
+    post_length_bytes = length_bytes[post_doc]
+
+    term_edge = np.flatnonzero(post_term[1:] != post_term[:-1]) + 1
+    term_first = np.concatenate(([0], term_edge)).tolist()
+    term_end = np.concatenate((term_edge, [len(post_term)])).tolist()
+    term = 0
+    while term < len(term_first):
+        # A chunk of whole terms, of at least one term and about _CHUNK_POSTINGS postings.
+        low = term_first[term]
+        last = max(term + 1, bisect.bisect_left(term_first, low + _CHUNK_POSTINGS, lo=term))
+        high = term_end[last - 1]
+        docs = post_doc[low:high].tolist()
+        scores = weights[low:high].tolist()
+        lengths = post_length_bytes[low:high].tolist()
+        values = [
+            positions[a:b]
+            for a, b in zip(first[low:high].tolist(), end[low:high].tolist(), strict=True)
+        ]
+        for a, b in zip(term_first[term:last], term_end[term:last], strict=True):
+            writer.start_term(texts[by_text[int(post_term[a])]])
+            a, b = a - low, b - low
+            writer._postwriter.write(docs[a:b], scores[a:b], values[a:b], lengths[a:b])
+            writer.finish_term()
+        term = last
