@@ -533,7 +533,7 @@ class SearchIndex:
         ix = self._open()
         # Wait for the lock a while (timeout): a writer process of a run that was killed may
         # still be finishing its last batch.
-        raw = ix.writer(timeout=120, delay=0.1, **_writer_options())
+        raw = ArraySegmentWriter(ix, timeout=120, delay=0.1, **_writer_options())
         _read_lengths_once(raw)
         wrapped = IndexWriter(raw)
         try:

@@ -20,6 +20,7 @@ import bisect
 import itertools
 from array import array
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -91,9 +92,10 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
     """A segment writer whose postings are built from arrays at flush.
 
     It takes documents as Whoosh's ``SegmentWriter`` does (``add_document``, and
-    ``update_document`` through it) and writes the same segment. It does not merge other
-    segments into its own: commit it with ``merge=False``. Custom boosts (``_boost``),
-    custom stored values, spelling fields and term vectors are not supported.
+    ``update_document`` through it) and writes the same segment. When a commit merges other
+    segments into this one, their postings come through Whoosh's pool, and so do this
+    writer's: that flush is as slow as Whoosh's. Custom boosts (``_boost``), custom stored
+    values, spelling fields and term vectors are not supported.
     """
 
     def __init__(self, ix: Any, **kwargs: Any) -> None:
@@ -156,54 +158,73 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
                 found.append((docnum, weight, encoded))
         return length
 
-    def add_reader(self, reader: Any) -> None:
-        raise NotImplementedError("the array writer does not merge segments: merge=False")
-
     def _flush_segment(self) -> None:
+        merged = bool(self.pool.current or self.pool.runs)
+        if merged:
+            # Segments were merged into this one (add_reader put their postings in Whoosh's
+            # pool): ours join them there, and Whoosh writes the lot as it always does.
+            for name, terms in self._terms():
+                for text, docs, weights, values, _ in terms:
+                    for posting in zip(docs, weights, values, strict=True):
+                        self.pool.add((name, text, *posting))
+            super()._flush_segment()
+            return
         self.perdocwriter.close()
-        if self.pool.current or self.pool.runs:
-            raise RuntimeError("postings reached Whoosh's pool: the array writer cannot write them")
         writer = self.fieldwriter
-        doccount = self.docnum
-        # A field without a posting gets no entry (Whoosh numbers the fields it writes).
-        filled = {name for name, words in self._word_fields.items() if len(words.words)}
-        filled |= {name for name, terms in self._postings.items() if terms}
-        for name in sorted(filled):
-            length_bytes = np.zeros(doccount, dtype=np.uint8)
-            lengths = self._lengths.get(name)
-            if lengths:
-                docs = np.fromiter(lengths.keys(), dtype=np.int64, count=len(lengths))
-                length_bytes[docs] = _length_bytes(
-                    np.fromiter(lengths.values(), dtype=np.int64, count=len(lengths))
-                )
-            field = self.schema[name]
-            writer.start_field(name, field)
-            codec = self.codec
+        codec = self.codec
+        for name, terms in self._terms():
+            writer.start_field(name, self.schema[name])
             writer._postwriter = _BlockPostings(
                 writer._postfile,
                 blocklimit=codec._blocklimit,
                 compression=codec._compression,
                 inlinelimit=codec._inlinelimit,
             )
-            if name in self._word_fields:
-                _write_words(writer, self._word_fields[name], field, length_bytes)
-            else:
-                _write_pooled(writer, self._postings[name], length_bytes.tolist())
+            for text, docs, weights, values, length_bytes in terms:
+                writer.start_term(text)
+                writer._postwriter.write(docs, weights, values, length_bytes)
+                writer.finish_term()
             writer.finish_field()
-        self.fieldwriter.close()
+        writer.close()
+
+    def _terms(self) -> Iterator[tuple[str, Iterator[_TermPostings]]]:
+        """Each field with postings, in name order, with its terms in the order of their
+        bytes: (text, documents, weights, values, documents' length bytes)."""
+        # A field without a posting gets no entry (Whoosh numbers the fields it writes).
+        filled = {name for name, words in self._word_fields.items() if len(words.words)}
+        filled |= {name for name, terms in self._postings.items() if terms}
+        for name in sorted(filled):
+            length_bytes = np.zeros(self.docnum, dtype=np.uint8)
+            lengths = self._lengths.get(name)
+            if lengths:
+                docs = np.fromiter(lengths.keys(), dtype=np.int64, count=len(lengths))
+                length_bytes[docs] = _length_bytes(
+                    np.fromiter(lengths.values(), dtype=np.int64, count=len(lengths))
+                )
+            if name in self._word_fields:
+                field = self.schema[name]
+                yield name, _word_postings(self._word_fields[name], field, length_bytes)
+            else:
+                yield name, _pooled_postings(self._postings[name], length_bytes.tolist())
 
 
-def _write_pooled(
-    writer: Any, terms: dict[bytes, list[tuple[int, float, bytes]]], length_bytes: list[int]
-) -> None:
+# A term's postings: (text, documents, weights, values, the documents' length bytes).
+_TermPostings = tuple[bytes, list[int], list[float], list[bytes], list[int]]
+
+
+def _pooled_postings(
+    terms: dict[bytes, list[tuple[int, float, bytes]]], length_bytes: list[int]
+) -> Iterator[_TermPostings]:
     for text in sorted(terms):
         postings = terms[text]
-        ids = [p[0] for p in postings]
-        writer.start_term(text)
-        writer._postwriter.write(
-            ids, [p[1] for p in postings], [p[2] for p in postings], [length_bytes[i] for i in ids]
+        docs = [p[0] for p in postings]
+        yield (
+            text,
+            docs,
+            [p[1] for p in postings],
+            [p[2] for p in postings],
+            [length_bytes[d] for d in docs],
         )
-        writer.finish_term()
 
 
 def _stable_order(keys: np.ndarray, span: int) -> np.ndarray:
@@ -223,7 +244,7 @@ def _stable_order(keys: np.ndarray, span: int) -> np.ndarray:
 _CHUNK_POSTINGS = 100_000
 
 
-def _write_words(writer: Any, words: _Words, field: Any, length_bytes: np.ndarray) -> None:
+def _word_postings(words: _Words, field: Any, length_bytes: np.ndarray) -> Iterator[_TermPostings]:
     texts = [word.encode("utf-8") for word in words.numbers]
     # Terms go to the file in the order of their bytes.
     by_text = sorted(range(len(texts)), key=texts.__getitem__)
@@ -269,8 +290,7 @@ def _write_words(writer: Any, words: _Words, field: Any, length_bytes: np.ndarra
             for a, b in zip(first[low:high].tolist(), end[low:high].tolist(), strict=True)
         ]
         for a, b in zip(term_first[term:last], term_end[term:last], strict=True):
-            writer.start_term(texts[by_text[int(post_term[a])]])
+            text = texts[by_text[int(post_term[a])]]
             a, b = a - low, b - low
-            writer._postwriter.write(docs[a:b], scores[a:b], values[a:b], lengths[a:b])
-            writer.finish_term()
+            yield text, docs[a:b], scores[a:b], values[a:b], lengths[a:b]
         term = last

@@ -88,6 +88,25 @@ def test_the_array_writer_writes_what_whooshs_writer_writes_byte_for_byte(
     assert ours == theirs
 
 
+def test_a_merging_commit_writes_what_whooshs_writer_writes(tmp_path: Path) -> None:
+    # A purge merges every segment into the new one: the older segments' postings come
+    # through Whoosh's pool, and the array writer's own join them there.
+    docs = _docs(90) + _odd_docs()
+    codec = W3Codec(blocklimit=16, compression=0)
+    for name, writer_class in (("whoosh", SegmentWriter), ("array", ArraySegmentWriter)):
+        folder = tmp_path / name
+        _write(folder, writer_class, docs[:50], codec)
+        ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+        writer = writer_class(ix, compound=False, codec=codec)
+        writer.delete_by_term("attachment_id", docs[3].attachment_id)
+        for doc in docs[50:]:
+            writer.update_document(**_fields(doc))
+        writer.commit(optimize=True)
+        ix.close()
+    theirs, ours = _segment_files(tmp_path / "whoosh"), _segment_files(tmp_path / "array")
+    assert "pst" in theirs and ours == theirs
+
+
 def test_the_array_writer_refuses_what_it_cannot_write(tmp_path: Path) -> None:
     SearchIndex(tmp_path).write([])
     ix = whoosh_index.open_dir(str(tmp_path), indexname=INDEX_NAME)
