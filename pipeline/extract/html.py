@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import codecs
 import re
-from importlib.metadata import version
 from pathlib import Path
 
 import lxml.html
@@ -17,7 +16,7 @@ from charset_normalizer import from_bytes
 from lxml import etree
 
 from .detect import HTML
-from .registry import Parsed, register
+from .registry import Parsed, package_version, register
 
 MAX_HTML_BYTES = 20 * 1024 * 1024
 _DECLARED = re.compile(rb"""(?:charset|encoding)\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
@@ -134,7 +133,7 @@ class HtmlParser:
 
     @property
     def version(self) -> str:
-        return "lxml " + version("lxml")
+        return "lxml " + package_version("lxml")
 
     def parse(self, path: Path) -> Parsed:
         with path.open("rb") as handle:

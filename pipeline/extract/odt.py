@@ -4,14 +4,13 @@ with the master pages in styles.xml, read straight from the package with lxml.""
 from __future__ import annotations
 
 import zipfile
-from importlib.metadata import version
 from pathlib import Path
 
 from lxml import etree
 
 from ..errors import EncryptedDocumentError, ExtractionError
 from .detect import ODT
-from .registry import Parsed, register
+from .registry import Parsed, package_version, register
 from .safety import check_zip
 
 _TEXT = "urn:oasis:names:tc:opendocument:xmlns:text:1.0"
@@ -51,7 +50,7 @@ class OdtParser:
 
     @property
     def version(self) -> str:
-        return "lxml " + version("lxml")
+        return "lxml " + package_version("lxml")
 
     def parse(self, path: Path) -> Parsed:
         check_zip(path)

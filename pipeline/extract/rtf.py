@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import codecs
 import re
-from importlib.metadata import version
 from pathlib import Path
 
 from striprtf.striprtf import rtf_to_text
 
 from ..errors import ExtractionError
 from .detect import RTF
-from .registry import Parsed, register
+from .registry import Parsed, package_version, register
 
 MAX_RTF_BYTES = 50 * 1024 * 1024
 _CODEPAGE = re.compile(rb"\\ansicpg(\d+)")
@@ -23,7 +22,7 @@ class RtfParser:
 
     @property
     def version(self) -> str:
-        return version("striprtf")
+        return package_version("striprtf")
 
     def parse(self, path: Path) -> Parsed:
         with path.open("rb") as handle:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import codecs
-from importlib.metadata import version
 from pathlib import Path
 
 from charset_normalizer import from_bytes
 
 from .detect import TEXT
-from .registry import Parsed, register
+from .registry import Parsed, package_version, register
 
 MAX_TEXT_BYTES = 20 * 1024 * 1024
 
@@ -41,7 +40,7 @@ class TextParser:
 
     @property
     def version(self) -> str:
-        return "charset-normalizer " + version("charset-normalizer")
+        return "charset-normalizer " + package_version("charset-normalizer")
 
     def parse(self, path: Path) -> Parsed:
         with path.open("rb") as handle:
