@@ -13,8 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import cache
-from typing import Any
+from functools import cache, lru_cache
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     JSON,
@@ -31,11 +31,13 @@ from sqlalchemy import (
     event,
     func,
     insert,
+    or_,
     select,
     update,
 )
 from sqlalchemy.engine import Connection, Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Update
 
 from .states import FINAL_STATES, AttachmentState
@@ -203,55 +205,83 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cursor.close()
 
 
-class _DirectWrites:
-    """Writes run on SQLite's DB-API connection, compiled once by SQLAlchemy.
+class _Direct:
+    """Statements run on SQLite's DB-API connection, compiled once by SQLAlchemy.
 
     ``Connection.execute`` spends some 40 us of Python on each statement (its execution
-    context, the parameters' processing), and a run makes three or four statements per
-    attachment on the thread that feeds the extraction workers. Here the SQL is what
-    SQLAlchemy compiles for the statement and the keys given, and each value goes through
-    its column type's own bind processor (UTC datetimes as SQLAlchemy stores them); only the
-    execution context is skipped. For SQLite only: with any other database ``Store`` keeps
-    to ``Connection.execute``. Only for statements without column defaults or RETURNING.
+    context, the parameters' and rows' processing), and a run makes three or four statements
+    per attachment on the thread that feeds the extraction workers. Here the SQL is what
+    SQLAlchemy compiles for the statement and the keys given, each value goes through its
+    column type's own bind processor (UTC datetimes as SQLAlchemy stores them) and each
+    column of a row through its result processor; only the execution context is skipped.
+
+    For SQLite only: with any other database ``Store`` keeps to ``Connection.execute``. For
+    statements without column defaults, RETURNING or expanding parameters (``in_`` of a list:
+    give each value a parameter of its own).
     """
 
     def __init__(self, dialect: Dialect) -> None:
         self._dialect = dialect
-        self._prepared: dict[tuple[int, tuple[str, ...]], tuple[Any, str, list[Any]]] = {}
+        self._prepared: dict[tuple[int, tuple[str, ...]], _Prepared] = {}
 
-    def run(self, conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
-        keys = tuple(rows[0])
-        found = self._prepared.get((id(statement), keys))
-        if found is None:
-            found = self._prepare(statement, keys)
-            self._prepared[(id(statement), keys)] = found
-        _statement, sql, binds = found  # the statement is kept so that its id stays its own
-        values = [
-            [
-                fixed if name is None else row[name] if process is None else process(row[name])
-                for name, process, fixed in binds
-            ]
-            for row in rows
-        ]
+    def write(self, conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
+        prepared = self._prepare(statement, tuple(rows[0]))
         driver = conn.connection.driver_connection
         assert driver is not None
-        if len(values) == 1:
-            driver.execute(sql, values[0])
+        if len(rows) == 1:
+            driver.execute(prepared.sql, prepared.values(rows[0]))
         else:
-            driver.executemany(sql, values)
+            driver.executemany(prepared.sql, [prepared.values(row) for row in rows])
 
-    def _prepare(self, statement: Any, keys: tuple[str, ...]) -> tuple[Any, str, list[Any]]:
-        compiled = statement.compile(dialect=self._dialect, column_keys=list(keys))
+    def read(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Any]:
+        prepared = self._prepare(statement, tuple(params))
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        rows = driver.execute(prepared.sql, prepared.values(params)).fetchall()
+        results = prepared.results
+        if not any(results):
+            return rows
+        return [
+            tuple(v if r is None or v is None else r(v) for r, v in zip(results, row, strict=True))
+            for row in rows
+        ]
+
+    def _prepare(self, statement: Any, keys: tuple[str, ...]) -> _Prepared:
+        found = self._prepared.get((id(statement), keys))
+        if found is not None:
+            return found
+        dialect = self._dialect
+        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
         binds: list[tuple[str | None, Any, Any]] = []
         for name in compiled.positiontup:
             bind = compiled.binds[name]
-            process = bind.type.dialect_impl(self._dialect).bind_processor(self._dialect)
+            process = bind.type.dialect_impl(dialect).bind_processor(dialect)
             if name in keys:
                 binds.append((name, process, None))
-            else:  # a value the statement itself holds (``.values(status=...)``)
+            else:  # a value the statement itself holds (``.values(status=...)``, a limit)
                 fixed = bind.effective_value
                 binds.append((None, None, fixed if process is None else process(fixed)))
-        return statement, compiled.string, binds
+        results = [
+            column.type.dialect_impl(dialect).result_processor(dialect, None)
+            for column in getattr(statement, "selected_columns", ())
+        ]
+        found = _Prepared(statement, compiled.string, binds, results)
+        self._prepared[(id(statement), keys)] = found
+        return found
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    statement: Any  # kept, so that no other statement can take its id
+    sql: str
+    binds: list[tuple[str | None, Any, Any]]  # (parameter or None, bind processor, fixed value)
+    results: list[Any]  # each column's result processor, or None
+
+    def values(self, row: dict[str, Any]) -> list[Any]:
+        return [
+            fixed if name is None else row[name] if process is None else process(row[name])
+            for name, process, fixed in self.binds
+        ]
 
 
 class Store:
@@ -264,11 +294,8 @@ class Store:
         self._batch: Connection | None = None
         self._held: Connection | None = None
         self._upserts = _upserts(self.engine.dialect.name)
-        self._direct = (
-            _DirectWrites(self.engine.dialect)
-            if self._upserts is not None and (self.engine.dialect.name == "sqlite")
-            else None
-        )
+        sqlite = self.engine.dialect.name == "sqlite"
+        self._direct = _Direct(self.engine.dialect) if sqlite else None
 
     def create(self) -> None:
         Base.metadata.create_all(self.engine)
@@ -329,9 +356,15 @@ class Store:
     def _write(self, conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
         """Run a write statement for one or more rows (all with the same keys)."""
         if self._direct is not None:
-            self._direct.run(conn, statement, rows)
+            self._direct.write(conn, statement, rows)
         else:
             conn.execute(statement, rows if len(rows) > 1 else rows[0])
+
+    def _read(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Any]:
+        """The rows of a SELECT, as tuples in the order of its columns."""
+        if self._direct is not None:
+            return self._direct.read(conn, statement, params)
+        return list(conn.execute(statement, params).all())
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -397,11 +430,11 @@ class Store:
         self, candidate_id: str, also_ids: Sequence[str] = ()
     ) -> dict[str, KnownAttachment]:
         """The candidate's attachments on record, and any of ``also_ids`` wherever they are."""
+        ids = list(also_ids)
+        params = {"candidate_id": candidate_id, **{f"id{n}": i for n, i in enumerate(ids)}}
         with self._conn() as conn:
-            rows = conn.execute(
-                _KNOWN, {"candidate_id": candidate_id, "ids": list(also_ids) or [""]}
-            )
-            return {row.id: KnownAttachment(*row) for row in rows}
+            rows = self._read(conn, _known_statement(len(ids)), params)
+        return {row[0]: KnownAttachment(*row) for row in rows}
 
     def record_listing(
         self,
@@ -780,12 +813,24 @@ _REUSABLE = (
 )
 
 
+class _PriorRow(NamedTuple):
+    status: str
+    error: str | None
+    detected_type: str | None
+    parser: str | None
+    parser_version: str | None
+    page_count: int | None
+    text: str | None
+    language: str | None
+
+
 def prior_extraction(store: Store, sha256: str) -> PriorExtraction | None:
     """The outcome of an earlier extraction of identical bytes, if one is on record."""
     with store._conn() as conn:
-        row = conn.execute(_PRIOR, {"sha256": sha256}).first()
-    if row is None:
+        found = store._read(conn, _PRIOR, {"sha256": sha256})
+    if not found:
         return None
+    row = _PriorRow(*found[0])
     has_text = row.status in (AttachmentState.INDEXED, AttachmentState.PENDING)
     if has_text and row.text is None:
         return None
@@ -851,18 +896,27 @@ _CANDIDATE_FAILED = (
     .where(_c.c.id == bindparam("key"))
     .values(last_fetched_at=bindparam("last_fetched_at"), fetch_error=bindparam("fetch_error"))
 )
-_KNOWN = select(
-    _a.c.id,
-    _a.c.application_id,
-    _a.c.status,
-    _a.c.sha256,
-    _a.c.remote_updated_at,
-    _a.c.content_type,
-    _a.c.file_name,
-    _a.c.size_bytes,
-).where(
-    (_a.c.candidate_id == bindparam("candidate_id")) | _a.c.id.in_(bindparam("ids", expanding=True))
-)
+
+
+@lru_cache(maxsize=64)
+def _known_statement(count: int) -> Select[Any]:
+    """``known_attachments``' query for ``count`` more ids: a parameter each, so that the
+    statement compiles once per count (``in_`` of a list renders its SQL on every call)."""
+    where = _a.c.candidate_id == bindparam("candidate_id")
+    if count:
+        where = where | _a.c.id.in_([bindparam(f"id{n}") for n in range(count)])
+    return select(
+        _a.c.id,
+        _a.c.application_id,
+        _a.c.status,
+        _a.c.sha256,
+        _a.c.remote_updated_at,
+        _a.c.content_type,
+        _a.c.file_name,
+        _a.c.size_bytes,
+    ).where(where)
+
+
 _INSERT_ATTACHMENT = insert(_a)
 _LISTED = (
     update(_a)
@@ -978,9 +1032,11 @@ _PRIOR = (
     .outerjoin(_t, _t.c.sha256 == _a.c.sha256)
     .where(
         _a.c.sha256 == bindparam("sha256"),
-        _a.c.status.in_([s.value for s in _REUSABLE])
-        # pending with a parser on record: extracted, waiting for the index
-        | ((_a.c.status == AttachmentState.PENDING.value) & _a.c.parser.is_not(None)),
+        or_(
+            *(_a.c.status == state.value for state in _REUSABLE),
+            # pending with a parser on record: extracted, waiting for the index
+            (_a.c.status == AttachmentState.PENDING.value) & _a.c.parser.is_not(None),
+        ),
     )
     .limit(1)
 )

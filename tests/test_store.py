@@ -1,5 +1,6 @@
-"""The store's direct SQLite writes (``_DirectWrites``) leave the same rows, value for value,
-as SQLAlchemy's ``Connection.execute``, which every other database keeps using."""
+"""The store's direct SQLite statements (``_Direct``) leave the same rows, value for value,
+and read the same answers, as SQLAlchemy's ``Connection.execute``, which every other
+database keeps using."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from pipeline.fetch import RemoteAttachment
 from pipeline.states import AttachmentState
-from pipeline.store import Store
+from pipeline.store import Store, prior_extraction
 
 # Stamped by the store itself (the time of the call): compared by shape, not value.
 STAMPED = {"first_seen_at", "last_seen_at", "last_fetched_at", "fetched_at", "extracted_at"}
@@ -78,7 +79,7 @@ def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
     return dumped
 
 
-def test_direct_writes_store_what_sqlalchemy_stores(tmp_path: Path) -> None:
+def test_direct_statements_store_and_read_what_sqlalchemy_does(tmp_path: Path) -> None:
     direct = Store(f"sqlite:///{tmp_path / 'direct.db'}")
     portable = Store(f"sqlite:///{tmp_path / 'portable.db'}")
     assert direct._direct is not None
@@ -90,6 +91,13 @@ def test_direct_writes_store_what_sqlalchemy_stores(tmp_path: Path) -> None:
     assert ours == theirs
     # The Berlin time was stored as UTC, in SQLAlchemy's own format.
     assert any("2026-05-01 10:30:15.123456" in row for row in ours["attachments"])
+    for ids in ([], ["att-0"], ["att-1", "elsewhere", "att-2"]):
+        assert direct.known_attachments("cand-1", ids) == portable.known_attachments("cand-1", ids)
+    assert direct.known_attachments("nobody", ["att-1"]).keys() == {"att-1"}
+    prior = prior_extraction(direct, "a" * 64)
+    assert prior is not None and prior.text == "Python Berlin Kubernetes"
+    assert prior == prior_extraction(portable, "a" * 64)
+    assert prior_extraction(direct, "b" * 64) is None
     known = direct.known_attachments("cand-1")
     assert known["att-2"].status == "pending" and known["att-1"].status == "failed"
     assert known["att-2"].remote_updated_at == datetime(2026, 6, 1, tzinfo=UTC)
