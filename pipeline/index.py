@@ -1,10 +1,11 @@
 """Index stage: full-text search over extracted text, behind an interface of our own.
 
 The engine is Whoosh (the ``whoosh-reloaded`` fork; see the README for why); queries are
-scored by ``pipeline.ranking`` over its posting lists. Nothing outside these two modules
-imports ``whoosh``, so the engine can change (paperless-ngx moved to tantivy) without
-touching the rest. The index keeps no text: snippets are made from the database's
-copy, so the database stays the one place personal text lives.
+scored by ``pipeline.ranking`` over its posting lists, and segments are written by
+``pipeline.segments`` from arrays. Nothing outside these three modules imports ``whoosh``,
+so the engine can change (paperless-ngx moved to tantivy) without touching the rest. The
+index keeps no text: snippets are made from the database's copy, so the database stays the
+one place personal text lives.
 """
 
 from __future__ import annotations
