@@ -135,6 +135,13 @@ _FOLDED = _WordMap(lambda word: _fold(word.lower()))
 
 
 @cache
+def _folded_stems(lang: str) -> _WordMap:
+    """Word -> its stem in ``lang``, folded (a snippet's test for a word matched by stem)."""
+    stem = _stemmer(lang)
+    return _WordMap(lambda word: _fold(stem(word.lower())))
+
+
+@cache
 def _marked_stems(lang: str) -> _WordMap:
     """Word -> its marked stem, or "" where the stem is the folded word itself.
 
@@ -871,20 +878,28 @@ def _snippet(body: str, words: frozenset[str], stems: frozenset[str], language: 
     A word matched through its stem ("developing" for "development") is marked as well:
     the document's own language stems it as the index did.
     """
-    stem = _stemmer(language) if stems and language in STEMMED else None
-    # A stem begins as its word does (Snowball changes endings): only words that begin as
-    # one of the stems are stemmed.
-    starts = tuple({s[:2] for s in stems})
-    marks: list[tuple[int, int, str]] = []
-    for match in _WORD.finditer(body):
-        lowered = match.group().lower()
-        folded = lowered if lowered.isascii() else _fold(lowered)
-        if folded in words or (
-            stem is not None and folded.startswith(starts) and _fold(stem(lowered)) in stems
-        ):
-            marks.append((match.start(), match.end(), folded))
-    if not marks:
+    # Each word's folded form through the analysis cache: lookups in C, not a fold a word.
+    tokens = _WORD.findall(body)
+    folded = list(map(_FOLDED.__getitem__, tokens))
+    hits = list(map(words.__contains__, folded))
+    if stems and language in STEMMED:
+        stem_of = _folded_stems(language)
+        # A stem begins as its word does (Snowball changes endings): only words that begin
+        # as one of the stems are stemmed.
+        starts = tuple({s[:2] for s in stems})
+        for place, word in enumerate(folded):
+            if not hits[place] and word.startswith(starts):
+                hits[place] = stem_of[tokens[place]] in stems
+    if not any(hits):
         return ""
+    marks = [
+        (match.start(), match.end(), word)
+        for match, word in zip(
+            itertools.compress(_WORD.finditer(body), hits),
+            itertools.compress(folded, hits),
+            strict=True,
+        )
+    ]
     fragments: list[list[tuple[int, int, str]]] = []
     for mark in marks:
         current = fragments[-1] if fragments else None
