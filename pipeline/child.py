@@ -1,4 +1,4 @@
-"""Child processes that do one stage's work (downloads, index writes) beside a run.
+"""Child processes that do one stage's work (downloads, index writes, a rebuild's segments).
 
 Each is a fresh interpreter (a fork of the threaded parent would be unsafe) that imports only
 its own stage and talks to the parent over a socket pair with ``multiprocessing``'s framed
