@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import (
     JSON,
@@ -452,17 +452,8 @@ class Store:
         seen: list[dict[str, Any]] = []
         reopened: list[dict[str, Any]] = []
         for item in items:
-            listing = {
-                "candidate_id": item.candidate_id,
-                "application_id": item.application_id,
-                "type": item.type,
-                "remote_id": item.remote_id,
-                "file_name": item.file_name,
-                "content_type": item.content_type,
-                "remote_created_at": item.remote_created_at,
-                "remote_updated_at": item.remote_updated_at,
-                "fetched_at": now,
-            }
+            listing = {name: getattr(item, name) for name in _LISTING_COLUMNS}
+            listing["fetched_at"] = now
             previous = known.get(item.id)
             if previous is None:
                 fresh.append(
@@ -813,37 +804,21 @@ _REUSABLE = (
 )
 
 
-class _PriorRow(NamedTuple):
-    status: str
-    error: str | None
-    detected_type: str | None
-    parser: str | None
-    parser_version: str | None
-    page_count: int | None
-    text: str | None
-    language: str | None
-
-
 def prior_extraction(store: Store, sha256: str) -> PriorExtraction | None:
     """The outcome of an earlier extraction of identical bytes, if one is on record."""
     with store._conn() as conn:
         found = store._read(conn, _PRIOR, {"sha256": sha256})
     if not found:
         return None
-    row = _PriorRow(*found[0])
-    has_text = row.status in (AttachmentState.INDEXED, AttachmentState.PENDING)
-    if has_text and row.text is None:
+    status, error, detected_type, parser, parser_version, page_count, text, language = found[0]
+    has_text = status in (AttachmentState.INDEXED, AttachmentState.PENDING)
+    if has_text and text is None:
         return None
+    # In extraction's terms: text read and waiting for the index is "pending".
+    state = AttachmentState.PENDING if has_text else status
+    text = text if has_text else None
     return PriorExtraction(
-        # In extraction's terms: text read and waiting for the index is "pending".
-        state=AttachmentState.PENDING if has_text else row.status,
-        error=row.error,
-        detected_type=row.detected_type,
-        parser=row.parser,
-        parser_version=row.parser_version,
-        page_count=row.page_count,
-        text=row.text if has_text else None,
-        language=row.language,
+        state, error, detected_type, parser, parser_version, page_count, text, language
     )
 
 
@@ -918,25 +893,21 @@ def _known_statement(count: int) -> Select[Any]:
 
 
 _INSERT_ATTACHMENT = insert(_a)
+# What a listing says of an attachment: the columns it sets, each an attribute of the item.
+_LISTING_COLUMNS = [
+    "candidate_id",
+    "application_id",
+    "type",
+    "remote_id",
+    "file_name",
+    "content_type",
+    "remote_created_at",
+    "remote_updated_at",
+]
 _LISTED = (
     update(_a)
     .where(_a.c.id == bindparam("key"))
-    .values(
-        {
-            name: bindparam(name)
-            for name in (
-                "candidate_id",
-                "application_id",
-                "type",
-                "remote_id",
-                "file_name",
-                "content_type",
-                "remote_created_at",
-                "remote_updated_at",
-                "fetched_at",
-            )
-        }
-    )
+    .values({name: bindparam(name) for name in [*_LISTING_COLUMNS, "fetched_at"]})
 )
 _REOPENED = (
     update(_a)
