@@ -62,7 +62,7 @@ def detect_language(text: str) -> str | None:
     import py3langid
 
     sample = text[:SAMPLE_CHARS]
-    if sum(ch.isalpha() for ch in sample) < MIN_LETTERS:
+    if sum(map(str.isalpha, sample)) < MIN_LETTERS:
         return None
     language, _score = py3langid.classify(sample)
     return str(language)

@@ -65,7 +65,7 @@ class PdfParser:
             images += _has_images(page)
         if bad and not pages:
             raise ExtractionError(f"unreadable: every page is corrupt ({len(bad)} pages)")
-        letters = sum(ch.isalpha() for text in pages for ch in text)
+        letters = sum(sum(map(str.isalpha, text)) for text in pages)
         if images and letters < SCAN_LETTERS_PER_PAGE * len(pages):
             pages = []  # image-only: what text there is is a stray label, not the document
         note = f"pages {', '.join(map(str, bad))} unreadable" if bad else None
