@@ -378,10 +378,12 @@ def _check_syntax(query: str) -> None:
         raise QueryError(f"cannot read query {query!r}: parentheses do not match")
 
 
-# A bulk load writes a segment per this many documents. A segment of fewer than 32,768 makes
-# Whoosh rebuild its stored-field offsets in a Python loop each time a search opens it; a
-# larger one costs the writer more memory at its flush (about 60 bytes a word).
+# A bulk load writes a segment per this many documents, or fewer when they hold this many
+# words: a writer process's memory grows with its segment's words (about 50 bytes a word at
+# its peak, 8,000,000 words near 400 MB), and CVs run from 200 words to thousands. Fewer,
+# larger segments make searches a little faster.
 REBUILD_SEGMENT_DOCS = 34_000
+REBUILD_SEGMENT_WORDS = 8_000_000
 # A bulk load of at least this many documents is shared by a writer process per core (at
 # most two), each analysing its documents and writing its own segments. Below it, starting
 # the processes costs more than they save.
@@ -399,11 +401,13 @@ def _writer_options() -> dict[str, object]:
 
 
 class _SegmentBuilder:
-    """Analyses documents and writes them into segments of at most ``segment_docs``."""
+    """Analyses documents and writes them into segments of at most ``segment_docs``
+    documents and about ``segment_words`` words."""
 
-    def __init__(self, ix: whoosh_index.Index, segment_docs: int) -> None:
+    def __init__(self, ix: whoosh_index.Index, segment_docs: int, segment_words: int) -> None:
         self._ix = ix
         self._segment_docs = segment_docs
+        self._segment_words = segment_words
         self._writer: ArraySegmentWriter | None = None
         self._segments: list[object] = []
         self.added = 0
@@ -414,7 +418,10 @@ class _SegmentBuilder:
             self._writer = ArraySegmentWriter(self._ix, _lk=False, **_writer_options())
         self._writer.add_document(**_fields(doc))
         self.added += 1
-        if self._writer.doc_count() >= self._segment_docs:
+        if (
+            self._writer.doc_count() >= self._segment_docs
+            or self._writer.word_count >= self._segment_words
+        ):
             self._close()
 
     def finish(self) -> list[object]:
@@ -429,15 +436,15 @@ class _SegmentBuilder:
 
 
 def serve_segments(fd: int) -> None:
-    """A rebuild's writer process: (directory, segment size), then batches of documents,
-    each answered with ("added", count); None answers ("done", segments) and stops. An
-    error answers ("error", message)."""
+    """A rebuild's writer process: (directory, segment documents, segment words), then
+    batches of documents, each answered with ("added", count); None answers ("done",
+    segments) and stops. An error answers ("error", message)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     conn = Connection(fd)
-    directory, segment_docs = conn.recv()
+    directory, segment_docs, segment_words = conn.recv()
     try:
         ix = whoosh_index.open_dir(directory, indexname=INDEX_NAME)
-        builder = _SegmentBuilder(ix, segment_docs)
+        builder = _SegmentBuilder(ix, segment_docs, segment_words)
         while (batch := conn.recv()) is not None:
             for doc in batch:
                 builder.add(doc)
@@ -486,7 +493,7 @@ def _build_in_processes(
 
     try:
         for _, conn in workers:
-            conn.send((str(directory), REBUILD_SEGMENT_DOCS))
+            conn.send((str(directory), REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS))
         while batch := list(itertools.islice(docs, REBUILD_BATCH_DOCS)):
             while min(ahead.values()) >= 2:
                 wait_for_answers()
@@ -584,7 +591,7 @@ class SearchIndex:
             holder = ArraySegmentWriter(ix, timeout=120, delay=0.1, **_writer_options())
             try:
                 if procs == 1:
-                    builder = _SegmentBuilder(ix, REBUILD_SEGMENT_DOCS)
+                    builder = _SegmentBuilder(ix, REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS)
                     for doc in stream:
                         builder.add(doc)
                     segments, added = builder.finish(), builder.added

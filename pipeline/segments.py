@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import sys
 from array import array
 from collections import defaultdict
 from collections.abc import Iterator
@@ -52,6 +53,9 @@ class _Words:
         self.words = array("i")
         self.docnums = array("i")
         self.counts = array("i")
+
+    def __len__(self) -> int:
+        return len(self.words)
 
     def add(self, docnum: int, words: list[str]) -> None:
         self.words.extend(map(self.numbers.__getitem__, words))
@@ -156,6 +160,11 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
         self._added = True
         self.docnum += 1
 
+    @property
+    def word_count(self) -> int:
+        """Words held for the array path so far: what the flush's memory grows with."""
+        return sum(map(len, self._word_fields.values()))
+
     def _index(self, name: str, field: Any, docnum: int, value: Any) -> int:
         if isinstance(value, list) and _is_word_list_format(field):
             words = self._word_fields.get(name)
@@ -208,7 +217,7 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
         """Each field with postings, in name order, with its terms in the order of their
         bytes: (text, documents, weights, values, documents' length bytes)."""
         # A field without a posting gets no entry (Whoosh numbers the fields it writes).
-        filled = {name for name, words in self._word_fields.items() if len(words.words)}
+        filled = {name for name, words in self._word_fields.items() if len(words)}
         filled |= {name for name, terms in self._postings.items() if terms}
         for name in sorted(filled):
             length_bytes = np.zeros(self.docnum, dtype=np.uint8)
@@ -268,27 +277,43 @@ def _word_postings(words: _Words, field: Any, length_bytes: np.ndarray) -> Itera
     rank = np.empty(len(texts), dtype=np.int32)
     rank[by_text] = np.arange(len(texts), dtype=np.int32)
 
+    # Memory: about 24 bytes a word at the peak, each array let go as soon as it has served
+    # (the builder bounds a segment's words: REBUILD_SEGMENT_WORDS in the index).
     counts = np.frombuffer(words.counts, dtype=np.int32)
-    starts = (np.cumsum(counts, dtype=np.int64) - counts).astype(np.int32)
     term_of = rank[np.frombuffer(words.words, dtype=np.int32)]
-    doc_of = np.repeat(np.frombuffer(words.docnums, dtype=np.int32), counts)
-    place = np.arange(len(term_of), dtype=np.int32) - np.repeat(starts, counts)
+    words.words = array("i")
     # Words are in document order and, within one, in place order: a stable sort by term
     # leaves each term's postings in document order with their positions ascending.
     order = _stable_order(term_of, len(texts))
-    term_of, doc_of = term_of[order], doc_of[order]
-    positions = place[order].astype("<u4").tobytes()
-    del order, place
+    term_of = term_of[order]
+    starts = np.repeat((np.cumsum(counts, dtype=np.int64) - counts).astype(np.int32), counts)
+    place = np.arange(len(term_of), dtype=np.int32)
+    place -= starts
+    del starts
+    place = place[order]
+    if sys.byteorder != "little":
+        place.byteswap(inplace=True)
+    positions = place.tobytes()  # as little-endian 32-bit numbers (WordPositions)
+    del place
+    doc_of = np.repeat(np.frombuffer(words.docnums, dtype=np.int32), counts)[order]
+    del order
 
-    edge = np.flatnonzero((term_of[1:] != term_of[:-1]) | (doc_of[1:] != doc_of[:-1])) + 1
-    width = np.dtype("<u4").itemsize
-    first = np.concatenate(([0], edge)) * width  # each posting's positions, in bytes
-    end = np.concatenate((edge, [len(term_of)])) * width
-    post_term = term_of[first // width]
-    post_doc = doc_of[first // width]
-    del term_of, doc_of, edge
-    weights = (end - first) // width * float(field.format.field_boost)
-    post_length_bytes = length_bytes[post_doc]
+    # A posting begins where the term or the document changes.
+    begins = np.empty(len(term_of), dtype=bool)
+    begins[:1] = True
+    np.not_equal(term_of[1:], term_of[:-1], out=begins[1:])
+    begins[1:] |= doc_of[1:] != doc_of[:-1]
+    first = np.flatnonzero(begins)
+    del begins
+    if len(term_of) < 2**31 // 4:
+        first = first.astype(np.int32)
+    post_term = term_of[first]
+    post_doc = doc_of[first]
+    del term_of, doc_of
+    # Each posting's words run from its first to the next posting's first (or the end).
+    bounds = np.append(first, len(positions) // 4)
+    del first
+    boost = float(field.format.field_boost)
 
     term_edge = np.flatnonzero(post_term[1:] != post_term[:-1]) + 1
     term_first = np.concatenate(([0], term_edge)).tolist()
@@ -299,13 +324,13 @@ def _word_postings(words: _Words, field: Any, length_bytes: np.ndarray) -> Itera
         low = term_first[term]
         last = max(term + 1, bisect.bisect_left(term_first, low + _CHUNK_POSTINGS, lo=term))
         high = term_end[last - 1]
-        docs = post_doc[low:high].tolist()
-        scores = weights[low:high].tolist()
-        lengths = post_length_bytes[low:high].tolist()
-        values = [
-            positions[a:b]
-            for a, b in zip(first[low:high].tolist(), end[low:high].tolist(), strict=True)
-        ]
+        chunk_docs = post_doc[low:high]
+        docs = chunk_docs.tolist()
+        lengths = length_bytes[chunk_docs].tolist()
+        edges = bounds[low : high + 1].astype(np.int64)
+        scores = (np.diff(edges) * boost).tolist()
+        offsets = (edges * 4).tolist()  # in bytes: 4 a position
+        values = [positions[a:b] for a, b in itertools.pairwise(offsets)]
         for a, b in zip(term_first[term:last], term_end[term:last], strict=True):
             text = texts[by_text[int(post_term[a])]]
             a, b = a - low, b - low

@@ -182,37 +182,54 @@ def test_snippets_cut_long_words_only_at_spaces(index: SearchIndex) -> None:
     assert snippet.endswith("<b>Python</b>")  # the next word runs past the context
 
 
+def _segments(folder: Path) -> int:
+    from whoosh import index as whoosh_index
+
+    from pipeline.index import INDEX_NAME
+
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        count = len(searcher.leaf_searchers())
+    ix.close()
+    return count
+
+
 def test_a_large_rebuild_shares_the_work_between_processes_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import os
 
-    from whoosh import index as whoosh_index
-
     import pipeline.index as module
-    from pipeline.index import INDEX_NAME
     from tests.test_ranking import _docs
 
     docs = _docs(250)
     serial = SearchIndex(tmp_path / "serial")
     assert serial.rebuild(docs) == 250
-    # Sizes scaled down: parallel from 40 documents, a segment per 60.
+    # Sizes scaled down: parallel from 40 documents, batches of 25, a segment per 60.
     monkeypatch.setattr(module, "PARALLEL_REBUILD_DOCS", 40)
+    monkeypatch.setattr(module, "REBUILD_BATCH_DOCS", 25)
     monkeypatch.setattr(module, "REBUILD_SEGMENT_DOCS", 60)
     parallel = SearchIndex(tmp_path / "parallel")
     assert parallel.rebuild(iter(docs)) == 250
     assert parallel.doc_count() == 250
     if (os.cpu_count() or 1) > 1:
-        ix = whoosh_index.open_dir(str(tmp_path / "parallel"), indexname=INDEX_NAME)
-        with ix.searcher() as searcher:
-            assert len(searcher.leaf_searchers()) >= 4  # two processes, three writers
-        ix.close()
+        assert _segments(tmp_path / "parallel") >= 5  # both processes, a segment per 60
+    # Long documents close a segment early: the writer's memory grows with the words.
+    monkeypatch.setattr(module, "PARALLEL_REBUILD_DOCS", 10_000)
+    monkeypatch.setattr(module, "REBUILD_SEGMENT_WORDS", 250 * 50)
+    by_words = SearchIndex(tmp_path / "by-words")
+    assert by_words.rebuild(docs) == 250
+    assert _segments(tmp_path / "by-words") >= 250 * 150 // (250 * 50)
     texts = {d.attachment_id: d.text for d in docs}
     for query in ["python", "Kubernetes Docker", '"machine learning"', "München", "*"]:
         found = [
             index.search(query, texts=lambda ids: {i: texts[i] for i in ids}, limit=1000)
-            for index in (serial, parallel)
+            for index in (serial, parallel, by_words)
         ]
+        assert found[0].total == found[2].total > 0, query
+        assert sorted((h.attachment_id, h.score) for h in found[0].hits) == sorted(
+            (h.attachment_id, h.score) for h in found[2].hits
+        ), query
         assert found[0].total == found[1].total > 0, query
         assert sorted((h.attachment_id, h.score) for h in found[0].hits) == sorted(
             (h.attachment_id, h.score) for h in found[1].hits
