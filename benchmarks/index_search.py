@@ -19,9 +19,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from pipeline.index import SearchIndex
+from pipeline.indexdoc import IndexDoc
 from pipeline.sandbox.documents import cv_blocks, render_text
 from pipeline.sandbox.generator import World
-from pipeline.store import IndexDoc
 
 ROOT = Path(__file__).resolve().parent
 QUERIES = (

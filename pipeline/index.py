@@ -48,8 +48,8 @@ from whoosh.writing import IndexWriter as _WhooshWriter
 
 from . import child
 from .errors import IndexBuildError, QueryError
+from .indexdoc import IndexDoc
 from .segments import ArraySegmentWriter
-from .store import IndexDoc
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Update
 
+from .indexdoc import IndexDoc
 from .states import FINAL_STATES, AttachmentState
 
 log = logging.getLogger(__name__)
@@ -162,22 +163,6 @@ class Setting(Base):
 
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
-
-
-@dataclass(frozen=True)
-class IndexDoc:
-    """What the search index needs of one attachment."""
-
-    attachment_id: str
-    candidate_id: str
-    application_id: str | None
-    type: str
-    file_name: str | None
-    text: str
-    sha256: str | None = None
-    language: str | None = None
-    updated_at: datetime | None = None
-    candidate_title: str | None = None
 
 
 @dataclass(frozen=True)

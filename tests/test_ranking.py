@@ -14,9 +14,9 @@ from whoosh.query import And, ConstantScoreQuery, DateRange, Term
 
 from pipeline import ranking
 from pipeline.index import INDEX_NAME, IndexWriter, SearchIndex, _parse
+from pipeline.indexdoc import IndexDoc
 from pipeline.sandbox.documents import cv_blocks, render_text
 from pipeline.sandbox.generator import World
-from pipeline.store import IndexDoc
 
 QUERIES = [
     "Python",

@@ -21,8 +21,8 @@ from whoosh.writing import SegmentWriter
 import pipeline.segments as segments
 from pipeline.errors import IndexBuildError
 from pipeline.index import INDEX_NAME, SearchIndex, _fields
+from pipeline.indexdoc import IndexDoc
 from pipeline.segments import ArraySegmentWriter, offsets_always
-from pipeline.store import IndexDoc
 from tests.test_ranking import _docs
 
 
