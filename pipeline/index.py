@@ -466,14 +466,25 @@ def _build_in_processes(
     segments: list[object] = []
     added = 0
 
+    def stopped(number: int) -> IndexBuildError:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            workers[number][0].wait(timeout=5)
+        code = workers[number][0].poll()
+        return IndexBuildError(
+            f"a writer process stopped (exit code {code}): run `pipeline reindex` again"
+        )
+
+    def tell(number: int, message: object) -> None:
+        try:
+            workers[number][1].send(message)
+        except OSError:
+            raise stopped(number) from None
+
     def answer(number: int) -> tuple[str, object]:
         try:
             kind, value = workers[number][1].recv()
         except (EOFError, OSError):
-            code = workers[number][0].poll()
-            raise IndexBuildError(
-                f"a writer process stopped (exit code {code}): run `pipeline reindex` again"
-            ) from None
+            raise stopped(number) from None
         if kind == "error":
             raise IndexBuildError(f"a writer process failed: {value}")
         return kind, value
@@ -492,19 +503,19 @@ def _build_in_processes(
             ahead[number] -= 1
 
     try:
-        for _, conn in workers:
-            conn.send((str(directory), REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS))
+        for number in range(procs):
+            tell(number, (str(directory), REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS))
         while batch := list(itertools.islice(docs, REBUILD_BATCH_DOCS)):
             while min(ahead.values()) >= 2:
                 wait_for_answers()
             number = min(ahead, key=ahead.__getitem__)
-            workers[number][1].send(batch)
+            tell(number, batch)
             ahead[number] += 1
             added += len(batch)
         while any(ahead.values()):
             wait_for_answers()
-        for _, conn in workers:
-            conn.send(None)
+        for number in range(procs):
+            tell(number, None)
         for number in range(procs):
             if not wait_for([workers[number][1]], timeout=REBUILD_SILENCE_SECONDS):
                 raise IndexBuildError(

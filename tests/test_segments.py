@@ -8,6 +8,7 @@ import hashlib
 import os
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,6 +154,18 @@ def _writer_processes() -> list[int]:
     return found
 
 
+def _wait_until_dead(pid: int) -> None:
+    stat = Path(f"/proc/{pid}/stat")
+    for _ in range(500):
+        try:
+            if stat.read_text().rsplit(")", 1)[1].split()[0] in ("Z", "X"):
+                return
+        except OSError:
+            return
+        time.sleep(0.01)  # polls a state, with a bound: not a race
+    raise AssertionError(f"process {pid} did not die")
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds processes in /proc")
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: the rebuild is serial")
 def test_a_rebuild_whose_writer_process_is_killed_fails_with_a_clear_error(
@@ -170,6 +183,7 @@ def test_a_rebuild_whose_writer_process_is_killed_fails_with_a_clear_error(
                 victims = _writer_processes()
                 assert len(victims) == 2
                 os.kill(victims[0], signal.SIGKILL)
+                _wait_until_dead(victims[0])  # the next batch may be sent to it, or not
             yield doc
 
     index = SearchIndex(tmp_path / "index")
