@@ -379,9 +379,9 @@ def _check_syntax(query: str) -> None:
 
 
 # A bulk load writes a segment per this many documents, or fewer when they hold this many
-# words: a writer process's memory grows with its segment's words (about 50 bytes a word at
-# its peak, 8,000,000 words near 400 MB), and CVs run from 200 words to thousands. Fewer,
-# larger segments make searches a little faster.
+# words: a writer process's memory grows with its segment's words (some 30 bytes a word at
+# the flush's peak; 7,500,000 words took a process to 322 MB in all), and CVs run from 200
+# words to thousands. Fewer, larger segments make searches a little faster.
 REBUILD_SEGMENT_DOCS = 34_000
 REBUILD_SEGMENT_WORDS = 8_000_000
 # A bulk load of at least this many documents is shared by a writer process per core (at
