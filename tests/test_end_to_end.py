@@ -225,6 +225,26 @@ def test_a_corrupt_file_fails_alone_and_is_retried_next_run(cli, sandbox) -> Non
     assert records[victim.id]["status"] == "indexed"
 
 
+def test_text_with_broken_unicode_is_stored_and_found(cli, sandbox) -> None:  # type: ignore[no-untyped-def]
+    # An RTF whose \uN escapes leave a lone UTF-16 surrogate and a split pair (pypdf can do
+    # the same from a hostile font map): no UTF-8 database takes such text as it is. The
+    # run goes on, the pair becomes its emoji, the lone half U+FFFD.
+    victim = next(
+        a
+        for a in sandbox.world.attachments.values()
+        if a.type == "CV" and a.kind == "pdf" and not a.same_as
+    )
+    hostile = rb"{\rtf1\ansi Zyxquorb engineer \u-10240? here \u-10179?\u-8704? smiles\par}"
+    sandbox.add_fault(kind="replace", match=victim.id, body=hostile, times=None)
+    result = _ingest(cli, sandbox)
+    assert result.code == 0, result.out + result.err
+    record = next(r for r in _export(cli) if r["attachment_id"] == victim.id)
+    assert record["status"] == "indexed"
+    assert record["text"] == "Zyxquorb engineer \ufffd here \U0001f600 smiles"
+    assert [h["attachment_id"] for h in _search(cli, "Zyxquorb")["hits"]] == [victim.id]
+    assert sum(r["status"] == "indexed" for r in _export(cli)) > 10
+
+
 def test_a_wrong_content_type_does_not_fool_the_parser(cli, sandbox) -> None:  # type: ignore[no-untyped-def]
     victim = next(
         a

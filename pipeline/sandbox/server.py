@@ -66,6 +66,7 @@ class Fault:
       ``expired``      403 on the download, as an expired link would get (files)
       ``content_type`` list the attachment with ``content_type`` instead of its own (API)
       ``redirect``     answer a download with 302 to the same path on ``location`` (files)
+      ``replace``      send ``body`` instead of the file, a hostile document say (files)
     match: a substring of the request path (a candidate or attachment id); None matches all.
     times: how many requests it hits before it is spent; None means every one.
     """
@@ -79,11 +80,12 @@ class Fault:
     seconds: float = 0.0
     content_type: str = "application/pdf"
     location: str = ""
+    body: bytes = b""
     target: str = "api"  # api or files
     hits: int = 0
 
 
-_FILE_KINDS = {"truncate", "corrupt", "expired", "redirect"}
+_FILE_KINDS = {"truncate", "corrupt", "expired", "redirect", "replace"}
 
 
 @dataclass
@@ -511,7 +513,9 @@ class _Handler(BaseHTTPRequestHandler):
             token, state.sign(attachment_id, int(expires))
         )
         fault = state.take_fault(
-            attachment_id, "files", {"expired", "html503", "truncate", "corrupt", "redirect"}
+            attachment_id,
+            "files",
+            {"expired", "html503", "truncate", "corrupt", "redirect", "replace"},
         )
         if fault is not None and fault.kind == "redirect":
             self._send(302, b"", "text/plain", {"Location": f"{fault.location}{self.path}"})
@@ -553,6 +557,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault is not None and fault.kind == "corrupt":
             body = (b"\x00garbage\xff" * (len(body) // 10 + 1))[: len(body)]
+        elif fault is not None and fault.kind == "replace":
+            body = fault.body
         self._send(200, body, mime, {"Content-Disposition": disposition})
 
 
