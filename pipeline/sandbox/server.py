@@ -256,6 +256,9 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path == "/_sandbox/faults":
             payload = json.loads(body or b"{}")
             for item in payload if isinstance(payload, list) else [payload]:
+                if isinstance(item.get("body"), str):
+                    # JSON carries bytes as text: each character one byte (\u0000-\u00ff).
+                    item["body"] = item["body"].encode("latin-1")
                 self.state.add_fault(**item)
             self._json(200, {"faults": len(self.state.faults)})
         elif self.path == "/_sandbox/faults/clear":
