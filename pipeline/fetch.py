@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from .errors import (
 from .limits import AdaptiveLimit
 from .retry import retrying
 from .schemas import first_error
+from .surrogates import mend_surrogates
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +139,25 @@ class _Answer:
     content: bytes
 
     def json(self) -> Any:
-        return json.loads(self.content)
+        data = json.loads(self.content)
+        if _SURROGATE_ESCAPE.search(self.content):
+            # JSON can spell a lone UTF-16 surrogate ("\ud800"): a server that sends one gets
+            # its text mended rather than stop the run at the database.
+            data = _mended(data)
+        return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _mended(value: Any) -> Any:
+    if isinstance(value, str):
+        return mend_surrogates(value)
+    if isinstance(value, dict):
+        return {_mended(k): _mended(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mended(v) for v in value]
+    return value
 
 
 class KomboClient:

@@ -245,6 +245,16 @@ def test_text_with_broken_unicode_is_stored_and_found(cli, sandbox) -> None:  # 
     assert sum(r["status"] == "indexed" for r in _export(cli)) > 10
 
 
+def test_a_lone_surrogate_from_kombo_does_not_stop_the_run(cli, sandbox) -> None:  # type: ignore[no-untyped-def]
+    ids = _ids(sandbox)[:4]
+    sandbox.add_fault(kind="bad_unicode", match=ids[0], times=None)
+    result = _ingest(cli, sandbox, *ids)
+    assert result.code == 0, result.out + result.err
+    names = [r["file_name"] for r in _export(cli) if r["candidate_id"] == ids[0]]
+    assert any(name.endswith("\ufffd") for name in names)
+    assert {r["candidate_id"] for r in _export(cli)} == set(ids)
+
+
 def test_a_wrong_content_type_does_not_fool_the_parser(cli, sandbox) -> None:  # type: ignore[no-untyped-def]
     victim = next(
         a

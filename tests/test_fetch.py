@@ -131,6 +131,18 @@ def test_a_body_that_breaks_the_schema_is_refused(
     assert "data_url" in str(info.value)
 
 
+def test_a_lone_surrogate_in_an_answer_is_mended(
+    sandbox: SandboxServer, settings: KomboSettings
+) -> None:
+    # JSON can spell "\ud800", which no UTF-8 database would store.
+    sandbox.add_fault(kind="bad_unicode", times=None)
+    with KomboClient(settings) as client:
+        listing = client.candidate_attachments(_first(sandbox))
+    names = [item.file_name for item in listing.attachments]
+    assert names[0].endswith("\ufffd")
+    assert all(name.encode("utf-8") for name in names)
+
+
 def test_a_cut_json_body_is_retried(sandbox: SandboxServer, settings: KomboSettings) -> None:
     sandbox.add_fault(kind="broken_json", times=1)
     with KomboClient(settings) as client:

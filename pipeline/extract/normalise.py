@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
+from ..surrogates import mend_surrogates
+
 # Spacing diacritics that LaTeX PDFs emit before (or after) the base letter, as in
 # "Pers¨ onliche": turned into combining marks so that NFC can compose "ö".
 _SPACING_TO_COMBINING = {
@@ -36,15 +38,10 @@ _MANY_BREAKS = re.compile(r"\n{3,}")
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def normalise_text(text: str) -> str:
-    if _SURROGATE.search(text):
-        # A broken or hostile file can leave UTF-16 surrogates in the text (pypdf decodes with
-        # "surrogatepass"; an RTF \uN escape gives each half of a pair as a character), and
-        # no UTF-8 database takes them: a pair becomes its character, a lone half U+FFFD.
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    # A broken or hostile file can leave UTF-16 surrogates in the text, which no database
+    # would store.
+    text = mend_surrogates(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n\n")
     text = _SPLIT_DIACRITIC.sub(lambda m: m.group(2) + _SPACING_TO_COMBINING[m.group(1)], text)
     text = _LIGATURE_RE.sub(lambda m: _LIGATURES[m.group(0)], text)

@@ -60,6 +60,7 @@ class Fault:
       ``html503``      503 with an HTML body, as the load balancer sends (API or files)
       ``broken_json``  200 with a body cut in half (API routes)
       ``bad_schema``   200 with an attachment missing ``data_url`` (API routes)
+      ``bad_unicode``  200 with a lone UTF-16 surrogate (``\\ud800`` in JSON) in a file name (API)
       ``slow``         sleep ``seconds`` before answering (API or files)
       ``truncate``     send a file's headers, half its body, then close (files)
       ``corrupt``      send garbage instead of the file, same length (files)
@@ -340,7 +341,9 @@ class _Handler(BaseHTTPRequestHandler):
         fault = state.take_fault(route, "api", {"slow"})
         if fault is not None:
             time.sleep(fault.seconds)
-        fault = state.take_fault(route, "api", {"error", "html503", "broken_json", "bad_schema"})
+        fault = state.take_fault(
+            route, "api", {"error", "html503", "broken_json", "bad_schema", "bad_unicode"}
+        )
         if fault is not None and fault.kind == "error":
             extra = dict(headers or {})
             if fault.retry_after is not None:
@@ -373,6 +376,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault is not None and fault.kind == "bad_schema" and payload["data"]["results"]:
                 del payload["data"]["results"][0]["data_url"]
+            if fault is not None and fault.kind == "bad_unicode" and payload["data"]["results"]:
+                payload["data"]["results"][0]["file_name"] += "\ud800"
             self._json(200, payload, headers)
             return
         self._error(404, None, f"No route for GET /v1{route}")
