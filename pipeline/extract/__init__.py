@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import EncryptedDocumentError, ExtractionError
 from ..states import AttachmentState
+from ..surrogates import mend_surrogates
 from . import registry
 from .detect import ENCRYPTED_OOXML, decide, normalise_content_type
 from .doc import UnavailableError
@@ -101,7 +102,8 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
     except RecursionError:
         return Extraction(AttachmentState.FAILED, **meta, error="parser gave up: nested too deep")
     except (zipfile.BadZipFile, KeyError) as exc:
-        return Extraction(AttachmentState.FAILED, **meta, error=f"broken container: {exc}"[:300])
+        reason = mend_surrogates(f"broken container: {exc}"[:300])
+        return Extraction(AttachmentState.FAILED, **meta, error=reason)
     except Exception as exc:
         # pypdf, python-docx (whose PackageNotFoundError is not a PythonDocxError) and lxml
         # each raise their own families; a corrupt file must fail alone, not stop the run.
@@ -109,7 +111,10 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
             f"{type(exc).__name__}: {exc}".splitlines()[0][:300] if str(exc) else type(exc).__name__
         )
         log.debug("parser %s failed on %s", parser.name, path.name, exc_info=True)
-        return Extraction(AttachmentState.FAILED, **meta, error=f"unreadable: {reason}")
+        # A library's message can quote the file (and so hold what the database refuses).
+        return Extraction(
+            AttachmentState.FAILED, **meta, error=f"unreadable: {mend_surrogates(reason)}"
+        )
     text = normalise_text(parsed.text)
     if not text:
         return Extraction(
