@@ -147,12 +147,11 @@ def _marked_stems(lang: str) -> _WordMap:
 
     Stems are taken before folding (the German and French stemmers know their accented
     suffixes)."""
-    stem = _stemmer(lang)
+    stems = _folded_stems(lang)
 
     def marked(word: str) -> str:
-        lowered = word.lower()
-        stemmed = _fold(stem(lowered))
-        return "" if stemmed == _fold(lowered) else STEM_MARK + stemmed
+        stemmed = stems[word]
+        return "" if stemmed == _FOLDED[word] else STEM_MARK + stemmed
 
     return _WordMap(marked)
 
@@ -302,52 +301,6 @@ def _codec() -> W3Codec:
     return W3Codec(blocklimit=512, compression=0)
 
 
-def _read_lengths_once(writer: _WhooshWriter) -> None:
-    """Make the writer's flush read each field's lengths column once.
-
-    Writing a segment's postings, Whoosh asks the new segment for the document's field
-    length at every posting (for the blocks' statistics), each a seek and an unpack in
-    Python: a tenth of a bulk load's time. The lengths are read whole instead.
-    """
-    opener = getattr(writer, "per_document_reader", None)
-    if opener is None:
-        return
-
-    def per_document_reader():  # type: ignore[no-untyped-def]
-        return _WholeLengths(opener())
-
-    writer.per_document_reader = per_document_reader
-
-
-class _WholeLengths:
-    """A per-document reader whose field lengths come from one read of each column."""
-
-    def __init__(self, reader) -> None:  # type: ignore[no-untyped-def]
-        self._reader = reader
-        self._columns = _Columns(reader)
-
-    def doc_field_length(self, docnum: int, fieldname: str, default: int = 0) -> int:
-        # Called once per posting: kept to one lookup and one index.
-        return self._columns[fieldname][docnum]
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self._reader, name)
-
-
-class _Columns(dict[str, list[int]]):
-    """Field name -> every document's length in the field, read on first use."""
-
-    def __init__(self, reader) -> None:  # type: ignore[no-untyped-def]
-        super().__init__()
-        self._reader = reader
-
-    def __missing__(self, fieldname: str) -> list[int]:
-        count = self._reader.doc_count_all()
-        column = [self._reader.doc_field_length(n, fieldname, 0) for n in range(count)]
-        self[fieldname] = column
-        return column
-
-
 def _fields(doc: IndexDoc) -> dict[str, object]:
     fields: dict[str, object] = {
         "attachment_id": doc.attachment_id,
@@ -398,6 +351,12 @@ def _writer_options() -> dict[str, object]:
     # Segments are left as separate files: Whoosh reads a file of a compound segment by
     # copying it whole into memory, on every search (90 ms at 100,000 CVs).
     return {"limitmb": 256, "compound": False, "codec": _codec()}
+
+
+def _locked_writer(ix: whoosh_index.Index) -> ArraySegmentWriter:
+    # Wait for the lock a while: a writer process of a run that was killed may still be
+    # finishing its last batch.
+    return ArraySegmentWriter(ix, timeout=120, delay=0.1, **_writer_options())
 
 
 class _SegmentBuilder:
@@ -557,10 +516,7 @@ class SearchIndex:
         in its old segment file until a later merge, and an erasure must not wait for that.
         """
         ix = self._open()
-        # Wait for the lock a while (timeout): a writer process of a run that was killed may
-        # still be finishing its last batch.
-        raw = ArraySegmentWriter(ix, timeout=120, delay=0.1, **_writer_options())
-        _read_lengths_once(raw)
+        raw = _locked_writer(ix)
         wrapped = IndexWriter(raw)
         try:
             yield wrapped
@@ -586,7 +542,8 @@ class SearchIndex:
         """Start again from nothing: the database is the source of truth.
 
         A bulk load through ``pipeline.segments``' array writer: a segment per
-        REBUILD_SEGMENT_DOCS, written by a process per core when there are many documents,
+        REBUILD_SEGMENT_DOCS or REBUILD_SEGMENT_WORDS, written by a process per core when
+        there are many documents,
         all committed at once at the end. The index is counted after the commit: a writer
         process that failed fails the rebuild instead of leaving documents out.
         """
@@ -599,7 +556,7 @@ class SearchIndex:
         ix = self._open()
         try:
             # This writer only holds the lock and commits the segments the builders wrote.
-            holder = ArraySegmentWriter(ix, timeout=120, delay=0.1, **_writer_options())
+            holder = _locked_writer(ix)
             try:
                 if procs == 1:
                     builder = _SegmentBuilder(ix, REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS)

@@ -184,6 +184,12 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
                 found.append((docnum, weight, encoded))
         return length
 
+    def per_document_reader(self) -> Any:
+        # Only a merging flush reads it (through Whoosh's add_postings), asking the new
+        # segment for a document's length at every posting, a seek and an unpack each: the
+        # lengths are read whole instead, a column at a time.
+        return _WholeLengths(super().per_document_reader())
+
     def _flush_segment(self) -> None:
         merged = bool(self.pool.current or self.pool.runs)
         if merged:
@@ -232,6 +238,26 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
                 yield name, _word_postings(self._word_fields[name], field, length_bytes)
             else:
                 yield name, _pooled_postings(self._postings[name], length_bytes.tolist())
+
+
+class _WholeLengths:
+    """A per-document reader whose field lengths come from one read of each column."""
+
+    def __init__(self, reader: Any) -> None:
+        self._reader = reader
+        self._columns: dict[str, list[int]] = {}
+
+    def doc_field_length(self, docnum: int, fieldname: str, default: int = 0) -> int:
+        # Called once per posting: kept to a lookup and an index.
+        column = self._columns.get(fieldname)
+        if column is None:
+            count = self._reader.doc_count_all()
+            column = [self._reader.doc_field_length(n, fieldname, 0) for n in range(count)]
+            self._columns[fieldname] = column
+        return column[docnum]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
 
 
 # A term's postings: (text, documents, weights, values, the documents' length bytes).

@@ -74,7 +74,11 @@ def extract_file(path: Path, content_type: str | None, file_name: str | None) ->
 
 
 def _with_time(result: Extraction, seconds: float, cpu_seconds: float) -> Extraction:
-    return Extraction(**{**result.__dict__, "seconds": seconds, "cpu_seconds": cpu_seconds})
+    # A library's error message can quote the file, and so hold what the database refuses.
+    error = mend_surrogates(result.error) if result.error else result.error
+    return Extraction(
+        **{**result.__dict__, "error": error, "seconds": seconds, "cpu_seconds": cpu_seconds}
+    )
 
 
 def _extract(path: Path, content_type: str | None, file_name: str | None) -> Extraction:
@@ -102,8 +106,7 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
     except RecursionError:
         return Extraction(AttachmentState.FAILED, **meta, error="parser gave up: nested too deep")
     except (zipfile.BadZipFile, KeyError) as exc:
-        reason = mend_surrogates(f"broken container: {exc}"[:300])
-        return Extraction(AttachmentState.FAILED, **meta, error=reason)
+        return Extraction(AttachmentState.FAILED, **meta, error=f"broken container: {exc}"[:300])
     except Exception as exc:
         # pypdf, python-docx (whose PackageNotFoundError is not a PythonDocxError) and lxml
         # each raise their own families; a corrupt file must fail alone, not stop the run.
@@ -111,10 +114,7 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
             f"{type(exc).__name__}: {exc}".splitlines()[0][:300] if str(exc) else type(exc).__name__
         )
         log.debug("parser %s failed on %s", parser.name, path.name, exc_info=True)
-        # A library's message can quote the file (and so hold what the database refuses).
-        return Extraction(
-            AttachmentState.FAILED, **meta, error=f"unreadable: {mend_surrogates(reason)}"
-        )
+        return Extraction(AttachmentState.FAILED, **meta, error=f"unreadable: {reason}")
     text = normalise_text(parsed.text)
     if not text:
         return Extraction(

@@ -520,11 +520,7 @@ class _Handler(BaseHTTPRequestHandler):
         valid = expires.isdigit() and hmac.compare_digest(
             token, state.sign(attachment_id, int(expires))
         )
-        fault = state.take_fault(
-            attachment_id,
-            "files",
-            {"expired", "html503", "truncate", "corrupt", "redirect", "replace"},
-        )
+        fault = state.take_fault(attachment_id, "files", _FILE_KINDS | {"html503"})
         if fault is not None and fault.kind == "redirect":
             self._send(302, b"", "text/plain", {"Location": f"{fault.location}{self.path}"})
             return
