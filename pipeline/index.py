@@ -32,6 +32,7 @@ from functools import cache, lru_cache
 from multiprocessing.connection import Connection
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from whoosh import index as whoosh_index
 from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
@@ -49,7 +50,9 @@ from whoosh.writing import IndexWriter as _WhooshWriter
 from . import child
 from .errors import IndexBuildError, QueryError
 from .indexdoc import IndexDoc
-from .segments import ArraySegmentWriter
+
+if TYPE_CHECKING:
+    from .segments import ArraySegmentWriter
 
 log = logging.getLogger(__name__)
 
@@ -353,10 +356,18 @@ def _writer_options() -> dict[str, object]:
     return {"limitmb": 256, "compound": False, "codec": _codec()}
 
 
+def _array_writer(ix: whoosh_index.Index, **options: object) -> ArraySegmentWriter:
+    # Imported when an index is written: numpy takes 0.1 s to import, and most commands
+    # (status, export, erase) write no index.
+    from .segments import ArraySegmentWriter
+
+    return ArraySegmentWriter(ix, **options, **_writer_options())
+
+
 def _locked_writer(ix: whoosh_index.Index) -> ArraySegmentWriter:
     # Wait for the lock a while: a writer process of a run that was killed may still be
     # finishing its last batch.
-    return ArraySegmentWriter(ix, timeout=120, delay=0.1, **_writer_options())
+    return _array_writer(ix, timeout=120, delay=0.1)
 
 
 class _SegmentBuilder:
@@ -374,7 +385,7 @@ class _SegmentBuilder:
     def add(self, doc: IndexDoc) -> None:
         if self._writer is None:
             # No lock: the process that commits the segments holds it.
-            self._writer = ArraySegmentWriter(self._ix, _lk=False, **_writer_options())
+            self._writer = _array_writer(self._ix, _lk=False)
         self._writer.add_document(**_fields(doc))
         self.added += 1
         if (
