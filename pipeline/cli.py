@@ -782,7 +782,11 @@ def export(
 @cli.command()
 @data_options
 def reindex(data_dir: str | None, database_url: str | None) -> int:
-    """Rebuild the search index from the database."""
+    """Rebuild the search index from the database.
+
+    From 5,000 documents on, a writer process per core (at most two) shares the work; if one
+    fails, the rebuild exits 1 and says to run it again.
+    """
     with Pipeline(None, _data(data_dir, database_url)) as pipeline:
         progress = _Progress()
         pipeline.progress = progress
