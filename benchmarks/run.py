@@ -94,8 +94,12 @@ def ingest(env: dict[str, str], ids: list[str], data_dir: Path) -> dict:
     ids_file = data_dir.parent / f"{data_dir.name}.ids"
     ids_file.write_text("\n".join(ids))
     before = fetch_download.stats(env)
+    # Not ``python run.py``: the run's extraction workers would each import a script given
+    # by path again (this one imports the whole pipeline: a second of CPU per run), which
+    # ``python -m pipeline`` and the installed command do not do.
+    start = f"import sys; sys.path.insert(0, {str(ROOT)!r}); import run; run.main()"
     done = subprocess.run(
-        [sys.executable, __file__, "--child", str(data_dir), str(ids_file)],
+        [sys.executable, "-c", start, "--child", str(data_dir), str(ids_file)],
         env={**os.environ, **env},
         capture_output=True,
         text=True,

@@ -119,3 +119,36 @@ def test_the_cli_limit_reaches_the_workers(cli, sandbox) -> None:  # type: ignor
     assert timed_out and all(r["status"] == "failed" for r in timed_out)
     again = cli("ingest", *ids, env=sandbox.env())
     assert again.code == 0, again.err
+
+
+def test_a_worker_of_the_installed_command_does_not_import_the_command_line(
+    tmp_path: Path,
+) -> None:
+    """A command started as a script (the installed ``pipeline``) has each extraction worker
+    import that script again (multiprocessing's forkserver cannot preload it before Python
+    3.13). The script pip writes for our entry point must then import nothing heavy: the
+    command line with SQLAlchemy and httpx cost each worker half a second of CPU."""
+    import subprocess
+    import sys
+    import tomllib
+
+    project = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    entry = tomllib.loads(project.read_text())["project"]["scripts"]["pipeline"]
+    module, _, function = entry.partition(":")
+    script = tmp_path / "pipeline"
+    script.write_text(  # what pip installs for a console script
+        f"import sys\nfrom {module} import {function}\n"
+        f"if __name__ == '__main__':\n    sys.exit({function}())\n"
+    )
+    probe = (
+        "import runpy, sys; before = set(sys.modules);"
+        f"runpy.run_path({str(script)!r}, run_name='__mp_main__');"  # as spawn.prepare does
+        "print(' '.join(sorted(set(sys.modules) - before)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    imported = done.stdout.split()
+    assert module in imported  # the probe did import the script's module
+    heavy = [name for name in imported if name.split(".")[0] in ("sqlalchemy", "httpx", "click")]
+    assert heavy == [] and "pipeline.cli" not in imported, imported
