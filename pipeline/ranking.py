@@ -3,7 +3,8 @@
 Whoosh scores one posting at a time through a tree of Python matchers (about a microsecond
 a posting per query term), then walks the matches again to count them: at 100,000 CVs a
 common word ("Python" is in a third of them) costs hundreds of milliseconds. Here each
-term's postings are read a block at a time straight from the segment files, scored as
+term's postings are read a block at a time straight from the segment files (a common word's
+from the segment's array postings, written beside it by ``pipeline.segments``), scored as
 arrays with the very formula and statistics Whoosh uses, and combined into one dense score
 array per query node; the total is the count of that array's matches. The results are
 Whoosh's own (``tests/test_ranking.py`` compares them, score for score, on every kind of
@@ -22,6 +23,8 @@ Nothing outside ``pipeline.index`` uses this module.
 
 from __future__ import annotations
 
+import mmap
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -45,8 +48,11 @@ from whoosh.query import (
     Wildcard,
 )
 from whoosh.query.terms import MultiTerm
+from whoosh.reading import TermNotFound
 from whoosh.scoring import BM25F
 from whoosh.util.numeric import byte_to_length
+
+from .segments import ARRAY_POSTINGS_EXT, ARRAY_POSTINGS_HEADER, ARRAY_POSTINGS_MAGIC
 
 # Whoosh keeps a field's length in a document as one byte; this is its decoding.
 _LENGTHS = np.array([byte_to_length(b) or 0 for b in range(256)], dtype=np.float64)
@@ -114,6 +120,7 @@ class Ranker:
                 alive[deleted + offset] = False
         self.alive = alive
         self._lengths: dict[str, np.ndarray] = {}
+        self._array_files: dict[int, _ArrayPostings] = {}
 
     def rank(self, query: Query, limit: int) -> Ranked:
         """The ``limit`` best documents for ``query`` (ties: lower document number first)
@@ -336,31 +343,35 @@ class Ranker:
         # Joined, one running sum gives every id in the index once each block's first
         # difference is lowered by the id before it (the last of the block before) less
         # the block's segment offset.
-        deltas: list[int] = []
-        weights: list[float] = []
+        # Segment by segment, in order: a common word from the segment's array postings
+        # (one slice each, when its positions are not asked for), any other from its blocks.
+        ids: list[np.ndarray] = []
+        weights: list[np.ndarray] = []
         raw_values: list[bytes] | None = [] if values else None
-        starts: list[int] = []  # where each block begins in the joined differences
-        lowered: list[int] = []
-        last = 0  # the last id so far, across the index
         for reader, offset in [only] if only else self.readers:
             if (fieldname, btext) not in reader:
                 continue
-            matcher = reader.postings(fieldname, btext)
-            if isinstance(matcher, FilterMatcher):
-                matcher = matcher.child  # deletions: the alive mask takes them out
-            for block_deltas, block_weights, block_values, last_id in _blocks(matcher):
-                starts.append(len(deltas))
-                lowered.append(last - offset)
-                deltas.extend(block_deltas)
-                weights.extend(block_weights)
-                if raw_values is not None:
-                    raw_values.extend(block_values)
-                last = last_id + offset
-        if not deltas:
+            arrays = None if values else self._arrays(reader).find(reader, fieldname, btext)
+            if arrays is not None:
+                segment_ids, segment_weights = arrays
+            else:
+                matcher = reader.postings(fieldname, btext)
+                if isinstance(matcher, FilterMatcher):
+                    matcher = matcher.child  # deletions: the alive mask takes them out
+                segment_ids, segment_weights = read_postings(matcher, raw_values)
+            ids.append(segment_ids + offset)
+            weights.append(segment_weights)
+        if not ids:
             return None
-        differences = np.array(deltas, dtype=np.int64)
-        differences[starts] -= lowered
-        return _Postings(np.cumsum(differences), np.array(weights), raw_values)
+        if len(ids) == 1:
+            return _Postings(ids[0], weights[0], raw_values)
+        return _Postings(np.concatenate(ids), np.concatenate(weights), raw_values)
+
+    def _arrays(self, reader) -> _ArrayPostings:  # type: ignore[no-untyped-def]
+        found = self._array_files.get(id(reader))
+        if found is None:
+            found = self._array_files[id(reader)] = _ArrayPostings.open(reader)
+        return found
 
     def _scores(self, fieldname: str, btext: bytes, postings: _Postings) -> np.ndarray:
         field = self.schema[fieldname]
@@ -407,6 +418,97 @@ def _length_bytes(reader, fieldname: str, count: int) -> np.ndarray:  # type: ig
     lengths = np.zeros(count, dtype=np.uint8)
     lengths[:stored] = np.frombuffer(raw, dtype=np.uint8)
     return lengths
+
+
+def read_postings(
+    matcher,  # type: ignore[no-untyped-def]
+    raw_values: list[bytes] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A segment's postings of one term from its blocks: its document numbers (within the
+    segment) and weights; the values join ``raw_values`` when it is given."""
+    # A block's ids are stored as differences, its first counted from 0 in the segment:
+    # joined, one running sum gives every id once each block's first difference is lowered
+    # by the last id of the block before.
+    deltas: list[int] = []
+    weights: list[float] = []
+    starts: list[int] = []  # where each block begins in the joined differences
+    lowered: list[int] = []
+    last = 0
+    for block_deltas, block_weights, block_values, last_id in _blocks(matcher):
+        starts.append(len(deltas))
+        lowered.append(last)
+        deltas.extend(block_deltas)
+        weights.extend(block_weights)
+        if raw_values is not None:
+            raw_values.extend(block_values)
+        last = last_id
+    differences = np.array(deltas, dtype=np.int64)
+    differences[starts] -= lowered
+    return np.cumsum(differences), np.array(weights, dtype=np.float64)
+
+
+class _ArrayPostings:
+    """A segment's array postings (``pipeline.segments``): its common words' document numbers
+    and weights, mapped read-only. A segment without the file, or with one that does not
+    read as written, has none, and its words are read from their blocks."""
+
+    NONE: _ArrayPostings
+
+    def __init__(self, buffer: mmap.mmap | None = None) -> None:
+        self._buffer = buffer
+        if buffer is None:
+            return
+        words, postings = np.frombuffer(buffer, "<i8", 2, len(ARRAY_POSTINGS_MAGIC)).tolist()
+        at = ARRAY_POSTINGS_HEADER
+        self._offsets = np.frombuffer(buffer, "<i8", words, at)
+        self._firsts = np.frombuffer(buffer, "<i8", words, at + 8 * words)
+        self._counts = np.frombuffer(buffer, "<i8", words, at + 16 * words)
+        self._ids_at = at + 24 * words
+        self._weights_at = self._ids_at + 4 * postings
+
+    @classmethod
+    def open(cls, reader) -> _ArrayPostings:  # type: ignore[no-untyped-def]
+        try:
+            folder = reader._storage.folder
+            name = reader._segment.make_filename(ARRAY_POSTINGS_EXT)
+        except AttributeError:  # not a segment of files in a folder
+            return cls.NONE
+        try:
+            with open(os.path.join(folder, name), "rb") as file:
+                buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # no such file (an older segment, a merged one), empty
+            return cls.NONE
+        size = len(buffer)
+        if size < ARRAY_POSTINGS_HEADER or buffer[: len(ARRAY_POSTINGS_MAGIC)] != (
+            ARRAY_POSTINGS_MAGIC
+        ):
+            return cls.NONE
+        words, postings = np.frombuffer(buffer, "<i8", 2, len(ARRAY_POSTINGS_MAGIC)).tolist()
+        if words < 0 or postings < 0 or size != ARRAY_POSTINGS_HEADER + 24 * words + 8 * postings:
+            return cls.NONE
+        return cls(buffer)
+
+    def find(self, reader, fieldname: str, btext: bytes) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
+        """The word's document numbers (int64, within the segment) and weights (float64), if
+        the segment holds them as arrays."""
+        if self._buffer is None:
+            return None
+        try:
+            offset = reader.term_info(fieldname, btext).extent()[0]
+        except (AttributeError, KeyError, TermNotFound):
+            return None
+        if offset is None:
+            return None
+        place = int(np.searchsorted(self._offsets, offset))
+        if place == len(self._offsets) or int(self._offsets[place]) != offset:
+            return None
+        first, count = int(self._firsts[place]), int(self._counts[place])
+        ids = np.frombuffer(self._buffer, "<i4", count, self._ids_at + 4 * first)
+        weights = np.frombuffer(self._buffer, "<f4", count, self._weights_at + 4 * first)
+        return ids.astype(np.int64), weights.astype(np.float64)
+
+
+_ArrayPostings.NONE = _ArrayPostings()
 
 
 def _blocks(matcher) -> Iterable[tuple[Sequence[int], Sequence[float], list[bytes], int]]:  # type: ignore[no-untyped-def]

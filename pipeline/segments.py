@@ -9,6 +9,12 @@ ones Whoosh's writer writes for the same documents, byte for byte (``tests/test_
 compares them; the one difference, chosen, is ``offsets_always``), so every reader, Whoosh's
 and ``pipeline.ranking``, takes them as they are.
 
+Beside a segment's Whoosh files the writer leaves one of its own, ``<segment>.apx``: the
+document numbers and weights of the text field's common words (``ARRAY_POSTINGS_MIN``
+postings or more) as plain arrays, so that a search reads a common word's postings with one
+slice instead of unpickling its blocks (``pipeline.ranking``; a segment without the file is
+read from its blocks). Whoosh ignores the file and deletes it with its segment.
+
 Fields fed a list of words whose format stores positions as 32-bit numbers (the text field,
 ``pipeline.index.WordPositions``) take the array path. The other fields (ids, the date, the
 file name) have a few postings a document and go through Whoosh's ``field.index`` as before,
@@ -61,6 +67,50 @@ class _Words:
         self.words.extend(map(self.numbers.__getitem__, words))
         self.docnums.append(docnum)
         self.counts.append(len(words))
+
+
+# -- array postings: a segment's common words, for searches -----------------------------------
+
+ARRAY_POSTINGS_EXT = ".apx"
+ARRAY_POSTINGS_MIN = 1024  # a word's postings in a segment: fewer are quick to unpickle
+ARRAY_POSTINGS_MAGIC = b"KCVAPX01"
+# After the magic: the number of words and of postings, then per word the offset of its
+# postings in the segment's .pst file (ascending), its first posting and its count, then
+# every posting's document number (int32), then every weight (float32, as Whoosh's blocks
+# hold them). All little-endian.
+ARRAY_POSTINGS_HEADER = len(ARRAY_POSTINGS_MAGIC) + 16
+
+
+class _ArrayPostings:
+    """The common words' postings of a segment being flushed, written at its end."""
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.docs: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+
+    def add(self, offset: int, docs: np.ndarray, weights: np.ndarray) -> None:
+        self.offsets.append(offset)
+        self.docs.append(docs.astype("<i4"))
+        self.weights.append(weights.astype("<f4"))
+
+    def write(self, file: Any) -> None:
+        # Terms are written in field and byte order, their postings one after another: the
+        # offsets ascend already, as the reader's binary search needs.
+        offsets = np.asarray(self.offsets, dtype="<i8")
+        assert bool(np.all(offsets[1:] > offsets[:-1])), "array postings out of order"
+        counts = np.fromiter(map(len, self.docs), dtype="<i8", count=len(self.docs))
+        firsts = np.cumsum(counts) - counts
+        file.write(ARRAY_POSTINGS_MAGIC)
+        file.write(np.array([len(counts), int(counts.sum())], dtype="<i8").tobytes())
+        file.write(offsets.tobytes())
+        file.write(firsts.astype("<i8").tobytes())
+        file.write(counts.tobytes())
+        for docs in self.docs:
+            file.write(docs.tobytes())
+        for weights in self.weights:
+            file.write(weights.tobytes())
+        file.close()
 
 
 class _BlockPostings(W3PostingsWriter):  # type: ignore[misc]
@@ -196,28 +246,60 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
             # Segments were merged into this one (add_reader put their postings in Whoosh's
             # pool): ours join them there, and Whoosh writes the lot as it always does.
             for name, terms in self._terms():
-                for text, docs, weights, values, _ in terms:
+                for text, docs, weights, values, _, _ in terms:
                     for posting in zip(docs, weights, values, strict=True):
                         self.pool.add((name, text, *posting))
             super()._flush_segment()
+            self._array_postings_from_blocks()
             return
         self.perdocwriter.close()
         writer = self.fieldwriter
         codec = self.codec
+        common = _ArrayPostings()
         for name, terms in self._terms():
             writer.start_field(name, self.schema[name])
-            writer._postwriter = _BlockPostings(
+            postings = writer._postwriter = _BlockPostings(
                 writer._postfile,
                 blocklimit=codec._blocklimit,
                 compression=codec._compression,
                 inlinelimit=codec._inlinelimit,
             )
-            for text, docs, weights, values, length_bytes in terms:
+            for text, docs, weights, values, length_bytes, arrays in terms:
                 writer.start_term(text)
-                writer._postwriter.write(docs, weights, values, length_bytes)
+                postings.write(docs, weights, values, length_bytes)
+                if arrays is not None and len(docs) >= ARRAY_POSTINGS_MIN:
+                    # Where the term's postings start: the key its term info holds too.
+                    common.add(postings._startoffset, *arrays)
                 writer.finish_term()
             writer.finish_field()
         writer.close()
+        if common.offsets:
+            common.write(self.newsegment.create_file(self.storage, ARRAY_POSTINGS_EXT))
+
+    def _array_postings_from_blocks(self) -> None:
+        """The array postings of a segment Whoosh wrote (a merging commit, a purge): its
+        common words' blocks are read back once, so that the merged segment is searched as
+        quickly as the ones it replaces."""
+        from .ranking import read_postings  # numpy reading; ranking imports this module
+
+        common = _ArrayPostings()
+        terms = self.codec.terms_reader(self.storage, self.newsegment)
+        try:
+            for name in sorted(terms.indexed_field_names()):
+                if name not in self.schema or not _is_word_list_format(self.schema[name]):
+                    continue
+                field = self.schema[name]
+                for (fieldname, text), info in terms.items_from(name, b""):
+                    if fieldname != name:
+                        break
+                    if info.doc_frequency() < ARRAY_POSTINGS_MIN or info.is_inlined():
+                        continue
+                    matcher = terms.matcher(name, text, field.format)
+                    common.add(info.extent()[0], *read_postings(matcher))
+        finally:
+            terms.close()
+        if common.offsets:
+            common.write(self.newsegment.create_file(self.storage, ARRAY_POSTINGS_EXT))
 
     def _terms(self) -> Iterator[tuple[str, Iterator[_TermPostings]]]:
         """Each field with postings, in name order, with its terms in the order of their
@@ -260,8 +342,11 @@ class _WholeLengths:
         return getattr(self._reader, name)
 
 
-# A term's postings: (text, documents, weights, values, the documents' length bytes).
-_TermPostings = tuple[bytes, list[int], list[float], list[bytes], list[int]]
+# A term's postings: (text, documents, weights, values, the documents' length bytes, and
+# for the array path the documents and weights as arrays).
+_TermPostings = tuple[
+    bytes, list[int], list[float], list[bytes], list[int], tuple[np.ndarray, np.ndarray] | None
+]
 
 
 def _pooled_postings(
@@ -276,6 +361,7 @@ def _pooled_postings(
             [p[1] for p in postings],
             [p[2] for p in postings],
             [length_bytes[d] for d in docs],
+            None,
         )
 
 
@@ -354,11 +440,13 @@ def _word_postings(words: _Words, field: Any, length_bytes: np.ndarray) -> Itera
         docs = chunk_docs.tolist()
         lengths = length_bytes[chunk_docs].tolist()
         edges = bounds[low : high + 1].astype(np.int64)
-        scores = (np.diff(edges) * boost).tolist()
+        weights = np.diff(edges) * boost
+        scores = weights.tolist()
         offsets = (edges * 4).tolist()  # in bytes: 4 a position
         values = [positions[a:b] for a, b in itertools.pairwise(offsets)]
         for a, b in zip(term_first[term:last], term_end[term:last], strict=True):
             text = texts[by_text[int(post_term[a])]]
             a, b = a - low, b - low
-            yield text, docs[a:b], scores[a:b], values[a:b], lengths[a:b]
+            arrays = (chunk_docs[a:b], weights[a:b])
+            yield text, docs[a:b], scores[a:b], values[a:b], lengths[a:b], arrays
         term = last

@@ -171,3 +171,116 @@ def test_an_index_with_whooshs_own_positions_still_finds_phrases(tmp_path: Path)
     results = index.search('"machine learning"', texts=lambda ids: {i: docs[i] for i in ids})
     assert [hit.attachment_id for hit in results.hits] == ["a1"]
     assert results.hits[0].snippet == "<b>machine</b> <b>learning</b> engineer"
+
+
+# -- array postings: a segment's common words as plain arrays (pipeline.segments) ------------
+
+COMMON_QUERIES = [
+    "expert",
+    "advanced intermediate",
+    "expert OR python",
+    "expert NOT python",
+    "adv*",
+    "expert^2 berlin",
+    "type:CV intermediate",
+    '"advanced expert"',
+    "2026 example.org",
+]
+
+
+def _common_words_index(folder: Path) -> list[IndexDoc]:
+    """Two segments, written as runs write them: one of 1,100 documents, whose commonest
+    words have more postings than ARRAY_POSTINGS_MIN, and one of 100; then deletions."""
+    docs = _docs(1200)
+    index = SearchIndex(folder)
+    index.write(docs[:1100])
+    index.write(docs[1100:])
+    index.write(deletions=[doc.attachment_id for doc in docs[:300:9]])
+    return docs
+
+
+def _array_files(folder: Path) -> list[Path]:
+    from pipeline.segments import ARRAY_POSTINGS_EXT
+
+    return sorted(folder.glob(f"*{ARRAY_POSTINGS_EXT}"))
+
+
+def _assert_arrays_hold_the_blocks(searcher) -> int:  # type: ignore[no-untyped-def]
+    """Every word a segment keeps as arrays has there exactly what its blocks hold."""
+    from whoosh.matching import FilterMatcher
+
+    from pipeline.segments import ARRAY_POSTINGS_MIN
+
+    checked = 0
+    for reader, _offset in searcher.reader().leaf_readers():
+        arrays = ranking._ArrayPostings.open(reader)
+        for text, info in reader.iter_field("text"):
+            found = arrays.find(reader, "text", text)
+            if info.doc_frequency() < ARRAY_POSTINGS_MIN:
+                assert found is None
+                continue
+            assert found is not None, text
+            matcher = reader.postings("text", text)
+            if isinstance(matcher, FilterMatcher):
+                matcher = matcher.child
+            ids, weights = ranking.read_postings(matcher)
+            assert found[0].tolist() == ids.tolist()
+            assert found[1].tolist() == weights.tolist()
+            checked += 1
+    return checked
+
+
+def test_common_words_are_read_from_arrays_with_whooshs_results(tmp_path: Path) -> None:
+    folder = tmp_path / "index"
+    _common_words_index(folder)
+    assert len(_array_files(folder)) == 1  # the small segment has no common word
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        assert len(searcher.leaf_searchers()) == 2
+        assert _assert_arrays_hold_the_blocks(searcher) >= 5
+        for text in COMMON_QUERIES:
+            query = _parse(searcher.schema, text)
+            ours = ranking.rank(searcher, query, 30)
+            theirs, total = _whoosh(searcher, query, 30)
+            _assert_same(ours, theirs, total)
+            if not text.startswith('"'):
+                assert total > 0, text
+    ix.close()
+
+
+def test_a_purge_leaves_no_array_postings_of_the_erased_and_rebuilds_them(
+    tmp_path: Path,
+) -> None:
+    """An erasure merges every segment into one: the old segments' files go, array
+    postings included (they say which documents hold a word), and the merged segment has
+    array postings of its own, so search stays as quick."""
+    folder = tmp_path / "index"
+    docs = _common_words_index(folder)
+    before = _array_files(folder)
+    erased = docs[10].attachment_id
+    SearchIndex(folder).write(deletions=[erased], purge=True)
+    after = _array_files(folder)
+    assert len(after) == 1 and not set(after) & set(before)
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        assert len(searcher.leaf_searchers()) == 1 and not searcher.reader().has_deletions()
+        assert searcher.document_number(attachment_id=erased) is None
+        assert _assert_arrays_hold_the_blocks(searcher) >= 5
+        for text in COMMON_QUERIES:
+            query = _parse(searcher.schema, text)
+            _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
+    ix.close()
+
+
+def test_a_damaged_array_postings_file_is_passed_over(tmp_path: Path) -> None:
+    folder = tmp_path / "index"
+    _common_words_index(folder)
+    (damaged,) = _array_files(folder)
+    damaged.write_bytes(damaged.read_bytes()[:-10])  # as a full disk might leave it
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        for reader, _offset in searcher.reader().leaf_readers():
+            assert ranking._ArrayPostings.open(reader).find(reader, "text", b"expert") is None
+        query = _parse(searcher.schema, "expert OR python")
+        _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
+    ix.close()
