@@ -339,10 +339,6 @@ class Ranker:
     def _postings(
         self, fieldname: str, btext: bytes, *, values: bool = False, only=None
     ) -> _Postings | None:  # type: ignore[no-untyped-def]
-        # A block's ids are stored as differences, its first counted from 0 in its segment.
-        # Joined, one running sum gives every id in the index once each block's first
-        # difference is lowered by the id before it (the last of the block before) less
-        # the block's segment offset.
         # Segment by segment, in order: a common word from the segment's array postings
         # (one slice each, when its positions are not asked for), any other from its blocks.
         ids: list[np.ndarray] = []
@@ -454,11 +450,10 @@ class _ArrayPostings:
 
     NONE: _ArrayPostings
 
-    def __init__(self, buffer: mmap.mmap | None = None) -> None:
+    def __init__(self, buffer: mmap.mmap | None = None, words: int = 0, postings: int = 0) -> None:
         self._buffer = buffer
         if buffer is None:
             return
-        words, postings = np.frombuffer(buffer, "<i8", 2, len(ARRAY_POSTINGS_MAGIC)).tolist()
         at = ARRAY_POSTINGS_HEADER
         self._offsets = np.frombuffer(buffer, "<i8", words, at)
         self._firsts = np.frombuffer(buffer, "<i8", words, at + 8 * words)
@@ -486,7 +481,7 @@ class _ArrayPostings:
         words, postings = np.frombuffer(buffer, "<i8", 2, len(ARRAY_POSTINGS_MAGIC)).tolist()
         if words < 0 or postings < 0 or size != ARRAY_POSTINGS_HEADER + 24 * words + 8 * postings:
             return cls.NONE
-        return cls(buffer)
+        return cls(buffer, words, postings)
 
     def find(self, reader, fieldname: str, btext: bytes) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
         """The word's document numbers (int64, within the segment) and weights (float64), if

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import sys
 from array import array
 from collections import defaultdict
@@ -35,6 +36,8 @@ import numpy as np
 from whoosh.codec.whoosh3 import W3PostingsWriter
 from whoosh.util.numeric import _length_byte_cache, byte_to_length
 from whoosh.writing import SegmentWriter
+
+log = logging.getLogger(__name__)
 
 # A field length's byte, as Whoosh's length_to_byte makes it (a logarithmic scale).
 _LENGTH_STEPS = np.asarray(_length_byte_cache, dtype=np.int64)
@@ -81,7 +84,7 @@ ARRAY_POSTINGS_MAGIC = b"KCVAPX01"
 ARRAY_POSTINGS_HEADER = len(ARRAY_POSTINGS_MAGIC) + 16
 
 
-class _ArrayPostings:
+class _ArrayPostingsWriter:
     """The common words' postings of a segment being flushed, written at its end."""
 
     def __init__(self) -> None:
@@ -255,7 +258,7 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
         self.perdocwriter.close()
         writer = self.fieldwriter
         codec = self.codec
-        common = _ArrayPostings()
+        common = _ArrayPostingsWriter()
         for name, terms in self._terms():
             writer.start_field(name, self.schema[name])
             postings = writer._postwriter = _BlockPostings(
@@ -280,9 +283,10 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
         """The array postings of a segment Whoosh wrote (a merging commit, a purge): its
         common words' blocks are read back once, so that the merged segment is searched as
         quickly as the ones it replaces."""
-        from .ranking import read_postings  # numpy reading; ranking imports this module
+        # numpy reading of Whoosh's blocks; ranking imports this module, hence here
+        from .ranking import Unsupported, read_postings
 
-        common = _ArrayPostings()
+        common = _ArrayPostingsWriter()
         terms = self.codec.terms_reader(self.storage, self.newsegment)
         try:
             for name in sorted(terms.indexed_field_names()):
@@ -296,6 +300,10 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
                         continue
                     matcher = terms.matcher(name, text, field.format)
                     common.add(info.extent()[0], *read_postings(matcher))
+        except Unsupported as exc:
+            # Blocks of a kind the reader does not know: the segment is searched from them.
+            log.debug("no array postings for the merged segment: %s", exc)
+            return
         finally:
             terms.close()
         if common.offsets:
