@@ -98,21 +98,21 @@ class _ArrayPostingsWriter:
         self.weights.append(weights.astype("<f4"))
 
     def write(self, file: Any) -> None:
-        # Terms are written in field and byte order, their postings one after another: the
-        # offsets ascend already, as the reader's binary search needs.
-        offsets = np.asarray(self.offsets, dtype="<i8")
-        assert bool(np.all(offsets[1:] > offsets[:-1])), "array postings out of order"
-        counts = np.fromiter(map(len, self.docs), dtype="<i8", count=len(self.docs))
+        # The reader finds a word by binary search over the offsets. Terms are written one
+        # after another, so they ascend already; sorting costs nothing and promises it.
+        order = np.argsort(np.asarray(self.offsets, dtype="<i8"), kind="stable")
+        offsets = np.asarray(self.offsets, dtype="<i8")[order]
+        docs = [self.docs[i] for i in order]
+        weights = [self.weights[i] for i in order]
+        counts = np.fromiter(map(len, docs), dtype="<i8", count=len(docs))
         firsts = np.cumsum(counts) - counts
         file.write(ARRAY_POSTINGS_MAGIC)
         file.write(np.array([len(counts), int(counts.sum())], dtype="<i8").tobytes())
         file.write(offsets.tobytes())
         file.write(firsts.astype("<i8").tobytes())
         file.write(counts.tobytes())
-        for docs in self.docs:
-            file.write(docs.tobytes())
-        for weights in self.weights:
-            file.write(weights.tobytes())
+        for column in (*docs, *weights):
+            file.write(column.tobytes())
         file.close()
 
 
