@@ -25,7 +25,8 @@ Order of a run:
 5. remove stored files and texts that nothing points at any more.
 
 Memory stays flat: targets are listed a window at a time, and no new listing starts while
-the download and extraction stages hold a full window of work.
+the download stage or the extraction stage holds a full window of work (each has its own, so
+that extractions far behind do not stop the downloads).
 """
 
 from __future__ import annotations
@@ -446,12 +447,19 @@ class Pipeline:
         self._extracting: dict[str, list[tuple[RemoteAttachment, Downloaded]]] = {}
         interrupted = False
         try:
-            work_window = 4 * (self.kombo.download_concurrency + extractor.workers)
+            # Each stage has a window of its own, so that one stage's backlog does not starve
+            # the other: four downloads per download slot keep every slot busy, and the
+            # extraction queue (files on disk, a few hundred bytes of memory each) absorbs the
+            # second the workers take to start, and any spell of large files.
+            download_window = 4 * self.kombo.download_concurrency
+            extract_window = max(_EXTRACT_WINDOW, 16 * extractor.workers)
             pending = iter(targets)
             while True:
                 # Start listings while the later stages have room: memory stays flat.
-                while stage.count("list") < self.kombo.concurrency and (
-                    stage.count("download") + stage.count("extract") < work_window
+                while (
+                    stage.count("list") < self.kombo.concurrency
+                    and stage.count("download") < download_window
+                    and stage.count("extract") < extract_window
                 ):
                     target = next(pending, None)
                     if target is None:
@@ -662,6 +670,10 @@ class Pipeline:
         # Whatever else it became, an older version of it must not stay searchable.
         batch.delete(item.id)
         summary.outcomes[state] += 1
+
+
+# Extractions waiting at most (sixteen per worker where there are more than sixteen workers).
+_EXTRACT_WINDOW = 256
 
 
 class _Stages:
