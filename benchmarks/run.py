@@ -8,7 +8,8 @@ Prints one table and writes it as JSON (``benchmarks/results/run.json``):
 - end to end: N sandbox candidates (PDF and DOCX, about two files each), 100 ms per API call
   and 50 ms per download. Wall time; the network floor (calls x latency / concurrency, API
   calls and downloads each against their own bound, the larger); the CPU floor (extraction
-  and indexing CPU / cores); wall / max(floors);
+  and indexing CPU / cores); wall / max(floors): the median of three runs, each into a new
+  data directory;
 - the same run again with nothing changed: wall time against the listing calls' floor;
 - extraction alone: pypdf against ``pdftotext`` on the same PDFs (the shared corpus when it
   is beside the project, else the sandbox's own PDFs);
@@ -27,6 +28,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -45,6 +47,9 @@ SIZES = {
     "full": {"candidates": 2000, "small": 500, "docs": [10_000, 100_000], "rounds": 5},
     "quick": {"candidates": 300, "small": 75, "docs": [2_000, 10_000], "rounds": 3},
 }
+# The end-to-end run is made this many times, each into a new data directory, and the table
+# shows the median run: a single run's ratio swings by a quarter with the machine's spells.
+E2E_RUNS = 3
 API_LATENCY = 0.1
 DOWNLOAD_LATENCY = 0.05
 TARGETS = {
@@ -139,16 +144,29 @@ def end_to_end(size: dict, cache: Path) -> dict:
         # on this machine).
         cache.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache.parent, prefix="data-") as tmp:
-            full = ingest(env, ids, Path(tmp) / "full", process.pid)
+            fulls = []
+            for number in range(E2E_RUNS):
+                if number:
+                    shutil.rmtree(Path(tmp) / "full")
+                fulls.append(ingest(env, ids, Path(tmp) / "full", process.pid))
             rerun = ingest(env, ids, Path(tmp) / "full", process.pid)
             small = ingest(env, ids[: size["small"]], Path(tmp) / "small", process.pid)
     finally:
         process.terminate()
         process.wait(timeout=10)
-    network = max(
-        full["api_calls"] * API_LATENCY / full["concurrency"],
-        full["downloads"] * DOWNLOAD_LATENCY / full["download_concurrency"],
-    )
+
+    def network_floor(run: dict) -> float:
+        return max(
+            run["api_calls"] * API_LATENCY / run["concurrency"],
+            run["downloads"] * DOWNLOAD_LATENCY / run["download_concurrency"],
+        )
+
+    def over_floor(run: dict) -> float:
+        cpu = (run["extract_cpu_s"] + run["index_cpu_s"]) / cores
+        return run["wall_s"] / max(network_floor(run), cpu)
+
+    full = sorted(fulls, key=over_floor)[len(fulls) // 2]
+    network = network_floor(full)
     cpu = (full["extract_cpu_s"] + full["index_cpu_s"]) / cores
     rerun_floor = rerun["api_calls"] * API_LATENCY / rerun["concurrency"]
     return {
@@ -163,6 +181,9 @@ def end_to_end(size: dict, cache: Path) -> dict:
         "extract_cpu_s": round(full["extract_cpu_s"], 2),
         "index_cpu_s": round(full["index_cpu_s"], 2),
         "end_to_end_over_floor": round(full["wall_s"] / max(network, cpu), 2),
+        "runs": len(fulls),
+        "runs_wall_s": sorted(round(run["wall_s"], 2) for run in fulls),
+        "runs_over_floor": sorted(round(over_floor(run), 2) for run in fulls),
         # Where the run's CPU went (the extraction workers' is extract_cpu_s): the run is
         # bound by it whenever it passes the cores x the wall time.
         "main_cpu_s": round(full["main_cpu_s"], 2),
@@ -175,10 +196,11 @@ def end_to_end(size: dict, cache: Path) -> dict:
         "rerun_over_floor": round(rerun["wall_s"] / rerun_floor, 2),
         "small_candidates": size["small"],
         "peak_rss_small_mb": round(small["peak_rss_mb"], 1),
-        "peak_rss_full_mb": round(full["peak_rss_mb"], 1),
-        "peak_rss_ratio": round(full["peak_rss_mb"] / small["peak_rss_mb"], 2),
+        # The largest of the full runs: memory is judged by its worst case.
+        "peak_rss_full_mb": round(max(run["peak_rss_mb"] for run in fulls), 1),
+        "peak_rss_ratio": round(max(run["peak_rss_mb"] for run in fulls) / small["peak_rss_mb"], 2),
         "peak_rss_helpers_small_mb": round(small["peak_rss_helpers_mb"], 1),
-        "peak_rss_helpers_full_mb": round(full["peak_rss_helpers_mb"], 1),
+        "peak_rss_helpers_full_mb": round(max(run["peak_rss_helpers_mb"] for run in fulls), 1),
     }
 
 
@@ -210,9 +232,11 @@ def table(result: dict) -> list[tuple[str, str, str]]:
     rows = [
         (
             f"end to end, {e2e['candidates']} candidates ({e2e['attachments']} attachments)",
-            f"{e2e['wall_s']} s (network floor {e2e['network_floor_s']} s, "
-            f"CPU floor {e2e['cpu_floor_s']} s)",
-            f"{e2e['end_to_end_over_floor']} (<= 1.3)",
+            f"{e2e['wall_s']} s, the median of {e2e.get('runs', 1)} runs "
+            f"({', '.join(map(str, e2e.get('runs_wall_s', [e2e['wall_s']])))} s; "
+            f"network floor {e2e['network_floor_s']} s, CPU floor {e2e['cpu_floor_s']} s)",
+            f"{e2e['end_to_end_over_floor']} (<= 1.3; runs "
+            f"{', '.join(map(str, e2e.get('runs_over_floor', [])))})",
         ),
         (
             "  where its CPU went",
