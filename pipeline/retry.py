@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 from tenacity import (
+    AsyncRetrying,
     RetryCallState,
     Retrying,
     retry_if_exception,
@@ -46,12 +48,21 @@ def _log_retry(state: RetryCallState) -> None:
     log.info("retrying after: %s (attempt %d)", exc, state.attempt_number)
 
 
+def _policy(settings: KomboSettings) -> dict[str, Any]:
+    return {
+        "retry": retry_if_exception(_is_transient),
+        "wait": _Wait(settings.retry_base_delay, settings.retry_max_delay),
+        "stop": stop_after_attempt(settings.max_attempts) | stop_after_delay(settings.retry_budget),
+        "reraise": True,
+        "before_sleep": _log_retry,
+    }
+
+
 def retrying(settings: KomboSettings) -> Retrying:
     """A fresh tenacity controller: ``for attempt in retrying(s): with attempt: ...``."""
-    return Retrying(
-        retry=retry_if_exception(_is_transient),
-        wait=_Wait(settings.retry_base_delay, settings.retry_max_delay),
-        stop=stop_after_attempt(settings.max_attempts) | stop_after_delay(settings.retry_budget),
-        reraise=True,
-        before_sleep=_log_retry,
-    )
+    return Retrying(**_policy(settings))
+
+
+def async_retrying(settings: KomboSettings) -> AsyncRetrying:
+    """The same policy for coroutines: ``async for attempt in async_retrying(s): ...``."""
+    return AsyncRetrying(**_policy(settings))

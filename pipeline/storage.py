@@ -8,12 +8,13 @@ data).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -27,7 +28,10 @@ class FileStore(Protocol):
 
     def path(self, sha256: str) -> Path: ...
     def exists(self, sha256: str, size: int | None = None) -> bool: ...
-    def writer(self) -> _Writer: ...
+    def writer(self) -> AbstractContextManager[_Writer]: ...
+    def open(self) -> _Writer: ...
+    def commit(self, writer: _Writer) -> str: ...
+    def discard(self, writer: _Writer) -> None: ...
     def delete(self, sha256: str) -> bool: ...
     def hashes(self) -> Iterator[str]: ...
 
@@ -49,6 +53,9 @@ class _Writer:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    def close(self) -> None:
+        self._handle.close()
 
 
 class LocalFileStore:
@@ -80,35 +87,57 @@ class LocalFileStore:
             return False
         return size is None or stat.st_size == size
 
+    def open(self) -> _Writer:
+        """A new file under a temporary name; :meth:`commit` or :meth:`discard` it."""
+        self.ensure()
+        # A name no other writer uses (process, random tag, counter), created exclusively
+        # and private from the first byte.
+        tmp_path = self._tmp / f"{self._prefix}{next(self._names)}.part"
+        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        try:
+            return _Writer(os.fdopen(fd, "wb"), tmp_path)
+        except BaseException:
+            os.close(fd)
+            tmp_path.unlink(missing_ok=True)
+            raise
+
+    def commit(self, writer: _Writer) -> str:
+        """Move a complete file to its hash name; return the hash."""
+        try:
+            # No fsync: a killed process loses nothing the page cache holds, and a file torn
+            # by a power cut is caught by its size (``exists(sha, size)``) and fetched again.
+            writer.close()
+            sha256 = writer.sha256
+            final = self.path(sha256)
+            folder = final.parent.name
+            if folder not in self._folders:
+                final.parent.mkdir(exist_ok=True, mode=_DIR_MODE)
+                self._folders.add(folder)
+            os.replace(writer.tmp_path, final)  # atomic; identical content may replace itself
+        except BaseException:
+            self.discard(writer)
+            raise
+        return sha256
+
+    def discard(self, writer: _Writer) -> None:
+        """Remove an unfinished file: nothing is stored."""
+        with contextlib.suppress(OSError):
+            writer.close()
+        writer.tmp_path.unlink(missing_ok=True)
+
     @contextmanager
     def writer(self) -> Iterator[_Writer]:
         """Yield a writer; on a clean exit the file is moved to its hash name.
 
         On any exception the temporary file is removed and nothing is stored.
         """
-        self.ensure()
-        # A name no other writer uses (process, random tag, counter), created exclusively
-        # and private from the first byte.
-        tmp_path = self._tmp / f"{self._prefix}{next(self._names)}.part"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
-        committed = False
+        writer = self.open()
         try:
-            with os.fdopen(fd, "wb") as handle:
-                writer = _Writer(handle, tmp_path)
-                yield writer
-                # No fsync: a killed process loses nothing the page cache holds, and a file torn
-                # by a power cut is caught by its size (``exists(sha, size)``) and fetched again.
-                handle.flush()
-            final = self.path(writer.sha256)
-            folder = final.parent.name
-            if folder not in self._folders:
-                final.parent.mkdir(exist_ok=True, mode=_DIR_MODE)
-                self._folders.add(folder)
-            os.replace(tmp_path, final)  # atomic; identical content may simply replace itself
-            committed = True
-        finally:
-            if not committed:
-                tmp_path.unlink(missing_ok=True)
+            yield writer
+        except BaseException:
+            self.discard(writer)
+            raise
+        self.commit(writer)
 
     def delete(self, sha256: str) -> bool:
         try:

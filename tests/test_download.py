@@ -92,6 +92,52 @@ def test_a_file_over_the_cap_is_refused_and_leaves_nothing(
     assert _files_left(tmp_path / "files") == []
 
 
+def test_a_download_slower_than_the_timeout_is_retried(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    sandbox.add_fault(kind="slow", target="files", match=item.id, seconds=1.5, times=1)
+    store = LocalFileStore(tmp_path / "files")
+    got = Downloader(replace(settings, read_timeout=0.3), store).download(
+        item.data_url, subject="cv"
+    )
+    assert store.path(got.sha256).read_bytes() == sandbox.world.body(item.id)
+    assert sandbox.stats.file_requests == 2
+
+
+def test_a_download_slow_every_time_times_out_and_leaves_nothing(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    item = _cv(sandbox, settings)
+    sandbox.add_fault(kind="slow", target="files", match=item.id, seconds=1.0, times=None)
+    quick = replace(settings, read_timeout=0.2, max_attempts=2)
+    with pytest.raises(DownloadError, match="timed out") as info:
+        Downloader(quick, LocalFileStore(tmp_path / "files")).download(item.data_url, subject="cv")
+    assert info.value.transient
+    assert sandbox.stats.file_requests == 2
+    assert _files_left(tmp_path / "files") == []
+
+
+def test_downloads_reuse_their_connections(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    """Keep-alive: one after another, every file comes over the first connection."""
+    with KomboClient(settings) as client:
+        urls = [
+            a.data_url
+            for c in sandbox.world.ordered()[:4]
+            for a in client.candidate_attachments(c.id).attachments
+        ]
+    downloader = Downloader(settings, LocalFileStore(tmp_path / "files"))
+    try:
+        for url in urls:
+            downloader.download(url, subject="cv")
+    finally:
+        downloader.close()
+    assert sandbox.stats.file_requests == len(urls) > 4
+    assert sandbox.stats.file_connections == 1
+
+
 def test_an_expired_link_says_so(
     sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
 ) -> None:

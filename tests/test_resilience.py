@@ -109,8 +109,10 @@ def test_a_limit_shared_with_another_client_is_held_not_overrun(cli, tmp_path: P
         result = cli("ingest", *[c.id for c in world.ordered()], env=server.env())
         assert result.code == 0, result.err
         assert server.stats.max_in_flight <= 10
-        # A few refusals while the client learns the room left, not one per candidate.
-        assert server.stats.refused_concurrency < 15
+        # A few refusals while the client learns the room left (2-16 in sixteen runs: how
+        # many calls are out before the first refusal comes back is a matter of timing), not
+        # one per candidate.
+        assert server.stats.refused_concurrency < 30
 
 
 def test_downloads_follow_redirects_without_carrying_credentials(cli, sandbox) -> None:  # type: ignore[no-untyped-def]

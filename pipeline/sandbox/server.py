@@ -97,6 +97,7 @@ class Stats:
     refused_concurrency: int = 0
     auth_headers_on_files: int = 0
     file_requests: int = 0
+    file_connections: int = 0  # TCP connections that carried at least one download
 
     def count(self, route: str) -> None:
         self.requests[route] = self.requests.get(route, 0) + 1
@@ -507,6 +508,9 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.state
         with state.lock:
             state.stats.file_requests += 1
+            if not getattr(self, "_served_a_file", False):
+                self._served_a_file = True  # one handler per connection
+                state.stats.file_connections += 1
             state.stats.count("file")
             if self.headers.get("Authorization") or self.headers.get("X-Integration-Id"):
                 state.stats.auth_headers_on_files += 1
