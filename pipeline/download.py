@@ -108,9 +108,14 @@ class _Connection(asyncio.Protocol):
         self._pump()
         return waiter
 
+    @property
+    def open(self) -> bool:
+        """Neither side has closed it (a server closes idle connections when it likes)."""
+        return not (self.broken or self._transport is None or self._transport.is_closing())
+
     def recycle(self) -> bool:
         """Ready the connection for another exchange; False when it cannot take one."""
-        if self.broken or self._transport is None or self._transport.is_closing():
+        if not self.open:
             return False
         if self._h11.our_state is h11.DONE and self._h11.their_state is h11.DONE:
             self._h11.start_next_cycle()
@@ -272,7 +277,7 @@ class AsyncDownloader:
         idle = self._idle.get(origin)
         while idle:
             connection = idle.pop()
-            if not connection.broken:
+            if connection.open:
                 return connection
         scheme, host, port = origin
         loop = asyncio.get_running_loop()
