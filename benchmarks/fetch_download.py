@@ -87,7 +87,8 @@ def candidate_ids(env: dict[str, str]) -> list[str]:
         return [c.id for page in client.candidate_pages() for c in page.candidates]
 
 
-def _children_cpu() -> float:
+def children_cpu() -> float:
+    """User + system CPU seconds of this process's children that have been waited for."""
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
 
@@ -111,13 +112,13 @@ def run(
         with Pipeline(settings, data) as pipeline:
             pipeline.extract_enabled = extract
             cpu_before = time.process_time()
-            children_before = _children_cpu()
+            children_before = children_cpu()
             started = time.perf_counter()
             summary = pipeline.ingest(ids)
             wall = time.perf_counter() - started
             cpu = time.process_time() - cpu_before
             # The download process is our child and has been waited for by now.
-            children = _children_cpu() - children_before
+            children = children_cpu() - children_before
     sandbox_cpu = process_cpu(pid) - sandbox_cpu_before
     after = stats(env)
     actions = after["requests"].get("action", 0) - before["requests"].get("action", 0)

@@ -14,7 +14,6 @@ import itertools
 import os
 import secrets
 from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -28,7 +27,6 @@ class FileStore(Protocol):
 
     def path(self, sha256: str) -> Path: ...
     def exists(self, sha256: str, size: int | None = None) -> bool: ...
-    def writer(self) -> AbstractContextManager[_Writer]: ...
     def open(self) -> _Writer: ...
     def commit(self, writer: _Writer) -> str: ...
     def discard(self, writer: _Writer) -> None: ...
@@ -124,20 +122,6 @@ class LocalFileStore:
         with contextlib.suppress(OSError):
             writer.close()
         writer.tmp_path.unlink(missing_ok=True)
-
-    @contextmanager
-    def writer(self) -> Iterator[_Writer]:
-        """Yield a writer; on a clean exit the file is moved to its hash name.
-
-        On any exception the temporary file is removed and nothing is stored.
-        """
-        writer = self.open()
-        try:
-            yield writer
-        except BaseException:
-            self.discard(writer)
-            raise
-        self.commit(writer)
 
     def delete(self, sha256: str) -> bool:
         try:

@@ -57,11 +57,25 @@ def test_the_key_is_never_sent_with_a_download(
     assert sandbox.stats.auth_headers_on_files == 0
 
 
-def test_a_truncated_body_is_retried(
-    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+@pytest.mark.parametrize(
+    ("fault", "read_timeout"),
+    [
+        ({"kind": "truncate"}, None),  # a body cut off halfway
+        ({"kind": "slow", "target": "files", "seconds": 1.5}, 0.3),  # slower than the timeout
+    ],
+    ids=["truncated", "slow"],
+)
+def test_a_download_that_fails_once_is_retried(
+    sandbox: SandboxServer,
+    settings: KomboSettings,
+    tmp_path: Path,
+    fault: dict[str, object],
+    read_timeout: float | None,
 ) -> None:
     item = _cv(sandbox, settings)
-    sandbox.add_fault(kind="truncate", match=item.id, times=1)
+    sandbox.add_fault(match=item.id, times=1, **fault)
+    if read_timeout is not None:
+        settings = replace(settings, read_timeout=read_timeout)
     store = LocalFileStore(tmp_path / "files")
     got = Downloader(settings, store).download(item.data_url, subject="cv")
     assert store.path(got.sha256).read_bytes() == sandbox.world.body(item.id)
@@ -90,19 +104,6 @@ def test_a_file_over_the_cap_is_refused_and_leaves_nothing(
             item.data_url, subject="cv"
         )
     assert _files_left(tmp_path / "files") == []
-
-
-def test_a_download_slower_than_the_timeout_is_retried(
-    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
-) -> None:
-    item = _cv(sandbox, settings)
-    sandbox.add_fault(kind="slow", target="files", match=item.id, seconds=1.5, times=1)
-    store = LocalFileStore(tmp_path / "files")
-    got = Downloader(replace(settings, read_timeout=0.3), store).download(
-        item.data_url, subject="cv"
-    )
-    assert store.path(got.sha256).read_bytes() == sandbox.world.body(item.id)
-    assert sandbox.stats.file_requests == 2
 
 
 def test_a_download_slow_every_time_times_out_and_leaves_nothing(
