@@ -7,7 +7,6 @@ import io
 import sys
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,9 +15,7 @@ from pipeline.cli import main
 from pipeline.config import DataSettings, KomboSettings, Options, resolve_kombo
 from pipeline.sandbox.generator import World
 from pipeline.sandbox.server import SandboxServer
-
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-CORPUS = SHARED / "corpus"
+from tests.helpers import CliResult
 
 # Small enough to be quick, large enough to hold every language and file kind.
 WORLD_SIZE = 16
@@ -62,13 +59,6 @@ def data(tmp_path: Path) -> DataSettings:
     )
 
 
-@dataclass
-class CliResult:
-    code: int
-    out: str
-    err: str
-
-
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Run ``python -m pipeline ARGS`` in-process with a clean environment."""
@@ -99,11 +89,3 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-unt
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
-
-
-def needs_corpus() -> pytest.MarkDecorator:
-    return pytest.mark.skipif(
-        not (CORPUS / "MANIFEST.tsv").is_file(),
-        reason=f"the shared corpus is not at {CORPUS} (it lives beside the project in the "
-        "developers' workplace, not in a user's clone)",
-    )

@@ -9,9 +9,7 @@ import shutil
 import pytest
 
 from pipeline.extract import extract_file
-
-from .conftest import CORPUS, needs_corpus
-from .fidelity import similarity, strip_html, strip_latex
+from tests.helpers import CORPUS, needs_corpus, similarity, strip_html, strip_latex
 
 pytestmark = [needs_corpus(), pytest.mark.corpus]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,8 @@ import pytest
 import pipeline
 from pipeline.cli import cli
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
 COMMANDS = sorted(cli.commands)
 
 
@@ -44,7 +46,64 @@ def test_public_names_are_exported() -> None:
         "KOMBO_REGION",
         "PIPELINE_DATA_DIR",
         "PIPELINE_DATABASE_URL",
+        "PIPELINE_SEARCH",
+        "PIPELINE_HOST",
+        "PIPELINE_PORT",
+        "KOMBO_WEBHOOK_SECRET",
     ],
 )
 def test_every_environment_variable_is_documented(variable: str) -> None:
     assert variable in README
+
+
+def test_the_readme_is_a_map() -> None:
+    lines = README.count("\n")
+    assert lines < 220, f"README.md has {lines} lines: move detail into docs/"
+    # Measured figures live in benchmarks/README.md, with their dates; the README has none.
+    assert not re.search(r"\b20\d\d-\d\d-\d\d\b", README), "a dated figure in README.md"
+
+
+def _links(page: Path) -> list[tuple[str, str]]:
+    """(target, anchor) of each relative Markdown link on the page."""
+    text = page.read_text(encoding="utf-8")
+    found = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        path, _, anchor = target.partition("#")
+        found.append((path, anchor))
+    return found
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the page's headings."""
+    anchors = set()
+    for heading in re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower().replace("`", ""))
+        anchors.add(slug.replace(" ", "-"))
+    return anchors
+
+
+def test_the_readme_links_to_the_docs() -> None:
+    linked = {path for path, _ in _links(ROOT / "README.md")}
+    for page in ("docs/architecture.md", "docs/search.md", "docs/operations.md"):
+        assert page in linked, f"README.md does not link {page}"
+    assert "benchmarks/README.md" in linked
+
+
+PAGES = [
+    "README.md",
+    "benchmarks/README.md",
+    "data/README.md",
+    *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md")),
+]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_relative_link_resolves(page: str) -> None:
+    source = ROOT / page
+    for path, anchor in _links(source):
+        target = (source.parent / path).resolve() if path else source
+        assert target.exists(), f"{page} links {path}, which does not exist"
+        if anchor and target.suffix == ".md":
+            assert anchor in _anchors(target), f"{page} links {path}#{anchor}: no such heading"

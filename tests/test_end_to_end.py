@@ -10,8 +10,7 @@ import pytest
 from pipeline.sandbox.generator import SKILLS
 from pipeline.sandbox.server import SandboxServer
 from pipeline.schemas import validator
-
-from .conftest import CliResult
+from tests.helpers import CliResult
 
 
 def _ids(sandbox: SandboxServer) -> list[str]:

@@ -200,7 +200,7 @@ def test_a_large_rebuild_shares_the_work_between_processes_and_loses_nothing(
     import os
 
     import pipeline.index as module
-    from tests.test_ranking import _docs
+    from tests.helpers import generated_docs as _docs
 
     docs = _docs(250)
     serial = SearchIndex(tmp_path / "serial")

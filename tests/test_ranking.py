@@ -4,7 +4,7 @@ segments and deleted documents."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -15,8 +15,7 @@ from whoosh.query import And, ConstantScoreQuery, DateRange, Term
 from pipeline import ranking
 from pipeline.index import INDEX_NAME, IndexWriter, SearchIndex, _parse
 from pipeline.indexdoc import IndexDoc
-from pipeline.sandbox.documents import cv_blocks, render_text
-from pipeline.sandbox.generator import World
+from tests.helpers import generated_docs as _docs
 
 QUERIES = [
     "Python",
@@ -43,27 +42,6 @@ QUERIES = [
     "*",
     "zzzzz",
 ]
-
-
-def _docs(count: int) -> list[IndexDoc]:
-    world = World(candidates=count, seed=5)
-    docs = []
-    for number, candidate in enumerate(world.ordered()):
-        docs.append(
-            IndexDoc(
-                attachment_id=f"doc{number:05d}",
-                candidate_id=candidate.id,
-                application_id=None,
-                type="CV" if number % 5 else "COVER_LETTER",
-                file_name=f"{candidate.full_name} {'CV' if number % 3 else 'Lebenslauf'}.pdf",
-                text=render_text(cv_blocks(candidate)).decode(),
-                sha256=None,
-                language=candidate.language,
-                updated_at=datetime(2026, 1 + number % 12, 1, tzinfo=UTC),
-                candidate_title=candidate.title,
-            )
-        )
-    return docs
 
 
 @pytest.fixture(scope="module")

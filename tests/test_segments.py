@@ -24,7 +24,7 @@ from pipeline.errors import IndexBuildError
 from pipeline.index import INDEX_NAME, SearchIndex, _fields
 from pipeline.indexdoc import IndexDoc
 from pipeline.segments import ArraySegmentWriter, offsets_always
-from tests.test_ranking import _docs
+from tests.helpers import generated_docs as _docs
 
 
 def _odd_docs() -> list[IndexDoc]:

@@ -1,12 +1,69 @@
-"""Helpers for comparing extracted text with the corpus's ground truth."""
+"""Helpers that several test files share: plain functions, classes and constants, imported by
+name. Fixtures stay in ``conftest.py``; nothing here is a test, and no test file imports
+from another test file."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
 import lxml.html
+import pytest
+
+from pipeline.indexdoc import IndexDoc
+from pipeline.sandbox.documents import cv_blocks, render_text
+from pipeline.sandbox.generator import World
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CORPUS = SHARED / "corpus"
+
+
+@dataclass
+class CliResult:
+    """What the ``cli`` fixture's run of ``python -m pipeline ARGS`` gave."""
+
+    code: int
+    out: str
+    err: str
+
+
+def needs_corpus() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(
+        not (CORPUS / "MANIFEST.tsv").is_file(),
+        reason=f"the shared corpus is not at {CORPUS} (it lives beside the project in the "
+        "developers' workplace, not in a user's clone)",
+    )
+
+
+def generated_docs(count: int) -> list[IndexDoc]:
+    """``count`` index documents from the sandbox's seeded generator (seed 5): CVs and cover
+    letters in four languages, file names and dates that vary, for index and ranking tests."""
+    world = World(candidates=count, seed=5)
+    docs = []
+    for number, candidate in enumerate(world.ordered()):
+        docs.append(
+            IndexDoc(
+                attachment_id=f"doc{number:05d}",
+                candidate_id=candidate.id,
+                application_id=None,
+                type="CV" if number % 5 else "COVER_LETTER",
+                file_name=f"{candidate.full_name} {'CV' if number % 3 else 'Lebenslauf'}.pdf",
+                text=render_text(cv_blocks(candidate)).decode(),
+                sha256=None,
+                language=candidate.language,
+                updated_at=datetime(2026, 1 + number % 12, 1, tzinfo=UTC),
+                candidate_title=candidate.title,
+            )
+        )
+    return docs
+
+
+# Comparing extracted text with the corpus's ground truth (LaTeX and HTML sources, reference
+# texts).
 
 _ACCENTS = {
     '"': "\u0308",
