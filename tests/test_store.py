@@ -9,9 +9,9 @@ import sqlite3
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
+from pipeline.database import Store
 from pipeline.fetch import RemoteAttachment
 from pipeline.states import AttachmentState
-from pipeline.store import Store, prior_extraction
 
 # Stamped by the store itself (the time of the call): compared by shape, not value.
 STAMPED = {"first_seen_at", "last_seen_at", "last_fetched_at", "fetched_at", "extracted_at"}
@@ -94,10 +94,10 @@ def test_direct_statements_store_and_read_what_sqlalchemy_does(tmp_path: Path) -
     for ids in ([], ["att-0"], ["att-1", "elsewhere", "att-2"]):
         assert direct.known_attachments("cand-1", ids) == portable.known_attachments("cand-1", ids)
     assert direct.known_attachments("nobody", ["att-1"]).keys() == {"att-1"}
-    prior = prior_extraction(direct, "a" * 64)
+    prior = direct.prior_extraction("a" * 64)
     assert prior is not None and prior.text == "Python Berlin Kubernetes"
-    assert prior == prior_extraction(portable, "a" * 64)
-    assert prior_extraction(direct, "b" * 64) is None
+    assert prior == portable.prior_extraction("a" * 64)
+    assert direct.prior_extraction("b" * 64) is None
     known = direct.known_attachments("cand-1")
     assert known["att-2"].status == "pending" and known["att-1"].status == "failed"
     assert known["att-2"].remote_updated_at == datetime(2026, 6, 1, tzinfo=UTC)
