@@ -179,6 +179,35 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What download and extraction found for one attachment (``save_outcome``)."""
+
+    state: AttachmentState
+    error: str | None = None
+    # the file, when one was downloaded
+    sha256: str | None = None
+    size_bytes: int | None = None
+    # what extraction found in it
+    detected_type: str | None = None
+    parser: str | None = None
+    parser_version: str | None = None
+    page_count: int | None = None
+    text: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What a run's row keeps when it ends (``finish_run``)."""
+
+    status: RunStatus
+    counts: dict[str, Any]
+    errors: list[str]
+    warnings: list[str]
+    summary: str  # the run's one-line summary
+
+
 @dataclass(frozen=True)
 class KnownAttachment:
     id: str
@@ -533,38 +562,25 @@ class Store:
             if reopened:
                 self._write(conn, _REOPENED, reopened)
 
-    def save_outcome(
-        self,
-        attachment_id: str,
-        *,
-        state: AttachmentState,
-        error: str | None = None,
-        sha256: str | None = None,
-        size_bytes: int | None = None,
-        detected_type: str | None = None,
-        parser: str | None = None,
-        parser_version: str | None = None,
-        page_count: int | None = None,
-        text: str | None = None,
-        language: str | None = None,
-    ) -> None:
+    def save_outcome(self, attachment_id: str, outcome: Outcome) -> None:
         """Store what download and extraction found, in one transaction."""
         now = utcnow()
+        state, text, sha256 = outcome.state, outcome.text, outcome.sha256
         values: dict[str, Any] = {
             "status": state.value,
-            "error": error,
-            "detected_type": detected_type,
-            "parser": parser,
-            "parser_version": parser_version,
-            "page_count": page_count,
+            "error": outcome.error,
+            "detected_type": outcome.detected_type,
+            "parser": outcome.parser,
+            "parser_version": outcome.parser_version,
+            "page_count": outcome.page_count,
             "char_count": len(text) if text is not None else None,
-            "language": language,
+            "language": outcome.language,
             "indexed_at": None,
         }
         if sha256 is not None:
             values["sha256"] = sha256
-            values["size_bytes"] = size_bytes
-        if parser is not None or state != AttachmentState.FAILED:
+            values["size_bytes"] = outcome.size_bytes
+        if outcome.parser is not None or state != AttachmentState.FAILED:
             values["extracted_at"] = now
         statement = _outcome_statement(tuple(values))
         with self._conn() as conn:
@@ -790,26 +806,17 @@ class Store:
             s.flush()
             return run.id
 
-    def finish_run(
-        self,
-        run_id: int,
-        *,
-        status: RunStatus,
-        counts: dict[str, Any],
-        errors: list[str],
-        warnings: list[str],
-        summary: str,
-    ) -> None:
+    def finish_run(self, run_id: int, finished: FinishedRun) -> None:
         with self.session() as s:
             run = s.get(Run, run_id)
             if run is None:
                 return
             run.finished_at = utcnow()
-            run.status = status.value
-            run.counts = json.loads(json.dumps(counts))
-            run.errors = errors[:1000]
-            run.warnings = warnings[:1000]
-            run.summary = summary
+            run.status = finished.status.value
+            run.counts = json.loads(json.dumps(finished.counts))
+            run.errors = finished.errors[:1000]
+            run.warnings = finished.warnings[:1000]
+            run.summary = finished.summary
 
     def close_abandoned_runs(self) -> int:
         """Runs still 'running' belong to a process that died: say so."""

@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .config import KomboSettings
-from .database import IndexDoc, KnownAttachment, Store, utcnow
+from .database import FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
 from .download import Downloaded, DownloadProcess
 from .errors import (
     DownloadError,
@@ -134,6 +134,10 @@ class RunSummary:
             "erased": self.erased,
             **{str(k): v for k, v in sorted(self.outcomes.items())},
         }
+
+    def finished(self) -> FinishedRun:
+        """What the run's row keeps."""
+        return FinishedRun(self.status, self.counts(), self.errors, self.warnings, self.line())
 
     def line(self) -> str:
         done = sum(self.outcomes.values())
@@ -502,19 +506,24 @@ class RunInProgress:
         if state == AttachmentState.FAILED:
             log.error("attachment %s of candidate %s failed: %s", item.id, item.candidate_id, error)
             summary.errors.append(f"attachment {item.id}: {error}")
-        self.store.save_outcome(
-            item.id,
-            state=state,
-            error=error,
-            sha256=downloaded.sha256 if downloaded else None,
-            size_bytes=downloaded.size_bytes if downloaded else None,
-            detected_type=extraction.detected_type if extraction else None,
-            parser=extraction.parser if extraction else None,
-            parser_version=extraction.parser_version if extraction else None,
-            page_count=extraction.page_count if extraction else None,
-            text=extraction.text if extraction else None,
-            language=extraction.language if extraction else None,
-        )
+        sha256 = downloaded.sha256 if downloaded else None
+        size_bytes = downloaded.size_bytes if downloaded else None
+        if extraction is None:
+            outcome = Outcome(state, error, sha256, size_bytes)
+        else:
+            outcome = Outcome(
+                state,
+                error,
+                sha256,
+                size_bytes,
+                extraction.detected_type,
+                extraction.parser,
+                extraction.parser_version,
+                extraction.page_count,
+                extraction.text,
+                extraction.language,
+            )
+        self.store.save_outcome(item.id, outcome)
         if state == AttachmentState.PENDING and extraction and extraction.text and downloaded:
             summary.outcomes[AttachmentState.INDEXED] += 1
             batch.reconcile(item.candidate_id, downloaded.sha256)
@@ -627,14 +636,7 @@ class RunEngine:
             summary.status = RunStatus.INTERRUPTED
         finally:
             summary.seconds = time.monotonic() - started
-            workspace.store.finish_run(
-                summary.run_id,
-                status=summary.status,
-                counts=summary.counts(),
-                errors=summary.errors,
-                warnings=summary.warnings,
-                summary=summary.line(),
-            )
+            workspace.store.finish_run(summary.run_id, summary.finished())
         if summary.status != RunStatus.INTERRUPTED:
             workspace.collect_garbage()
         return summary

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.database import SCHEMA_VERSION, Store
+from pipeline.database import SCHEMA_VERSION, Outcome, Store
 from pipeline.fetch import RemoteAttachment
 from pipeline.states import AttachmentState
 
@@ -51,17 +51,21 @@ def _exercise(store: Store) -> None:
         store.record_listing("int-1", again, known, datetime(2026, 6, 2, tzinfo=UTC))
         store.save_outcome(
             "att-0",
-            state=AttachmentState.PENDING,
-            sha256="a" * 64,
-            size_bytes=1234,
-            detected_type="application/pdf",
-            parser="pypdf",
-            parser_version="5.0",
-            page_count=2,
-            text="Python Berlin Kubernetes",
-            language="en",
+            Outcome(
+                state=AttachmentState.PENDING,
+                sha256="a" * 64,
+                size_bytes=1234,
+                detected_type="application/pdf",
+                parser="pypdf",
+                parser_version="5.0",
+                page_count=2,
+                text="Python Berlin Kubernetes",
+                language="en",
+            ),
         )
-        store.save_outcome("att-1", state=AttachmentState.FAILED, error="unreadable: broken")
+        store.save_outcome(
+            "att-1", Outcome(state=AttachmentState.FAILED, error="unreadable: broken")
+        )
         store.candidate_fetched("cand-2", "int-1", None)
 
 
