@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .config import DataSettings, KomboSettings
-from .database import ExportSelection, Run, Store
+from .database import WATERMARK, ExportSelection, Run, Store
 from .errors import PipelineError
 
 if TYPE_CHECKING:
@@ -195,8 +195,6 @@ class App:
     # -- read-only --------------------------------------------------------------------------------
 
     def status(self, *, limit: int = 10) -> StatusReport:
-        from .engine import WATERMARK
-
         store = self.store
         return StatusReport(
             attachments=store.counts_by_status(),
@@ -207,7 +205,16 @@ class App:
 
     def check(self) -> dict[str, list[str]]:
         """Drift between the database, the index and the file store (empty lists: none)."""
-        return self.workspace.check()
+        expected = {doc.attachment_id for doc in self.store.index_docs(only_pending=False)}
+        indexed = self.index.attachment_ids()
+        live = self.store.live_hashes()
+        stored = set(self.files.hashes())
+        return {
+            "missing from the index": sorted(expected - indexed),
+            "in the index but not in the database": sorted(indexed - expected),
+            "files missing from the store": sorted(live - stored),
+            "stored files nothing refers to": sorted(stored - live),
+        }
 
     def search(self, request: SearchRequest) -> SearchResults:
         return self._search(request, request.limit, request.offset)

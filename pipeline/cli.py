@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -33,12 +33,16 @@ from .config import (
     validate_candidate_id,
 )
 from .database import ExportSelection
-from .engine import ExtractLimits, RunSummary
 from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
 from .export import FORMATS, WRITERS, write_file
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
-from .index import CandidateHit, SearchHit, SearchResults
 from .states import AttachmentState, RunStatus
+
+if TYPE_CHECKING:
+    # The engine (and with it the download and fetch stages) is imported by the commands
+    # that run, only: a read-only command never needs it.
+    from .engine import RunSummary
+    from .index import CandidateHit, SearchHit, SearchResults
 
 log = logging.getLogger("pipeline")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -347,6 +351,8 @@ def ingest(
         )
     settings = _kombo(kombo)
     data = _data(data_dir, database_url)
+    from .engine import ExtractLimits
+
     limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
 
     def run(progress: _Progress) -> RunSummary:
@@ -386,6 +392,8 @@ def nightly(
     given = _collect_ids((), ids_file) if ids_file is not None else None
     settings = _kombo(kombo)
     data = _data(data_dir, database_url)
+    from .engine import ExtractLimits
+
     limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
 
     def run(progress: _Progress) -> RunSummary:

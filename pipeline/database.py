@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 # 1: the tables of 0.1.0 with every column added since.
 SCHEMA_VERSION = 1
 _SCHEMA_KEY = "schema_version"
+# The settings row that holds when the last complete nightly run began.
+WATERMARK = "nightly_watermark"
 
 
 def utcnow() -> datetime:

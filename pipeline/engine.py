@@ -15,7 +15,7 @@ The stage modules stay plain functions and classes that can be tested alone.
 
 The objects:
 - :class:`Workspace`: one data directory's database, file store and index, and the work on
-  them that is not a run (recovery, garbage collection, erasure, drift, rebuild);
+  them that is not a run (recovery, garbage collection, erasure, rebuild);
 - :class:`RunEngine`: what every run with one Kombo integration shares (settings, workspace,
   how to make an extractor, a progress hook); long-lived, it keeps nothing of any run;
 - :class:`RunInProgress`: one run's state (its summary, client, download process,
@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from .config import KomboSettings
-from .database import FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
+from .database import WATERMARK, FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
 from .download import Downloaded, DownloadProcess
 from .errors import (
     DownloadError,
@@ -74,7 +74,6 @@ from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
 log = logging.getLogger(__name__)
 
 INDEX_BATCH = 500
-WATERMARK = "nightly_watermark"
 
 # progress(what, done, total): a front end's hook; total is given once, when known.
 Progress = Callable[[str, int, int | None], None]
@@ -211,9 +210,9 @@ def _needs_work(
 
 @dataclass
 class Workspace:
-    """One data directory: its database, file store and search index, and the work on them
-    that is not a run. Whoever holds the writer lock (:meth:`lock`) may call the methods
-    that write."""
+    """One data directory: its database, file store and search index, and the writing work
+    on them that is not a run (recovery, garbage collection, erasure, rebuild), for whoever
+    holds the writer lock (:meth:`lock`)."""
 
     directory: Path
     store: Store
@@ -270,19 +269,6 @@ class Workspace:
         """Erase candidates Kombo has not returned for ``days`` days."""
         stale = self.store.candidates_not_seen_since(utcnow() - timedelta(days=days))
         return self.erase(stale, f"not seen for {days} days")
-
-    def check(self) -> dict[str, list[str]]:
-        """Drift between the database, the index and the file store (empty lists: none)."""
-        expected = {doc.attachment_id for doc in self.store.index_docs(only_pending=False)}
-        indexed = self.index.attachment_ids()
-        live = self.store.live_hashes()
-        stored = set(self.files.hashes())
-        return {
-            "missing from the index": sorted(expected - indexed),
-            "in the index but not in the database": sorted(indexed - expected),
-            "files missing from the store": sorted(live - stored),
-            "stored files nothing refers to": sorted(stored - live),
-        }
 
     def reindex(self, progress: Progress = no_progress) -> int:
         """Rebuild the index from the database; pending texts become indexed."""
