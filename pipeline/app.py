@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .config import DataSettings, KomboSettings
-from .database import WATERMARK, ExportSelection, Run, Store
+from .database import WATERMARK, ExportSelection, Run, Store, utcnow
 from .errors import PipelineError
 
 if TYPE_CHECKING:
@@ -180,9 +180,10 @@ class App:
 
     def purge(self, *, not_seen_days: int) -> int:
         """Erase candidates Kombo has not returned for ``not_seen_days`` days."""
+        asked_at = utcnow()  # the days count from the request, not from the lock's turn
         workspace = self.workspace
         with workspace.lock(wait=True, timeout=ERASE_LOCK_TIMEOUT):
-            return workspace.erase_not_seen(not_seen_days)
+            return workspace.erase_not_seen(not_seen_days, now=asked_at)
 
     def reindex(self) -> int:
         """Rebuild the index from the database; pending texts become indexed."""

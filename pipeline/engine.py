@@ -265,9 +265,9 @@ class Workspace:
             log.info("erased %d candidates (%s)", len(erased), reason)
         return len(erased)
 
-    def erase_not_seen(self, days: int) -> int:
-        """Erase candidates Kombo has not returned for ``days`` days."""
-        stale = self.store.candidates_not_seen_since(utcnow() - timedelta(days=days))
+    def erase_not_seen(self, days: int, *, now: datetime) -> int:
+        """Erase candidates Kombo had not returned for ``days`` days at ``now``."""
+        stale = self.store.candidates_not_seen_since(now - timedelta(days=days))
         return self.erase(stale, f"not seen for {days} days")
 
     def reindex(self, progress: Progress = no_progress) -> int:
