@@ -128,26 +128,24 @@ class _DownloadOnlyEngine(RunEngine):
     run_type = _DownloadOnlyRun
 
 
-def ingest(
-    settings: KomboSettings, data: DataSettings, ids: list[str], *, extract: bool
-) -> RunSummary:
-    """One ingest run over ``ids``, the whole pipeline or only its fetch and download stages."""
+def open_engine(settings: KomboSettings, data: DataSettings, *, extract: bool) -> RunEngine:
+    """A run engine over a data directory opened as a run finds it (before the clock
+    starts): the whole pipeline, or only its fetch and download stages."""
     data.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = Store(data.database_url)
     store.ensure_schema()
     workspace = Workspace(
         data.data_dir, store, LocalFileStore(data.files_dir), SearchIndex(data.index_dir)
     )
-    engine = (
-        RunEngine(settings, workspace)
-        if extract
-        else _DownloadOnlyEngine(settings, workspace, extractor=_NoExtractor())
-    )
-    try:
-        with workspace.lock():
-            return engine.ingest(ids)
-    finally:
-        store.close()
+    if extract:
+        return RunEngine(settings, workspace)
+    return _DownloadOnlyEngine(settings, workspace, extractor=_NoExtractor())
+
+
+def ingest(engine: RunEngine, ids: list[str]) -> RunSummary:
+    """One ingest run, with the writer lock, as ``pipeline ingest`` makes it."""
+    with engine.workspace.lock():
+        return engine.ingest(ids)
 
 
 def run(
@@ -166,14 +164,16 @@ def run(
     (ROOT / "results").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "results", prefix="data-") as tmp:
         data = DataSettings(Path(tmp), f"sqlite:///{tmp}/pipeline.db")
+        engine = open_engine(settings, data, extract=extract)
         cpu_before = time.process_time()
         children_before = children_cpu()
         started = time.perf_counter()
-        summary = ingest(settings, data, ids, extract=extract)
+        summary = ingest(engine, ids)
         wall = time.perf_counter() - started
         cpu = time.process_time() - cpu_before
         # The download process is our child and has been waited for by now.
         children = children_cpu() - children_before
+        engine.workspace.store.close()
     sandbox_cpu = process_cpu(pid) - sandbox_cpu_before
     after = stats(env)
     actions = after["requests"].get("action", 0) - before["requests"].get("action", 0)
