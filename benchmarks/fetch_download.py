@@ -139,7 +139,7 @@ def open_engine(settings: KomboSettings, data: DataSettings, *, extract: bool) -
     )
     if extract:
         return RunEngine(settings, workspace)
-    return _DownloadOnlyEngine(settings, workspace, extractor=_NoExtractor())
+    return _DownloadOnlyEngine(settings, workspace, new_extractor=_NoExtractor)
 
 
 def ingest(engine: RunEngine, ids: list[str]) -> RunSummary:

@@ -125,15 +125,14 @@ class App:
 
         if self.kombo is None:
             raise PipelineError("ingest needs Kombo settings")
-        engine = RunEngine(
+        given, self._extractor = self._extractor, None  # a given extractor serves one run
+        return RunEngine(
             self.kombo,
             self.workspace,
             extract=self._extract or ExtractLimits(),
-            extractor=self._extractor,
+            new_extractor=None if given is None else lambda: given,
             progress=self._progress or no_progress,
         )
-        self._extractor = None  # a given extractor serves one run
-        return engine
 
     # -- runs -----------------------------------------------------------------------------------
 

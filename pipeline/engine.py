@@ -51,7 +51,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 from .config import KomboSettings
 from .database import WATERMARK, FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
@@ -336,12 +336,13 @@ class RunInProgress:
                 done = stage.completed()  # waits outside the transaction
                 with self.store.batch():
                     for kind, value in done:
+                        # Each kind's futures give that kind's result (see _Stages).
                         if kind == "list":
-                            self._record_list(value)
+                            self._record_list(cast(_Listed, value))
                         elif kind == "download":
-                            self._record_download(value)
+                            self._record_download(cast(_Fetched, value))
                         else:
-                            self._record_extraction(value)
+                            self._record_extraction(cast(_Extracted, value))
                 batch.collect(summary)
                 if batch.size >= batch.flush_at:
                     batch.flush()
@@ -533,22 +534,22 @@ class RunEngine:
         workspace: Workspace,
         *,
         extract: ExtractLimits = ExtractLimits(),
-        extractor: Extractor | None = None,
+        new_extractor: Callable[[], Extractor] | None = None,
         progress: Progress = no_progress,
     ) -> None:
         self.kombo = kombo
         self.workspace = workspace
         self.extract = extract
-        # A given extractor serves one run (a run closes its extractor); by default each run
-        # starts its own workers.
-        self._given_extractor = extractor
+        # Each run starts its own extractor (a run closes it at its end): by default worker
+        # processes within the limits.
+        self._new_extractor = new_extractor or self._process_extractor
         self.progress = progress
 
-    def new_extractor(self) -> Extractor:
-        given, self._given_extractor = self._given_extractor, None
-        if given is not None:
-            return given
+    def _process_extractor(self) -> Extractor:
         return ProcessExtractor(timeout=self.extract.timeout, memory_mb=self.extract.memory_mb)
+
+    def new_extractor(self) -> Extractor:
+        return self._new_extractor()
 
     def ingest(
         self, candidate_ids: Iterable[str] = (), application_ids: Iterable[str] = ()
@@ -669,8 +670,8 @@ class _Stages:
     def count(self, kind: str) -> int:
         return self._counts[kind]
 
-    def submit(self, kind: str, fn: object, *args: object) -> None:
-        future = self._pool.submit(fn, *args)  # type: ignore[arg-type]
+    def submit(self, kind: str, fn: Callable[..., object], *args: object) -> None:
+        future: Future[object] = self._pool.submit(fn, *args)
         self.track(kind, future, None)
 
     def track(

@@ -103,11 +103,12 @@ def write_file(
     writer = WRITERS[fmt]
     fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=".export-")
     try:
-        with os.fdopen(
-            fd,
-            "wb" if fmt == "parquet" else "w",
-            **({} if fmt == "parquet" else {"encoding": "utf-8", "newline": ""}),
-        ) as handle:
+        handle: IO[Any] = (
+            os.fdopen(fd, "wb")
+            if fmt == "parquet"
+            else os.fdopen(fd, "w", encoding="utf-8", newline="")
+        )
+        with handle:
             count = writer(records, handle, with_text=with_text)
         os.chmod(tmp, 0o600)
         os.replace(tmp, target)
