@@ -10,10 +10,11 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .app import App
     from .config import DataSettings, KomboSettings, Options, resolve_data, resolve_kombo
+    from .engine import RunSummary
     from .errors import IntegrationError, KomboError, PipelineError, QueryError, UsageError
     from .index import SearchHit, SearchIndex, SearchResults
-    from .runner import Pipeline, RunSummary
     from .states import AttachmentState
 
 # Imported on first use (PEP 562): a process that needs one stage (the download process,
@@ -32,8 +33,8 @@ _EXPORTS = {
     "SearchHit": "index",
     "SearchIndex": "index",
     "SearchResults": "index",
-    "Pipeline": "runner",
-    "RunSummary": "runner",
+    "App": "app",
+    "RunSummary": "engine",
     "AttachmentState": "states",
 }
 
@@ -48,13 +49,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "App",
     "AttachmentState",
     "DataSettings",
     "IntegrationError",
     "KomboError",
     "KomboSettings",
     "Options",
-    "Pipeline",
     "PipelineError",
     "QueryError",
     "RunSummary",

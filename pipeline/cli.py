@@ -1,4 +1,4 @@
-"""The command line: parses, wires, prints. The work is done by the library modules.
+"""The command line: parses, calls :mod:`pipeline.app`, prints. The work is done there.
 
 Errors reach the terminal here and only here, as one line ``pipeline: error: ...``.
 """
@@ -12,16 +12,16 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import __version__
+from .app import App, SearchRequest
 from .config import (
     DEFAULT_CONCURRENCY,
     DataSettings,
@@ -32,12 +32,17 @@ from .config import (
     resolve_kombo,
     validate_candidate_id,
 )
+from .database import ExportSelection
 from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
-from .export import FORMATS, WRITERS, iter_records
-from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ProcessExtractor
-from .index import CandidateHit, SearchHit, SearchResults, group_by_candidate
-from .runner import Pipeline, RunSummary
-from .states import AttachmentState
+from .export import FORMATS, WRITERS, write_file
+from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+from .states import AttachmentState, RunStatus
+
+if TYPE_CHECKING:
+    # The engine (and with it the download and fetch stages) is imported by the commands
+    # that run, only: a read-only command never needs it.
+    from .engine import RunSummary
+    from .index import CandidateHit, SearchHit, SearchResults
 
 log = logging.getLogger("pipeline")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -267,11 +272,10 @@ class _Progress:
             bar.close()
 
 
-def _run_with_progress(pipeline: Pipeline, work: Callable[[], RunSummary]) -> RunSummary:
+def _run_with_progress(work: Callable[[_Progress], RunSummary]) -> RunSummary:
     progress = _Progress()
-    pipeline.progress = progress
     try:
-        return work()
+        return work(progress)
     finally:
         progress.close()
 
@@ -280,7 +284,7 @@ def _finish(summary: RunSummary) -> int:
     if summary.fatal is not None:
         click.echo(f"pipeline: error: {summary.fatal.message}", err=True)
     click.echo(summary.line())
-    if summary.status == "interrupted":
+    if summary.status == RunStatus.INTERRUPTED:
         # Everything finished is committed; calls still in flight on worker threads would
         # hold the interpreter until their timeouts, so leave now.
         sys.stdout.flush()
@@ -346,11 +350,16 @@ def ingest(
             "no candidate ids: give them as arguments, with --ids-file or --application"
         )
     settings = _kombo(kombo)
-    extractor = ProcessExtractor(timeout=extract_timeout, memory_mb=extract_memory_mb)
-    with Pipeline(settings, _data(data_dir, database_url), extractor=extractor) as pipeline:
-        return _finish(
-            _run_with_progress(pipeline, lambda: pipeline.ingest(ids, application_ids=applications))
-        )
+    data = _data(data_dir, database_url)
+    from .engine import ExtractLimits
+
+    limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
+
+    def run(progress: _Progress) -> RunSummary:
+        with App(data, settings, extract=limits, progress=progress) as app:
+            return app.ingest(ids, application_ids=applications)
+
+    return _finish(_run_with_progress(run))
 
 
 @cli.command()
@@ -382,14 +391,16 @@ def nightly(
     """
     given = _collect_ids((), ids_file) if ids_file is not None else None
     settings = _kombo(kombo)
-    extractor = ProcessExtractor(timeout=extract_timeout, memory_mb=extract_memory_mb)
-    with Pipeline(settings, _data(data_dir, database_url), extractor=extractor) as pipeline:
-        return _finish(
-            _run_with_progress(
-                pipeline,
-                lambda: pipeline.nightly(full=full, candidate_ids=given, wait_for_lock=wait),
-            )
-        )
+    data = _data(data_dir, database_url)
+    from .engine import ExtractLimits
+
+    limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
+
+    def run(progress: _Progress) -> RunSummary:
+        with App(data, settings, extract=limits, progress=progress) as app:
+            return app.nightly(full=full, candidate_ids=given, wait_for_lock=wait)
+
+    return _finish(_run_with_progress(run))
 
 
 @cli.command()
@@ -411,8 +422,8 @@ def forget(
     ids = _collect_ids(candidate_ids, ids_file)
     if not ids:
         raise UsageError("no candidate ids: give them as arguments or with --ids-file")
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        erased = pipeline.forget(ids)
+    with App(_data(data_dir, database_url)) as app:
+        erased = app.forget(ids)
     click.echo(
         f"forget succeeded: {erased} of {len(ids)} candidates erased "
         f"({len(ids) - erased} were not on record)"
@@ -430,8 +441,8 @@ def forget(
 @data_options
 def purge(not_seen_days: int, data_dir: str | None, database_url: str | None) -> int:
     """Erase candidates that Kombo has not returned for N days (as forget does)."""
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        erased = pipeline.purge(not_seen_days=not_seen_days)
+    with App(_data(data_dir, database_url)) as app:
+        erased = app.purge(not_seen_days=not_seen_days)
     click.echo(f"purge succeeded: {erased} candidates not seen for {not_seen_days} days erased")
     return 0
 
@@ -448,13 +459,10 @@ def purge(not_seen_days: int, data_dir: str | None, database_url: str | None) ->
 @data_options
 def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | None) -> int:
     """The last runs and the number of attachments in each state."""
-    from .runner import WATERMARK
-
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        runs = pipeline.store.recent_runs(limit)
-        counts = pipeline.store.counts_by_status()
-        watermark = pipeline.store.get_setting(WATERMARK)
-        erasures = len(pipeline.store.erasures(1_000_000))
+    with App(_data(data_dir, database_url)) as app:
+        report = app.status(limit=limit)
+    runs, counts = report.runs, report.attachments
+    watermark, erasures = report.nightly_watermark, report.erasures
     if as_json:
         payload = {
             "attachments": counts,
@@ -495,8 +503,8 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
 @data_options
 def check(data_dir: str | None, database_url: str | None) -> int:
     """Compare database, index and file store; report drift (exit 1). `reindex` repairs it."""
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        drift = pipeline.check()
+    with App(_data(data_dir, database_url)) as app:
+        drift = app.check()
     found = sum(len(v) for v in drift.values())
     for what, items in drift.items():
         if items:
@@ -556,32 +564,27 @@ def search(
     matter, words are matched by their stem in English, German, French and Spanish, and a
     query that finds nothing is spelled again from the index's words ("did you mean").
     """
-    since_utc = since.replace(tzinfo=UTC) if since else None
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        # Grouping needs more files than people shown.
-        wanted = (offset + limit) * 5 if by_candidate else limit
-        results = pipeline.index.search(
-            query,
-            texts=pipeline.store.texts_for,
-            type=type_,
-            candidate_id=candidate,
-            language=language,
-            since=since_utc,
-            limit=min(wanted, 5000),
-            offset=0 if by_candidate else offset,
-        )
+    request = SearchRequest(
+        query,
+        type=type_,
+        candidate_id=candidate,
+        language=language,
+        since=since.replace(tzinfo=UTC) if since else None,
+        limit=limit,
+        offset=offset,
+    )
     if by_candidate:
-        people = group_by_candidate(results.hits)
+        with App(_data(data_dir, database_url)) as app:
+            page = app.search_by_candidate(request)
         if as_json:
             click.echo(
-                json.dumps(
-                    _people_json(results, people[offset : offset + limit], len(people)),
-                    ensure_ascii=False,
-                )
+                json.dumps(_people_json(page.results, page.people, page.total), ensure_ascii=False)
             )
         else:
-            _print_people(results, people[offset : offset + limit], len(people))
+            _print_people(page.results, page.people, page.total)
         return 0
+    with App(_data(data_dir, database_url)) as app:
+        results = app.search(request)
     if as_json:
         click.echo(json.dumps(_results_json(results), ensure_ascii=False))
     else:
@@ -604,10 +607,8 @@ def similar(
     database_url: str | None,
 ) -> int:
     """Documents of other candidates most like this one (more CVs like this CV)."""
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        results = pipeline.index.similar(
-            attachment_id, texts=pipeline.store.texts_for, type=type_, limit=limit
-        )
+    with App(_data(data_dir, database_url)) as app:
+        results = app.similar(attachment_id, type=type_, limit=limit)
     if as_json:
         click.echo(json.dumps(_results_json(results), ensure_ascii=False))
     else:
@@ -745,36 +746,19 @@ def export(
     """
     if fmt == "parquet" and output is None:
         raise UsageError("--format parquet writes a file: give --output PATH")
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        records = _Progress().wrap(
-            iter_records(
-                pipeline.store,
-                type=type_,
-                status=status,
-                candidate_id=candidate,
-                since=since.replace(tzinfo=UTC) if since else None,
-                with_text=not no_text,
-            ),
-            "records",
-        )
-        writer = WRITERS[fmt]
+    selection = ExportSelection(
+        type=type_,
+        status=status,
+        candidate_id=candidate,
+        since=since.replace(tzinfo=UTC) if since else None,
+        with_text=not no_text,
+    )
+    with App(_data(data_dir, database_url)) as app:
+        records = _Progress().wrap(app.export_records(selection), "records")
         if output is None:
-            count = writer(records, sys.stdout, with_text=not no_text)
+            count = WRITERS[fmt](records, sys.stdout, with_text=not no_text)
         else:
-            target = Path(output)
-            fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=".export-")
-            try:
-                with os.fdopen(
-                    fd,
-                    "wb" if fmt == "parquet" else "w",
-                    **({} if fmt == "parquet" else {"encoding": "utf-8", "newline": ""}),
-                ) as handle:
-                    count = writer(records, handle, with_text=not no_text)
-                os.chmod(tmp, 0o600)
-                os.replace(tmp, target)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            count = write_file(fmt, records, Path(output), with_text=not no_text)
     log.info("exported %d records", count)
     return 0
 
@@ -787,13 +771,12 @@ def reindex(data_dir: str | None, database_url: str | None) -> int:
     From 5,000 documents on, a writer process per core (at most two) shares the work; if one
     fails, the rebuild exits 1 and says to run it again.
     """
-    with Pipeline(None, _data(data_dir, database_url)) as pipeline:
-        progress = _Progress()
-        pipeline.progress = progress
-        try:
-            count = pipeline.reindex()
-        finally:
-            progress.close()
+    progress = _Progress()
+    try:
+        with App(_data(data_dir, database_url), progress=progress) as app:
+            count = app.reindex()
+    finally:
+        progress.close()
     click.echo(f"reindex succeeded: {count} documents indexed")
     return 0
 
@@ -886,7 +869,6 @@ def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | N
 
     Needs no account and no network: the sandbox runs in this process on 127.0.0.1.
     """
-    from .fetch import KomboClient
     from .sandbox.server import SandboxServer
 
     base = Path(data_dir) if data_dir else resolve_data(Options()).data_dir / "demo"
@@ -903,17 +885,11 @@ def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | N
             env={},
         )
         click.echo(f"sandbox: {candidates} candidates at {server.base_url}")
-        with KomboClient(settings) as client:
-            ids = [
-                c.id for page in client.candidate_pages() for c in page.candidates if not c.deleted
-            ]
-        with Pipeline(settings, data) as pipeline:
-            summary = pipeline.ingest(ids)
+        with App(data, settings) as app:
+            summary = app.ingest(app.candidate_ids_at_kombo())
             for query in queries or DEMO_QUERIES:
                 click.echo("")
-                _print_results(
-                    pipeline.index.search(query, texts=pipeline.store.texts_for, limit=3)
-                )
+                _print_results(app.search(SearchRequest(query, limit=3)))
     click.echo("")
     click.echo(
         f"data in {base}; try: PIPELINE_DATA_DIR={base} python -m pipeline search "

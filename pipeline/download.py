@@ -29,8 +29,8 @@ import httpx
 from . import __version__, child
 from .config import KomboSettings, Secret
 from .errors import DownloadError, LinkExpiredError, TooLargeError
+from .filestore import LocalFileStore
 from .retry import async_retrying
-from .storage import LocalFileStore
 
 log = logging.getLogger(__name__)
 

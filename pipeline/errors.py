@@ -13,10 +13,18 @@
     │   ├── LinkExpiredError         403/404/410 on ``data_url``: ask Kombo for a fresh link
     │   └── TooLargeError            the body passed the size cap (state ``too_large``)
     ├── ExtractionError              a parser could not read a file (state ``failed``)
-    │   └── EncryptedDocumentError   needs a password we do not have (state ``encrypted``)
+    │   ├── EncryptedDocumentError   needs a password we do not have (state ``encrypted``)
+    │   └── UnavailableError         no converter here reads it (.doc without antiword):
+    │                                ``unsupported``, not broken
     ├── QueryError                   a search query the parser cannot read (exit 2)
     ├── IndexBuildError              a rebuilt index does not hold every document (exit 1)
     └── LockedError                  another run holds the writer lock
+
+Transient or terminal is said one way: the ``transient`` attribute (a class attribute, or
+for the errors whose answer decides it, a property or the instance's own), read through
+:func:`is_transient` by the retry policy and by the run engine. Every class pickles as
+itself with its fields (:meth:`PipelineError.__reduce__`), so an error crosses a process
+boundary as the exception, not as a hand-built tuple.
 
 Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
 stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``index``.
@@ -24,6 +32,8 @@ Messages never contain the API key: only ids, codes and Kombo's own texts.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 # Kombo's guide: only these codes are safe to retry.
 RETRYABLE_CODES = frozenset(
@@ -64,6 +74,22 @@ class PipelineError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # BaseException's own pickling calls ``cls(*args)``, which the classes with
+        # keyword-only fields (KomboError's code, DownloadError's transient) do not accept:
+        # rebuild without __init__ and restore every attribute instead (as dlt's
+        # DltException does).
+        return (_restore, (type(self), self.args), self.__dict__.copy())
+
+
+def _restore(cls: type[PipelineError], args: tuple[Any, ...]) -> PipelineError:
+    return cls.__new__(cls, *args)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether trying the same call again may help: only errors of ours say so."""
+    return isinstance(exc, PipelineError) and exc.transient
 
 
 class UsageError(PipelineError):
@@ -147,6 +173,10 @@ class ExtractionError(PipelineError):
 
 class EncryptedDocumentError(ExtractionError):
     pass
+
+
+class UnavailableError(ExtractionError):
+    """The converter is not installed: the file is unsupported here, not broken."""
 
 
 class QueryError(PipelineError):

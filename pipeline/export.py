@@ -1,53 +1,27 @@
-"""Export: attachment records as JSON lines or CSV, streamed with constant memory.
+"""Export's output formats: attachment records as JSON lines, CSV or Parquet, written as they
+stream, with constant memory.
 
 Each record has the fields of INTERFACE.md's export record (``schemas/export_record.schema.json``)
-and validates against that schema. Rows come from the database in batches (``yield_per``)
-and are written as they come, so the size of the export does not matter.
+and validates against that schema. The rows come from the database in batches
+(:meth:`pipeline.database.Store.export_records`, the one place export's SQL lives), so the
+size of the export does not matter.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import IO, Any
 
-from sqlalchemy import select
-
+from .database import EXPORT_COLUMNS, ExportSelection, Store
 from .errors import UsageError
-from .store import Attachment, ExtractedText, Store
 
-COLUMNS = (
-    "integration_id",
-    "attachment_id",
-    "candidate_id",
-    "application_id",
-    "type",
-    "remote_id",
-    "file_name",
-    "content_type",
-    "detected_type",
-    "remote_created_at",
-    "remote_updated_at",
-    "sha256",
-    "size_bytes",
-    "status",
-    "error",
-    "parser",
-    "page_count",
-    "parser_version",
-    "char_count",
-    "language",
-    "text",
-    "fetched_at",
-    "extracted_at",
-    "indexed_at",
-)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+COLUMNS = EXPORT_COLUMNS
 
 
 def iter_records(
@@ -59,47 +33,13 @@ def iter_records(
     since: datetime | None = None,
     with_text: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """Records in a stable order (candidate, then attachment id), streamed from the database.
-
-    Plain Core rows, not ORM objects, fetched in batches: memory does not grow with the
-    number of records.
-    """
-    a, t = Attachment.__table__, ExtractedText.__table__
-    columns = [a.c[name] for name in _ATTACHMENT_COLUMNS]
-    if with_text:
-        columns.append(t.c.text)
-    query = select(*columns)
-    if with_text:
-        query = query.select_from(a.outerjoin(t, t.c.sha256 == a.c.sha256))
-    if type:
-        query = query.where(a.c.type == type)
-    if status and status != "all":
-        query = query.where(a.c.status == status)
-    if candidate_id:
-        query = query.where(a.c.candidate_id == candidate_id)
-    if since is not None:
-        query = query.where(a.c.remote_updated_at >= since)
-    query = query.order_by(a.c.candidate_id, a.c.id)
-    with store.engine.connect() as conn:
-        result = conn.execution_options(yield_per=500).execute(query)
-        for row in result:
-            values = row._mapping
-            record: dict[str, Any] = {
-                "integration_id": values["integration_id"],
-                "attachment_id": values["id"],
-            }
-            for name in _ATTACHMENT_COLUMNS[2:]:
-                value = values[name]
-                record[name] = _iso(value) if isinstance(value, datetime) else value
-            if with_text:
-                # Text is kept only for attachments whose state has text to give.
-                has_text = values["status"] in ("indexed", "pending")
-                record["text"] = values["text"] if has_text else None
-            yield record
-
-
-# The attachments table's columns, in the record's order (the text comes from its own table).
-_ATTACHMENT_COLUMNS = tuple("id" if c == "attachment_id" else c for c in COLUMNS if c != "text")
+    """Records in a stable order (candidate, then attachment id), streamed from the database
+    (the query is :meth:`~pipeline.database.Store.export_records`)."""
+    return store.export_records(
+        ExportSelection(
+            type=type, status=status, candidate_id=candidate_id, since=since, with_text=with_text
+        )
+    )
 
 
 def write_jsonl(records: Iterator[dict[str, Any]], out: IO[str], *, with_text: bool = True) -> int:
@@ -153,3 +93,26 @@ WRITERS: dict[str, Callable[..., int]] = {
     "csv": write_csv,
     "parquet": write_parquet,
 }
+
+
+def write_file(
+    fmt: str, records: Iterator[dict[str, Any]], target: Path, *, with_text: bool
+) -> int:
+    """Write ``records`` in ``fmt`` to ``target`` atomically: a reader sees the old file or
+    the whole new one, never a part, and the file is the owner's alone (0600)."""
+    writer = WRITERS[fmt]
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=".export-")
+    try:
+        handle: IO[Any] = (
+            os.fdopen(fd, "wb")
+            if fmt == "parquet"
+            else os.fdopen(fd, "w", encoding="utf-8", newline="")
+        )
+        with handle:
+            count = writer(records, handle, with_text=with_text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count

@@ -17,7 +17,7 @@ from tenacity import (
 )
 
 from .config import KomboSettings
-from .errors import PipelineError
+from .errors import is_transient
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ class _Wait:
         return min(delay, self._cap)
 
 
-def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, PipelineError) and exc.transient
-
-
 def _log_retry(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     log.info("retrying after: %s (attempt %d)", exc, state.attempt_number)
@@ -50,7 +46,7 @@ def _log_retry(state: RetryCallState) -> None:
 
 def _policy(settings: KomboSettings) -> dict[str, Any]:
     return {
-        "retry": retry_if_exception(_is_transient),
+        "retry": retry_if_exception(is_transient),
         "wait": _Wait(settings.retry_base_delay, settings.retry_max_delay),
         "stop": stop_after_attempt(settings.max_attempts) | stop_after_delay(settings.retry_budget),
         "reraise": True,

@@ -1,4 +1,4 @@
-"""The closed set of states an attachment ends in (INTERFACE.md), stored as text."""
+"""Closed sets of states, stored as text: an attachment's (INTERFACE.md) and a run's."""
 
 from __future__ import annotations
 
@@ -29,3 +29,18 @@ FINAL_STATES = frozenset(
         AttachmentState.DELETED,
     }
 )
+
+
+class RunStatus(StrEnum):
+    """What became of a run (the runs table's ``status`` column)."""
+
+    RUNNING = "running"  # begun; a run that dies leaves this, and the next marks it killed
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # finished, but some candidates or attachments failed (exit 1)
+    ABORTED = "aborted"  # stopped by an error of the whole integration (exit 2)
+    INTERRUPTED = "interrupted"  # Ctrl-C: what finished is committed (exit 130)
+    KILLED = "killed"  # its process died while it ran
+
+
+# Runs that went through every target: the nightly watermark may move past them.
+COMPLETED_RUNS = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})

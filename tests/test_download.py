@@ -12,8 +12,8 @@ from pipeline.config import KomboSettings
 from pipeline.download import Downloader, DownloadProcess
 from pipeline.errors import DownloadError, LinkExpiredError, TooLargeError
 from pipeline.fetch import KomboClient, RemoteAttachment
+from pipeline.filestore import LocalFileStore
 from pipeline.sandbox.server import SandboxServer
-from pipeline.storage import LocalFileStore
 
 
 def _cv(sandbox: SandboxServer, settings: KomboSettings, kind: str = "pdf") -> RemoteAttachment:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.database import Attachment, Candidate, ExtractedText, Store
 from pipeline.sandbox.server import SandboxServer
 from pipeline.schemas import validator
-from pipeline.store import Attachment, Candidate, ExtractedText, Store
 
 
 def test_export_since_and_candidate_filters(cli, sandbox: SandboxServer) -> None:  # type: ignore[no-untyped-def]
@@ -87,7 +87,7 @@ def _fill(store: Store, count: int) -> None:
 _PEAK = """
 import sys
 from pipeline.export import iter_records, write_jsonl
-from pipeline.store import Store
+from pipeline.database import Store
 store = Store(sys.argv[1])
 with open("/dev/null", "w") as sink:
     count = write_jsonl(iter_records(store, status="all"), sink)

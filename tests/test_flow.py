@@ -10,10 +10,10 @@ from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
+from pipeline.app import App
 from pipeline.config import DataSettings, KomboSettings
 from pipeline.extract import Extraction
 from pipeline.extract.pool import ProcessExtractor
-from pipeline.runner import Pipeline
 from pipeline.sandbox.server import SandboxServer
 
 
@@ -83,7 +83,7 @@ def test_downloads_go_on_while_extraction_is_far_behind(  # type: ignore[no-unty
     extractor = _HeldExtractor(sandbox, files, patience=15)
     ids = [c.id for c in sandbox.world.ordered()]
     narrow = replace(settings, concurrency=2, download_concurrency=2)
-    with Pipeline(narrow, data, extractor=extractor) as run:
+    with App(data, narrow, extractor=extractor) as run:
         summary = run.ingest(ids)
     assert extractor.all_downloaded_first, "downloads stalled behind the held extractions"
     assert summary.exit_code == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import olefile
 
-from ..errors import EncryptedDocumentError, ExtractionError
+from ..errors import EncryptedDocumentError, ExtractionError, UnavailableError
 from .detect import DOC
 from .registry import Parsed, register
 
@@ -32,10 +32,6 @@ def doc_is_encrypted(path: Path) -> bool:
         return False
     (flags,) = struct.unpack_from("<H", fib, 10)
     return bool(flags & 0x0100)  # fEncrypted
-
-
-class UnavailableError(ExtractionError):
-    """The converter is not installed: the file is unsupported here, not broken."""
 
 
 class DocParser:

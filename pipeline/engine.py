@@ -1,4 +1,5 @@
-"""A run: fetch -> download -> extract -> index, as bounded stages that overlap.
+"""The run engine: one run, fetch -> download -> extract -> index, as bounded stages that
+overlap. The commands reach it through :mod:`pipeline.app`.
 
 Where each stage runs, and why:
 - listings on threads (the waits are the ATS's; the client is thread-safe and pools
@@ -12,9 +13,17 @@ Where each stage runs, and why:
   order from the main thread, so that a commit never holds the run loop still.
 The stage modules stay plain functions and classes that can be tested alone.
 
-Order of a run:
-1. take the writer lock, sweep temporary files, mark runs that died as ``killed``, and index
-   any text a killed run extracted but did not index;
+The objects:
+- :class:`Workspace`: one data directory's database, file store and index, and the work on
+  them that is not a run (recovery, garbage collection, erasure, rebuild);
+- :class:`RunEngine`: what every run with one Kombo integration shares (settings, workspace,
+  how to make an extractor, a progress hook); long-lived, it keeps nothing of any run;
+- :class:`RunInProgress`: one run's state (its summary, client, download process,
+  extractor, stages and index batch), made by the engine for that run and dropped after.
+
+Order of a run (the caller holds the writer lock):
+1. sweep temporary files, mark runs that died as ``killed``, and index any text a killed run
+   extracted but did not index;
 2. for each target (the given candidates or applications, plus candidates whose work is
    unfinished or failed): list its attachments, record every one, mark those gone from Kombo
    ``deleted``;
@@ -41,9 +50,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal, cast
 
-from .config import DataSettings, KomboSettings
+from .config import KomboSettings
+from .database import WATERMARK, FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
 from .download import Downloaded, DownloadProcess
 from .errors import (
     DownloadError,
@@ -53,27 +64,23 @@ from .errors import (
     TooLargeError,
 )
 from .extract import Extraction
-from .extract.pool import Extractor, ProcessExtractor
+from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Extractor, ProcessExtractor
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
+from .filestore import LocalFileStore
 from .index import IndexWriterProcess, SearchIndex
 from .lock import WriterLock
-from .states import FINAL_STATES, AttachmentState
-from .storage import LocalFileStore
-from .store import (
-    IndexDoc,
-    KnownAttachment,
-    Store,
-    candidate_of_application,
-    drop_texts_except,
-    live_hashes,
-    prior_extraction,
-    utcnow,
-)
+from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
 
 log = logging.getLogger(__name__)
 
 INDEX_BATCH = 500
-WATERMARK = "nightly_watermark"
+
+# progress(what, done, total): a front end's hook; total is given once, when known.
+Progress = Callable[[str, int, int | None], None]
+
+
+def no_progress(what: str, done: int, total: int | None) -> None:
+    """The progress hook of a caller that shows none."""
 
 
 def _parse_stamp(value: str | None) -> datetime | None:
@@ -92,7 +99,7 @@ class RunSummary:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
-    status: str = "running"
+    status: RunStatus = RunStatus.RUNNING
     fatal: IntegrationError | None = None
     erased: int = 0
     listed: list[str] = field(default_factory=list)
@@ -107,7 +114,7 @@ class RunSummary:
     def exit_code(self) -> int:
         if self.fatal is not None:
             return 2
-        if self.status == "interrupted":
+        if self.status == RunStatus.INTERRUPTED:
             return 130
         if (
             self.candidate_errors
@@ -126,6 +133,10 @@ class RunSummary:
             "erased": self.erased,
             **{str(k): v for k, v in sorted(self.outcomes.items())},
         }
+
+    def finished(self) -> FinishedRun:
+        """What the run's row keeps."""
+        return FinishedRun(self.status, self.counts(), self.errors, self.warnings, self.line())
 
     def line(self) -> str:
         done = sum(self.outcomes.values())
@@ -155,6 +166,14 @@ class Target:
 
 
 @dataclass(frozen=True)
+class ExtractLimits:
+    """What one parsing worker may take (the ``--extract-*`` flags)."""
+
+    timeout: float = DEFAULT_TIMEOUT
+    memory_mb: int = DEFAULT_MEMORY_MB
+
+
+@dataclass(frozen=True)
 class _Listed:
     target: Target
     listing: AttachmentList | None = None
@@ -180,217 +199,31 @@ class _Extracted:
 def _needs_work(
     item: RemoteAttachment, known: KnownAttachment | None, files: LocalFileStore
 ) -> bool:
-    if known is None or known.status not in FINAL_STATES:
-        return True
-    if known.status == AttachmentState.DELETED:
-        return True
-    if (
-        known.remote_updated_at != item.remote_updated_at
-        or known.content_type != item.content_type
-        or known.file_name != item.file_name
-    ):
+    if known is None or known.status not in FINAL_STATES or known.changed_at_kombo(item):
         return True
     # Unchanged at Kombo: download again only if our copy of the file is gone or torn.
     return known.sha256 is None or not files.exists(known.sha256, known.size_bytes)
 
 
-class Pipeline:
-    """Everything a run needs, opened once; use as a context manager."""
+# -- the data directory ------------------------------------------------------------------------
 
-    def __init__(
-        self,
-        kombo: KomboSettings | None,
-        data: DataSettings,
-        *,
-        extractor: Extractor | None = None,
-    ) -> None:
-        self.kombo = kombo
-        self.data = data
-        data.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.store = Store(data.database_url)
-        self.store.create()
-        self.files = LocalFileStore(data.files_dir)
-        self.index = SearchIndex(data.index_dir)
-        self._extractor = extractor
-        # Stop after the download stage (the fetch/download benchmark measures just that).
-        self.extract_enabled = True
-        # progress(what, done, total): a front end's hook; total is given once, when known.
-        self.progress: Callable[[str, int, int | None], None] = lambda what, n, total: None
 
-    def close(self) -> None:
-        self.store.close()
+@dataclass
+class Workspace:
+    """One data directory: its database, file store and search index, and the writing work
+    on them that is not a run (recovery, garbage collection, erasure, rebuild), for whoever
+    holds the writer lock (:meth:`lock`)."""
 
-    def __enter__(self) -> Pipeline:
-        return self
+    directory: Path
+    store: Store
+    files: LocalFileStore
+    index: SearchIndex
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def lock(self, *, wait: bool = False, timeout: float | None = None) -> WriterLock:
+        return WriterLock(self.directory, wait=wait, timeout=timeout)
 
-    # -- entry points ------------------------------------------------------------------------
-
-    def ingest(
-        self,
-        candidate_ids: Iterable[str] = (),
-        *,
-        application_ids: Iterable[str] = (),
-        kind: str = "ingest",
-        wait_for_lock: bool = False,
-    ) -> RunSummary:
-        with WriterLock(self.data.data_dir, wait=wait_for_lock):
-            return self._ingest(list(candidate_ids), list(application_ids), kind)
-
-    def _ingest(
-        self,
-        candidate_ids: list[str],
-        application_ids: list[str],
-        kind: str,
-        *,
-        before: Callable[[RunSummary], None] | None = None,
-    ) -> RunSummary:
-        """A run, with the writer lock already held; ``before`` does a step's own first work
-        (the nightly listing) inside the run's record."""
-        if self.kombo is None:
-            raise PipelineError("ingest needs Kombo settings")
-        summary = RunSummary(kind=kind)
-        started = time.monotonic()
-        self._recover()
-        summary.run_id = self.store.begin_run(kind)
-        try:
-            if before is not None:
-                before(summary)
-                candidate_ids = candidate_ids + summary.listed
-            targets = self._targets(candidate_ids, application_ids, summary)
-            self._run(targets, summary)
-            summary.status = "failed" if summary.exit_code else "succeeded"
-        except IntegrationError as exc:
-            summary.fatal = exc
-            summary.status = "aborted"
-            summary.errors.append(exc.message)
-        except KeyboardInterrupt:
-            summary.status = "interrupted"
-        finally:
-            summary.seconds = time.monotonic() - started
-            self.store.finish_run(
-                summary.run_id,
-                status=summary.status,
-                counts=summary.counts(),
-                errors=summary.errors,
-                warnings=summary.warnings,
-                summary=summary.line(),
-            )
-        if summary.status != "interrupted":
-            self._collect_garbage()
-        return summary
-
-    # -- nightly and erasure -------------------------------------------------------------------
-
-    def nightly(
-        self,
-        *,
-        full: bool = False,
-        candidate_ids: Iterable[str] | None = None,
-        wait_for_lock: bool = False,
-    ) -> RunSummary:
-        """Ingest what changed at Kombo since the last successful nightly run, erase what
-        Kombo deleted. ``candidate_ids`` runs over a given list instead of asking Kombo."""
-        with WriterLock(self.data.data_dir, wait=wait_for_lock):
-            started_at = utcnow()
-            given = list(candidate_ids) if candidate_ids is not None else None
-            watermark = None if full else _parse_stamp(self.store.get_setting(WATERMARK))
-
-            def list_changes(summary: RunSummary) -> None:
-                if given is not None:
-                    return
-                assert self.kombo is not None
-                client = KomboClient(self.kombo)
-                try:
-                    for page in client.candidate_pages(
-                        updated_after=watermark, include_deleted=True
-                    ):
-                        summary.warnings.extend(f"candidate list: {w}" for w in page.warnings)
-                        for candidate in page.candidates:
-                            if candidate.deleted:
-                                if self._erase([candidate.id], "deleted at Kombo"):
-                                    summary.erased += 1
-                            else:
-                                self.store.candidate_listed(
-                                    candidate.id, self.kombo.integration_id, candidate.title
-                                )
-                                summary.listed.append(candidate.id)
-                finally:
-                    client.close()
-
-            summary = self._ingest(given or [], [], "nightly", before=list_changes)
-            # Every candidate listed and ingested (attachment failures are retried by later
-            # runs on their own): the next nightly run asks only for what changed after this
-            # run began. An aborted, interrupted or partly listed run leaves the mark alone.
-            if (
-                given is None
-                and summary.status in ("succeeded", "failed")
-                and not summary.candidate_errors
-            ):
-                self.store.set_setting(WATERMARK, started_at.isoformat())
-            return summary
-
-    def forget(self, candidate_ids: Iterable[str], *, reason: str = "forget") -> int:
-        """Erase candidates completely: rows, text, index documents and files."""
-        with WriterLock(self.data.data_dir, wait=True, timeout=600):
-            return self._erase(list(candidate_ids), reason)
-
-    def purge(self, *, not_seen_days: int) -> int:
-        """Erase candidates Kombo has not returned for ``not_seen_days`` days."""
-        cutoff = utcnow() - timedelta(days=not_seen_days)
-        with WriterLock(self.data.data_dir, wait=True, timeout=600):
-            stale = self.store.candidates_not_seen_since(cutoff)
-            return self._erase(stale, f"not seen for {not_seen_days} days")
-
-    def _erase(self, candidate_ids: list[str], reason: str) -> int:
-        erased: list[str] = []
-        attachment_ids: list[str] = []
-        for candidate_id in dict.fromkeys(candidate_ids):
-            ids = self.store.erase_candidate(candidate_id, reason)
-            if ids is not None:
-                erased.append(candidate_id)
-                attachment_ids += ids
-        if erased:
-            # Merge the index so that no segment keeps the erased documents' terms.
-            self.index.write(deletions=attachment_ids, purge=True)
-            self._collect_garbage()
-            self.store.compact()
-            log.info("erased %d candidates (%s)", len(erased), reason)
-        return len(erased)
-
-    def check(self) -> dict[str, list[str]]:
-        """Drift between the database, the index and the file store (empty lists: none)."""
-        expected = {doc.attachment_id for doc in self.store.index_docs(only_pending=False)}
-        indexed = self.index.attachment_ids()
-        live = live_hashes(self.store)
-        stored = set(self.files.hashes())
-        return {
-            "missing from the index": sorted(expected - indexed),
-            "in the index but not in the database": sorted(indexed - expected),
-            "files missing from the store": sorted(live - stored),
-            "stored files nothing refers to": sorted(stored - live),
-        }
-
-    def reindex(self) -> int:
-        """Rebuild the index from the database; pending texts become indexed."""
-
-        def counted(docs: Iterable[IndexDoc]) -> Iterable[IndexDoc]:
-            for doc in docs:
-                self.progress("documents", 1, None)
-                yield doc
-
-        with WriterLock(self.data.data_dir):
-            self.progress("documents", 0, None)
-            count = self.index.rebuild(counted(self.store.index_docs(only_pending=False)))
-            self.store.mark_indexed(list(self.store.attachment_ids([AttachmentState.PENDING])))
-            self._collect_garbage()
-            return count
-
-    # -- before and after --------------------------------------------------------------------
-
-    def _recover(self) -> None:
+    def recover(self) -> None:
+        """Clean up after a run that died: temporary files, its run row, unindexed text."""
         swept = self.files.sweep_temporary()
         killed = self.store.close_abandoned_runs()
         if swept or killed:
@@ -408,43 +241,75 @@ class Pipeline:
                 batch.reconcile(candidate_id, sha256)
             batch.flush()
 
-    def _collect_garbage(self) -> None:
-        keep = live_hashes(self.store)
+    def collect_garbage(self) -> None:
+        keep = self.store.live_hashes()
         removed = sum(self.files.delete(h) for h in list(self.files.hashes()) if h not in keep)
-        texts = drop_texts_except(self.store, keep)
+        texts = self.store.drop_texts_except(keep)
         if removed or texts:
             log.info("removed %d stored files and %d texts nothing refers to", removed, texts)
 
-    def _targets(
-        self, candidate_ids: list[str], application_ids: list[str], summary: RunSummary
-    ) -> list[Target]:
-        targets = [Target("candidate", c) for c in dict.fromkeys(candidate_ids)]
-        for application_id in dict.fromkeys(application_ids):
-            owner = candidate_of_application(self.store, application_id)
-            targets.append(Target("application", application_id, owner))
-        given = set(candidate_ids)
-        retry = [cid for _, cid in self.store.unfinished()] + self.store.failed_candidates()
-        extra = [cid for cid in dict.fromkeys(retry) if cid not in given]
-        if extra:
-            log.info("also retrying %d candidates with unfinished or failed work", len(extra))
-        targets += [Target("candidate", c) for c in extra]
-        summary.candidates = len({t.candidate_id or t.id for t in targets})
-        self.progress("candidates", 0, len(targets))
-        return targets
+    def erase(self, candidate_ids: Iterable[str], reason: str) -> int:
+        """Erase candidates completely: rows, text, index documents and files."""
+        erased: list[str] = []
+        attachment_ids: list[str] = []
+        for candidate_id in dict.fromkeys(candidate_ids):
+            ids = self.store.erase_candidate(candidate_id, reason)
+            if ids is not None:
+                erased.append(candidate_id)
+                attachment_ids += ids
+        if erased:
+            # Merge the index so that no segment keeps the erased documents' terms.
+            self.index.write(deletions=attachment_ids, purge=True)
+            self.collect_garbage()
+            self.store.compact()
+            log.info("erased %d candidates (%s)", len(erased), reason)
+        return len(erased)
 
-    # -- the run -----------------------------------------------------------------------------
+    def erase_not_seen(self, days: int, *, now: datetime) -> int:
+        """Erase candidates Kombo had not returned for ``days`` days at ``now``."""
+        stale = self.store.candidates_not_seen_since(now - timedelta(days=days))
+        return self.erase(stale, f"not seen for {days} days")
 
-    def _run(self, targets: list[Target], summary: RunSummary) -> None:
-        assert self.kombo is not None
-        client = KomboClient(self.kombo)
-        downloader = DownloadProcess(self.kombo, self.files)
-        extractor = self._extractor or ProcessExtractor()
-        fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
-        batch = _IndexBatch(self.index, self.store, writer_process=self.extract_enabled)
-        stage = _Stages(fetch_pool)
-        self._hashes = self.store.known_hashes()
+    def reindex(self, progress: Progress = no_progress) -> int:
+        """Rebuild the index from the database; pending texts become indexed."""
+
+        def counted(docs: Iterable[IndexDoc]) -> Iterable[IndexDoc]:
+            for doc in docs:
+                progress("documents", 1, None)
+                yield doc
+
+        progress("documents", 0, None)
+        count = self.index.rebuild(counted(self.store.index_docs(only_pending=False)))
+        self.store.mark_indexed(list(self.store.attachment_ids([AttachmentState.PENDING])))
+        self.collect_garbage()
+        return count
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+class RunInProgress:
+    """One run's state, from its first listing to its last index commit: made for the run,
+    dropped after it."""
+
+    def __init__(self, engine: RunEngine, summary: RunSummary) -> None:
+        self.kombo = engine.kombo
+        self.store = engine.workspace.store
+        self.files = engine.workspace.files
+        self.progress = engine.progress
+        self.summary = summary
+        self.client = KomboClient(self.kombo)
+        self.downloader = DownloadProcess(self.kombo, self.files)
+        self.extractor = engine.new_extractor()
+        self.fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
+        self.batch = _WriterProcessBatch(engine.workspace.index, self.store)
+        self.stage = _Stages(self.fetch_pool)
+        self.hashes = self.store.known_hashes()
         # sha256 -> attachments waiting for an extraction of the same bytes already under way
-        self._extracting: dict[str, list[tuple[RemoteAttachment, Downloaded]]] = {}
+        self.extracting: dict[str, list[tuple[RemoteAttachment, Downloaded]]] = {}
+
+    def execute(self, targets: list[Target]) -> None:
+        stage, batch, summary = self.stage, self.batch, self.summary
         interrupted = False
         try:
             # Each stage has a window of its own, so that one stage's backlog does not starve
@@ -452,7 +317,7 @@ class Pipeline:
             # extraction queue (files on disk, a few hundred bytes of memory each) absorbs the
             # second the workers take to start, and any spell of large files.
             download_window = 4 * self.kombo.download_concurrency
-            extract_window = max(_EXTRACT_WINDOW, 16 * extractor.workers)
+            extract_window = max(_EXTRACT_WINDOW, 16 * self.extractor.workers)
             pending = iter(targets)
             while True:
                 # Start listings while the later stages have room: memory stays flat.
@@ -464,23 +329,20 @@ class Pipeline:
                     target = next(pending, None)
                     if target is None:
                         break
-                    stage.submit("list", _list_target, client, target)
+                    stage.submit("list", _list_target, self.client, target)
                 if not stage.inflight:
                     break
                 # Everything that completed meanwhile is written in one transaction.
                 done = stage.completed()  # waits outside the transaction
                 with self.store.batch():
                     for kind, value in done:
+                        # Each kind's futures give that kind's result (see _Stages).
                         if kind == "list":
-                            self._record_list(
-                                value, summary, batch, stage, client, downloader, extractor
-                            )
+                            self._record_list(cast(_Listed, value))
                         elif kind == "download":
-                            self._record_download(
-                                value, summary, batch, stage, extractor, client, downloader
-                            )
+                            self._record_download(cast(_Fetched, value))
                         else:
-                            self._record_extraction(value, summary, batch)
+                            self._record_extraction(cast(_Extracted, value))
                 batch.collect(summary)
                 if batch.size >= batch.flush_at:
                     batch.flush()
@@ -489,25 +351,16 @@ class Pipeline:
             raise
         finally:
             # On Ctrl-C do not wait for calls in flight: what finished is already recorded.
-            fetch_pool.shutdown(wait=not interrupted, cancel_futures=True)
-            extractor.close(cancel=interrupted)
-            downloader.close(cancel=interrupted)
+            self.fetch_pool.shutdown(wait=not interrupted, cancel_futures=True)
+            self.extractor.close(cancel=interrupted)
+            self.downloader.close(cancel=interrupted)
             if not interrupted:
-                client.close()
+                self.client.close()
             batch.close(summary, cancel=interrupted)
             summary.index_cpu += batch.cpu
 
-    def _record_list(
-        self,
-        listed: _Listed,
-        summary: RunSummary,
-        batch: _IndexBatch,
-        stage: _Stages,
-        client: KomboClient,
-        downloader: DownloadProcess,
-        extractor: Extractor,
-    ) -> None:
-        assert self.kombo is not None
+    def _record_list(self, listed: _Listed) -> None:
+        summary, batch = self.summary, self.batch
         target = listed.target
         if isinstance(listed.error, IntegrationError):
             raise listed.error
@@ -552,15 +405,18 @@ class Pipeline:
         listed_ids = {item.id for item in items}
         for item in items:
             if _needs_work(item, known.get(item.id), self.files):
-                if self.extract_enabled:
-                    extractor.prestart()
-                future = downloader.submit(item.data_url, subject=f"attachment {item.id}")
-                stage.track("download", future, partial(_fetched, item))
+                self.extractor.prestart()
+                future = self.downloader.submit(item.data_url, subject=f"attachment {item.id}")
+                self.stage.track("download", future, partial(_fetched, item))
             else:
                 summary.unchanged += 1
         if target.kind != "candidate":
             return  # one application's list says nothing about the candidate's other files
-        gone = [a for a, k in known.items() if a not in listed_ids and k.status != "deleted"]
+        gone = [
+            a
+            for a, k in known.items()
+            if a not in listed_ids and k.status != AttachmentState.DELETED
+        ]
         if gone:
             keys = self.store.attachment_keys(gone)
             self.store.mark_deleted(gone)
@@ -570,34 +426,25 @@ class Pipeline:
                 batch.reconcile(candidate, sha256)  # a copy may now stand for the content
             summary.outcomes[AttachmentState.DELETED] += len(gone)
 
-    def _record_download(
-        self,
-        fetched: _Fetched,
-        summary: RunSummary,
-        batch: _IndexBatch,
-        stage: _Stages,
-        extractor: Extractor,
-        client: KomboClient,
-        downloader: DownloadProcess,
-    ) -> None:
+    def _record_download(self, fetched: _Fetched) -> None:
         item = fetched.item
         if fetched.expired:
             # data_url lives 7 days: ask Kombo for a fresh one, once (a call, so a fetch thread).
-            stage.submit("download", _download_fresh, client, downloader, item)
+            self.stage.submit("download", _download_fresh, self.client, self.downloader, item)
             return
         if fetched.downloaded is None:
             assert fetched.state is not None
-            self._save(item, fetched.state, fetched.error, None, None, summary, batch)
+            self._save(item, fetched.state, fetched.error)
             return
         downloaded = fetched.downloaded
         # Only a hash seen before (on record at the start, or earlier in this run) can have
         # an outcome to reuse: new files skip the query.
-        seen_before = downloaded.sha256 in self._hashes
-        self._hashes.add(downloaded.sha256)
-        prior = prior_extraction(self.store, downloaded.sha256) if seen_before else None
+        seen_before = downloaded.sha256 in self.hashes
+        self.hashes.add(downloaded.sha256)
+        prior = self.store.prior_extraction(downloaded.sha256) if seen_before else None
         if prior is not None:
             # The same bytes were read before: their outcome holds, no need to parse again.
-            summary.reused += 1
+            self.summary.reused += 1
             extraction = Extraction(
                 state=AttachmentState(prior.state),
                 detected_type=prior.detected_type,
@@ -608,61 +455,62 @@ class Pipeline:
                 error=prior.error,
                 language=prior.language,
             )
-            self._save(
-                item, extraction.state, extraction.error, downloaded, extraction, summary, batch
-            )
+            self._save(item, extraction.state, extraction.error, downloaded, extraction)
             return
-        if not self.extract_enabled:
-            return
-        followers = self._extracting.get(downloaded.sha256)
+        self.extract(item, downloaded)
+
+    def extract(self, item: RemoteAttachment, downloaded: Downloaded) -> None:
+        """Hand new bytes to the extractor (or to the extraction of the same bytes already
+        under way)."""
+        followers = self.extracting.get(downloaded.sha256)
         if followers is not None:
             # The same bytes are being parsed right now: take that outcome when it comes.
             followers.append((item, downloaded))
             return
-        self._extracting[downloaded.sha256] = []
+        self.extracting[downloaded.sha256] = []
         path = self.files.path(downloaded.sha256)
-        future = extractor.submit(path, item.content_type, item.file_name)
-        stage.track("extract", future, lambda f: _Extracted(item, downloaded, f.result()))
+        future = self.extractor.submit(path, item.content_type, item.file_name)
+        self.stage.track("extract", future, lambda f: _Extracted(item, downloaded, f.result()))
 
-    def _record_extraction(
-        self, extracted: _Extracted, summary: RunSummary, batch: _IndexBatch
-    ) -> None:
+    def _record_extraction(self, extracted: _Extracted) -> None:
         extraction = extracted.extraction
-        summary.extract_cpu += extraction.cpu_seconds
-        waiting = self._extracting.pop(extracted.downloaded.sha256, [])
+        self.summary.extract_cpu += extraction.cpu_seconds
+        waiting = self.extracting.pop(extracted.downloaded.sha256, [])
         for item, downloaded in [(extracted.item, extracted.downloaded), *waiting]:
-            self._save(
-                item, extraction.state, extraction.error, downloaded, extraction, summary, batch
-            )
-        summary.reused += len(waiting)
+            self._save(item, extraction.state, extraction.error, downloaded, extraction)
+        self.summary.reused += len(waiting)
 
     def _save(
         self,
         item: RemoteAttachment,
         state: AttachmentState,
         error: str | None,
-        downloaded: Downloaded | None,
-        extraction: Extraction | None,
-        summary: RunSummary,
-        batch: _IndexBatch,
+        downloaded: Downloaded | None = None,
+        extraction: Extraction | None = None,
     ) -> None:
+        summary, batch = self.summary, self.batch
         self.progress("attachments", 1, None)
         if state == AttachmentState.FAILED:
             log.error("attachment %s of candidate %s failed: %s", item.id, item.candidate_id, error)
             summary.errors.append(f"attachment {item.id}: {error}")
-        self.store.save_outcome(
-            item.id,
-            state=state,
-            error=error,
-            sha256=downloaded.sha256 if downloaded else None,
-            size_bytes=downloaded.size_bytes if downloaded else None,
-            detected_type=extraction.detected_type if extraction else None,
-            parser=extraction.parser if extraction else None,
-            parser_version=extraction.parser_version if extraction else None,
-            page_count=extraction.page_count if extraction else None,
-            text=extraction.text if extraction else None,
-            language=extraction.language if extraction else None,
-        )
+        sha256 = downloaded.sha256 if downloaded else None
+        size_bytes = downloaded.size_bytes if downloaded else None
+        if extraction is None:
+            outcome = Outcome(state, error, sha256, size_bytes)
+        else:
+            outcome = Outcome(
+                state,
+                error,
+                sha256,
+                size_bytes,
+                extraction.detected_type,
+                extraction.parser,
+                extraction.parser_version,
+                extraction.page_count,
+                extraction.text,
+                extraction.language,
+            )
+        self.store.save_outcome(item.id, outcome)
         if state == AttachmentState.PENDING and extraction and extraction.text and downloaded:
             summary.outcomes[AttachmentState.INDEXED] += 1
             batch.reconcile(item.candidate_id, downloaded.sha256)
@@ -670,6 +518,133 @@ class Pipeline:
         # Whatever else it became, an older version of it must not stay searchable.
         batch.delete(item.id)
         summary.outcomes[state] += 1
+
+
+class RunEngine:
+    """Runs with one integration's settings over one workspace (the writer lock held by the
+    caller). Each run's state lives in a :class:`RunInProgress` of its own."""
+
+    # What a run is made of; a subclass of RunInProgress changes a stage (the fetch/download
+    # benchmark stops after the downloads so).
+    run_type: ClassVar[type[RunInProgress]] = RunInProgress
+
+    def __init__(
+        self,
+        kombo: KomboSettings,
+        workspace: Workspace,
+        *,
+        extract: ExtractLimits = ExtractLimits(),
+        new_extractor: Callable[[], Extractor] | None = None,
+        progress: Progress = no_progress,
+    ) -> None:
+        self.kombo = kombo
+        self.workspace = workspace
+        self.extract = extract
+        # Each run starts its own extractor (a run closes it at its end): by default worker
+        # processes within the limits.
+        self._new_extractor = new_extractor or self._process_extractor
+        self.progress = progress
+
+    def _process_extractor(self) -> Extractor:
+        return ProcessExtractor(timeout=self.extract.timeout, memory_mb=self.extract.memory_mb)
+
+    def new_extractor(self) -> Extractor:
+        return self._new_extractor()
+
+    def ingest(
+        self, candidate_ids: Iterable[str] = (), application_ids: Iterable[str] = ()
+    ) -> RunSummary:
+        return self.run("ingest", list(candidate_ids), list(application_ids))
+
+    def nightly(
+        self, *, full: bool = False, candidate_ids: Iterable[str] | None = None
+    ) -> RunSummary:
+        """Ingest what changed at Kombo since the last successful nightly run, erase what
+        Kombo deleted. ``candidate_ids`` runs over a given list instead of asking Kombo."""
+        store = self.workspace.store
+        started_at = utcnow()
+        given = list(candidate_ids) if candidate_ids is not None else None
+        watermark = None if full else _parse_stamp(store.get_setting(WATERMARK))
+
+        def list_changes(summary: RunSummary) -> None:
+            if given is not None:
+                return
+            client = KomboClient(self.kombo)
+            try:
+                for page in client.candidate_pages(updated_after=watermark, include_deleted=True):
+                    summary.warnings.extend(f"candidate list: {w}" for w in page.warnings)
+                    for candidate in page.candidates:
+                        if candidate.deleted:
+                            if self.workspace.erase([candidate.id], "deleted at Kombo"):
+                                summary.erased += 1
+                        else:
+                            store.candidate_listed(
+                                candidate.id, self.kombo.integration_id, candidate.title
+                            )
+                            summary.listed.append(candidate.id)
+            finally:
+                client.close()
+
+        summary = self.run("nightly", given or [], [], before=list_changes)
+        # Every candidate listed and ingested (attachment failures are retried by later
+        # runs on their own): the next nightly run asks only for what changed after this
+        # run began. An aborted, interrupted or partly listed run leaves the mark alone.
+        if given is None and summary.status in COMPLETED_RUNS and not summary.candidate_errors:
+            store.set_setting(WATERMARK, started_at.isoformat())
+        return summary
+
+    def run(
+        self,
+        kind: str,
+        candidate_ids: list[str],
+        application_ids: list[str],
+        *,
+        before: Callable[[RunSummary], None] | None = None,
+    ) -> RunSummary:
+        """A run, with the writer lock already held; ``before`` does a step's own first work
+        (the nightly listing) inside the run's record."""
+        workspace = self.workspace
+        summary = RunSummary(kind=kind)
+        started = time.monotonic()
+        workspace.recover()
+        summary.run_id = workspace.store.begin_run(kind)
+        try:
+            if before is not None:
+                before(summary)
+                candidate_ids = candidate_ids + summary.listed
+            targets = self._targets(candidate_ids, application_ids, summary)
+            self.run_type(self, summary).execute(targets)
+            summary.status = RunStatus.FAILED if summary.exit_code else RunStatus.SUCCEEDED
+        except IntegrationError as exc:
+            summary.fatal = exc
+            summary.status = RunStatus.ABORTED
+            summary.errors.append(exc.message)
+        except KeyboardInterrupt:
+            summary.status = RunStatus.INTERRUPTED
+        finally:
+            summary.seconds = time.monotonic() - started
+            workspace.store.finish_run(summary.run_id, summary.finished())
+        if summary.status != RunStatus.INTERRUPTED:
+            workspace.collect_garbage()
+        return summary
+
+    def _targets(
+        self, candidate_ids: list[str], application_ids: list[str], summary: RunSummary
+    ) -> list[Target]:
+        store = self.workspace.store
+        targets = [Target("candidate", c) for c in dict.fromkeys(candidate_ids)]
+        for application_id in dict.fromkeys(application_ids):
+            owner = store.candidate_of_application(application_id)
+            targets.append(Target("application", application_id, owner))
+        given = set(candidate_ids)
+        retry = [cid for _, cid in store.unfinished()] + store.failed_candidates()
+        extra = [cid for cid in dict.fromkeys(retry) if cid not in given]
+        if extra:
+            log.info("also retrying %d candidates with unfinished or failed work", len(extra))
+        targets += [Target("candidate", c) for c in extra]
+        summary.candidates = len({t.candidate_id or t.id for t in targets})
+        self.progress("candidates", 0, len(targets))
+        return targets
 
 
 # Extractions waiting at most (sixteen per worker where there are more than sixteen workers).
@@ -695,8 +670,8 @@ class _Stages:
     def count(self, kind: str) -> int:
         return self._counts[kind]
 
-    def submit(self, kind: str, fn: object, *args: object) -> None:
-        future = self._pool.submit(fn, *args)  # type: ignore[arg-type]
+    def submit(self, kind: str, fn: Callable[..., object], *args: object) -> None:
+        future: Future[object] = self._pool.submit(fn, *args)
         self.track(kind, future, None)
 
     def track(
@@ -721,7 +696,7 @@ class _Stages:
 
 
 class _IndexBatch:
-    """Index changes gathered on the writer thread and committed together.
+    """Index changes gathered on the writer thread and committed together, here.
 
     Rows become ``indexed`` only after the index commit that holds them, so a run killed in
     between leaves them ``pending`` with their text, and the next run indexes them first.
@@ -731,15 +706,12 @@ class _IndexBatch:
     hit, not two), and the others are marked ``indexed`` with it.
     """
 
-    def __init__(self, index: SearchIndex, store: Store, *, writer_process: bool = False) -> None:
+    # Written here, every batch is a commit: fewer, larger.
+    flush_at = INDEX_BATCH
+
+    def __init__(self, index: SearchIndex, store: Store) -> None:
         self._index = index
         self._store = store
-        # With writer_process, batches go to an index writer process, started with the first
-        # batch (a run with nothing to index starts none).
-        self._use_process = writer_process
-        self._writer: IndexWriterProcess | None = None
-        # batches sent to the writer process: (its future, the rows it makes indexed)
-        self._sent: list[tuple[Future[float], list[str]]] = []
         self._docs: dict[str, IndexDoc] = {}
         self._deletions: set[str] = set()
         self._covered: set[str] = set()
@@ -749,12 +721,6 @@ class _IndexBatch:
     @property
     def size(self) -> int:
         return len(self._docs) + len(self._deletions) + len(self._reconcile)
-
-    @property
-    def flush_at(self) -> int:
-        # The writer process adds what it gets at once and commits on its own schedule, so
-        # it is fed small batches; written here, every batch is a commit: fewer, larger.
-        return INDEX_BATCH // 10 if self._use_process else INDEX_BATCH
 
     def upsert(self, doc: IndexDoc) -> None:
         self._deletions.discard(doc.attachment_id)
@@ -778,25 +744,51 @@ class _IndexBatch:
                 self.delete(other.attachment_id)
                 self._covered.add(other.attachment_id)
 
-    def flush(self) -> None:
+    def _take(self) -> tuple[list[IndexDoc], list[str], list[str]] | None:
+        """What the batch holds: (documents, deletions, rows they make indexed), emptied."""
         if self._reconcile:
             self._resolve()
         if not self.size and not self._covered:
-            return
-        docs, deletions = list(self._docs.values()), list(self._deletions)
-        done = [*self._docs, *self._covered]
+            return None
+        taken = (list(self._docs.values()), list(self._deletions), [*self._docs, *self._covered])
         self._docs.clear()
         self._deletions.clear()
         self._covered.clear()
-        if self._use_process:
-            if self._writer is None:
-                self._writer = IndexWriterProcess(self._index.directory)
-            self._sent.append((self._writer.submit(docs, deletions), done))
+        return taken
+
+    def flush(self) -> None:
+        taken = self._take()
+        if taken is None:
             return
+        docs, deletions, done = taken
         started = time.thread_time()
         self._index.write(docs, deletions)
         self.cpu += time.thread_time() - started
         self._store.mark_indexed(done)
+
+
+class _WriterProcessBatch(_IndexBatch):
+    """A run's index batch: sent to an index writer process, started with the first batch
+    (a run with nothing to index starts none)."""
+
+    # The writer process adds what it gets at once and commits on its own schedule, so it
+    # is fed small batches.
+    flush_at = INDEX_BATCH // 10
+
+    def __init__(self, index: SearchIndex, store: Store) -> None:
+        super().__init__(index, store)
+        self._writer: IndexWriterProcess | None = None
+        # batches sent to the writer process: (its future, the rows it makes indexed)
+        self._sent: list[tuple[Future[float], list[str]]] = []
+
+    def flush(self) -> None:
+        taken = self._take()
+        if taken is None:
+            return
+        docs, deletions, done = taken
+        if self._writer is None:
+            self._writer = IndexWriterProcess(self._index.directory)
+        self._sent.append((self._writer.submit(docs, deletions), done))
 
     def collect(self, summary: RunSummary) -> None:
         """Mark the rows of every batch the writer process has committed (in order)."""
@@ -804,7 +796,7 @@ class _IndexBatch:
             future, done = self._sent.pop(0)
             try:
                 self.cpu += future.result()
-            except RuntimeError as exc:
+            except (RuntimeError, PipelineError) as exc:
                 # The rows stay pending: the next run indexes them first.
                 summary.index_errors += len(done)
                 summary.errors.append(f"{exc}; {len(done)} documents stay pending")
@@ -816,9 +808,6 @@ class _IndexBatch:
         """At the end of a run, make whatever finished searchable: send what is left, let the
         writer process commit it, and mark the rows. On a Ctrl-C the writer process is
         stopped at once: its rows stay pending, and the next run indexes them first."""
-        if not self._use_process:
-            self.flush()
-            return
         if cancel:
             if self._writer is not None:
                 self._writer.close(cancel=True)
@@ -889,4 +878,13 @@ def _fresh_link(client: KomboClient, item: RemoteAttachment) -> RemoteAttachment
     return None
 
 
-__all__ = ["Pipeline", "RunSummary", "Target"]
+__all__ = [
+    "ExtractLimits",
+    "Progress",
+    "RunEngine",
+    "RunInProgress",
+    "RunSummary",
+    "Target",
+    "Workspace",
+    "no_progress",
+]

@@ -1,8 +1,16 @@
-"""The database, source of truth for every candidate, attachment, text and run.
+"""The database, source of truth for every candidate, attachment, text and run, and the one
+way into it: every statement the pipeline runs (export's included) is a method of
+:class:`Store`.
 
 SQLAlchemy 2.0 models; SQLite by default (WAL, foreign keys on), any SQLAlchemy URL works.
 Only the pipeline's writer thread calls the mutating methods, each in its own transaction,
 so a killed process leaves whole rows or none.
+
+The schema carries its version (:data:`SCHEMA_VERSION`, in the settings row
+``schema_version``): :meth:`Store.ensure_schema` reads that one row and migrates only when
+the database is behind (a database made before the version existed reads as 0). Migrations
+are additive (new tables, columns and indexes), so an older database is brought forward in
+place, with no step by hand.
 """
 
 from __future__ import annotations
@@ -36,14 +44,22 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Update
 
 from .indexdoc import IndexDoc
-from .states import FINAL_STATES, AttachmentState
+from .states import FINAL_STATES, AttachmentState, RunStatus
 
 log = logging.getLogger(__name__)
+
+# Bump when a release adds tables, columns or indexes (``Store.create`` adds them in place).
+# 1: the tables of 0.1.0 with every column added since.
+SCHEMA_VERSION = 1
+_SCHEMA_KEY = "schema_version"
+# The settings row that holds when the last complete nightly run began.
+WATERMARK = "nightly_watermark"
 
 
 def utcnow() -> datetime:
@@ -165,6 +181,35 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What download and extraction found for one attachment (``save_outcome``)."""
+
+    state: AttachmentState
+    error: str | None = None
+    # the file, when one was downloaded
+    sha256: str | None = None
+    size_bytes: int | None = None
+    # what extraction found in it
+    detected_type: str | None = None
+    parser: str | None = None
+    parser_version: str | None = None
+    page_count: int | None = None
+    text: str | None = None
+    language: str | None = None
+
+
+@dataclass(frozen=True)
+class FinishedRun:
+    """What a run's row keeps when it ends (``finish_run``)."""
+
+    status: RunStatus
+    counts: dict[str, Any]
+    errors: list[str]
+    warnings: list[str]
+    summary: str  # the run's one-line summary
+
+
 @dataclass(frozen=True)
 class KnownAttachment:
     id: str
@@ -175,6 +220,17 @@ class KnownAttachment:
     content_type: str | None
     file_name: str | None
     size_bytes: int | None
+
+    def changed_at_kombo(self, item: Any) -> bool:
+        """Whether Kombo's listing (a RemoteAttachment) says the file is not the one on
+        record: changed at Kombo, or listed again after being deleted. The one statement of
+        the rule: the listing reopens such a row, and a run downloads it again."""
+        return (
+            self.remote_updated_at != item.remote_updated_at
+            or self.content_type != item.content_type
+            or self.file_name != item.file_name
+            or self.status == AttachmentState.DELETED
+        )
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -307,9 +363,31 @@ class Store:
         sqlite = self.engine.dialect.name == "sqlite"
         self._direct = _Direct(self.engine.dialect) if sqlite else None
 
+    def schema_version(self) -> int:
+        """The version the database is at: 0 when it predates versions, or is empty."""
+        try:
+            with self.engine.connect() as conn:
+                value = conn.execute(_SCHEMA_VERSION_QUERY).scalar()
+        except DBAPIError:  # no settings table yet: a new database
+            return 0
+        return int(value) if value is not None else 0
+
+    def ensure_schema(self) -> bool:
+        """Migrate if the database is behind this code (one row read when it is not).
+        Returns whether it migrated."""
+        found = self.schema_version()
+        if found >= SCHEMA_VERSION:
+            return False
+        self.create()
+        if found:
+            log.info("database schema migrated from version %d to %d", found, SCHEMA_VERSION)
+        return True
+
     def create(self) -> None:
+        """Create what is missing (tables, columns, indexes) and record the version."""
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
+        self.set_setting(_SCHEMA_KEY, str(SCHEMA_VERSION))
 
     def _add_missing_columns(self) -> None:
         """Additive migration: columns a newer version added to a table that already exists."""
@@ -476,12 +554,7 @@ class Store:
                 )
                 continue
             seen.append({"key": item.id, **listing})
-            if (
-                previous.remote_updated_at != item.remote_updated_at
-                or previous.content_type != item.content_type
-                or previous.file_name != item.file_name
-                or previous.status == AttachmentState.DELETED
-            ):
+            if previous.changed_at_kombo(item):
                 reopened.append({"key": item.id})
         with self._conn() as conn:
             if fresh:
@@ -491,38 +564,25 @@ class Store:
             if reopened:
                 self._write(conn, _REOPENED, reopened)
 
-    def save_outcome(
-        self,
-        attachment_id: str,
-        *,
-        state: AttachmentState,
-        error: str | None = None,
-        sha256: str | None = None,
-        size_bytes: int | None = None,
-        detected_type: str | None = None,
-        parser: str | None = None,
-        parser_version: str | None = None,
-        page_count: int | None = None,
-        text: str | None = None,
-        language: str | None = None,
-    ) -> None:
+    def save_outcome(self, attachment_id: str, outcome: Outcome) -> None:
         """Store what download and extraction found, in one transaction."""
         now = utcnow()
+        state, text, sha256 = outcome.state, outcome.text, outcome.sha256
         values: dict[str, Any] = {
             "status": state.value,
-            "error": error,
-            "detected_type": detected_type,
-            "parser": parser,
-            "parser_version": parser_version,
-            "page_count": page_count,
+            "error": outcome.error,
+            "detected_type": outcome.detected_type,
+            "parser": outcome.parser,
+            "parser_version": outcome.parser_version,
+            "page_count": outcome.page_count,
             "char_count": len(text) if text is not None else None,
-            "language": language,
+            "language": outcome.language,
             "indexed_at": None,
         }
         if sha256 is not None:
             values["sha256"] = sha256
-            values["size_bytes"] = size_bytes
-        if parser is not None or state != AttachmentState.FAILED:
+            values["size_bytes"] = outcome.size_bytes
+        if outcome.parser is not None or state != AttachmentState.FAILED:
             values["extracted_at"] = now
         statement = _outcome_statement(tuple(values))
         with self._conn() as conn:
@@ -718,6 +778,10 @@ class Store:
             seen = func.coalesce(c.c.last_seen_at, c.c.first_seen_at)
             return list(conn.execute(select(c.c.id).where(seen < cutoff)).scalars())
 
+    def erasure_count(self) -> int:
+        with self.session() as s:
+            return s.scalar(select(func.count()).select_from(Erasure)) or 0
+
     def erasures(self, limit: int = 20) -> list[Erasure]:
         with self.session() as s:
             return list(s.scalars(select(Erasure).order_by(Erasure.id.desc()).limit(limit)))
@@ -733,46 +797,134 @@ class Store:
     def begin_run(self, kind: str) -> int:
         with self.session() as s:
             run = Run(
-                kind=kind, started_at=utcnow(), status="running", counts={}, errors=[], warnings=[]
+                kind=kind,
+                started_at=utcnow(),
+                status=RunStatus.RUNNING.value,
+                counts={},
+                errors=[],
+                warnings=[],
             )
             s.add(run)
             s.flush()
             return run.id
 
-    def finish_run(
-        self,
-        run_id: int,
-        *,
-        status: str,
-        counts: dict[str, Any],
-        errors: list[str],
-        warnings: list[str],
-        summary: str,
-    ) -> None:
+    def finish_run(self, run_id: int, finished: FinishedRun) -> None:
         with self.session() as s:
             run = s.get(Run, run_id)
             if run is None:
                 return
             run.finished_at = utcnow()
-            run.status = status
-            run.counts = json.loads(json.dumps(counts))
-            run.errors = errors[:1000]
-            run.warnings = warnings[:1000]
-            run.summary = summary
+            run.status = finished.status.value
+            run.counts = json.loads(json.dumps(finished.counts))
+            run.errors = finished.errors[:1000]
+            run.warnings = finished.warnings[:1000]
+            run.summary = finished.summary
 
     def close_abandoned_runs(self) -> int:
         """Runs still 'running' belong to a process that died: say so."""
         with self.session() as s:
             result = s.execute(
                 update(Run)
-                .where(Run.status == "running")
-                .values(status="killed", finished_at=utcnow())
+                .where(Run.status == RunStatus.RUNNING.value)
+                .values(status=RunStatus.KILLED.value, finished_at=utcnow())
             )
             return result.rowcount or 0
 
     def recent_runs(self, limit: int = 10) -> list[Run]:
         with self.session() as s:
             return list(s.scalars(select(Run).order_by(Run.id.desc()).limit(limit)))
+
+    # -- what earlier runs left --------------------------------------------------------------
+
+    def prior_extraction(self, sha256: str) -> PriorExtraction | None:
+        """The outcome of an earlier extraction of identical bytes, if one is on record."""
+        with self._conn() as conn:
+            found = self._read(conn, _PRIOR, {"sha256": sha256})
+        if not found:
+            return None
+        status, error, detected_type, parser, parser_version, page_count, text, language = found[0]
+        has_text = status in (AttachmentState.INDEXED, AttachmentState.PENDING)
+        if has_text and text is None:
+            return None
+        # In extraction's terms: text read and waiting for the index is "pending".
+        state = AttachmentState.PENDING if has_text else status
+        text = text if has_text else None
+        return PriorExtraction(
+            state, error, detected_type, parser, parser_version, page_count, text, language
+        )
+
+    def candidate_of_application(self, application_id: str) -> str | None:
+        """Kombo's application attachments do not name the candidate: find it in what we
+        know."""
+        with self.session() as s:
+            return s.scalars(
+                select(Attachment.candidate_id)
+                .where(Attachment.application_id == application_id)
+                .limit(1)
+            ).first()
+
+    def live_hashes(self) -> set[str]:
+        """Hashes of files that an attachment not deleted still points at."""
+        with self.session() as s:
+            return set(
+                s.scalars(
+                    select(Attachment.sha256).where(
+                        Attachment.sha256.is_not(None),
+                        Attachment.status != AttachmentState.DELETED,
+                    )
+                )
+            )
+
+    def drop_texts_except(self, keep: set[str]) -> int:
+        """Remove extracted texts whose file no live attachment points at any more."""
+        with self.session() as s:
+            stale = [h for h in s.scalars(select(ExtractedText.sha256)) if h not in keep]
+            for chunk in _chunks(stale, 500):
+                s.execute(delete(ExtractedText).where(ExtractedText.sha256.in_(chunk)))
+            return len(stale)
+
+    # -- export ------------------------------------------------------------------------------
+
+    def export_records(self, selection: ExportSelection) -> Iterator[dict[str, Any]]:
+        """Export records (the fields of :data:`EXPORT_COLUMNS`) in a stable order
+        (candidate, then attachment id), streamed from the database.
+
+        Plain Core rows, not ORM objects, fetched in batches: memory does not grow with the
+        number of records.
+        """
+        a, t = _ATTACHMENTS, _TEXTS
+        with_text = selection.with_text
+        columns = [a.c[name] for name in _EXPORTED_ATTACHMENT_COLUMNS]
+        if with_text:
+            columns.append(t.c.text)
+        query = select(*columns)
+        if with_text:
+            query = query.select_from(a.outerjoin(t, t.c.sha256 == a.c.sha256))
+        if selection.type:
+            query = query.where(a.c.type == selection.type)
+        if selection.status and selection.status != "all":
+            query = query.where(a.c.status == selection.status)
+        if selection.candidate_id:
+            query = query.where(a.c.candidate_id == selection.candidate_id)
+        if selection.since is not None:
+            query = query.where(a.c.remote_updated_at >= selection.since)
+        query = query.order_by(a.c.candidate_id, a.c.id)
+        with self.engine.connect() as conn:
+            result = conn.execution_options(yield_per=500).execute(query)
+            for row in result:
+                values = row._mapping
+                record: dict[str, Any] = {
+                    "integration_id": values["integration_id"],
+                    "attachment_id": values["id"],
+                }
+                for name in _EXPORTED_ATTACHMENT_COLUMNS[2:]:
+                    value = values[name]
+                    record[name] = _iso(value) if isinstance(value, datetime) else value
+                if with_text:
+                    # Text is kept only for attachments whose state has text to give.
+                    has_text = values["status"] in ("indexed", "pending")
+                    record["text"] = values["text"] if has_text else None
+                yield record
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -789,6 +941,54 @@ class Store:
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+# The export record's fields, in its order (INTERFACE.md, schemas/export_record.schema.json).
+EXPORT_COLUMNS = (
+    "integration_id",
+    "attachment_id",
+    "candidate_id",
+    "application_id",
+    "type",
+    "remote_id",
+    "file_name",
+    "content_type",
+    "detected_type",
+    "remote_created_at",
+    "remote_updated_at",
+    "sha256",
+    "size_bytes",
+    "status",
+    "error",
+    "parser",
+    "page_count",
+    "parser_version",
+    "char_count",
+    "language",
+    "text",
+    "fetched_at",
+    "extracted_at",
+    "indexed_at",
+)
+# The attachments table's columns, in the record's order (the text comes from its own table).
+_EXPORTED_ATTACHMENT_COLUMNS = tuple(
+    "id" if c == "attachment_id" else c for c in EXPORT_COLUMNS if c != "text"
+)
+
+
+@dataclass(frozen=True)
+class ExportSelection:
+    """Which attachment records an export gives."""
+
+    type: str | None = None
+    status: str | None = "indexed"  # a state, "all", or None for all
+    candidate_id: str | None = None
+    since: datetime | None = None  # updated at Kombo at or after this
+    with_text: bool = True
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(frozen=True)
@@ -812,56 +1012,6 @@ _REUSABLE = (
     AttachmentState.ENCRYPTED,
     AttachmentState.UNSUPPORTED,
 )
-
-
-def prior_extraction(store: Store, sha256: str) -> PriorExtraction | None:
-    """The outcome of an earlier extraction of identical bytes, if one is on record."""
-    with store._conn() as conn:
-        found = store._read(conn, _PRIOR, {"sha256": sha256})
-    if not found:
-        return None
-    status, error, detected_type, parser, parser_version, page_count, text, language = found[0]
-    has_text = status in (AttachmentState.INDEXED, AttachmentState.PENDING)
-    if has_text and text is None:
-        return None
-    # In extraction's terms: text read and waiting for the index is "pending".
-    state = AttachmentState.PENDING if has_text else status
-    text = text if has_text else None
-    return PriorExtraction(
-        state, error, detected_type, parser, parser_version, page_count, text, language
-    )
-
-
-def candidate_of_application(store: Store, application_id: str) -> str | None:
-    """Kombo's application attachments do not name the candidate: find it in what we know."""
-    with store.session() as s:
-        return s.scalars(
-            select(Attachment.candidate_id)
-            .where(Attachment.application_id == application_id)
-            .limit(1)
-        ).first()
-
-
-def live_hashes(store: Store) -> set[str]:
-    """Hashes of files that an attachment not deleted still points at."""
-    with store.session() as s:
-        return set(
-            s.scalars(
-                select(Attachment.sha256).where(
-                    Attachment.sha256.is_not(None),
-                    Attachment.status != AttachmentState.DELETED,
-                )
-            )
-        )
-
-
-def drop_texts_except(store: Store, keep: set[str]) -> int:
-    """Remove extracted texts whose file no live attachment points at any more."""
-    with store.session() as s:
-        stale = [h for h in s.scalars(select(ExtractedText.sha256)) if h not in keep]
-        for chunk in _chunks(stale, 500):
-            s.execute(delete(ExtractedText).where(ExtractedText.sha256.in_(chunk)))
-        return len(stale)
 
 
 # -- statements built once: the writer thread runs them thousands of times a run ------------
@@ -997,6 +1147,9 @@ _COPIES = (
         _a.c.status.in_([AttachmentState.PENDING.value, AttachmentState.INDEXED.value]),
     )
     .order_by(_a.c.id)
+)
+_SCHEMA_VERSION_QUERY = select(Setting.__table__.c.value).where(
+    Setting.__table__.c.key == _SCHEMA_KEY
 )
 _HASHES = select(_a.c.sha256).where(_a.c.sha256.is_not(None)).distinct()
 _PRIOR = (
