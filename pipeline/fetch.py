@@ -20,6 +20,7 @@ import email.utils
 import json
 import logging
 import re
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -433,7 +434,13 @@ def _connection_pool(
     base_url: str, backend: _Deadlines, *, connections: int
 ) -> httpcore.ConnectionPool:
     # SSL_CERT_FILE and SSL_CERT_DIR are read here (httpx's trust_env behaviour).
-    ssl_context = httpx.create_ssl_context()
+    try:
+        ssl_context = httpx.create_ssl_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise UsageError(
+            "the CA certificates named by SSL_CERT_FILE or SSL_CERT_DIR cannot be read: "
+            f"{exc.strerror or exc}"
+        ) from exc
     common: dict[str, Any] = {
         "ssl_context": ssl_context,
         "max_connections": connections,

@@ -372,3 +372,40 @@ def test_no_proxy_sends_the_api_around_the_proxy(
     )
     assert ran.code == 0, (ran.out, ran.err)
     assert not [line for line in proxy.seen if "/v1/" in line]
+
+
+def test_an_https_api_is_reached_through_a_connect_tunnel_without_the_key(
+    sandbox: SandboxServer, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy of an https API sees a CONNECT to its host, never the key: the key travels
+    inside the tunnel (here the sandbox speaks no TLS, so the handshake itself fails)."""
+    from pipeline.config import Options, resolve_kombo
+    from pipeline.errors import TransportError
+    from pipeline.fetch import KomboClient
+
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    settings = resolve_kombo(
+        Options(
+            api_key=sandbox.api_key,
+            integration_id=sandbox.integration_id,
+            base_url=f"https://kombo.test:{sandbox.port}/v1",
+        ),
+        env={},
+        max_attempts=1,
+    )
+    with KomboClient(settings) as client, pytest.raises(TransportError):
+        client.candidate_attachments(sandbox.world.ordered()[0].id)
+    assert proxy.seen == [f"CONNECT kombo.test:{sandbox.port}"]
+    assert all(sandbox.api_key not in headers for headers in proxy.headers_seen)
+    assert sandbox.stats.requests.get("action") is None  # nothing reached the API in clear
+
+
+def test_the_sandbox_tells_a_taken_port_before_building_its_world() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(OSError):
+            SandboxServer(port=port, candidates=100_000)
+        assert time.monotonic() - started < 2  # building 100,000 candidates takes far longer
