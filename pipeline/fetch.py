@@ -78,10 +78,15 @@ def redact(text: str, secret: str) -> str:
     """
     if not secret or not text:
         return text
-    for spelling in {secret, quote(secret, safe=""), quote(secret)}:
+    for spelling in _spellings(secret):
         if spelling in text:
             text = text.replace(spelling, REDACTED)
     return text
+
+
+@cache
+def _spellings(secret: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((secret, quote(secret, safe=""), quote(secret))))
 
 
 # -- timestamps ----------------------------------------------------------------------------------
@@ -464,7 +469,7 @@ def _connection_pool(
             return httpcore.SOCKSProxy(
                 proxy_url=proxy_core_url, proxy_auth=proxy.raw_auth, **common
             )
-        except ImportError as exc:
+        except (ImportError, RuntimeError) as exc:  # httpcore without socksio
             raise UsageError(
                 "a SOCKS proxy needs the socksio package: pip install 'httpx[socks]'"
             ) from exc
@@ -678,7 +683,8 @@ class KomboClient:
                         return self._once(path, params, subject, schema, {}, budget_ends)
                     return self._action(path, params, subject, schema, budget_ends)
                 except PipelineError as exc:
-                    raise self._scrubbed(exc) from None
+                    self._scrubbed(exc)
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _action(
@@ -745,8 +751,11 @@ class KomboClient:
                 f"Kombo did not answer in time ({subject}): {type(exc).__name__}"
             ) from exc
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
+            # The library's own words say which: refused, a name that does not resolve, TLS.
+            cause = self.redact(str(exc))[:160]
             raise TransportError(
                 f"cannot reach Kombo at {self._host} ({subject}): {type(exc).__name__}"
+                + (f": {cause}" if cause else "")
             ) from exc
         finally:
             self._deadlines.set_deadline(None)
@@ -785,7 +794,9 @@ class KomboClient:
 
 def _int_header(response: _Answer, name: str) -> int | None:
     raw = response.headers.get(name)
-    return int(raw) if raw is not None and raw.strip().isdigit() else None
+    if raw is None or not raw.strip().isdigit() or len(raw.strip()) > 9:
+        return None
+    return int(raw)
 
 
 def _parse(
@@ -796,7 +807,7 @@ def _parse(
         body = response.json()
     except _TooDeepError as exc:
         raise ResponseInvalidError(f"Kombo's answer for {subject} is {exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except ValueError:  # not JSON, not UTF-8, or a number longer than Python reads
         body = None
     if status >= 400 or (isinstance(body, dict) and body.get("status") == "error"):
         raise _error_from(response, body, subject, clean)
