@@ -334,3 +334,17 @@ def test_an_unreadable_ca_file_is_a_usage_error(
     monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "missing.pem"))
     with pytest.raises(UsageError, match="SSL_CERT_FILE"):
         KomboClient(settings)
+
+
+def test_a_listing_longer_than_the_bound_is_refused(
+    sandbox: SandboxServer, settings: KomboSettings
+) -> None:
+    from pipeline.fetch import MAX_LISTED_ATTACHMENTS
+
+    first = sandbox.world.ordered()[0]
+    sandbox.add_fault(kind="many", match=first.id, depth=MAX_LISTED_ATTACHMENTS, times=1)
+    sandbox.add_fault(kind="many", match=first.id, depth=MAX_LISTED_ATTACHMENTS + 1, times=1)
+    with KomboClient(settings) as client:
+        assert len(client.candidate_attachments(first.id).attachments) == MAX_LISTED_ATTACHMENTS
+        with pytest.raises(ResponseInvalidError, match="more than the"):
+            client.candidate_attachments(first.id)

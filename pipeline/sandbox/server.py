@@ -74,6 +74,7 @@ class Fault:
       ``timestamp``    every attachment's ``remote_created_at``/``remote_updated_at`` set to
                        ``value`` (``...T10:00:00z``, ``...T23:59:60Z``, ``+01:00``, a date alone)
       ``duplicate``    the first attachment listed twice
+      ``many``         the listing holds ``depth`` attachments (copies of the first, new ids)
       ``foreign``      the first attachment's ``candidate_id`` names another candidate
                        (``value``, or the world's next candidate)
       ``data_url``     the first attachment's ``data_url`` replaced by ``value``
@@ -114,6 +115,7 @@ _API_ANSWER_KINDS = {
     "deep",
     "timestamp",
     "duplicate",
+    "many",
     "foreign",
     "data_url",
     "endless",
@@ -453,6 +455,12 @@ class _Handler(BaseHTTPRequestHandler):
                 item["remote_created_at"] = item["remote_updated_at"] = fault.value
         elif fault.kind == "duplicate" and results:
             results.append(dict(results[0]))
+        elif fault.kind == "many" and results:
+            first = results[0]
+            results[:] = [
+                {**first, "id": f"{first['id'][:16]}{n:08d}".replace("0", "z")}
+                for n in range(fault.depth)
+            ]
         elif fault.kind == "foreign" and results:
             others = [c for c in self.state.world.candidates if c != subject_id]
             results[0]["candidate_id"] = fault.value or (others[0] if others else "x" * 24)
