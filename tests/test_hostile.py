@@ -409,3 +409,30 @@ def test_the_sandbox_tells_a_taken_port_before_building_its_world() -> None:
         with pytest.raises(OSError):
             SandboxServer(port=port, candidates=100_000)
         assert time.monotonic() - started < 2  # building 100,000 candidates takes far longer
+
+
+def test_every_hostile_fault_can_be_set_over_http(sandbox: SandboxServer) -> None:
+    import urllib.request
+
+    faults = [
+        {"kind": "deep", "depth": 3000},
+        {"kind": "timestamp", "value": "2024-06-30T23:59:60Z"},
+        {"kind": "duplicate"},
+        {"kind": "many", "depth": 2000},
+        {"kind": "foreign"},
+        {"kind": "data_url", "value": "http://[::1/x"},
+        {"kind": "endless", "seconds": 5},
+        {"kind": "trickle", "seconds": 2},
+        {"kind": "trickle", "seconds": 2, "target": "files"},
+        {"kind": "echo_key", "status": 502, "code": None},
+    ]
+    request = urllib.request.Request(
+        f"{sandbox.origin}/_sandbox/faults",
+        data=json.dumps(faults).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert json.load(answer) == {"faults": len(faults)}
+    assert [f.kind for f in sandbox.state.faults] == [f["kind"] for f in faults]
+    assert sandbox.state.faults[-2].target == "files"
