@@ -228,6 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def origin(self) -> str:
         host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET address: never bytes
         return f"http://{host}:{port}"
 
     def _send(
