@@ -105,6 +105,7 @@ class Fault:
 
 
 _FILE_KINDS = {"truncate", "corrupt", "expired", "redirect", "replace"}
+_ENDLESS_BYTES_PER_SECOND = 32 * 1024 * 1024
 # Kinds that decide an API answer (``slow`` only delays one).
 _API_ANSWER_KINDS = {
     "error",
@@ -476,12 +477,16 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         self.close_connection = True
-        filler = b'{"id": "' + b"x" * 1000 + b'"},'
+        filler = (b'{"id": "' + b"x" * 1000 + b'"},') * 64
+        # At a fast link's pace, not the loopback's: a client that reads it all (as one
+        # without a cap does) grows by tens of MB a second, not by gigabytes.
+        pause = len(filler) / _ENDLESS_BYTES_PER_SECOND
         stop = time.monotonic() + seconds if seconds else None
         with contextlib.suppress(OSError):
             self.wfile.write(b'{"status": "success", "data": {"results": [')
             while stop is None or time.monotonic() < stop:
-                self.wfile.write(filler * 64)
+                self.wfile.write(filler)
+                time.sleep(pause)
 
     def _trickle(
         self,
