@@ -5,6 +5,7 @@ is nowhere in what the user sees or the database keeps."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -279,7 +280,11 @@ class _Proxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+            threading.Thread(target=self._serve_quietly, args=(client,), daemon=True).start()
+
+    def _serve_quietly(self, client: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # either side may hang up at any point
+            self._serve(client)
 
     def _serve(self, client: socket.socket) -> None:
         with client:
