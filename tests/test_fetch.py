@@ -348,3 +348,21 @@ def test_a_listing_longer_than_the_bound_is_refused(
         assert len(client.candidate_attachments(first.id).attachments) == MAX_LISTED_ATTACHMENTS
         with pytest.raises(ResponseInvalidError, match="more than the"):
             client.candidate_attachments(first.id)
+
+
+def test_trickled_headers_are_bounded_by_the_timeout(
+    sandbox: SandboxServer, settings: KomboSettings
+) -> None:
+    import time
+    from dataclasses import replace
+
+    # A byte every 0.2 s never trips a one-second silence, and never ends the headers either.
+    sandbox.add_fault(kind="trickle", value="headers", seconds=0.2, times=None)
+    started = time.monotonic()
+    with (
+        KomboClient(replace(settings, read_timeout=1.0, max_attempts=2)) as client,
+        pytest.raises(TransportError, match=r"did not arrive whole within 1\.0 s"),
+    ):
+        client.candidate_attachments(_first(sandbox))
+    assert time.monotonic() - started < 5
+    assert client.calls == 2

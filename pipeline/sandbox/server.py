@@ -81,7 +81,8 @@ class Fault:
                        (default ``http://[::1/x``, a malformed IPv6 host)
       ``endless``      200 whose body never ends (JSON that opens and keeps going), until the
                        client goes away or ``seconds`` pass (0: no bound)
-      ``trickle``      the real answer, one byte every ``seconds``, headers first (API or files)
+      ``trickle``      the real answer, one byte every ``seconds``, headers first (API or files;
+                       ``value="headers"`` trickles the headers too)
       ``echo_key``     answer ``status``/``code`` with Kombo's envelope, its message and title
                        echoing the request's Authorization header, as a misconfigured proxy does
     match: a substring of the request path (a candidate or attachment id); None matches all.
@@ -440,7 +441,14 @@ class _Handler(BaseHTTPRequestHandler):
                 nested = b"[" * fault.depth + b"]" * fault.depth
                 body = body.replace(b'"__deep__"', nested, 1)
             if fault is not None and fault.kind == "trickle":
-                self._trickle(200, body, "application/json", headers, fault.seconds)
+                self._trickle(
+                    200,
+                    body,
+                    "application/json",
+                    headers,
+                    fault.seconds,
+                    headers_too=fault.value == "headers",
+                )
                 return
             self._send(200, body, "application/json", headers)
             return
@@ -495,15 +503,24 @@ class _Handler(BaseHTTPRequestHandler):
         content_type: str,
         headers: dict[str, str] | None,
         seconds: float,
+        *,
+        headers_too: bool = False,
     ) -> None:
-        """Headers at once, then the body one byte every ``seconds``."""
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.flush()
+        """Headers at once (or, ``headers_too``, trickled as well), then the body one byte
+        every ``seconds``."""
+        fields = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        fields.update(headers or {})
+        if headers_too:
+            head = f"HTTP/1.1 {status} OK\r\n" + "".join(
+                f"{name}: {value}\r\n" for name, value in fields.items()
+            )
+            body = (head + "\r\n").encode("latin-1") + body
+        else:
+            self.send_response(status)
+            for name, value in fields.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
         with contextlib.suppress(OSError):
             for index in range(len(body)):
                 self.wfile.write(body[index : index + 1])
@@ -696,7 +713,14 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault is not None and fault.kind == "replace":
             body = fault.body
         elif fault is not None and fault.kind == "trickle":
-            self._trickle(200, body, mime, {"Content-Disposition": disposition}, fault.seconds)
+            self._trickle(
+                200,
+                body,
+                mime,
+                {"Content-Disposition": disposition},
+                fault.seconds,
+                headers_too=fault.value == "headers",
+            )
             return
         self._send(200, body, mime, {"Content-Disposition": disposition})
 
