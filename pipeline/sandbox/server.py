@@ -23,6 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -68,6 +69,22 @@ class Fault:
       ``content_type`` list the attachment with ``content_type`` instead of its own (API)
       ``redirect``     answer a download with 302 to the same path on ``location`` (files)
       ``replace``      send ``body`` instead of the file, a hostile document say (files)
+    Hostile answers (issue 14), all on the attachments routes unless said otherwise:
+      ``deep``         200 whose body nests ``depth`` arrays inside each other (default 5000)
+      ``timestamp``    every attachment's ``remote_created_at``/``remote_updated_at`` set to
+                       ``value`` (``...T10:00:00z``, ``...T23:59:60Z``, ``+01:00``, a date alone)
+      ``duplicate``    the first attachment listed twice
+      ``many``         the listing holds ``depth`` attachments (copies of the first, new ids)
+      ``foreign``      the first attachment's ``candidate_id`` names another candidate
+                       (``value``, or the world's next candidate)
+      ``data_url``     the first attachment's ``data_url`` replaced by ``value``
+                       (default ``http://[::1/x``, a malformed IPv6 host)
+      ``endless``      200 whose body never ends (JSON that opens and keeps going), until the
+                       client goes away or ``seconds`` pass (0: no bound)
+      ``trickle``      the real answer, one byte every ``seconds``, headers first (API or files;
+                       ``value="headers"`` trickles the headers too)
+      ``echo_key``     answer ``status``/``code`` with Kombo's envelope, its message and title
+                       echoing the request's Authorization header, as a misconfigured proxy does
     match: a substring of the request path (a candidate or attachment id); None matches all.
     times: how many requests it hits before it is spent; None means every one.
     """
@@ -83,10 +100,30 @@ class Fault:
     location: str = ""
     body: bytes = b""
     target: str = "api"  # api or files
+    depth: int = 5000
+    value: str | None = None
     hits: int = 0
 
 
 _FILE_KINDS = {"truncate", "corrupt", "expired", "redirect", "replace"}
+_ENDLESS_BYTES_PER_SECOND = 32 * 1024 * 1024
+# Kinds that decide an API answer (``slow`` only delays one).
+_API_ANSWER_KINDS = {
+    "error",
+    "html503",
+    "broken_json",
+    "bad_schema",
+    "bad_unicode",
+    "deep",
+    "timestamp",
+    "duplicate",
+    "many",
+    "foreign",
+    "data_url",
+    "endless",
+    "trickle",
+    "echo_key",
+}
 
 
 @dataclass
@@ -193,6 +230,7 @@ class _Handler(BaseHTTPRequestHandler):
     @property
     def origin(self) -> str:
         host, port = self.server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET address: never bytes
         return f"http://{host}:{port}"
 
     def _send(
@@ -210,7 +248,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(payload).encode(), "application/json", headers)
 
     def _error(
-        self, status: int, code: str | None, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        headers: dict[str, str] | None = None,
+        title: str | None = None,
     ) -> None:
         self._json(
             status,
@@ -218,7 +261,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "status": "error",
                 "error": {
                     "code": code,
-                    "title": _TITLES.get(code or ""),
+                    "title": title or _TITLES.get(code or ""),
                     "message": message,
                     "log_url": "https://app.kombo.dev/sandbox/logs?interactionId=sandbox",
                 },
@@ -342,14 +385,25 @@ class _Handler(BaseHTTPRequestHandler):
         fault = state.take_fault(route, "api", {"slow"})
         if fault is not None:
             time.sleep(fault.seconds)
-        fault = state.take_fault(
-            route, "api", {"error", "html503", "broken_json", "bad_schema", "bad_unicode"}
-        )
+        fault = state.take_fault(route, "api", _API_ANSWER_KINDS)
         if fault is not None and fault.kind == "error":
             extra = dict(headers or {})
             if fault.retry_after is not None:
                 extra["Retry-After"] = str(fault.retry_after)
             self._error(fault.status, fault.code, f"Scripted fault {fault.code}.", extra)
+            return
+        if fault is not None and fault.kind == "echo_key":
+            echoed = self.headers.get("Authorization", "")
+            self._error(
+                fault.status,
+                fault.code,
+                f"upstream refused the request (Authorization: {echoed})",
+                headers,
+                title=f"Bad gateway for {echoed}",
+            )
+            return
+        if fault is not None and fault.kind == "endless":
+            self._endless(fault.seconds)
             return
         if fault is not None and fault.kind == "html503":
             self._html503()
@@ -379,9 +433,100 @@ class _Handler(BaseHTTPRequestHandler):
                 del payload["data"]["results"][0]["data_url"]
             if fault is not None and fault.kind == "bad_unicode" and payload["data"]["results"]:
                 payload["data"]["results"][0]["file_name"] += "\ud800"
-            self._json(200, payload, headers)
+            if fault is not None:
+                payload = self._hostile(fault, payload, segments[2])
+            body = json.dumps(payload).encode()
+            if fault is not None and fault.kind == "deep":
+                # Built as text: json.dumps itself would recurse too deep.
+                nested = b"[" * fault.depth + b"]" * fault.depth
+                body = body.replace(b'"__deep__"', nested, 1)
+            if fault is not None and fault.kind == "trickle":
+                self._trickle(
+                    200,
+                    body,
+                    "application/json",
+                    headers,
+                    fault.seconds,
+                    headers_too=fault.value == "headers",
+                )
+                return
+            self._send(200, body, "application/json", headers)
             return
         self._error(404, None, f"No route for GET /v1{route}")
+
+    # -- hostile answers ---------------------------------------------------------------------
+
+    def _hostile(self, fault: Fault, payload: dict[str, Any], subject_id: str) -> dict[str, Any]:
+        results: list[dict[str, Any]] = payload["data"]["results"]
+        if fault.kind == "deep":
+            payload["data"]["nested"] = "__deep__"
+        elif fault.kind == "timestamp":
+            for item in results:
+                item["remote_created_at"] = item["remote_updated_at"] = fault.value
+        elif fault.kind == "duplicate" and results:
+            results.append(dict(results[0]))
+        elif fault.kind == "many" and results:
+            first = results[0]
+            results[:] = [
+                {**first, "id": f"{first['id'][:16]}{n:08d}".replace("0", "z")}
+                for n in range(fault.depth)
+            ]
+        elif fault.kind == "foreign" and results:
+            others = [c for c in self.state.world.candidates if c != subject_id]
+            results[0]["candidate_id"] = fault.value or (others[0] if others else "x" * 24)
+        elif fault.kind == "data_url" and results:
+            results[0]["data_url"] = fault.value if fault.value is not None else "http://[::1/x"
+        return payload
+
+    def _endless(self, seconds: float) -> None:
+        """A success answer that never ends: no length, and JSON that keeps going."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        filler = (b'{"id": "' + b"x" * 1000 + b'"},') * 64
+        # At a fast link's pace, not the loopback's: a client that reads it all (as one
+        # without a cap does) grows by tens of MB a second, not by gigabytes.
+        pause = len(filler) / _ENDLESS_BYTES_PER_SECOND
+        stop = time.monotonic() + seconds if seconds else None
+        with contextlib.suppress(OSError):
+            self.wfile.write(b'{"status": "success", "data": {"results": [')
+            while stop is None or time.monotonic() < stop:
+                self.wfile.write(filler)
+                time.sleep(pause)
+
+    def _trickle(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        headers: dict[str, str] | None,
+        seconds: float,
+        *,
+        headers_too: bool = False,
+    ) -> None:
+        """Headers at once (or, ``headers_too``, trickled as well), then the body one byte
+        every ``seconds``."""
+        fields = {"Content-Type": content_type, "Content-Length": str(len(body))}
+        fields.update(headers or {})
+        if headers_too:
+            head = f"HTTP/1.1 {status} OK\r\n" + "".join(
+                f"{name}: {value}\r\n" for name, value in fields.items()
+            )
+            body = (head + "\r\n").encode("latin-1") + body
+        else:
+            self.send_response(status)
+            for name, value in fields.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.flush()
+        with contextlib.suppress(OSError):
+            for index in range(len(body)):
+                self.wfile.write(body[index : index + 1])
+                self.wfile.flush()
+                time.sleep(seconds)
+        self.close_connection = True
 
     # -- API answers -------------------------------------------------------------------------
 
@@ -524,7 +669,7 @@ class _Handler(BaseHTTPRequestHandler):
         valid = expires.isdigit() and hmac.compare_digest(
             token, state.sign(attachment_id, int(expires))
         )
-        fault = state.take_fault(attachment_id, "files", _FILE_KINDS | {"html503"})
+        fault = state.take_fault(attachment_id, "files", _FILE_KINDS | {"html503", "trickle"})
         if fault is not None and fault.kind == "redirect":
             self._send(302, b"", "text/plain", {"Location": f"{fault.location}{self.path}"})
             return
@@ -567,6 +712,16 @@ class _Handler(BaseHTTPRequestHandler):
             body = (b"\x00garbage\xff" * (len(body) // 10 + 1))[: len(body)]
         elif fault is not None and fault.kind == "replace":
             body = fault.body
+        elif fault is not None and fault.kind == "trickle":
+            self._trickle(
+                200,
+                body,
+                mime,
+                {"Content-Disposition": disposition},
+                fault.seconds,
+                headers_too=fault.value == "headers",
+            )
+            return
         self._send(200, body, mime, {"Content-Disposition": disposition})
 
 
@@ -630,8 +785,11 @@ class _Server(ThreadingHTTPServer):
     request_queue_size = 256
     allow_reuse_address = True
 
-    def __init__(self, address: tuple[str, int], state: SandboxState) -> None:
-        self.state = state
+    state: SandboxState
+
+    def __init__(self, address: tuple[str, int], state: SandboxState | None) -> None:
+        if state is not None:
+            self.state = state
         super().__init__(address, _Handler)
 
 
@@ -645,11 +803,19 @@ class SandboxServer:
         port: int = 0,
         candidates: int = 20,
         seed: int = 7,
+        cache_dir: Path | None = None,
         **state_options: Any,
     ) -> None:
-        self.world = world or World(candidates=candidates, seed=seed)
-        self.state = SandboxState(self.world, **state_options)
-        self._server = _Server(("127.0.0.1", port), self.state)
+        # The port first: a port already taken is told at once, not after building (and,
+        # with a cache, rendering) thousands of documents. Nothing is served before start().
+        self._server = _Server(("127.0.0.1", port), None)
+        try:
+            self.world = world or World(candidates=candidates, seed=seed, cache_dir=cache_dir)
+            self.state = SandboxState(self.world, **state_options)
+        except BaseException:
+            self._server.server_close()
+            raise
+        self._server.state = self.state
         self._thread: threading.Thread | None = None
 
     @property
