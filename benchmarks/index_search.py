@@ -18,8 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.index import SearchIndex
-from pipeline.indexdoc import IndexDoc
+from pipeline.search import IndexDoc, SearchIndex
 from pipeline.sandbox.documents import cv_blocks, render_text
 from pipeline.sandbox.generator import World
 

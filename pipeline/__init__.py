@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import DataSettings, KomboSettings, Options, resolve_data, resolve_kombo
     from .errors import IntegrationError, KomboError, PipelineError, QueryError, UsageError
-    from .index import SearchHit, SearchIndex, SearchResults
+    from .search import SearchHit, SearchIndex, SearchResults
     from .runner import Pipeline, RunSummary
     from .states import AttachmentState
 
@@ -29,9 +29,9 @@ _EXPORTS = {
     "PipelineError": "errors",
     "QueryError": "errors",
     "UsageError": "errors",
-    "SearchHit": "index",
-    "SearchIndex": "index",
-    "SearchResults": "index",
+    "SearchHit": "search",
+    "SearchIndex": "search",
+    "SearchResults": "search",
     "Pipeline": "runner",
     "RunSummary": "runner",
     "AttachmentState": "states",

@@ -35,7 +35,7 @@ from .config import (
 from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
 from .export import FORMATS, WRITERS, iter_records
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ProcessExtractor
-from .index import CandidateHit, SearchHit, SearchResults, group_by_candidate
+from .search import CandidateHit, SearchHit, SearchResults, group_by_candidate
 from .runner import Pipeline, RunSummary
 from .states import AttachmentState
 

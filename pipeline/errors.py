@@ -16,7 +16,11 @@
     │   └── EncryptedDocumentError   needs a password we do not have (state ``encrypted``)
     ├── QueryError                   a search query the parser cannot read (exit 2)
     ├── IndexBuildError              a rebuilt index does not hold every document (exit 1)
-    └── LockedError                  another run holds the writer lock
+    ├── LockedError                  another run holds the writer lock
+    ├── FastPathUnsupportedError     an index or query search's fast paths do not read: the
+    │                                ranker's signal to search through Whoosh's own matchers
+    └── IndexWriteError              the index writer process failed a batch or is gone; the
+                                     rows stay pending (transient)
 
 Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
 stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``index``.
@@ -182,3 +186,17 @@ def kombo_error(
         retry_after=retry_after,
         subject=subject,
     )
+
+
+class FastPathUnsupportedError(PipelineError):
+    """An index or query of a shape search's fast paths (the numpy ranker, the array
+    postings) do not read: the caller searches through Whoosh's own matchers instead."""
+
+
+class IndexWriteError(PipelineError, RuntimeError):
+    """The index writer process could not write (or commit) a batch, or is gone: the batch's
+    rows stay pending and the next run indexes them (transient).
+
+    Also a RuntimeError: the run engine caught that before this class existed."""
+
+    transient = True

@@ -55,7 +55,7 @@ from .errors import (
 from .extract import Extraction
 from .extract.pool import Extractor, ProcessExtractor
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
-from .index import IndexWriterProcess, SearchIndex
+from .search import IndexWriterProcess, SearchIndex
 from .lock import WriterLock
 from .states import FINAL_STATES, AttachmentState
 from .storage import LocalFileStore
