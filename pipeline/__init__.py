@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import DataSettings, KomboSettings, Options, resolve_data, resolve_kombo
     from .errors import IntegrationError, KomboError, PipelineError, QueryError, UsageError
-    from .search import SearchHit, SearchIndex, SearchResults
     from .runner import Pipeline, RunSummary
+    from .search import SearchHit, SearchIndex, SearchResults
     from .states import AttachmentState
 
 # Imported on first use (PEP 562): a process that needs one stage (the download process,

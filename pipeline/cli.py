@@ -35,8 +35,8 @@ from .config import (
 from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
 from .export import FORMATS, WRITERS, iter_records
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, ProcessExtractor
-from .search import CandidateHit, SearchHit, SearchResults, group_by_candidate
 from .runner import Pipeline, RunSummary
+from .search import CandidateHit, SearchHit, SearchResults, group_by_candidate
 from .states import AttachmentState
 
 log = logging.getLogger("pipeline")

@@ -55,8 +55,8 @@ from .errors import (
 from .extract import Extraction
 from .extract.pool import Extractor, ProcessExtractor
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
-from .search import IndexWriterProcess, SearchIndex
 from .lock import WriterLock
+from .search import IndexWriterProcess, SearchIndex
 from .states import FINAL_STATES, AttachmentState
 from .storage import LocalFileStore
 from .store import (

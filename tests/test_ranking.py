@@ -1,6 +1,6 @@
-"""Search ranks with numpy over Whoosh's postings (``pipeline.search._whoosh._ranker``): the same documents,
-scores and totals as Whoosh's own matchers, on a real index of generated CVs with several
-segments and deleted documents."""
+"""Search ranks with numpy over Whoosh's postings (``pipeline.search._whoosh._ranker``): the
+same documents, scores and totals as Whoosh's own matchers, on a real index of generated CVs
+with several segments and deleted documents."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from whoosh import index as whoosh_index
 from whoosh.codec.whoosh3 import W3Codec
 from whoosh.query import And, ConstantScoreQuery, DateRange, Term
 
+from pipeline.sandbox.documents import cv_blocks, render_text
+from pipeline.sandbox.generator import World
 from pipeline.search import IndexDoc, IndexWriter, SearchIndex
 from pipeline.search._query import _parse
 from pipeline.search._schema import INDEX_NAME
 from pipeline.search._whoosh import _postings as postings
 from pipeline.search._whoosh import _ranker as ranking
-from pipeline.sandbox.documents import cv_blocks, render_text
-from pipeline.sandbox.generator import World
 
 QUERIES = [
     "Python",
@@ -175,7 +175,7 @@ def test_an_index_with_whooshs_own_positions_still_finds_phrases(tmp_path: Path)
     assert results.hits[0].snippet == "<b>machine</b> <b>learning</b> engineer"
 
 
-# -- array postings: a segment's common words as plain arrays (pipeline.search._whoosh._postings) ------------
+# -- array postings: a segment's common words as plain arrays (search._whoosh._postings) ---
 
 COMMON_QUERIES = [
     "expert",

@@ -1,6 +1,6 @@
-"""The bulk writer (``pipeline.search._whoosh._segments``) writes the very files Whoosh's own writer writes for
-the same documents, and a rebuild whose writer process is killed fails loudly instead of
-leaving documents out."""
+"""The bulk writer (``pipeline.search._whoosh._segments``) writes the very files Whoosh's own
+writer writes for the same documents, and a rebuild whose writer process is killed fails
+loudly instead of leaving documents out."""
 
 from __future__ import annotations
 

@@ -40,7 +40,18 @@ _EXPORTS = {
     "group_by_candidate": "_results",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "FAST_VARIABLE",
+    "CandidateHit",
+    "IndexDoc",
+    "IndexWriter",
+    "IndexWriterProcess",
+    "SearchHit",
+    "SearchIndex",
+    "SearchResults",
+    "engine_paths",
+    "group_by_candidate",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -71,21 +73,28 @@ def writer_options() -> dict[str, object]:
     return {"limitmb": 256, "compound": False, "codec": codec()}
 
 
+@contextmanager
+def _toc_read() -> Iterator[None]:
+    try:
+        yield
+    except (ImportError, AttributeError, pickle.UnpicklingError) as exc:
+        # The TOC's pickled schema names a class this version does not have (one that moved
+        # and is not in _whoosh._pickle's map, or one of another build).
+        raise QueryError(
+            "the search index was built by another version: run `pipeline reindex`"
+        ) from exc
+
+
 def index_exists(directory: Path) -> bool:
-    return bool(whoosh_index.exists_in(str(directory), indexname=INDEX_NAME))
+    with _toc_read():  # Whoosh reads the TOC to tell
+        return bool(whoosh_index.exists_in(str(directory), indexname=INDEX_NAME))
 
 
 def open_index(directory: Path) -> whoosh_index.Index:
     """The index in ``directory``, created (empty, with our schema) if there is none."""
     if index_exists(directory):
-        try:
+        with _toc_read():
             return whoosh_index.open_dir(str(directory), indexname=INDEX_NAME)
-        except (ImportError, AttributeError, pickle.UnpicklingError) as exc:
-            # The TOC's pickled schema names a class this version does not have (one that
-            # moved and is not in _whoosh._pickle's map, or a build of another version).
-            raise QueryError(
-                "the search index was built by another version: run `pipeline reindex`"
-            ) from exc
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return whoosh_index.create_in(str(directory), _schema(), indexname=INDEX_NAME)
 
