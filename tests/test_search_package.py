@@ -170,7 +170,7 @@ def test_the_fallback_writes_and_searches_with_the_same_results(tmp_path: Path) 
     fast, fast_err = _scenario(tmp_path / "fast", fast=True)
     slow, slow_err = _scenario(tmp_path / "fallback", fast=False)
     assert fast["paths"].startswith("fast")
-    assert slow["paths"].startswith("fallback: PIPELINE_SEARCH_FAST=off")
+    assert slow["paths"] == "fallback: Whoosh's own writer and matchers (PIPELINE_SEARCH_FAST=off)"
     # Loud: a warning, once per process (the parent's; the writer process says it too).
     assert "fast paths are off" not in fast_err
     assert slow_err.count("search's fast paths are off (PIPELINE_SEARCH_FAST=off)") >= 1
@@ -182,6 +182,39 @@ def test_the_fallback_writes_and_searches_with_the_same_results(tmp_path: Path) 
         assert [h[2] for h in ours["hits"]] == [h[2] for h in whooshs["hits"]], query
         for mine, theirs in zip(ours["hits"], whooshs["hits"], strict=True):
             assert mine[1] == pytest.approx(theirs[1], abs=2e-4), query
+
+
+def test_a_release_the_fast_paths_do_not_know_falls_back_and_says_so(tmp_path: Path) -> None:
+    # A whoosh-reloaded that says it is 2.8.0, found first on the path: what an upgrade
+    # past the pin would install.
+    dist = tmp_path / "site" / "whoosh_reloaded-2.8.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: whoosh-reloaded\nVersion: 2.8.0\n")
+    probe = (
+        "import sys; from pathlib import Path; "
+        "from pipeline.search import IndexDoc, SearchIndex, engine_paths; "
+        "index = SearchIndex(Path(sys.argv[1])); "
+        "index.write([IndexDoc('a1', 'C1', None, 'CV', 'cv.pdf', 'machine learning')]); "
+        "index.write([IndexDoc('a2', 'C2', None, 'CV', 'cv.pdf', 'learning machines')]); "
+        "found = index.search('\"machine learning\"', texts=lambda ids: {}); "
+        "print([h.attachment_id for h in found.hits], engine_paths())"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
+    env.pop("PIPELINE_SEARCH_FAST", None)
+    done = subprocess.run(
+        [sys.executable, "-c", probe, str(tmp_path / "index")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "['a1'] fallback: Whoosh's own writer and matchers "
+        "(whoosh-reloaded 2.8.0; the fast paths are proven on 2.7.5)"
+    )
+    assert done.stderr.count("search's fast paths are off") == 1  # once, for two writes
 
 
 # -- index files written before the package -------------------------------------------------

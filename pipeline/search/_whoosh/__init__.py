@@ -56,7 +56,7 @@ def _fallback_reason() -> str | None:
     release = whoosh_release()
     if release not in PROVEN_RELEASES:
         proven = ", ".join(sorted(PROVEN_RELEASES))
-        return f"whoosh-reloaded {release} is not a release they are proven on ({proven})"
+        return f"whoosh-reloaded {release}; the fast paths are proven on {proven}"
     return None
 
 
@@ -76,12 +76,12 @@ def fast_paths() -> bool:
 
 
 def engine_paths() -> str:
-    """Which paths search runs on, in a few words: "fast (whoosh-reloaded 2.7.5)" or
-    "fallback: <why>; Whoosh's own writer and matchers"."""
+    """Which paths search runs on, in a few words, for ``status`` and ``check``:
+    "fast (whoosh-reloaded 2.7.5)", or "fallback: Whoosh's own writer and matchers (why)"."""
     reason = _fallback_reason()
     if reason is None:
         return f"fast (whoosh-reloaded {whoosh_release()})"
-    return f"fallback: {reason}; Whoosh's own writer and matchers"
+    return f"fallback: Whoosh's own writer and matchers ({reason})"
 
 
 def segment_writer(ix: Any, **options: Any) -> Any:

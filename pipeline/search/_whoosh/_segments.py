@@ -35,6 +35,7 @@ from whoosh.util.numeric import _length_byte_cache, byte_to_length
 from whoosh.writing import SegmentWriter
 
 from ...errors import FastPathUnsupportedError
+from ._pickle import use_newest_protocol_for_postings
 from ._postings import (
     ARRAY_POSTINGS_EXT,
     ARRAY_POSTINGS_MIN,
@@ -43,6 +44,10 @@ from ._postings import (
 )
 
 log = logging.getLogger(__name__)
+
+# This writer is a fast path, and so is the newest pickle protocol for its blocks: a rebuild's
+# writer processes import this module without passing the fence's check (their parent did).
+use_newest_protocol_for_postings()
 
 # A field length's byte, as Whoosh's length_to_byte makes it (a logarithmic scale).
 _LENGTH_STEPS = np.asarray(_length_byte_cache, dtype=np.int64)
