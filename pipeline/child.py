@@ -4,7 +4,8 @@ Each is a fresh interpreter (a fork of the threaded parent would be unsafe) that
 its own stage and talks to the parent over a socket pair with ``multiprocessing``'s framed
 pickles. None is given the API key: it is taken out of the environment it inherits.
 
-``ChildProxy`` is the one mechanism for a child that answers calls: the parent sends
+``ChildProxy`` is the one mechanism for a child that answers calls (the download process,
+the index writer process, a rebuild's writer processes): the parent sends
 ``(key, request)``, the child answers ``("answer", key, value, error)`` (the error is the
 exception itself, pickled) or sends ``("event", payload)`` at any time; each call is a
 future, and a child's death is noticed by the proxy's reader, logged, and reported to the
@@ -170,6 +171,13 @@ class ChildProxy:
 
     @property
     def returncode(self) -> int | None:
+        return self._process.returncode
+
+    def exit_code(self, timeout: float = 5) -> int | None:
+        """The child's exit code, waiting up to ``timeout`` for it to end; None if it has
+        not."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=timeout)
         return self._process.returncode
 
     def call(self, request: object) -> Future[Any]:

@@ -2,20 +2,20 @@
 
 A bulk load through the array segment writer: a segment per REBUILD_SEGMENT_DOCS or
 REBUILD_SEGMENT_WORDS, written by a process per core when there are many documents, all
-committed at once at the end. On the fence's fallback it is Whoosh's own writer, in this
-process.
+committed at once at the end (the writer processes are ``child.ChildProxy`` children: a
+batch is a call). On the fence's fallback it is Whoosh's own writer, in this process.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import shutil
-import subprocess
 from collections.abc import Iterable, Iterator
-from multiprocessing.connection import wait as wait_for
+from concurrent import futures
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from .. import child
 from ..errors import IndexBuildError
@@ -98,27 +98,41 @@ def _rebuild_through_whoosh(directory: Path, docs: Iterable[IndexDoc]) -> int:
 
 
 def serve_segments(fd: int) -> None:
-    """A rebuild's writer process: (directory, segment documents, segment words), then
-    batches of documents, each answered with ("added", count); None answers ("done",
-    segments) and stops. An error answers ("error", the IndexBuildError)."""
+    """A rebuild's writer process (a ``child.ChildProxy``): set up with (directory, segment
+    documents, segment words), it takes calls ("add", documents), answered with their count,
+    and ("finish", None), answered with the segments it wrote; a failure answers with the
+    IndexBuildError."""
     from ._whoosh._segments import SegmentBuilder
 
     conn, (directory, segment_docs, segment_words) = child.accept(fd)
-    try:
-        ix = open_index(Path(directory))
-        builder = SegmentBuilder(
-            ix, segment_docs, segment_words, fields=_fields, options=writer_options()
-        )
-        while (batch := conn.recv()) is not None:
-            for doc in batch:
-                builder.add(doc)
-            conn.send(("added", len(batch)))
-        conn.send(("done", builder.finish()))
-    except (EOFError, OSError):
-        os._exit(0)  # the parent is gone
-    except Exception as exc:
-        failed = IndexBuildError(f"a writer process failed: {type(exc).__name__}: {exc}")
-        conn.send(("error", failed))
+    builder: SegmentBuilder | None = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone
+        if message is None:
+            break
+        key, (kind, batch) = message
+        try:
+            if builder is None:
+                builder = SegmentBuilder(
+                    open_index(Path(directory)),
+                    segment_docs,
+                    segment_words,
+                    fields=_fields,
+                    options=writer_options(),
+                )
+            if kind == "add":
+                for doc in batch:
+                    builder.add(doc)
+                answer = child.answer_message(key, len(batch))
+            else:
+                answer = child.answer_message(key, builder.finish())
+        except Exception as exc:
+            failed = IndexBuildError(f"a writer process failed: {type(exc).__name__}: {exc}")
+            answer = child.answer_message(key, error=failed)
+        conn.send(answer)
     conn.close()
 
 
@@ -127,79 +141,65 @@ def _build_in_processes(
 ) -> tuple[list[object], int]:
     """Share the documents between ``procs`` writer processes; their segments and the count.
 
-    Not a ``child.ChildProxy``: the parent feeds several children at once, at most two
-    batches ahead each, and waits on whichever answers first, with a bound on silence."""
-    workers = [child.start(serve_segments) for _ in range(procs)]
-    ahead = dict.fromkeys(range(procs), 0)  # batches sent and not yet answered
-    segments: list[object] = []
-    added = 0
+    Each batch is a call to one of them, at most two batches ahead each; whichever answers
+    first gets the next. A process that dies, fails or falls silent fails the rebuild."""
+    setup = (str(directory), REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS)
+    workers: list[child.ChildProxy] = []
 
-    def stopped(number: int) -> IndexBuildError:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            workers[number][0].wait(timeout=5)
-        code = workers[number][0].poll()
+    def stopped(worker_number: int) -> IndexBuildError:
+        code = workers[worker_number].exit_code()
         return IndexBuildError(
             f"a writer process stopped (exit code {code}): run `pipeline reindex` again"
         )
 
-    def tell(number: int, message: object) -> None:
-        try:
-            workers[number][1].send(message)
-        except OSError:
-            raise stopped(number) from None
-
-    def answer(number: int) -> tuple[str, object]:
-        try:
-            kind, value = workers[number][1].recv()
-        except (EOFError, OSError):
-            raise stopped(number) from None
-        if kind == "error":
-            assert isinstance(value, IndexBuildError)
-            raise value
-        return kind, value
+    for number in range(procs):
+        workers.append(
+            child.ChildProxy(
+                serve_segments,
+                setup,
+                label="a rebuild's writer process",
+                failure=lambda _request, _reason, number=number: stopped(number),
+            )
+        )
+    ahead: list[list[Future[Any]]] = [[] for _ in range(procs)]  # calls not yet answered
+    segments: list[object] = []
+    added = 0
+    failed = True
 
     def wait_for_answers() -> None:
-        conns = {workers[n][1]: n for n, count in ahead.items() if count}
-        ready = wait_for(list(conns), timeout=REBUILD_SILENCE_SECONDS)
-        if not ready:
+        waiting = [future for calls in ahead for future in calls]
+        done, _ = futures.wait(
+            waiting, timeout=REBUILD_SILENCE_SECONDS, return_when=futures.FIRST_COMPLETED
+        )
+        if not done:
             raise IndexBuildError(
                 f"a writer process sent nothing for {REBUILD_SILENCE_SECONDS:.0f} s: "
                 "run `pipeline reindex` again"
             )
-        for conn in ready:
-            number = conns[conn]  # type: ignore[index]
-            answer(number)
-            ahead[number] -= 1
+        for calls in ahead:
+            for future in [f for f in calls if f in done]:
+                calls.remove(future)
+                future.result()  # raises the process's IndexBuildError
 
     try:
-        for number in range(procs):
-            tell(number, (str(directory), REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS))
         while batch := list(itertools.islice(docs, REBUILD_BATCH_DOCS)):
-            while min(ahead.values()) >= 2:
+            while min(map(len, ahead)) >= 2:
                 wait_for_answers()
-            number = min(ahead, key=ahead.__getitem__)
-            tell(number, batch)
-            ahead[number] += 1
+            number = min(range(procs), key=lambda n: len(ahead[n]))
+            ahead[number].append(workers[number].call(("add", batch)))
             added += len(batch)
-        while any(ahead.values()):
+        while any(ahead):
             wait_for_answers()
-        for number in range(procs):
-            tell(number, None)
-        for number in range(procs):
-            if not wait_for([workers[number][1]], timeout=REBUILD_SILENCE_SECONDS):
+        finishing = [worker.call(("finish", None)) for worker in workers]
+        for future in finishing:
+            try:
+                segments.extend(future.result(timeout=REBUILD_SILENCE_SECONDS))
+            except futures.TimeoutError:
                 raise IndexBuildError(
                     "a writer process did not finish: run `pipeline reindex` again"
-                )
-            _, value = answer(number)
-            segments.extend(value)  # type: ignore[arg-type]
+                ) from None
+        failed = False
     finally:
-        for process, conn in workers:
-            with contextlib.suppress(OSError):
-                conn.close()
-            if process.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=10)
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+        for worker in workers:
+            worker.close(cancel=failed, timeout=10)
     return segments, added
