@@ -8,6 +8,7 @@ batch is a call). On the fence's fallback it is Whoosh's own writer, in this pro
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import shutil
@@ -136,6 +137,16 @@ def serve_segments(fd: int) -> None:
     conn.close()
 
 
+def _stopped(
+    workers: list[child.ChildProxy], number: int, _request: object, _reason: str
+) -> IndexBuildError:
+    """What a rebuild's call fails with when its writer process is gone."""
+    code = workers[number].exit_code()
+    return IndexBuildError(
+        f"a writer process stopped (exit code {code}): run `pipeline reindex` again"
+    )
+
+
 def _build_in_processes(
     directory: Path, docs: Iterator[IndexDoc], procs: int
 ) -> tuple[list[object], int]:
@@ -146,19 +157,13 @@ def _build_in_processes(
     setup = (str(directory), REBUILD_SEGMENT_DOCS, REBUILD_SEGMENT_WORDS)
     workers: list[child.ChildProxy] = []
 
-    def stopped(worker_number: int) -> IndexBuildError:
-        code = workers[worker_number].exit_code()
-        return IndexBuildError(
-            f"a writer process stopped (exit code {code}): run `pipeline reindex` again"
-        )
-
     for number in range(procs):
         workers.append(
             child.ChildProxy(
                 serve_segments,
                 setup,
                 label="a rebuild's writer process",
-                failure=lambda _request, _reason, number=number: stopped(number),
+                failure=functools.partial(_stopped, workers, number),
             )
         )
     ahead: list[list[Future[Any]]] = [[] for _ in range(procs)]  # calls not yet answered
