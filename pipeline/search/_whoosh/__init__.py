@@ -10,8 +10,9 @@ writer and its own matchers and scoring: the same results, slower, said once per
 as a warning and by ``engine_paths()`` (which ``status`` and ``check`` show).
 
 What is not a fast path, and so is used on every release: the text field's postings format
-(``_positions``; it is the index's file format, and public Whoosh API to subclass) and the
-mapping of moved classes when a TOC is read (``_pickle``; old indexes must open).
+(``_positions``; it is the index's file format, and public Whoosh API to subclass), the
+mapping of moved classes when a TOC is read (``_pickle``; old indexes must open) and the
+spelling corrector that leaves out marked stems (``_spelling``).
 """
 
 from __future__ import annotations
