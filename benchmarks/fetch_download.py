@@ -35,7 +35,7 @@ from pipeline.engine import RunEngine, RunInProgress, RunSummary, Workspace
 from pipeline.extract import Extraction
 from pipeline.fetch import RemoteAttachment
 from pipeline.filestore import LocalFileStore
-from pipeline.index import SearchIndex
+from pipeline.search import SearchIndex
 
 ROOT = Path(__file__).resolve().parent
 

@@ -18,10 +18,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pipeline.index import SearchIndex
-from pipeline.indexdoc import IndexDoc
 from pipeline.sandbox.documents import cv_blocks, render_text
 from pipeline.sandbox.generator import World
+from pipeline.search import IndexDoc, SearchIndex
 
 ROOT = Path(__file__).resolve().parent
 QUERIES = (

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from .config import DataSettings, KomboSettings, Options, resolve_data, resolve_kombo
     from .engine import RunSummary
     from .errors import IntegrationError, KomboError, PipelineError, QueryError, UsageError
-    from .index import SearchHit, SearchIndex, SearchResults
+    from .search import SearchHit, SearchIndex, SearchResults
     from .states import AttachmentState
 
 # Imported on first use (PEP 562): a process that needs one stage (the download process,
@@ -30,9 +30,9 @@ _EXPORTS = {
     "PipelineError": "errors",
     "QueryError": "errors",
     "UsageError": "errors",
-    "SearchHit": "index",
-    "SearchIndex": "index",
-    "SearchResults": "index",
+    "SearchHit": "search",
+    "SearchIndex": "search",
+    "SearchResults": "search",
     "App": "app",
     "RunSummary": "engine",
     "AttachmentState": "states",

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .engine import ExtractLimits, Progress, RunEngine, RunSummary, Workspace
     from .extract.pool import Extractor
     from .filestore import LocalFileStore
-    from .index import CandidateHit, SearchIndex, SearchResults
+    from .search import CandidateHit, SearchIndex, SearchResults
 
 # forget and purge wait this long for a run in progress to finish.
 ERASE_LOCK_TIMEOUT = 600.0
@@ -94,7 +94,7 @@ class App:
 
     @cached_property
     def index(self) -> SearchIndex:
-        from .index import SearchIndex
+        from .search import SearchIndex
 
         return SearchIndex(self.data.index_dir)
 
@@ -221,7 +221,7 @@ class App:
 
     def search_by_candidate(self, request: SearchRequest) -> CandidatePage:
         """One entry per candidate, at the rank of their best document."""
-        from .index import group_by_candidate
+        from .search import group_by_candidate
 
         # Grouping needs more files than people shown.
         results = self._search(request, (request.offset + request.limit) * 5, 0)

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     # The engine (and with it the download and fetch stages) is imported by the commands
     # that run, only: a read-only command never needs it.
     from .engine import RunSummary
-    from .index import CandidateHit, SearchHit, SearchResults
+    from .search import CandidateHit, SearchHit, SearchResults
 
 log = logging.getLogger("pipeline")
 F = TypeVar("F", bound=Callable[..., Any])

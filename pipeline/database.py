@@ -49,7 +49,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Update
 
-from .indexdoc import IndexDoc
+from .search import IndexDoc
 from .states import FINAL_STATES, AttachmentState, RunStatus
 
 log = logging.getLogger(__name__)

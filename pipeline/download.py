@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
-import signal
-import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -400,10 +397,6 @@ def _content_length(response: h11.Response) -> int | None:
 # no credentials anyway) and writes only into the file store's temporary folder and hash
 # names, exactly as an in-process download would.
 
-_ERRORS: dict[str, type[DownloadError]] = {
-    cls.__name__: cls for cls in (DownloadError, LinkExpiredError, TooLargeError)
-}
-
 
 class _ForwardLogs(logging.Handler):
     """In the child: hand log records to the parent, which logs them through its handlers."""
@@ -414,15 +407,19 @@ class _ForwardLogs(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
-            self._send(("log", record.name, record.levelno, record.getMessage()))
+            self._send(("event", (record.name, record.levelno, record.getMessage())))
+
+
+def _log_forwarded(event: tuple[str, int, str]) -> None:
+    """In the parent: log a record the child forwarded, through the parent's handlers."""
+    name, level, text = event
+    logging.getLogger(name).log(level, "%s", text)
 
 
 def serve(fd: int) -> None:
     """The child's entry point: download what the parent asks for over the socket ``fd``,
     up to ``download_concurrency`` at once on one event loop."""
-    # Ctrl-C reaches the whole process group; the parent decides when this process stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(fd)
+    conn, (settings, root) = child.accept(fd)
     send_lock = threading.Lock()
 
     def send(message: tuple[object, ...]) -> None:
@@ -431,7 +428,6 @@ def serve(fd: int) -> None:
 
     logging.getLogger().handlers[:] = [_ForwardLogs(send)]
     logging.getLogger().setLevel(logging.INFO)
-    settings, root = conn.recv()
     asyncio.run(_serve(conn, send, AsyncDownloader(settings, LocalFileStore(Path(root)))))
     conn.close()
 
@@ -450,16 +446,18 @@ async def _serve(
         async with slots:
             try:
                 done = await downloader.download(data_url, subject=subject)
-                outcome: tuple[object, ...] = ("ok", key, done.sha256, done.size_bytes)
+                outcome = child.answer_message(key, done)
             except DownloadError as exc:
-                outcome = ("error", key, type(exc).__name__, exc.message, exc.transient)
+                outcome = child.answer_message(key, error=exc)
             except Exception as exc:  # a bug must fail one download, not the process
-                outcome = ("error", key, "DownloadError", f"{subject}: {type(exc).__name__}", False)
+                error = DownloadError(f"{subject}: {type(exc).__name__}")
+                outcome = child.answer_message(key, error=error)
         with contextlib.suppress(OSError):
             send(outcome)
 
-    def start(request: tuple[int, str, str]) -> None:
-        task = loop.create_task(job(*request))
+    def start(request: tuple[int, tuple[str, str]]) -> None:
+        key, (data_url, subject) = request
+        task = loop.create_task(job(key, data_url, subject))
         running.add(task)
         task.add_done_callback(running.discard)
 
@@ -488,14 +486,6 @@ async def _serve(
 MAX_RESTARTS = 3
 
 
-@dataclass
-class _Request:
-    future: Future[Downloaded]
-    data_url: str
-    subject: str
-    sent_to: int = 0  # how many download processes it was given to
-
-
 class DownloadProcess:
     """A :class:`Downloader` in a child process; ``download`` blocks like the original.
 
@@ -507,128 +497,36 @@ class DownloadProcess:
     def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
         store.ensure()
         # Downloads need no credentials: the child gets the key neither in its settings nor in
-        # its environment.
-        self._setup = (replace(settings, api_key=Secret("")), str(store.root))
-        self._send_lock = threading.Lock()
-        # A lock of its own: the results reader must never wait behind a send.
-        self._waiting_lock = threading.Lock()
-        self._waiting: dict[int, _Request] = {}
-        self._keys = itertools.count()
-        self._restarts = 0
-        self._closing = False
-        self._gave_up = False
-        self._start()
-
-    def _start(self) -> None:
-        # Not the extraction forkserver: its warm-up for the parsers takes a second.
-        process, conn = child.start("pipeline.download", "serve")
-        conn.send(self._setup)
-        reader = threading.Thread(
-            target=self._read, args=(process, conn), name="download-results", daemon=True
+        # its environment. Not the extraction forkserver: its warm-up for the parsers takes a
+        # second.
+        self._child = child.ChildProxy(
+            serve,
+            (replace(settings, api_key=Secret("")), str(store.root)),
+            label="the download process",
+            failure=lambda request, reason: DownloadError(f"{request[1]}: {reason}"),
+            restarts=MAX_RESTARTS,
+            on_event=_log_forwarded,
         )
-        self._conn, self._reader, self._process = conn, reader, process
-        reader.start()
 
     @property
     def pid(self) -> int:
-        return self._process.pid
+        return self._child.pid
 
     @property
     def returncode(self) -> int | None:
-        return self._process.returncode
+        return self._child.returncode
 
     def submit(self, data_url: str, *, subject: str) -> Future[Downloaded]:
         """Start a download; the future holds what ``Downloader.download`` would return or
         raise."""
-        future: Future[Downloaded] = Future()
         if not _is_http(data_url):
+            future: Future[Downloaded] = Future()
             future.set_exception(DownloadError(f"{subject}: data_url is not an http(s) URL"))
             return future
-        if self._gave_up:
-            future.set_exception(DownloadError(f"{subject}: the download process kept dying"))
-            return future
-        request = _Request(future, data_url, subject)
-        with self._waiting_lock:
-            key = next(self._keys)
-            self._waiting[key] = request
-        self._send(key, request)
-        return future
-
-    def _send(self, key: int, request: _Request) -> None:
-        request.sent_to += 1
-        try:
-            with self._send_lock:
-                self._conn.send((key, request.data_url, request.subject))
-        except OSError:
-            # The child is gone: its reader hands the request to the next one, unless it has
-            # given up already.
-            if self._gave_up:
-                with self._waiting_lock:
-                    self._waiting.pop(key, None)
-                if not request.future.done():
-                    request.future.set_exception(
-                        DownloadError(f"{request.subject}: the download process kept dying")
-                    )
+        return self._child.call((data_url, subject))
 
     def download(self, data_url: str, *, subject: str) -> Downloaded:
         return self.submit(data_url, subject=subject).result()
 
-    def _read(self, process: subprocess.Popen[bytes], conn: Connection) -> None:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break
-            if message[0] == "log":
-                _, name, level, text = message
-                logging.getLogger(name).log(level, "%s", text)
-                continue
-            with self._waiting_lock:
-                request = self._waiting.pop(message[1], None)
-            if request is None:
-                continue
-            if message[0] == "ok":
-                request.future.set_result(Downloaded(message[2], message[3]))
-            else:
-                _, _, kind, text, transient = message
-                error = _ERRORS.get(kind, DownloadError)(text, transient=transient)
-                request.future.set_exception(error)
-        if self._closing:
-            self._fail_waiting("the download process ended")
-            return
-        process.wait()
-        self._restarts += 1
-        if self._restarts > MAX_RESTARTS:
-            log.error("the download process died %d times: giving up", self._restarts)
-            self._gave_up = True
-            self._fail_waiting("the download process kept dying")
-            return
-        log.warning("the download process ended (exit %s): starting another", process.returncode)
-        with contextlib.suppress(OSError):
-            conn.close()
-        with self._send_lock:
-            self._start()
-        with self._waiting_lock:
-            again = list(self._waiting.items())
-        for key, request in again:
-            if request.sent_to >= 2:
-                with self._waiting_lock:
-                    self._waiting.pop(key, None)
-                request.future.set_exception(
-                    DownloadError(f"{request.subject}: the download process died twice on it")
-                )
-            else:
-                self._send(key, request)
-
-    def _fail_waiting(self, reason: str) -> None:
-        with self._waiting_lock:
-            waiting, self._waiting = self._waiting, {}
-        for request in waiting.values():
-            if not request.future.done():
-                request.future.set_exception(DownloadError(f"{request.subject}: {reason}"))
-
     def close(self, *, cancel: bool = False) -> None:
-        self._closing = True
-        child.stop(
-            self._process, self._conn, self._send_lock, self._reader, cancel=cancel, timeout=30
-        )
+        self._child.close(cancel=cancel, timeout=30)

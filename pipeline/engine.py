@@ -9,7 +9,7 @@ Where each stage runs, and why:
 - extraction in worker processes behind an :class:`Extractor`, killable when a parser hangs;
 - the database on this module's main thread, the only one to touch it (SQLite stays
   single-writer without locks of our own);
-- the index in an index writer process (:class:`~pipeline.index.IndexWriterProcess`), fed in
+- the index in an index writer process (:class:`~pipeline.search.IndexWriterProcess`), fed in
   order from the main thread, so that a commit never holds the run loop still.
 The stage modules stay plain functions and classes that can be tested alone.
 
@@ -67,8 +67,8 @@ from .extract import Extraction
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Extractor, ProcessExtractor
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
 from .filestore import LocalFileStore
-from .index import IndexWriterProcess, SearchIndex
 from .lock import WriterLock
+from .search import IndexWriterProcess, SearchIndex
 from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
 
 log = logging.getLogger(__name__)
@@ -796,7 +796,7 @@ class _WriterProcessBatch(_IndexBatch):
             future, done = self._sent.pop(0)
             try:
                 self.cpu += future.result()
-            except (RuntimeError, PipelineError) as exc:
+            except PipelineError as exc:
                 # The rows stay pending: the next run indexes them first.
                 summary.index_errors += len(done)
                 summary.errors.append(f"{exc}; {len(done)} documents stay pending")

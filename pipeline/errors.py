@@ -18,7 +18,11 @@
     │                                ``unsupported``, not broken
     ├── QueryError                   a search query the parser cannot read (exit 2)
     ├── IndexBuildError              a rebuilt index does not hold every document (exit 1)
-    └── LockedError                  another run holds the writer lock
+    ├── LockedError                  another run holds the writer lock
+    ├── FastPathUnsupportedError     an index or query search's fast paths do not read: the
+    │                                ranker's signal to search through Whoosh's own matchers
+    └── IndexWriteError              the index writer process failed a batch or is gone; the
+                                     rows stay pending (transient)
 
 Transient or terminal is said one way: the ``transient`` attribute (a class attribute, or
 for the errors whose answer decides it, a property or the instance's own), read through
@@ -212,3 +216,15 @@ def kombo_error(
         retry_after=retry_after,
         subject=subject,
     )
+
+
+class FastPathUnsupportedError(PipelineError):
+    """An index or query of a shape search's fast paths (the numpy ranker, the array
+    postings) do not read: the caller searches through Whoosh's own matchers instead."""
+
+
+class IndexWriteError(PipelineError):
+    """The index writer process could not write (or commit) a batch, or is gone: the batch's
+    rows stay pending and the next run indexes them (transient)."""
+
+    transient = True

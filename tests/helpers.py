@@ -14,9 +14,9 @@ from pathlib import Path
 import lxml.html
 import pytest
 
-from pipeline.indexdoc import IndexDoc
 from pipeline.sandbox.documents import cv_blocks, render_text
 from pipeline.sandbox.generator import World
+from pipeline.search import IndexDoc
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CORPUS = SHARED / "corpus"

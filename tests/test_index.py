@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import QueryError
-from pipeline.index import SearchIndex
-from pipeline.indexdoc import IndexDoc
+from pipeline.search import IndexDoc, SearchIndex
 
 
 def _doc(
@@ -119,7 +118,7 @@ def test_rebuild_starts_from_nothing(index: SearchIndex) -> None:
 def test_the_writer_process_keeps_one_document_per_attachment_across_batches(
     index: SearchIndex,
 ) -> None:
-    from pipeline.index import IndexWriterProcess
+    from pipeline.search import IndexWriterProcess
 
     writer = IndexWriterProcess(index.directory)
     batches = [
@@ -185,7 +184,7 @@ def test_snippets_cut_long_words_only_at_spaces(index: SearchIndex) -> None:
 def _segments(folder: Path) -> int:
     from whoosh import index as whoosh_index
 
-    from pipeline.index import INDEX_NAME
+    from pipeline.search._schema import INDEX_NAME
 
     ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
     with ix.searcher() as searcher:
@@ -199,7 +198,7 @@ def test_a_large_rebuild_shares_the_work_between_processes_and_loses_nothing(
 ) -> None:
     import os
 
-    import pipeline.index as module
+    import pipeline.search._rebuild as module
     from tests.helpers import generated_docs as _docs
 
     docs = _docs(250)
@@ -243,7 +242,7 @@ def test_index_writer_processes_start_without_sqlalchemy() -> None:
     import sys
 
     probe = (
-        "import pickle, sys, pipeline.index; from pipeline.indexdoc import IndexDoc; "
+        "import pickle, sys, pipeline.search._writer; from pipeline.search import IndexDoc; "
         "pickle.loads(pickle.dumps(IndexDoc('a', 'c', None, 'CV', None, 'text'))); "
         "print(sorted({'sqlalchemy', 'pypdf', 'docx'} & set(sys.modules)))"
     )

@@ -1,6 +1,6 @@
-"""Search ranks with numpy over Whoosh's postings (``pipeline.ranking``): the same documents,
-scores and totals as Whoosh's own matchers, on a real index of generated CVs with several
-segments and deleted documents."""
+"""Search ranks with numpy over Whoosh's postings (``pipeline.search._whoosh._ranker``): the
+same documents, scores and totals as Whoosh's own matchers, on a real index of generated CVs
+with several segments and deleted documents."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from whoosh import index as whoosh_index
 from whoosh.codec.whoosh3 import W3Codec
 from whoosh.query import And, ConstantScoreQuery, DateRange, Term
 
-from pipeline import ranking
-from pipeline.index import INDEX_NAME, IndexWriter, SearchIndex, _parse
-from pipeline.indexdoc import IndexDoc
+from pipeline.search import IndexDoc, IndexWriter, SearchIndex
+from pipeline.search._query import _parse
+from pipeline.search._schema import INDEX_NAME
+from pipeline.search._whoosh import _postings as postings
+from pipeline.search._whoosh import _ranker as ranking
 from tests.helpers import generated_docs as _docs
 
 QUERIES = [
@@ -131,7 +133,7 @@ def test_an_index_with_whooshs_own_positions_still_finds_phrases(tmp_path: Path)
     # pickled ones: phrases are then matched by Whoosh's own matcher, with the same result.
     from whoosh.formats import Positions
 
-    from pipeline.index import _schema
+    from pipeline.search._schema import _schema
 
     schema = _schema()
     schema["text"].format = Positions(field_boost=1.0)
@@ -151,7 +153,7 @@ def test_an_index_with_whooshs_own_positions_still_finds_phrases(tmp_path: Path)
     assert results.hits[0].snippet == "<b>machine</b> <b>learning</b> engineer"
 
 
-# -- array postings: a segment's common words as plain arrays (pipeline.segments) ------------
+# -- array postings: a segment's common words as plain arrays (search._whoosh._postings) ---
 
 COMMON_QUERIES = [
     "expert",
@@ -178,7 +180,7 @@ def _common_words_index(folder: Path) -> list[IndexDoc]:
 
 
 def _array_files(folder: Path) -> list[Path]:
-    from pipeline.segments import ARRAY_POSTINGS_EXT
+    from pipeline.search._whoosh._postings import ARRAY_POSTINGS_EXT
 
     return sorted(folder.glob(f"*{ARRAY_POSTINGS_EXT}"))
 
@@ -187,11 +189,11 @@ def _assert_arrays_hold_the_blocks(searcher) -> int:  # type: ignore[no-untyped-
     """Every word a segment keeps as arrays has there exactly what its blocks hold."""
     from whoosh.matching import FilterMatcher
 
-    from pipeline.segments import ARRAY_POSTINGS_MIN
+    from pipeline.search._whoosh._postings import ARRAY_POSTINGS_MIN
 
     checked = 0
     for reader, _offset in searcher.reader().leaf_readers():
-        arrays = ranking._ArrayPostings.open(reader)
+        arrays = postings.ArrayPostings.open(reader)
         for text, info in reader.iter_field("text"):
             found = arrays.find(reader, "text", text)
             if info.doc_frequency() < ARRAY_POSTINGS_MIN:
@@ -201,7 +203,7 @@ def _assert_arrays_hold_the_blocks(searcher) -> int:  # type: ignore[no-untyped-
             matcher = reader.postings("text", text)
             if isinstance(matcher, FilterMatcher):
                 matcher = matcher.child
-            ids, weights = ranking.read_postings(matcher)
+            ids, weights = postings.read_postings(matcher)
             assert found[0].tolist() == ids.tolist()
             assert found[1].tolist() == weights.tolist()
             checked += 1
@@ -258,7 +260,7 @@ def test_a_damaged_array_postings_file_is_passed_over(tmp_path: Path) -> None:
     ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
     with ix.searcher() as searcher:
         for reader, _offset in searcher.reader().leaf_readers():
-            assert ranking._ArrayPostings.open(reader).find(reader, "text", b"expert") is None
+            assert postings.ArrayPostings.open(reader).find(reader, "text", b"expert") is None
         query = _parse(searcher.schema, "expert OR python")
         _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
     ix.close()

@@ -1,6 +1,6 @@
-"""The bulk writer (``pipeline.segments``) writes the very files Whoosh's own writer writes for
-the same documents, and a rebuild whose writer process is killed fails loudly instead of
-leaving documents out."""
+"""The bulk writer (``pipeline.search._whoosh._segments``) writes the very files Whoosh's own
+writer writes for the same documents, and a rebuild whose writer process is killed fails
+loudly instead of leaving documents out."""
 
 from __future__ import annotations
 
@@ -19,11 +19,11 @@ from whoosh import index as whoosh_index
 from whoosh.codec.whoosh3 import W3Codec
 from whoosh.writing import SegmentWriter
 
-import pipeline.segments as segments
+import pipeline.search._whoosh._segments as segments
 from pipeline.errors import IndexBuildError
-from pipeline.index import INDEX_NAME, SearchIndex, _fields
-from pipeline.indexdoc import IndexDoc
-from pipeline.segments import ArraySegmentWriter, offsets_always
+from pipeline.search import IndexDoc, SearchIndex
+from pipeline.search._schema import INDEX_NAME, _fields
+from pipeline.search._whoosh._segments import ArraySegmentWriter, offsets_always
 from tests.helpers import generated_docs as _docs
 
 
@@ -171,7 +171,7 @@ def _wait_until_dead(pid: int) -> None:
 def test_a_rebuild_whose_writer_process_is_killed_fails_with_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipeline.index as module
+    import pipeline.search._rebuild as module
 
     monkeypatch.setattr(module, "PARALLEL_REBUILD_DOCS", 40)
     monkeypatch.setattr(module, "REBUILD_BATCH_DOCS", 10)

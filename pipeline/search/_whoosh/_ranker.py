@@ -4,7 +4,7 @@ Whoosh scores one posting at a time through a tree of Python matchers (about a m
 a posting per query term), then walks the matches again to count them: at 100,000 CVs a
 common word ("Python" is in a third of them) costs hundreds of milliseconds. Here each
 term's postings are read a block at a time straight from the segment files (a common word's
-from the segment's array postings, written beside it by ``pipeline.segments``), scored as
+from the segment's array postings, ``_postings``, written beside it by ``_segments``), scored as
 arrays with the very formula and statistics Whoosh uses, and combined into one dense score
 array per query node; the total is the count of that array's matches. The results are
 Whoosh's own (``tests/test_ranking.py`` compares them, score for score, on every kind of
@@ -15,21 +15,18 @@ document (0.9 MB at 100,000 CVs), freed as the query is combined.
 
 A query node of a kind not handled here (a sloppy phrase such as ``"a b"~3``, a span
 query) is evaluated by Whoosh's own matcher for that node only. Anything this module cannot
-read (another codec, a Whoosh version whose segment files differ) raises ``Unsupported``,
-and the caller searches the way Whoosh does.
+read (another codec, a Whoosh version whose segment files differ) raises
+``FastPathUnsupportedError``, and the caller searches the way Whoosh does.
 
-Nothing outside ``pipeline.index`` uses this module.
+Nothing outside ``pipeline.search`` uses this module (through ``_whoosh``'s fence).
 """
 
 from __future__ import annotations
 
-import mmap
-import os
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3LeafMatcher, _lenfield
+from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
 from whoosh.matching.wrappers import FilterMatcher
 from whoosh.query import (
     And,
@@ -48,11 +45,11 @@ from whoosh.query import (
     Wildcard,
 )
 from whoosh.query.terms import MultiTerm
-from whoosh.reading import TermNotFound
 from whoosh.scoring import BM25F
 from whoosh.util.numeric import byte_to_length
 
-from .segments import ARRAY_POSTINGS_EXT, ARRAY_POSTINGS_HEADER, ARRAY_POSTINGS_MAGIC
+from ...errors import FastPathUnsupportedError
+from ._postings import ArrayPostings, read_postings
 
 # Whoosh keeps a field's length in a document as one byte; this is its decoding.
 _LENGTHS = np.array([byte_to_length(b) or 0 for b in range(256)], dtype=np.float64)
@@ -60,10 +57,6 @@ _LENGTHS = np.array([byte_to_length(b) or 0 for b in range(256)], dtype=np.float
 
 # Queries whose matcher is Whoosh's "or the terms this pattern expands to".
 _EXPANDING = (MultiTerm.matcher, Prefix.matcher, Wildcard.matcher)
-
-
-class Unsupported(Exception):
-    """The index or the query is of a shape this module does not read."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +94,7 @@ class Ranker:
     def __init__(self, searcher) -> None:  # type: ignore[no-untyped-def]
         weighting = searcher.weighting
         if type(weighting) is not BM25F or weighting._field_B:
-            raise Unsupported("only Whoosh's default BM25F is reproduced")
+            raise FastPathUnsupportedError("only Whoosh's default BM25F is reproduced")
         self.searcher = searcher
         self.schema = searcher.schema
         self.b = weighting.B
@@ -116,11 +109,11 @@ class Ranker:
                 try:
                     deleted = np.fromiter(reader.deleted_docs_set, dtype=np.int64)
                 except AttributeError as exc:
-                    raise Unsupported(f"deletions: {exc}") from exc
+                    raise FastPathUnsupportedError(f"deletions: {exc}") from exc
                 alive[deleted + offset] = False
         self.alive = alive
         self._lengths: dict[str, np.ndarray] = {}
-        self._array_files: dict[int, _ArrayPostings] = {}
+        self._array_files: dict[int, ArrayPostings] = {}
 
     def rank(self, query: Query, limit: int) -> Ranked:
         """The ``limit`` best documents for ``query`` (ties: lower document number first)
@@ -154,7 +147,7 @@ class Ranker:
                 # Whoosh matches a lone subquery by itself, without the compound's boost.
                 return self.evaluate(query.subqueries[0])
             if kind is Or and (query.scale or query.minmatch):
-                raise Unsupported("Or with a coordination bonus or minimum match")
+                raise FastPathUnsupportedError("Or with a coordination bonus or minimum match")
             nodes = [self.evaluate(sub) for sub in query.subqueries]
             mask = nodes[0].mask.copy()
             scores = nodes[0].scores.copy()
@@ -363,10 +356,10 @@ class Ranker:
             return _Postings(ids[0], weights[0], raw_values)
         return _Postings(np.concatenate(ids), np.concatenate(weights), raw_values)
 
-    def _arrays(self, reader) -> _ArrayPostings:  # type: ignore[no-untyped-def]
+    def _arrays(self, reader) -> ArrayPostings:  # type: ignore[no-untyped-def]
         found = self._array_files.get(id(reader))
         if found is None:
-            found = self._array_files[id(reader)] = _ArrayPostings.open(reader)
+            found = self._array_files[id(reader)] = ArrayPostings.open(reader)
         return found
 
     def _scores(self, fieldname: str, btext: bytes, postings: _Postings) -> np.ndarray:
@@ -410,122 +403,7 @@ def _length_bytes(reader, fieldname: str, count: int) -> np.ndarray:  # type: ig
         stored = min(column._count, count)
         raw = column._dbfile.get(column._basepos, stored) if stored else b""
     except AttributeError as exc:
-        raise Unsupported(f"field lengths: {exc}") from exc
+        raise FastPathUnsupportedError(f"field lengths: {exc}") from exc
     lengths = np.zeros(count, dtype=np.uint8)
     lengths[:stored] = np.frombuffer(raw, dtype=np.uint8)
     return lengths
-
-
-def read_postings(
-    matcher,  # type: ignore[no-untyped-def]
-    raw_values: list[bytes] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """A segment's postings of one term from its blocks: its document numbers (within the
-    segment) and weights; the values join ``raw_values`` when it is given."""
-    # A block's ids are stored as differences, its first counted from 0 in the segment:
-    # joined, one running sum gives every id once each block's first difference is lowered
-    # by the last id of the block before.
-    deltas: list[int] = []
-    weights: list[float] = []
-    starts: list[int] = []  # where each block begins in the joined differences
-    lowered: list[int] = []
-    last = 0
-    for block_deltas, block_weights, block_values, last_id in _blocks(matcher):
-        starts.append(len(deltas))
-        lowered.append(last)
-        deltas.extend(block_deltas)
-        weights.extend(block_weights)
-        if raw_values is not None:
-            raw_values.extend(block_values)
-        last = last_id
-    differences = np.array(deltas, dtype=np.int64)
-    differences[starts] -= lowered
-    return np.cumsum(differences), np.array(weights, dtype=np.float64)
-
-
-class _ArrayPostings:
-    """A segment's array postings (``pipeline.segments``): its common words' document numbers
-    and weights, mapped read-only. A segment without the file, or with one that does not
-    read as written, has none, and its words are read from their blocks."""
-
-    NONE: _ArrayPostings
-
-    def __init__(self, buffer: mmap.mmap | None = None, words: int = 0, postings: int = 0) -> None:
-        self._buffer = buffer
-        if buffer is None:
-            return
-        at = ARRAY_POSTINGS_HEADER
-        self._offsets = np.frombuffer(buffer, "<i8", words, at)
-        self._firsts = np.frombuffer(buffer, "<i8", words, at + 8 * words)
-        self._counts = np.frombuffer(buffer, "<i8", words, at + 16 * words)
-        self._ids_at = at + 24 * words
-        self._weights_at = self._ids_at + 4 * postings
-
-    @classmethod
-    def open(cls, reader) -> _ArrayPostings:  # type: ignore[no-untyped-def]
-        try:
-            folder = reader._storage.folder
-            name = reader._segment.make_filename(ARRAY_POSTINGS_EXT)
-        except AttributeError:  # not a segment of files in a folder
-            return cls.NONE
-        try:
-            with open(os.path.join(folder, name), "rb") as file:
-                buffer = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError):  # no such file (an older segment, a merged one), empty
-            return cls.NONE
-        size = len(buffer)
-        if size < ARRAY_POSTINGS_HEADER or buffer[: len(ARRAY_POSTINGS_MAGIC)] != (
-            ARRAY_POSTINGS_MAGIC
-        ):
-            return cls.NONE
-        words, postings = np.frombuffer(buffer, "<i8", 2, len(ARRAY_POSTINGS_MAGIC)).tolist()
-        if words < 0 or postings < 0 or size != ARRAY_POSTINGS_HEADER + 24 * words + 8 * postings:
-            return cls.NONE
-        return cls(buffer, words, postings)
-
-    def find(self, reader, fieldname: str, btext: bytes) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
-        """The word's document numbers (int64, within the segment) and weights (float64), if
-        the segment holds them as arrays."""
-        if self._buffer is None:
-            return None
-        try:
-            offset = reader.term_info(fieldname, btext).extent()[0]
-        except (AttributeError, KeyError, TermNotFound):
-            return None
-        if offset is None:
-            return None
-        place = int(np.searchsorted(self._offsets, offset))
-        if place == len(self._offsets) or int(self._offsets[place]) != offset:
-            return None
-        first, count = int(self._firsts[place]), int(self._counts[place])
-        ids = np.frombuffer(self._buffer, "<i4", count, self._ids_at + 4 * first)
-        weights = np.frombuffer(self._buffer, "<f4", count, self._weights_at + 4 * first)
-        return ids.astype(np.int64), weights.astype(np.float64)
-
-
-_ArrayPostings.NONE = _ArrayPostings()
-
-
-def _blocks(matcher) -> Iterable[tuple[Sequence[int], Sequence[float], list[bytes], int]]:  # type: ignore[no-untyped-def]
-    """A term's postings a block at a time: (id differences, weights, values, last id).
-
-    Reads the blocks as Whoosh's own matcher does (its whoosh3 codec: a pickled tuple of
-    delta-encoded ids, weights and values per block), without a Python call per posting.
-    """
-    if type(matcher) is not W3LeafMatcher:
-        raise Unsupported(f"postings of type {type(matcher).__name__}")
-    try:
-        while True:
-            matcher._read_data()
-            deltas, weights, values = matcher._data
-            count = matcher._blocklength
-            if weights is None:
-                weights = (1.0,) * count
-            elif isinstance(weights, float):
-                weights = (weights,) * count
-            yield deltas, weights, values, matcher._maxid
-            if matcher._lastblock:
-                return
-            matcher._goto(matcher._nextoffset)
-    except AttributeError as exc:
-        raise Unsupported(f"postings blocks: {exc}") from exc

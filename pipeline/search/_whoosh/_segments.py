@@ -7,16 +7,13 @@ time. This writer keeps a document's words as numbers in one array, sorts a segm
 postings at once with numpy, and gives the codec whole blocks. The files it writes are the
 ones Whoosh's writer writes for the same documents, byte for byte (``tests/test_segments.py``
 compares them; the one difference, chosen, is ``offsets_always``), so every reader, Whoosh's
-and ``pipeline.ranking``, takes them as they are.
+and ``_ranker``, takes them as they are.
 
-Beside a segment's Whoosh files the writer leaves one of its own, ``<segment>.apx``: the
-document numbers and weights of the text field's common words (``ARRAY_POSTINGS_MIN``
-postings or more) as plain arrays, so that a search reads a common word's postings with one
-slice instead of unpickling its blocks (``pipeline.ranking``; a segment without the file is
-read from its blocks). Whoosh ignores the file and deletes it with its segment.
+Beside a segment's Whoosh files the writer leaves its common words' array postings (the
+format is ``_postings``').
 
 Fields fed a list of words whose format stores positions as 32-bit numbers (the text field,
-``pipeline.index.WordPositions``) take the array path. The other fields (ids, the date, the
+``_positions.WordPositions``) take the array path. The other fields (ids, the date, the
 file name) have a few postings a document and go through Whoosh's ``field.index`` as before,
 pooled per term here instead of sorted.
 """
@@ -29,7 +26,7 @@ import logging
 import sys
 from array import array
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -37,7 +34,20 @@ from whoosh.codec.whoosh3 import W3PostingsWriter
 from whoosh.util.numeric import _length_byte_cache, byte_to_length
 from whoosh.writing import SegmentWriter
 
+from ...errors import FastPathUnsupportedError
+from ._pickle import use_newest_protocol_for_postings
+from ._postings import (
+    ARRAY_POSTINGS_EXT,
+    ARRAY_POSTINGS_MIN,
+    ArrayPostingsWriter,
+    read_postings,
+)
+
 log = logging.getLogger(__name__)
+
+# This writer is a fast path, and so is the newest pickle protocol for its blocks: a rebuild's
+# writer processes import this module without passing the fence's check (their parent did).
+use_newest_protocol_for_postings()
 
 # A field length's byte, as Whoosh's length_to_byte makes it (a logarithmic scale).
 _LENGTH_STEPS = np.asarray(_length_byte_cache, dtype=np.int64)
@@ -70,50 +80,6 @@ class _Words:
         self.words.extend(map(self.numbers.__getitem__, words))
         self.docnums.append(docnum)
         self.counts.append(len(words))
-
-
-# -- array postings: a segment's common words, for searches -----------------------------------
-
-ARRAY_POSTINGS_EXT = ".apx"
-ARRAY_POSTINGS_MIN = 1024  # a word's postings in a segment: fewer are quick to unpickle
-ARRAY_POSTINGS_MAGIC = b"KCVAPX01"
-# After the magic: the number of words and of postings, then per word the offset of its
-# postings in the segment's .pst file (ascending), its first posting and its count, then
-# every posting's document number (int32), then every weight (float32, as Whoosh's blocks
-# hold them). All little-endian.
-ARRAY_POSTINGS_HEADER = len(ARRAY_POSTINGS_MAGIC) + 16
-
-
-class _ArrayPostingsWriter:
-    """The common words' postings of a segment being flushed, written at its end."""
-
-    def __init__(self) -> None:
-        self.offsets: list[int] = []
-        self.docs: list[np.ndarray] = []
-        self.weights: list[np.ndarray] = []
-
-    def add(self, offset: int, docs: np.ndarray, weights: np.ndarray) -> None:
-        self.offsets.append(offset)
-        self.docs.append(docs.astype("<i4"))
-        self.weights.append(weights.astype("<f4"))
-
-    def write(self, file: Any) -> None:
-        # The reader finds a word by binary search over the offsets. Terms are written one
-        # after another, so they ascend already; sorting costs nothing and promises it.
-        order = np.argsort(np.asarray(self.offsets, dtype="<i8"), kind="stable")
-        offsets = np.asarray(self.offsets, dtype="<i8")[order]
-        docs = [self.docs[i] for i in order]
-        weights = [self.weights[i] for i in order]
-        counts = np.fromiter(map(len, docs), dtype="<i8", count=len(docs))
-        firsts = np.cumsum(counts) - counts
-        file.write(ARRAY_POSTINGS_MAGIC)
-        file.write(np.array([len(counts), int(counts.sum())], dtype="<i8").tobytes())
-        file.write(offsets.tobytes())
-        file.write(firsts.astype("<i8").tobytes())
-        file.write(counts.tobytes())
-        for column in (*docs, *weights):
-            file.write(column.tobytes())
-        file.close()
 
 
 class _BlockPostings(W3PostingsWriter):  # type: ignore[misc]
@@ -258,7 +224,7 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
         self.perdocwriter.close()
         writer = self.fieldwriter
         codec = self.codec
-        common = _ArrayPostingsWriter()
+        common = ArrayPostingsWriter()
         for name, terms in self._terms():
             writer.start_field(name, self.schema[name])
             postings = writer._postwriter = _BlockPostings(
@@ -283,10 +249,7 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
         """The array postings of a segment Whoosh wrote (a merging commit, a purge): its
         common words' blocks are read back once, so that the merged segment is searched as
         quickly as the ones it replaces."""
-        # numpy reading of Whoosh's blocks; ranking imports this module, hence here
-        from .ranking import Unsupported, read_postings
-
-        common = _ArrayPostingsWriter()
+        common = ArrayPostingsWriter()
         terms = self.codec.terms_reader(self.storage, self.newsegment)
         try:
             for name in sorted(terms.indexed_field_names()):
@@ -300,7 +263,7 @@ class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
                         continue
                     matcher = terms.matcher(name, text, field.format)
                     common.add(info.extent()[0], *read_postings(matcher))
-        except Unsupported as exc:
+        except FastPathUnsupportedError as exc:
             # Blocks of a kind the reader does not know: the segment is searched from them.
             log.debug("no array postings for the merged segment: %s", exc)
             return
@@ -398,7 +361,7 @@ def _word_postings(words: _Words, field: Any, length_bytes: np.ndarray) -> Itera
     rank[by_text] = np.arange(len(texts), dtype=np.int32)
 
     # Memory: about 24 bytes a word at the peak, each array let go as soon as it has served
-    # (the builder bounds a segment's words: REBUILD_SEGMENT_WORDS in the index).
+    # (the builder bounds a segment's words: REBUILD_SEGMENT_WORDS in ``_rebuild``).
     counts = np.frombuffer(words.counts, dtype=np.int32)
     term_of = rank[np.frombuffer(words.words, dtype=np.int32)]
     words.words = array("i")
@@ -458,3 +421,58 @@ def _word_postings(words: _Words, field: Any, length_bytes: np.ndarray) -> Itera
             arrays = (chunk_docs[a:b], weights[a:b])
             yield text, docs[a:b], scores[a:b], values[a:b], lengths[a:b], arrays
         term = last
+
+
+class SegmentBuilder:
+    """A rebuild's segments: documents written into segments of at most ``segment_docs``
+    documents and about ``segment_words`` words, left uncommitted for ``commit_segments``.
+
+    ``fields`` makes a document's fields; ``options`` are the segment writer's."""
+
+    def __init__(
+        self,
+        ix: Any,
+        segment_docs: int,
+        segment_words: int,
+        *,
+        fields: Callable[[Any], dict[str, object]],
+        options: dict[str, Any],
+    ) -> None:
+        self._ix = ix
+        self._segment_docs = segment_docs
+        self._segment_words = segment_words
+        self._make_fields = fields
+        self._options = options
+        self._writer: ArraySegmentWriter | None = None
+        self._segments: list[object] = []
+        self.added = 0
+
+    def add(self, doc: Any) -> None:
+        if self._writer is None:
+            # No lock: the process that commits the segments holds it.
+            self._writer = ArraySegmentWriter(self._ix, _lk=False, **self._options)
+        self._writer.add_document(**self._make_fields(doc))
+        self.added += 1
+        if (
+            self._writer.doc_count() >= self._segment_docs
+            or self._writer.word_count >= self._segment_words
+        ):
+            self._close()
+
+    def finish(self) -> list[object]:
+        if self._writer is not None:
+            self._close()
+        return self._segments
+
+    def _close(self) -> None:
+        assert self._writer is not None
+        self._segments.append(self._writer._finalize_segment())
+        self._writer = None
+
+
+def commit_segments(holder: ArraySegmentWriter, segments: list[object]) -> None:
+    """Commit the segments builders wrote, through the writer that holds the index's lock
+    (and wrote none itself)."""
+    holder._close_segment()
+    holder._commit_toc(segments)
+    holder._finish()

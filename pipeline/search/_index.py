@@ -1,0 +1,272 @@
+"""The search index behind an interface of our own: ``SearchIndex``.
+
+The engine is Whoosh (the ``whoosh-reloaded`` fork); queries are scored by the numpy ranker
+over its posting lists and segments are written from arrays (both in ``_whoosh``, behind
+the version fence), or through Whoosh's own matchers and writer on the fallback. Nothing
+outside ``pipeline.search`` imports ``whoosh``, so the engine can change (paperless-ngx
+moved to tantivy) without touching the rest. The index keeps no text: snippets are made
+from the database's copy, so the database stays the one place personal text lives.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from whoosh import index as whoosh_index
+from whoosh.query import And, Or, Query, Term
+
+from ..errors import FastPathUnsupportedError, IndexBuildError, QueryError
+from . import _rebuild
+from ._doc import IndexDoc
+from ._query import _check_syntax, _correct, _filters, _parse
+from ._results import SearchHit, SearchResults
+from ._schema import _fields, _schema, index_exists, locked_writer, open_index
+from ._snippets import _escape, _highlighted, _snippet
+from ._whoosh import ranker as _ranker
+
+log = logging.getLogger(__name__)
+
+
+class IndexWriter:
+    """Adds and removes documents; everything becomes visible at ``commit``."""
+
+    def __init__(self, writer: Any) -> None:
+        self._writer = writer
+        self.pending = 0
+
+    def upsert(self, doc: IndexDoc) -> None:
+        self._writer.update_document(**_fields(doc))
+        self.pending += 1
+
+    def add(self, doc: IndexDoc) -> None:
+        """Add without looking for an older version: for a bulk load into an empty index."""
+        self._writer.add_document(**_fields(doc))
+        self.pending += 1
+
+    def delete(self, attachment_id: str) -> None:
+        self._writer.delete_by_term("attachment_id", attachment_id)
+        self.pending += 1
+
+
+class SearchIndex:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _open(self) -> whoosh_index.Index:
+        return open_index(self.directory)
+
+    def exists(self) -> bool:
+        return index_exists(self.directory)
+
+    @contextmanager
+    def writer(self, *, purge: bool = False, merge: bool = True) -> Iterator[IndexWriter]:
+        """One writer; committed on a clean exit, cancelled (and the error re-raised) if not.
+
+        ``purge`` merges every segment on commit: a deleted document's terms otherwise stay
+        in its old segment file until a later merge, and an erasure must not wait for that.
+        """
+        ix = self._open()
+        raw = locked_writer(ix)
+        wrapped = IndexWriter(raw)
+        try:
+            yield wrapped
+        except BaseException:
+            raw.cancel()
+            raise
+        else:
+            raw.commit(optimize=purge, merge=merge or purge)
+        finally:
+            ix.close()
+
+    def write(
+        self, docs: Iterable[IndexDoc] = (), deletions: Iterable[str] = (), *, purge: bool = False
+    ) -> int:
+        with self.writer(purge=purge) as writer:
+            for attachment_id in deletions:
+                writer.delete(attachment_id)
+            for doc in docs:
+                writer.upsert(doc)
+            return writer.pending
+
+    def rebuild(self, docs: Iterable[IndexDoc]) -> int:
+        """Start again from nothing: the database is the source of truth (``_rebuild``).
+
+        The index is counted after the commit: a writer process that failed fails the
+        rebuild instead of leaving documents out.
+        """
+        added = _rebuild.rebuild(self.directory, docs)
+        held = self.doc_count()
+        if held != added:
+            raise IndexBuildError(
+                f"the index holds {held} of the {added} documents written "
+                "(a writer process failed): run `pipeline reindex` again"
+            )
+        return added
+
+    def attachment_ids(self) -> set[str]:
+        if not self.exists():
+            return set()
+        ix = self._open()
+        try:
+            with ix.searcher() as searcher:
+                return {fields["attachment_id"] for fields in searcher.all_stored_fields()}
+        finally:
+            ix.close()
+
+    def doc_count(self) -> int:
+        if not self.exists():
+            return 0
+        ix = self._open()
+        try:
+            return int(ix.doc_count())
+        finally:
+            ix.close()
+
+    def _check_schema(self, ix: whoosh_index.Index) -> None:
+        if set(ix.schema.names()) != set(_schema().names()):
+            raise QueryError(
+                "the search index was built by an older version: run `pipeline reindex`"
+            )
+
+    def search(
+        self,
+        query: str,
+        *,
+        texts: Callable[[Sequence[str]], dict[str, str]],
+        type: str | None = None,
+        candidate_id: str | None = None,
+        language: str | None = None,
+        since: datetime | None = None,
+        limit: int = 10,
+        offset: int = 0,
+    ) -> SearchResults:
+        """Ranked hits (BM25F) with snippets made from ``texts`` (attachment id -> text).
+
+        Words the index does not hold are spelled again from its own words; when that finds
+        more, those hits come back with ``did_you_mean`` set.
+        """
+        _check_syntax(query)
+        if not self.exists():
+            return SearchResults(query, 0, [])
+        ix = self._open()
+        try:
+            self._check_schema(ix)
+            filters = _filters(type, candidate_id, language, since)
+            with ix.searcher() as searcher:
+                parsed = _parse(ix.schema, query)
+                ranker = _ranker(searcher)
+                found, total = _collect(searcher, ranker, parsed, filters, offset + limit)
+                # A word the index does not hold is likely a typo even when its stem matched
+                # a few documents ("Kubernets"): the corrected query wins if it finds as many
+                # or more (the stems of a typo often find the same documents). Snippets are
+                # made only for the page that is returned.
+                corrected = _correct(searcher, ix.schema, query)
+                if corrected is not None:
+                    reparsed = _parse(ix.schema, corrected)
+                    again, again_total = _collect(
+                        searcher, ranker, reparsed, filters, offset + limit
+                    )
+                    if again_total >= total and again_total:
+                        hits = _page(searcher, reparsed, again[offset:], texts)
+                        return SearchResults(query, again_total, hits, corrected)
+                    if total == 0:
+                        return SearchResults(query, 0, [], corrected)
+                hits = _page(searcher, parsed, found[offset:], texts)
+                return SearchResults(query, total, hits)
+        finally:
+            ix.close()
+
+    def similar(
+        self,
+        attachment_id: str,
+        *,
+        texts: Callable[[Sequence[str]], dict[str, str]],
+        type: str | None = None,
+        limit: int = 10,
+    ) -> SearchResults:
+        """Documents most like this one (by its key terms), other candidates' first."""
+        body = texts([attachment_id]).get(attachment_id)
+        if body is None or not self.exists():
+            raise QueryError(f"attachment {attachment_id} is not in the index")
+        ix = self._open()
+        try:
+            self._check_schema(ix)
+            with ix.searcher() as searcher:
+                docnum = searcher.document_number(attachment_id=attachment_id)
+                if docnum is None:
+                    raise QueryError(f"attachment {attachment_id} is not in the index")
+                own = searcher.stored_fields(docnum)["candidate_id"]
+                keys = searcher.key_terms_from_text("text", body, numterms=25)
+                terms = Or([Term("text", word, boost=weight) for word, weight in keys])
+                found, _total = _collect(searcher, _ranker(searcher), terms, [], (limit + 1) * 4)
+                wanted = []
+                for docnum, score in found:
+                    fields = searcher.stored_fields(docnum)
+                    if (
+                        fields["attachment_id"] != attachment_id
+                        and fields["candidate_id"] != own
+                        and (type is None or fields["type"] == type)
+                    ):
+                        wanted.append((docnum, score))
+                hits = _page(searcher, terms, wanted[:limit], texts)
+            return SearchResults(f"similar:{attachment_id}", len(hits), hits)
+        finally:
+            ix.close()
+
+
+def _collect(searcher, ranker, parsed: Query, filters: list[Query], limit: int):  # type: ignore[no-untyped-def]
+    """The best ``limit`` (document number, score) pairs, best first, and the number of
+    matches. Scored a posting list at a time (``_whoosh._ranker``); through Whoosh's own
+    matchers on the fence's fallback, or if the index is of a shape the ranker does not
+    read."""
+
+    query = And([parsed, *filters]) if filters else parsed
+    if ranker is not None:
+        try:
+            ranked = ranker.rank(query, limit)
+            return ranked.top, ranked.total
+        except FastPathUnsupportedError as exc:
+            log.debug("searching through Whoosh's matchers: %s", exc)
+    results = searcher.search(query, limit=max(1, limit))
+    # Whoosh's top-N skips blocks by their best possible score and can miss a document
+    # that ties; it counts the matches again for len().
+    return [(hit.docnum, hit.score) for hit in results], len(results)
+
+
+def _page(
+    searcher,  # type: ignore[no-untyped-def]
+    query: Query,
+    found: list[tuple[int, float]],
+    texts: Callable[[Sequence[str]], dict[str, str]],
+) -> list[SearchHit]:
+    """Hits for the (document number, score) pairs, with snippets of the words that
+    matched."""
+    stored = [(searcher.stored_fields(docnum), score) for docnum, score in found]
+    bodies = texts([fields["attachment_id"] for fields, _score in stored])
+    words, stems = _highlighted(searcher, query)
+    hits = []
+    for fields, score in stored:
+        body = bodies.get(fields["attachment_id"], "")
+        language = fields.get("language") or None
+        snippet = _snippet(body, words, stems, language) if body else ""
+        hits.append(
+            SearchHit(
+                attachment_id=fields["attachment_id"],
+                candidate_id=fields["candidate_id"],
+                application_id=fields.get("application_id"),
+                type=fields["type"],
+                file_name=fields.get("file_name"),
+                score=round(float(score), 4),
+                snippet=" ".join((snippet or _escape(body[:200])).split()),
+                language=language,
+            )
+        )
+    # Equal scores come back in segment order, which a rebuild changes: break ties by id so
+    # the same data always gives the same page.
+    hits.sort(key=lambda h: (-h.score, h.attachment_id))
+    return hits
