@@ -10,7 +10,11 @@ from the database's copy, so the database stays the one place personal text live
 
 from __future__ import annotations
 
+import errno
 import logging
+import pickle
+import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -20,7 +24,14 @@ from typing import Any
 from whoosh import index as whoosh_index
 from whoosh.query import And, Or, Query, Term
 
-from ..errors import FastPathUnsupportedError, IndexBuildError, QueryError
+from ..errors import (
+    FastPathUnsupportedError,
+    IndexBuildError,
+    IndexDamagedError,
+    QueryError,
+    StorageError,
+)
+from ..filestore import storage_error
 from . import _rebuild
 from ._doc import IndexDoc
 from ._query import _check_syntax, _correct, _filters, _parse
@@ -30,6 +41,42 @@ from ._snippets import _escape, _highlighted, _snippet
 from ._whoosh import ranker as _ranker
 
 log = logging.getLogger(__name__)
+
+
+# What Whoosh raises reading a TOC or segment that is missing, cut short or overwritten.
+_DAMAGE = (OSError, EOFError, struct.error, zlib.error, pickle.UnpicklingError)
+_REINDEX = "run `pipeline reindex` to rebuild it from the database"
+
+
+@contextmanager
+def _translated(directory: Path, doing: str) -> Iterator[None]:
+    """Whoosh's and the OS's errors on the index as one line naming the index folder: the
+    facade's one place for them."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise storage_error(exc, f"search index: cannot {doing}", directory) from exc
+        raise _damaged(directory, exc) from exc
+    except _DAMAGE as exc:
+        raise _damaged(directory, exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("whoosh"):
+            raise _damaged(directory, exc) from exc
+        raise
+
+
+def _damaged(directory: Path, exc: BaseException) -> IndexDamagedError:
+    if directory.exists() and not directory.is_dir():
+        what = f"{directory} is a file, not the index folder"
+    elif isinstance(exc, FileNotFoundError):
+        missing = Path(exc.filename).name if exc.filename else "a segment file"
+        what = f"{directory} is missing {missing}"
+    else:
+        what = f"{directory} is damaged ({type(exc).__name__}: {exc})".splitlines()[0]
+    return IndexDamagedError(f"search index: {what}: {_REINDEX}", path=str(directory))
 
 
 class IndexWriter:
@@ -58,10 +105,18 @@ class SearchIndex:
         self.directory = directory
 
     def _open(self) -> whoosh_index.Index:
-        return open_index(self.directory)
+        self._check_folder()
+        with _translated(self.directory, "open it"):
+            return open_index(self.directory)
+
+    def _check_folder(self) -> None:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise _damaged(self.directory, NotADirectoryError(str(self.directory)))
 
     def exists(self) -> bool:
-        return index_exists(self.directory)
+        self._check_folder()
+        with _translated(self.directory, "read it"):
+            return index_exists(self.directory)
 
     @contextmanager
     def writer(self, *, purge: bool = False, merge: bool = True) -> Iterator[IndexWriter]:
@@ -71,7 +126,8 @@ class SearchIndex:
         in its old segment file until a later merge, and an erasure must not wait for that.
         """
         ix = self._open()
-        raw = locked_writer(ix)
+        with _translated(self.directory, "write to it"):
+            raw = locked_writer(ix)
         wrapped = IndexWriter(raw)
         try:
             yield wrapped
@@ -79,7 +135,8 @@ class SearchIndex:
             raw.cancel()
             raise
         else:
-            raw.commit(optimize=purge, merge=merge or purge)
+            with _translated(self.directory, "write to it"):
+                raw.commit(optimize=purge, merge=merge or purge)
         finally:
             ix.close()
 
@@ -99,7 +156,13 @@ class SearchIndex:
         The index is counted after the commit: a writer process that failed fails the
         rebuild instead of leaving documents out.
         """
-        added = _rebuild.rebuild(self.directory, docs)
+        if self.directory.exists() and not self.directory.is_dir():
+            # An index folder that became a file: a rebuild makes the folder again.
+            log.warning("replacing %s, a file where the index folder belongs", self.directory)
+            with _translated(self.directory, "replace it"):
+                self.directory.unlink()
+        with _translated(self.directory, "rebuild it"):
+            added = _rebuild.rebuild(self.directory, docs)
         held = self.doc_count()
         if held != added:
             raise IndexBuildError(
@@ -113,7 +176,7 @@ class SearchIndex:
             return set()
         ix = self._open()
         try:
-            with ix.searcher() as searcher:
+            with _translated(self.directory, "read it"), ix.searcher() as searcher:
                 return {fields["attachment_id"] for fields in searcher.all_stored_fields()}
         finally:
             ix.close()
@@ -123,7 +186,8 @@ class SearchIndex:
             return 0
         ix = self._open()
         try:
-            return int(ix.doc_count())
+            with _translated(self.directory, "read it"):
+                return int(ix.doc_count())
         finally:
             ix.close()
 
@@ -157,7 +221,7 @@ class SearchIndex:
         try:
             self._check_schema(ix)
             filters = _filters(type, candidate_id, language, since)
-            with ix.searcher() as searcher:
+            with _translated(self.directory, "read it"), ix.searcher() as searcher:
                 parsed = _parse(ix.schema, query)
                 ranker = _ranker(searcher)
                 found, total = _collect(searcher, ranker, parsed, filters, offset + limit)
@@ -196,7 +260,7 @@ class SearchIndex:
         ix = self._open()
         try:
             self._check_schema(ix)
-            with ix.searcher() as searcher:
+            with _translated(self.directory, "read it"), ix.searcher() as searcher:
                 docnum = searcher.document_number(attachment_id=attachment_id)
                 if docnum is None:
                     raise QueryError(f"attachment {attachment_id} is not in the index")

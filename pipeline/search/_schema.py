@@ -13,6 +13,7 @@ from whoosh.codec.whoosh3 import W3Codec
 from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
 
 from ..errors import QueryError
+from ..filestore import tighten
 from ._analysis import FILE_NAME_PATTERN, analyzer, terms
 from ._doc import IndexDoc
 from ._whoosh import segment_writer
@@ -103,4 +104,10 @@ def locked_writer(ix: whoosh_index.Index) -> Any:
     """A writer that holds the index's lock: the fence's choice of segment writer."""
     # Wait for the lock a while: a writer process of a run that was killed may still be
     # finishing its last batch.
-    return segment_writer(ix, timeout=120, delay=0.1, **writer_options())
+    writer = segment_writer(ix, timeout=120, delay=0.1, **writer_options())
+    # Whoosh creates its lock file with mode 0777 less the umask (0700 under ours): private
+    # files are 0600.
+    folder = getattr(ix.storage, "folder", None)
+    if folder is not None:
+        tighten(Path(folder) / f"{INDEX_NAME}_WRITELOCK", 0o600)
+    return writer
