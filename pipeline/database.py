@@ -407,10 +407,23 @@ def _translated(exc: BaseException, where: str) -> StorageError | None:
     one (a constraint, a bug of ours: those keep their own type)."""
     orig = getattr(exc, "orig", exc)
     message = str(orig).lower()
+    if "disk i/o error" in message and _nearly_full(where):
+        # SQLite says SQLITE_FULL only where it checks; a write to the WAL or its index
+        # that meets ENOSPC comes back as an I/O error.
+        message = "database or disk is full"
     for words, cls, text in _SQLITE_FAULTS:
         if words in message:
             return cls(f"database: {text.format(path=where)}", path=where)
     return None
+
+
+def _nearly_full(where: str) -> bool:
+    folder = Path(where).parent
+    try:
+        found = os.statvfs(folder)
+    except (OSError, ValueError):
+        return False
+    return found.f_bavail * found.f_frsize < 1 << 20
 
 
 class Store:

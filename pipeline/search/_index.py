@@ -16,7 +16,7 @@ import pickle
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -79,24 +79,46 @@ def _damaged(directory: Path, exc: BaseException) -> IndexDamagedError:
     return IndexDamagedError(f"search index: {what}: {_REINDEX}", path=str(directory))
 
 
+def _cancel(raw: Any) -> None:
+    """Cancel a writer whose batch failed; on a full disk cancelling can fail too (it flushes
+    what it held), and that must not hide the error that stopped the batch."""
+    try:
+        raw.cancel()
+    except Exception as exc:
+        log.debug("cancelling the index writer failed too: %s", exc)
+        lock = getattr(raw, "writelock", None)
+        with suppress(Exception):
+            if lock is not None:
+                lock.release()
+
+
 class IndexWriter:
     """Adds and removes documents; everything becomes visible at ``commit``."""
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, directory: Path | None = None) -> None:
         self._writer = writer
+        self._directory = directory
         self.pending = 0
 
+    def _guard(self) -> AbstractContextManager[None]:
+        if self._directory is None:
+            return nullcontext()
+        return _translated(self._directory, "write to it")
+
     def upsert(self, doc: IndexDoc) -> None:
-        self._writer.update_document(**_fields(doc))
+        with self._guard():
+            self._writer.update_document(**_fields(doc))
         self.pending += 1
 
     def add(self, doc: IndexDoc) -> None:
         """Add without looking for an older version: for a bulk load into an empty index."""
-        self._writer.add_document(**_fields(doc))
+        with self._guard():
+            self._writer.add_document(**_fields(doc))
         self.pending += 1
 
     def delete(self, attachment_id: str) -> None:
-        self._writer.delete_by_term("attachment_id", attachment_id)
+        with self._guard():
+            self._writer.delete_by_term("attachment_id", attachment_id)
         self.pending += 1
 
 
@@ -128,11 +150,11 @@ class SearchIndex:
         ix = self._open()
         with _translated(self.directory, "write to it"):
             raw = locked_writer(ix)
-        wrapped = IndexWriter(raw)
+        wrapped = IndexWriter(raw, self.directory)
         try:
             yield wrapped
         except BaseException:
-            raw.cancel()
+            _cancel(raw)
             raise
         else:
             with _translated(self.directory, "write to it"):
