@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import sqlite3
 import subprocess
 import tempfile
@@ -22,7 +23,10 @@ import pytest
 
 from pipeline.database import Store
 from pipeline.errors import (
+    DatabaseCorruptError,
     DiskFullError,
+    IndexDamagedError,
+    SchemaBehindError,
     is_transient,
 )
 from pipeline.filestore import LocalFileStore
@@ -176,3 +180,170 @@ def test_an_ingest_on_a_full_disk_exits_2_and_is_recorded_failed(
         statuses = run_statuses(disk / "data" / "pipeline.db")
     assert "running" not in statuses
     assert statuses[-1] == "failed"
+
+
+# -- a read-only data directory ----------------------------------------------------------------
+
+
+def test_reads_work_on_a_read_only_data_directory(
+    cli, sandbox: SandboxServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    data = tmp_path / "data"
+    assert cli("ingest", *_ids(sandbox)[:4], env=sandbox.env()).code == 0
+    before = sorted(p.name for p in data.iterdir())
+    with read_only(data):
+        search = cli("search", "the", "--json")
+        status = cli("status")
+        export = cli("export", "--format", "jsonl")
+        check = cli("check")
+        assert (search.code, status.code, export.code, check.code) == (0, 0, 0, 0), (
+            search.err + status.err + export.err + check.err
+        )
+        assert '"total"' in search.out and "run" in status.out and export.out.count("\n") >= 4
+        assert sorted(p.name for p in data.iterdir()) == before  # no lock, WAL or SHM made
+        ingest = cli("ingest", *_ids(sandbox)[4:6], env=sandbox.env())
+        line = one_line(ingest)
+        assert ingest.code != 0
+        assert "not writable" in line or "read-only" in line
+        assert str(data) in line
+
+
+@CLI_MAPPING
+def test_a_run_on_a_read_only_data_directory_exits_2(
+    cli, sandbox: SandboxServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    assert cli("ingest", *_ids(sandbox)[:2], env=sandbox.env()).code == 0
+    with read_only(tmp_path / "data"):
+        assert cli("ingest", *_ids(sandbox)[2:4], env=sandbox.env()).code == 2
+
+
+def test_an_older_database_on_a_read_only_directory_says_to_run_a_writing_command(
+    cli, sandbox: SandboxServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    assert cli("ingest", *_ids(sandbox)[:2], env=sandbox.env()).code == 0
+    database = tmp_path / "data" / "pipeline.db"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("UPDATE settings SET value = '0' WHERE key = 'schema_version'")
+        db.commit()
+    with read_only(tmp_path / "data"):
+        result = cli("status")
+        line = one_line(result)
+        assert result.code != 0
+        assert "schema version 0" in line and "writing command" in line
+        with pytest.raises(SchemaBehindError):
+            from pipeline.database import reading_store
+
+            reading_store(f"sqlite:///{database}")
+    # Where it may write, a read brings it forward as before.
+    assert cli("status").code == 0
+
+
+# -- a corrupt database ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [("header", "is not a database"), ("pages", "is damaged")],
+)
+def test_a_corrupt_database_is_one_terminal_line(
+    cli, sandbox: SandboxServer, tmp_path: Path, damage: str, words: str
+) -> None:  # type: ignore[no-untyped-def]
+    assert cli("ingest", *_ids(sandbox)[:4], env=sandbox.env()).code == 0
+    database = tmp_path / "data" / "pipeline.db"
+    raw = bytearray(database.read_bytes())
+    page = int.from_bytes(raw[16:18], "big") or 65536
+    if damage == "header":
+        raw[:100] = b"\xa5" * 100
+    else:  # every page after the schema's: the tables' b-trees are garbage
+        raw[page * 2 :] = b"\xa5" * (len(raw) - page * 2)
+    database.write_bytes(bytes(raw))
+    for args in (("status",), ("search", "the"), ("ingest", *_ids(sandbox)[4:6])):
+        result = cli(*args, env=sandbox.env())
+        line = one_line(result)
+        assert result.code != 0, args
+        assert words in line and str(database) in line, (args, line)
+    with pytest.raises(DatabaseCorruptError) as caught:
+        Store(f"sqlite:///{database}").counts_by_status()
+    assert not is_transient(caught.value)
+
+
+# -- a damaged index ---------------------------------------------------------------------------
+
+
+def _segments(index: Path) -> list[Path]:
+    return sorted(
+        p for p in index.iterdir() if p.suffix not in (".toc",) and "WRITELOCK" not in p.name
+    )
+
+
+@pytest.mark.parametrize(
+    "damage", ["deleted", "segment missing", "segment truncated", "toc truncated", "a file"]
+)
+def test_a_damaged_index_says_to_reindex_and_reindex_repairs_it(
+    cli, sandbox: SandboxServer, tmp_path: Path, damage: str
+) -> None:  # type: ignore[no-untyped-def]
+    assert cli("ingest", *_ids(sandbox)[:6], env=sandbox.env()).code == 0
+    before = cli("search", "the", "--json")
+    assert before.code == 0
+    index = tmp_path / "data" / "index"
+    if damage == "deleted":
+        shutil.rmtree(index)
+    elif damage == "segment missing":
+        max(_segments(index), key=lambda p: p.stat().st_size).unlink()
+    elif damage == "segment truncated":
+        for segment in _segments(index):
+            with open(segment, "r+b") as handle:
+                handle.truncate(segment.stat().st_size // 3)
+    elif damage == "toc truncated":
+        for toc in index.glob("*.toc"):
+            toc.write_bytes(toc.read_bytes()[:20])
+    else:
+        shutil.rmtree(index)
+        index.write_text("not a folder\n")
+    result = cli("search", "the")
+    line = one_line(result)
+    assert result.code != 0 and result.out == ""
+    assert "run `pipeline reindex`" in line and str(index) in line
+    with pytest.raises(IndexDamagedError):
+        from pipeline.app import App, SearchRequest
+        from pipeline.config import DataSettings
+
+        with App(
+            DataSettings(tmp_path / "data", f"sqlite:///{tmp_path / 'data' / 'pipeline.db'}")
+        ) as app:
+            app.search(SearchRequest("the"))
+    repaired = cli("reindex")
+    assert repaired.code == 0, repaired.err
+    assert cli("search", "the", "--json").out == before.out
+
+
+def test_a_fresh_data_directory_answers_no_hits_not_an_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("search", "anything", "--json")
+    assert result.code == 0, result.err
+    assert '"total": 0' in result.out
+
+
+# -- a stored file that went missing ---------------------------------------------------------
+
+
+def test_check_names_each_repair_and_reindex_fetches_a_missing_file_again(
+    cli, sandbox: SandboxServer, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    # A nightly run first: the next one lists only what changed at Kombo since.
+    assert cli("nightly", env=sandbox.env()).code == 0
+    files = tmp_path / "data" / "files"
+    lost = next(p for p in sorted(files.glob("??/*")) if p.is_file())
+    lost.unlink()
+    check = cli("check")
+    assert check.code == 1
+    report = next(line for line in check.out.splitlines() if line.startswith("files missing"))
+    assert lost.name in report and "repair:" in report and "fetched again" in report
+    unmarked = cli("nightly", env=sandbox.env())  # nothing changed at Kombo: not listed
+    assert unmarked.code == 0 and not lost.is_file()
+    assert cli("reindex").code == 0
+    # The next run takes the candidate up again though nothing changed at Kombo, and the
+    # file is downloaded again.
+    nightly = cli("nightly", env=sandbox.env())
+    assert nightly.code == 0, nightly.err
+    assert lost.is_file()
+    assert cli("check").code == 0
