@@ -24,6 +24,7 @@ import pytest
 from pipeline.database import Store
 from pipeline.errors import (
     DatabaseCorruptError,
+    DatabaseUnavailableError,
     DiskFullError,
     IndexDamagedError,
     SchemaBehindError,
@@ -347,3 +348,28 @@ def test_check_names_each_repair_and_reindex_fetches_a_missing_file_again(
     assert nightly.code == 0, nightly.err
     assert lost.is_file()
     assert cli("check").code == 0
+
+
+# -- an unreachable database server ------------------------------------------------------------
+
+
+def test_an_unreachable_database_server_is_one_transient_line(cli) -> None:  # type: ignore[no-untyped-def]
+    drivers = {"psycopg": "postgresql+psycopg", "psycopg2": "postgresql+psycopg2"}
+    found = next((url for module, url in drivers.items() if _importable(module)), None)
+    if found is None:
+        pytest.skip("no PostgreSQL driver installed (psycopg or psycopg2)")
+    # Port 1 on the loopback: refused at once.
+    url = f"{found}://pipeline:secret-password@127.0.0.1:1/pipeline?connect_timeout=2"
+    with pytest.raises(DatabaseUnavailableError) as caught:
+        Store(url).ensure_schema()
+    assert is_transient(caught.value)
+    assert "127.0.0.1:1" in str(caught.value) and "secret-password" not in str(caught.value)
+    result = cli("status", "--database-url", url)
+    line = one_line(result)
+    assert "unreachable" in line and "secret-password" not in result.err
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
