@@ -78,20 +78,25 @@ def read_only(folder: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
-def fill(folder: Path) -> None:
-    """Write until the file system holding ``folder`` has no byte left."""
+def fill(folder: Path, *, leave: int = 0) -> None:
+    """Write until the file system holding ``folder`` has no byte left, then free about
+    ``leave`` bytes (a run that begins, and meets the full disk on its way)."""
     chunk = b"\0" * 65536
-    with open(folder / "filler", "wb") as handle:
-        try:
-            while True:
-                handle.write(chunk)
-                handle.flush()
-        except OSError as exc:
-            assert exc.errno == errno.ENOSPC
-    with contextlib.suppress(OSError), open(folder / "filler2", "wb") as handle:
+    fillers = folder / "filler"
+    fillers.mkdir()
+    count = 0
+    try:
+        while True:
+            (fillers / str(count)).write_bytes(chunk)
+            count += 1
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    with contextlib.suppress(OSError), open(fillers / "last", "wb") as handle:
         while True:  # the last few bytes, a byte at a time
             handle.write(b"\0")
             handle.flush()
+    for n in range(min(count, -(-leave // len(chunk)))):
+        (fillers / str(n)).unlink()
 
 
 def one_line(result: CliResult) -> str:
@@ -104,7 +109,7 @@ def one_line(result: CliResult) -> str:
 
 
 def run_statuses(database: Path) -> list[str]:
-    with contextlib.closing(sqlite3.connect(f"file:{database}?immutable=1", uri=True)) as db:
+    with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
         return [row[0] for row in db.execute("SELECT status FROM runs ORDER BY id")]
 
 
@@ -162,8 +167,23 @@ def test_an_ingest_on_a_full_disk_stops_with_one_line(cli, sandbox: SandboxServe
         line = one_line(result)
         assert result.code != 0
         assert "no space left" in line and str(disk) in line
+        shutil.rmtree(disk / "filler")  # room again, to read what the run left
         statuses = run_statuses(disk / "data" / "pipeline.db")
     assert statuses[0] == "succeeded"
+
+
+def test_a_disk_that_fills_during_an_ingest_stops_it_with_one_line(
+    cli, sandbox: SandboxServer
+) -> None:  # type: ignore[no-untyped-def]
+    with tmpfs("3m") as disk:
+        env = {**sandbox.env(), "PIPELINE_DATA_DIR": str(disk / "data")}
+        ids = _ids(sandbox)
+        assert cli("ingest", *ids[:3], env=env).code == 0
+        fill(disk, leave=192 * 1024)  # room to begin the run, not for every file
+        result = cli("ingest", *ids[3:], env=env)
+        assert result.code != 0
+        assert "Traceback" not in result.err
+        assert "no space left" in result.err and str(disk) in result.err
 
 
 @CLI_MAPPING
@@ -174,10 +194,11 @@ def test_an_ingest_on_a_full_disk_exits_2_and_is_recorded_failed(
         env = {**sandbox.env(), "PIPELINE_DATA_DIR": str(disk / "data")}
         ids = _ids(sandbox)
         assert cli("ingest", *ids[:3], env=env).code == 0
-        fill(disk)
+        fill(disk, leave=192 * 1024)  # room to begin the run, not for every file
         result = cli("ingest", *ids[3:], env=env)
         one_line(result)
         assert result.code == 2
+        shutil.rmtree(disk / "filler")  # room again, to read what the run left
         statuses = run_statuses(disk / "data" / "pipeline.db")
     assert "running" not in statuses
     assert statuses[-1] == "failed"
