@@ -15,6 +15,7 @@ settings and opens what a command needs when it first needs it:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,14 +23,29 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .config import DataSettings, KomboSettings
-from .database import WATERMARK, ExportSelection, Run, Store, utcnow
-from .errors import PipelineError
+from .database import WATERMARK, ExportSelection, Run, Store, reading_store, utcnow
+from .errors import IndexDamagedError, PipelineError
+from .filestore import private_folder, private_umask
+from .states import AttachmentState
 
 if TYPE_CHECKING:
     from .engine import ExtractLimits, Progress, RunEngine, RunSummary, Workspace
     from .extract.pool import Extractor
     from .filestore import LocalFileStore
     from .search import CandidateHit, SearchIndex, SearchResults
+
+log = logging.getLogger(__name__)
+
+# What repairs each kind of drift ``check`` finds (the keys of its answer).
+REPAIRS = {
+    "missing from the index": "run `pipeline reindex`",
+    "in the index but not in the database": "run `pipeline reindex`",
+    "files missing from the store": (
+        "run `pipeline reindex`: it marks their candidates to be fetched again, and the next "
+        "`pipeline nightly` (or an ingest of them) downloads the files again"
+    ),
+    "stored files nothing refers to": "run `pipeline reindex` (it removes them)",
+}
 
 # forget and purge wait this long for a run in progress to finish.
 ERASE_LOCK_TIMEOUT = 600.0
@@ -82,15 +98,24 @@ class App:
         self._extract = extract
         self._extractor = extractor
         self._progress = progress
+        # Every file the pipeline writes is private (0600, folders 0700), whatever the umask.
+        private_umask()
 
     # -- what commands open, when they first need it -------------------------------------------
 
     @cached_property
     def store(self) -> Store:
-        self.data.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_folder(self.data.data_dir)  # the clone's data/ ships 0755
         store = Store(self.data.database_url)
         store.ensure_schema()
         return store
+
+    @cached_property
+    def reader(self) -> Store:
+        """The database for read-only commands: read-only SQLite, no lock, no migration."""
+        if "store" in self.__dict__:
+            return self.store
+        return reading_store(self.data.database_url)
 
     @cached_property
     def index(self) -> SearchIndex:
@@ -111,6 +136,8 @@ class App:
         return Workspace(self.data.data_dir, self.store, self.files, self.index)
 
     def close(self) -> None:
+        if "reader" in self.__dict__ and self.reader is not self.__dict__.get("store"):
+            self.reader.close()
         if "store" in self.__dict__:
             self.store.close()
 
@@ -185,17 +212,28 @@ class App:
             return workspace.erase_not_seen(not_seen_days, now=asked_at)
 
     def reindex(self) -> int:
-        """Rebuild the index from the database; pending texts become indexed."""
+        """Rebuild the index from the database; pending texts become indexed. Stored files
+        that went missing are marked to be fetched again by the next run (their text stays
+        in the index)."""
         from .engine import no_progress
 
         workspace = self.workspace
         with workspace.lock():
-            return workspace.reindex(self._progress or no_progress)
+            count = workspace.reindex(self._progress or no_progress)
+            missing = self.store.live_hashes() - set(self.files.hashes())
+            owners = self.store.refetch_files(missing)
+            if owners:
+                log.warning(
+                    "%d stored files are missing: the next run fetches them again (candidates %s)",
+                    len(missing),
+                    ", ".join(owners[:5]) + (" ..." if len(owners) > 5 else ""),
+                )
+            return count
 
     # -- read-only --------------------------------------------------------------------------------
 
     def status(self, *, limit: int = 10) -> StatusReport:
-        store = self.store
+        store = self.reader
         return StatusReport(
             attachments=store.counts_by_status(),
             nightly_watermark=store.get_setting(WATERMARK),
@@ -205,9 +243,9 @@ class App:
 
     def check(self) -> dict[str, list[str]]:
         """Drift between the database, the index and the file store (empty lists: none)."""
-        expected = {doc.attachment_id for doc in self.store.index_docs(only_pending=False)}
+        expected = {doc.attachment_id for doc in self.reader.index_docs(only_pending=False)}
         indexed = self.index.attachment_ids()
-        live = self.store.live_hashes()
+        live = self.reader.live_hashes()
         stored = set(self.files.hashes())
         return {
             "missing from the index": sorted(expected - indexed),
@@ -230,9 +268,10 @@ class App:
         return CandidatePage(results, page, len(people))
 
     def _search(self, request: SearchRequest, wanted: int, offset: int) -> SearchResults:
+        self._index_expected()
         return self.index.search(
             request.query,
-            texts=self.store.texts_for,
+            texts=self.reader.texts_for,
             type=request.type,
             candidate_id=request.candidate_id,
             language=request.language,
@@ -245,11 +284,24 @@ class App:
         self, attachment_id: str, *, type: str | None = None, limit: int = 10
     ) -> SearchResults:
         """Documents of other candidates most like this one."""
-        return self.index.similar(attachment_id, texts=self.store.texts_for, type=type, limit=limit)
+        self._index_expected()
+        return self.index.similar(
+            attachment_id, texts=self.reader.texts_for, type=type, limit=limit
+        )
+
+    def _index_expected(self) -> None:
+        """No index where the database says documents were indexed is damage, not "no
+        match": say so (a fresh data directory, with nothing indexed yet, answers 0 hits)."""
+        if not self.index.exists() and self.reader.counts_by_status().get(AttachmentState.INDEXED):
+            raise IndexDamagedError(
+                f"search index: {self.data.index_dir} is missing but the database holds "
+                "indexed documents: run `pipeline reindex`",
+                path=str(self.data.index_dir),
+            )
 
     def export_records(self, selection: ExportSelection) -> Iterator[dict[str, Any]]:
         """Export records, streamed from the database (write them with :mod:`pipeline.export`)."""
-        return self.store.export_records(selection)
+        return self.reader.export_records(selection)
 
 
-__all__ = ["App", "CandidatePage", "SearchRequest", "StatusReport"]
+__all__ = ["REPAIRS", "App", "CandidatePage", "SearchRequest", "StatusReport"]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
-from .app import App, SearchRequest
+from .app import REPAIRS, App, SearchRequest
 from .config import (
     DEFAULT_CONCURRENCY,
     DataSettings,
@@ -502,7 +502,7 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
 @cli.command()
 @data_options
 def check(data_dir: str | None, database_url: str | None) -> int:
-    """Compare database, index and file store; report drift (exit 1). `reindex` repairs it."""
+    """Compare database, index and file store; report drift and how to repair each (exit 1)."""
     with App(_data(data_dir, database_url)) as app:
         drift = app.check()
     found = sum(len(v) for v in drift.values())
@@ -510,12 +510,9 @@ def check(data_dir: str | None, database_url: str | None) -> int:
         if items:
             click.echo(
                 f"{what}: {len(items)} ({', '.join(items[:5])}{' ...' if len(items) > 5 else ''})"
+                f"; repair: {REPAIRS.get(what, 'run `pipeline reindex`')}"
             )
-    click.echo(
-        "check succeeded: no drift"
-        if not found
-        else f"check found drift in {found} places: run `pipeline reindex` to repair"
-    )
+    click.echo("check succeeded: no drift" if not found else f"check found drift in {found} places")
     return 1 if found else 0
 
 

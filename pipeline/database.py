@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sqlite3
+import urllib.parse
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -43,12 +47,21 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.engine import Connection, Dialect, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Update
 
+from .errors import (
+    DatabaseCorruptError,
+    DatabaseUnavailableError,
+    DataDirectoryError,
+    DiskFullError,
+    SchemaBehindError,
+    StorageError,
+)
+from .filestore import private_file, private_folder, tighten
 from .search import IndexDoc
 from .states import FINAL_STATES, AttachmentState, RunStatus
 
@@ -58,6 +71,8 @@ log = logging.getLogger(__name__)
 # 1: the tables of 0.1.0 with every column added since.
 SCHEMA_VERSION = 1
 _SCHEMA_KEY = "schema_version"
+# Why a candidate is fetched again though nothing changed at Kombo (``Store.refetch_files``).
+MISSING_FILE_REASON = "a stored file went missing: the next run fetches it again"
 # The settings row that holds when the last complete nightly run began.
 WATERMARK = "nightly_watermark"
 
@@ -233,11 +248,12 @@ class KnownAttachment:
         )
 
 
-def _sqlite_pragmas(engine: Engine) -> None:
+def _sqlite_pragmas(engine: Engine, *, read_only: bool = False) -> None:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        if not read_only:  # a reader keeps the journal mode the writer chose
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -350,18 +366,120 @@ class _Prepared:
         ]
 
 
+def sqlite_path(database_url: str) -> Path | None:
+    """The file of a SQLite URL, or None for another database or an in-memory one."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    if url.query.get("uri") or str(url.database).startswith("file:"):
+        return None  # a URI the caller built: its options are the caller's
+    return Path(str(url.database))
+
+
+def _read_only_uri(path: Path) -> str:
+    """SQLite's URI for reading ``path`` without writing anything next to it.
+
+    ``mode=ro`` still needs the WAL index (``-shm``) beside the database, which a read-only
+    folder without one cannot give: there, with no write-ahead log left to read (a writer
+    that closed cleanly folds it back and deletes it), ``immutable=1`` reads the file alone.
+    """
+    quoted = urllib.parse.quote(str(path.resolve()))
+    wal = path.with_name(path.name + "-wal")
+    if not os.access(path.parent, os.W_OK) and not wal.exists():
+        return f"file:{quoted}?immutable=1"
+    return f"file:{quoted}?mode=ro"
+
+
+# SQLite's messages for storage faults, in the words its C library uses (sqlite3 gives only
+# the message and, since 3.11, the extended code).
+_SQLITE_FAULTS: tuple[tuple[str, type[StorageError], str], ...] = (
+    ("database or disk is full", DiskFullError, "no space left on the device holding {path}"),
+    ("file is not a database", DatabaseCorruptError, "{path} is not a database"),
+    ("malformed", DatabaseCorruptError, "{path} is damaged (database disk image is malformed)"),
+    ("readonly database", DataDirectoryError, "{path} or its folder is read-only"),
+    ("unable to open database file", DataDirectoryError, "cannot open {path}"),
+    ("disk i/o error", StorageError, "disk I/O error on {path}"),
+)
+
+
+def _translated(exc: BaseException, where: str) -> StorageError | None:
+    """The one-line storage error for a database library's error, or None if it is not
+    one (a constraint, a bug of ours: those keep their own type)."""
+    orig = getattr(exc, "orig", exc)
+    message = str(orig).lower()
+    if "disk i/o error" in message and _nearly_full(where):
+        # SQLite says SQLITE_FULL only where it checks; a write to the WAL or its index
+        # that meets ENOSPC comes back as an I/O error.
+        message = "database or disk is full"
+    for words, cls, text in _SQLITE_FAULTS:
+        if words in message:
+            return cls(f"database: {text.format(path=where)}", path=where)
+    return None
+
+
+def _nearly_full(where: str) -> bool:
+    folder = Path(where).parent
+    try:
+        found = os.statvfs(folder)
+    except (OSError, ValueError):
+        return False
+    return found.f_bavail * found.f_frsize < 1 << 20
+
+
 class Store:
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *, read_only: bool = False) -> None:
+        """``read_only``: open SQLite read-only (``mode=ro``): nothing is written, not even
+        a WAL or lock file, so a read-only data directory can be searched and exported."""
         self.url = database_url
-        self.engine = create_engine(database_url)
+        self.read_only = read_only
+        path = sqlite_path(database_url)
+        self._where = str(path) if path is not None else _safe_url(database_url)
+        options: dict[str, Any] = {}
+        if path is not None and read_only:
+            if not path.is_file():
+                raise DataDirectoryError(
+                    f"database: {path} does not exist (a run creates it)", path=str(path)
+                )
+            uri = _read_only_uri(path)
+            options["creator"] = lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
+        elif path is not None:
+            # SQLite creates its -wal and -shm files with the database file's mode: made 0600
+            # here, before the first connection, they are private too.
+            private_folder(path.parent)
+            private_file(path)
+            for suffix in ("-wal", "-shm"):
+                tighten(path.with_name(path.name + suffix), 0o600)
+        self.engine = create_engine(database_url, **options)
+        event.listen(self.engine, "handle_error", self._handle_error)
         if self.engine.dialect.name == "sqlite":
-            _sqlite_pragmas(self.engine)
+            _sqlite_pragmas(self.engine, read_only=read_only)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._batch: Connection | None = None
         self._held: Connection | None = None
         self._upserts = _upserts(self.engine.dialect.name)
         sqlite = self.engine.dialect.name == "sqlite"
         self._direct = _Direct(self.engine.dialect) if sqlite else None
+
+    def _handle_error(self, context: ExceptionContext) -> BaseException | None:
+        """SQLAlchemy's one hook for every error a statement or a connection attempt meets:
+        storage faults become one line naming the database (``raise ... from`` the
+        library's error, which SQLAlchemy does with what this returns)."""
+        sqlite = self.engine.dialect.name == "sqlite"
+        found = _translated(context.original_exception, self._where)
+        if found is not None:
+            return found
+        if not sqlite and context.connection is None and not context.is_pre_ping:
+            # No connection was made: the server is down, refused, or not resolvable.
+            reason = str(context.original_exception).strip().splitlines()
+            return DatabaseUnavailableError(
+                f"database server {self._where} unreachable: {reason[0] if reason else ''}",
+                path=self._where,
+            )
+        return None
+
+    def _direct_error(self, exc: sqlite3.Error) -> BaseException:
+        found = _translated(exc, self._where)
+        return exc if found is None else found
 
     def schema_version(self) -> int:
         """The version the database is at: 0 when it predates versions, or is empty."""
@@ -371,6 +489,17 @@ class Store:
         except DBAPIError:  # no settings table yet: a new database
             return 0
         return int(value) if value is not None else 0
+
+    def check_readable(self) -> None:
+        """For a read-only store: refuse a database behind this code (it cannot migrate)."""
+        found = self.schema_version()
+        if found < SCHEMA_VERSION:
+            raise SchemaBehindError(
+                f"database: {self._where} is at schema version {found}, this version needs "
+                f"{SCHEMA_VERSION}: run a writing command (`pipeline reindex` or any run) "
+                "where the data directory is writable first",
+                path=self._where,
+            )
 
     def ensure_schema(self) -> bool:
         """Migrate if the database is behind this code (one row read when it is not).
@@ -444,14 +573,20 @@ class Store:
     def _write(self, conn: Connection, statement: Any, rows: list[dict[str, Any]]) -> None:
         """Run a write statement for one or more rows (all with the same keys)."""
         if self._direct is not None:
-            self._direct.write(conn, statement, rows)
+            try:
+                self._direct.write(conn, statement, rows)
+            except sqlite3.Error as exc:  # the direct path bypasses ``handle_error``
+                raise self._direct_error(exc) from exc
         else:
             conn.execute(statement, rows if len(rows) > 1 else rows[0])
 
     def _read(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Any]:
         """The rows of a SELECT, as tuples in the order of its columns."""
         if self._direct is not None:
-            return self._direct.read(conn, statement, params)
+            try:
+                return self._direct.read(conn, statement, params)
+            except sqlite3.Error as exc:
+                raise self._direct_error(exc) from exc
         return list(conn.execute(statement, params).all())
 
     @contextmanager
@@ -507,6 +642,32 @@ class Store:
                         "title": title,
                     },
                 )
+
+    def refetch_files(self, hashes: Iterable[str]) -> list[str]:
+        """Mark the candidates whose attachments point at these files (gone from the file
+        store) so that the next run, ingest or nightly, fetches them again: their
+        ``fetch_error`` says why, which makes them a failed candidate the next run retries;
+        listed again, an attachment whose file is gone is downloaded again. The attachments
+        keep their state (and stay searchable: their text is in the database)."""
+        wanted = sorted(set(hashes))
+        if not wanted:
+            return []
+        a, c = _ATTACHMENTS, Candidate.__table__
+        owners: set[str] = set()
+        with self._conn() as conn:
+            for chunk in _chunks(wanted, 500):
+                owners.update(
+                    conn.execute(
+                        select(a.c.candidate_id).where(
+                            a.c.sha256.in_(chunk), a.c.status != AttachmentState.DELETED
+                        )
+                    ).scalars()
+                )
+            for chunk in _chunks(sorted(owners), 500):
+                conn.execute(
+                    update(c).where(c.c.id.in_(chunk)).values(fetch_error=MISSING_FILE_REASON)
+                )
+        return sorted(owners)
 
     def failed_candidates(self) -> list[str]:
         with self.session() as s:
@@ -936,6 +1097,48 @@ class Store:
     def set_setting(self, key: str, value: str) -> None:
         with self.session() as s:
             s.merge(Setting(key=key, value=value))
+
+
+def _safe_url(database_url: str) -> str:
+    """A database URL fit for a message: no password."""
+    return make_url(database_url).render_as_string(hide_password=True)
+
+
+def reading_store(database_url: str) -> Store:
+    """The store a read-only command (search, status, export, check) opens.
+
+    A SQLite file that is there and at this code's schema is opened read-only: no lock, no
+    migration, nothing written, so a read-only data directory can be read. A missing or
+    older database in a writable folder is opened for writing and brought forward, as
+    before; in a read-only folder that is an error saying a writing command must run first.
+    Other databases are opened as they always were.
+    """
+    path = sqlite_path(database_url)
+    if path is not None and path.is_file():
+        reader = Store(database_url, read_only=True)
+        try:
+            reader.check_readable()
+            return reader
+        except SchemaBehindError:
+            reader.close()
+            if not os.access(path.parent, os.W_OK):
+                raise
+    elif path is not None and not os.access(_existing_parent(path), os.W_OK):
+        raise DataDirectoryError(
+            f"database: {path} does not exist and its folder is read-only: "
+            "run a writing command (any run) where it is writable first",
+            path=str(path),
+        )
+    store = Store(database_url)
+    store.ensure_schema()
+    return store
+
+
+def _existing_parent(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path("/")
 
 
 def _chunks(items: list[str], size: int) -> Iterator[list[str]]:

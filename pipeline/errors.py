@@ -21,8 +21,20 @@
     ├── LockedError                  another run holds the writer lock
     ├── FastPathUnsupportedError     an index or query search's fast paths do not read: the
     │                                ranker's signal to search through Whoosh's own matchers
-    └── IndexWriteError              the index writer process failed a batch or is gone; the
-                                     rows stay pending (transient)
+    ├── IndexWriteError              the index writer process failed a batch or is gone; the
+    │                                rows stay pending (transient)
+    └── StorageError                 the data directory, database or index cannot be used;
+        │                            names what and where (``path``)
+        ├── DiskFullError            ENOSPC from SQLite, the file store or the index writer
+        ├── DataDirectoryError       a folder that is read-only, unwritable, or not a folder
+        ├── DatabaseCorruptError     "file is not a database", "disk image is malformed"
+        ├── DatabaseUnavailableError the database server cannot be reached (transient)
+        ├── SchemaBehindError        a read-only command met a database older than this code
+        └── IndexDamagedError        index TOC or segments missing, truncated or unreadable,
+                                     or no index where the database says one was built
+
+The storage errors are terminal (exit 2: the operator frees space, fixes a mount, restores a
+backup or runs ``pipeline reindex``), except an unreachable database server, which may pass.
 
 Transient or terminal is said one way: the ``transient`` attribute (a class attribute, or
 for the errors whose answer decides it, a property or the instance's own), read through
@@ -31,7 +43,9 @@ itself with its fields (:meth:`PipelineError.__reduce__`), so an error crosses a
 boundary as the exception, not as a hand-built tuple.
 
 Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
-stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``index``.
+stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``index``; storage faults
+in ``database`` (SQLAlchemy's ``handle_error`` and the direct SQLite path), ``filestore``
+(:func:`pipeline.filestore.storage_error`) and ``search._index``.
 Messages never contain the API key: only ids, codes and Kombo's own texts.
 """
 
@@ -228,3 +242,39 @@ class IndexWriteError(PipelineError):
     rows stay pending and the next run indexes them (transient)."""
 
     transient = True
+
+
+class StorageError(PipelineError):
+    """Something the pipeline keeps on disk (or in a database server) cannot be used."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class DiskFullError(StorageError):
+    """No space left where the pipeline writes: free some and run again."""
+
+
+class DataDirectoryError(StorageError):
+    """A folder the pipeline must write to is read-only, not ours to write, or not a folder."""
+
+
+class DatabaseCorruptError(StorageError):
+    """The database file is not a database, or is damaged: restore it from a backup."""
+
+
+class DatabaseUnavailableError(StorageError):
+    """The database server did not answer the connection: it may come back."""
+
+    transient = True
+
+
+class SchemaBehindError(StorageError):
+    """A read-only command met a database older than this code: a writing command (any
+    run, or ``pipeline reindex``) brings it forward first."""
+
+
+class IndexDamagedError(StorageError):
+    """The search index is missing, truncated or unreadable: ``pipeline reindex`` rebuilds it
+    from the database."""

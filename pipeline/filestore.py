@@ -9,17 +9,85 @@ data).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import itertools
+import logging
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from .errors import DataDirectoryError, DiskFullError, StorageError
+
+log = logging.getLogger(__name__)
+
 _HEX = frozenset("0123456789abcdef")
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
+# What every file and folder the process creates gets at most: private to the pipeline's
+# user whatever umask the shell or cron gave (CVs and e-mail addresses are personal data).
+PRIVATE_UMASK = 0o077
+
+_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+_UNWRITABLE = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+_NOT_A_FOLDER = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EISDIR})
+
+
+def private_umask() -> None:
+    """Make every file and folder this process (and the children it starts later) creates
+    private: SQLite's WAL and SHM files, Whoosh's segments and the exports included."""
+    os.umask(PRIVATE_UMASK)
+
+
+def storage_error(exc: OSError, what: str, path: Path | str) -> StorageError:
+    """One line for an OS error on the pipeline's storage, naming what and where."""
+    where = str(path)
+    if exc.errno in _FULL:
+        return DiskFullError(f"{what}: no space left on the device holding {where}", path=where)
+    if exc.errno in _UNWRITABLE:
+        return DataDirectoryError(
+            f"{what}: {where} is not writable ({os.strerror(exc.errno or 0)})", path=where
+        )
+    if exc.errno in _NOT_A_FOLDER:
+        return DataDirectoryError(f"{what}: {where} is not a folder", path=where)
+    return StorageError(f"{what}: {where}: {exc.strerror or exc}", path=where)
+
+
+def tighten(path: Path, mode: int) -> None:
+    """Give an existing file or folder ``mode`` if it grants more; warn when it is not ours
+    to change (another user's folder), since the pipeline can still work in it."""
+    try:
+        current = stat.S_IMODE(path.stat().st_mode)
+        if current & ~mode:
+            os.chmod(path, current & mode)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        log.warning("cannot make %s private (%s): other local users may read it", path, exc)
+
+
+def private_folder(path: Path) -> None:
+    """Create ``path`` (and its parents) as private folders, or tighten it if it exists."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+    except OSError as exc:
+        raise storage_error(exc, "cannot create the data folder", path) from exc
+    if not path.is_dir():
+        raise DataDirectoryError(f"{path} is not a folder", path=str(path))
+    tighten(path, _DIR_MODE)
+
+
+def private_file(path: Path) -> None:
+    """Create ``path`` empty and 0600 if it does not exist, or tighten it if it does."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, _FILE_MODE)
+    except OSError as exc:
+        raise storage_error(exc, "cannot create", path) from exc
+    os.close(fd)
+    tighten(path, _FILE_MODE)
 
 
 class FileStore(Protocol):
@@ -37,7 +105,7 @@ class FileStore(Protocol):
 class _Writer:
     """Accumulates a file under a temporary name, hashing as it goes."""
 
-    def __init__(self, handle: BinaryIO, tmp_path: Path) -> None:
+    def __init__(self, handle: BinaryIO | _Translated, tmp_path: Path) -> None:
         self._handle = handle
         self.tmp_path = tmp_path
         self._hash = hashlib.sha256()
@@ -56,6 +124,26 @@ class _Writer:
         self._handle.close()
 
 
+class _Translated:
+    """A file handle whose write errors say what and where (a full disk mid-download)."""
+
+    def __init__(self, handle: BinaryIO, path: Path) -> None:
+        self._handle = handle
+        self._path = path
+
+    def write(self, chunk: bytes) -> int:
+        try:
+            return self._handle.write(chunk)
+        except OSError as exc:
+            raise storage_error(exc, "cannot store a file", self._path.parent) from exc
+
+    def close(self) -> None:
+        try:
+            self._handle.close()
+        except OSError as exc:
+            raise storage_error(exc, "cannot store a file", self._path.parent) from exc
+
+
 class LocalFileStore:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -70,7 +158,7 @@ class LocalFileStore:
         if self._ensured:
             return
         for folder in (self.root, self._tmp):
-            folder.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+            private_folder(folder)
         self._ensured = True
 
     def path(self, sha256: str) -> Path:
@@ -91,9 +179,12 @@ class LocalFileStore:
         # A name no other writer uses (process, random tag, counter), created exclusively
         # and private from the first byte.
         tmp_path = self._tmp / f"{self._prefix}{next(self._names)}.part"
-        fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
         try:
-            return _Writer(os.fdopen(fd, "wb"), tmp_path)
+            fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        except OSError as exc:
+            raise storage_error(exc, "cannot store a file", self._tmp) from exc
+        try:
+            return _Writer(_Translated(os.fdopen(fd, "wb"), tmp_path), tmp_path)
         except BaseException:
             os.close(fd)
             tmp_path.unlink(missing_ok=True)
@@ -112,6 +203,9 @@ class LocalFileStore:
                 final.parent.mkdir(exist_ok=True, mode=_DIR_MODE)
                 self._folders.add(folder)
             os.replace(writer.tmp_path, final)  # atomic; identical content may replace itself
+        except OSError as exc:
+            self.discard(writer)
+            raise storage_error(exc, "cannot store a file", self.root) from exc
         except BaseException:
             self.discard(writer)
             raise

@@ -10,6 +10,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .errors import LockedError
+from .filestore import private_folder, storage_error, tighten
 
 
 class WriterLock:
@@ -20,8 +21,12 @@ class WriterLock:
         self._fd: int | None = None
 
     def __enter__(self) -> WriterLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        private_folder(self.path.parent)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise storage_error(exc, "cannot take the writer lock", self.path.parent) from exc
+        tighten(self.path, 0o600)  # a lock file an older version made 0644
         deadline = None if self.timeout is None else time.monotonic() + self.timeout
         while True:
             try:

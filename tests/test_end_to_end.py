@@ -282,7 +282,10 @@ def test_reindex_rebuilds_search_from_the_database(cli, sandbox, tmp_path: Path)
     _ingest(cli, sandbox)
     before = _search(cli, "Kubernetes")
     shutil.rmtree(tmp_path / "data" / "index")
-    assert _search(cli, "Kubernetes")["total"] == 0
+    # A deleted index is damage, not "no match" (issue 14): one line saying to reindex.
+    lost = cli("search", "Kubernetes")
+    assert lost.code != 0 and lost.out == ""
+    assert "run `pipeline reindex`" in lost.err and len(lost.err.splitlines()) == 1
     result = cli("reindex")
     assert result.code == 0
     assert result.out.startswith("reindex succeeded")

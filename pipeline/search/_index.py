@@ -10,9 +10,13 @@ from the database's copy, so the database stays the one place personal text live
 
 from __future__ import annotations
 
+import errno
 import logging
+import pickle
+import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,14 @@ from typing import Any
 from whoosh import index as whoosh_index
 from whoosh.query import And, Or, Query, Term
 
-from ..errors import FastPathUnsupportedError, IndexBuildError, QueryError
+from ..errors import (
+    FastPathUnsupportedError,
+    IndexBuildError,
+    IndexDamagedError,
+    QueryError,
+    StorageError,
+)
+from ..filestore import storage_error
 from . import _rebuild
 from ._doc import IndexDoc
 from ._query import _check_syntax, _correct, _filters, _parse
@@ -32,24 +43,82 @@ from ._whoosh import ranker as _ranker
 log = logging.getLogger(__name__)
 
 
+# What Whoosh raises reading a TOC or segment that is missing, cut short or overwritten.
+_DAMAGE = (OSError, EOFError, struct.error, zlib.error, pickle.UnpicklingError)
+_REINDEX = "run `pipeline reindex` to rebuild it from the database"
+
+
+@contextmanager
+def _translated(directory: Path, doing: str) -> Iterator[None]:
+    """Whoosh's and the OS's errors on the index as one line naming the index folder: the
+    facade's one place for them."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise storage_error(exc, f"search index: cannot {doing}", directory) from exc
+        raise _damaged(directory, exc) from exc
+    except _DAMAGE as exc:
+        raise _damaged(directory, exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.startswith("whoosh"):
+            raise _damaged(directory, exc) from exc
+        raise
+
+
+def _damaged(directory: Path, exc: BaseException) -> IndexDamagedError:
+    if directory.exists() and not directory.is_dir():
+        what = f"{directory} is a file, not the index folder"
+    elif isinstance(exc, FileNotFoundError):
+        missing = Path(exc.filename).name if exc.filename else "a segment file"
+        what = f"{directory} is missing {missing}"
+    else:
+        what = f"{directory} is damaged ({type(exc).__name__}: {exc})".splitlines()[0]
+    return IndexDamagedError(f"search index: {what}: {_REINDEX}", path=str(directory))
+
+
+def _cancel(raw: Any) -> None:
+    """Cancel a writer whose batch failed; on a full disk cancelling can fail too (it flushes
+    what it held), and that must not hide the error that stopped the batch."""
+    try:
+        raw.cancel()
+    except Exception as exc:
+        log.debug("cancelling the index writer failed too: %s", exc)
+        lock = getattr(raw, "writelock", None)
+        with suppress(Exception):
+            if lock is not None:
+                lock.release()
+
+
 class IndexWriter:
     """Adds and removes documents; everything becomes visible at ``commit``."""
 
-    def __init__(self, writer: Any) -> None:
+    def __init__(self, writer: Any, directory: Path | None = None) -> None:
         self._writer = writer
+        self._directory = directory
         self.pending = 0
 
+    def _guard(self) -> AbstractContextManager[None]:
+        if self._directory is None:
+            return nullcontext()
+        return _translated(self._directory, "write to it")
+
     def upsert(self, doc: IndexDoc) -> None:
-        self._writer.update_document(**_fields(doc))
+        with self._guard():
+            self._writer.update_document(**_fields(doc))
         self.pending += 1
 
     def add(self, doc: IndexDoc) -> None:
         """Add without looking for an older version: for a bulk load into an empty index."""
-        self._writer.add_document(**_fields(doc))
+        with self._guard():
+            self._writer.add_document(**_fields(doc))
         self.pending += 1
 
     def delete(self, attachment_id: str) -> None:
-        self._writer.delete_by_term("attachment_id", attachment_id)
+        with self._guard():
+            self._writer.delete_by_term("attachment_id", attachment_id)
         self.pending += 1
 
 
@@ -58,10 +127,18 @@ class SearchIndex:
         self.directory = directory
 
     def _open(self) -> whoosh_index.Index:
-        return open_index(self.directory)
+        self._check_folder()
+        with _translated(self.directory, "open it"):
+            return open_index(self.directory)
+
+    def _check_folder(self) -> None:
+        if self.directory.exists() and not self.directory.is_dir():
+            raise _damaged(self.directory, NotADirectoryError(str(self.directory)))
 
     def exists(self) -> bool:
-        return index_exists(self.directory)
+        self._check_folder()
+        with _translated(self.directory, "read it"):
+            return index_exists(self.directory)
 
     @contextmanager
     def writer(self, *, purge: bool = False, merge: bool = True) -> Iterator[IndexWriter]:
@@ -71,15 +148,17 @@ class SearchIndex:
         in its old segment file until a later merge, and an erasure must not wait for that.
         """
         ix = self._open()
-        raw = locked_writer(ix)
-        wrapped = IndexWriter(raw)
+        with _translated(self.directory, "write to it"):
+            raw = locked_writer(ix)
+        wrapped = IndexWriter(raw, self.directory)
         try:
             yield wrapped
         except BaseException:
-            raw.cancel()
+            _cancel(raw)
             raise
         else:
-            raw.commit(optimize=purge, merge=merge or purge)
+            with _translated(self.directory, "write to it"):
+                raw.commit(optimize=purge, merge=merge or purge)
         finally:
             ix.close()
 
@@ -99,7 +178,13 @@ class SearchIndex:
         The index is counted after the commit: a writer process that failed fails the
         rebuild instead of leaving documents out.
         """
-        added = _rebuild.rebuild(self.directory, docs)
+        if self.directory.exists() and not self.directory.is_dir():
+            # An index folder that became a file: a rebuild makes the folder again.
+            log.warning("replacing %s, a file where the index folder belongs", self.directory)
+            with _translated(self.directory, "replace it"):
+                self.directory.unlink()
+        with _translated(self.directory, "rebuild it"):
+            added = _rebuild.rebuild(self.directory, docs)
         held = self.doc_count()
         if held != added:
             raise IndexBuildError(
@@ -113,7 +198,7 @@ class SearchIndex:
             return set()
         ix = self._open()
         try:
-            with ix.searcher() as searcher:
+            with _translated(self.directory, "read it"), ix.searcher() as searcher:
                 return {fields["attachment_id"] for fields in searcher.all_stored_fields()}
         finally:
             ix.close()
@@ -123,7 +208,8 @@ class SearchIndex:
             return 0
         ix = self._open()
         try:
-            return int(ix.doc_count())
+            with _translated(self.directory, "read it"):
+                return int(ix.doc_count())
         finally:
             ix.close()
 
@@ -157,7 +243,7 @@ class SearchIndex:
         try:
             self._check_schema(ix)
             filters = _filters(type, candidate_id, language, since)
-            with ix.searcher() as searcher:
+            with _translated(self.directory, "read it"), ix.searcher() as searcher:
                 parsed = _parse(ix.schema, query)
                 ranker = _ranker(searcher)
                 found, total = _collect(searcher, ranker, parsed, filters, offset + limit)
@@ -196,7 +282,7 @@ class SearchIndex:
         ix = self._open()
         try:
             self._check_schema(ix)
-            with ix.searcher() as searcher:
+            with _translated(self.directory, "read it"), ix.searcher() as searcher:
                 docnum = searcher.document_number(attachment_id=attachment_id)
                 if docnum is None:
                     raise QueryError(f"attachment {attachment_id} is not in the index")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,7 +13,8 @@ from whoosh import index as whoosh_index
 from whoosh.codec.whoosh3 import W3Codec
 from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
 
-from ..errors import QueryError
+from ..errors import IndexDamagedError, QueryError
+from ..filestore import tighten
 from ._analysis import FILE_NAME_PATTERN, analyzer, terms
 from ._doc import IndexDoc
 from ._whoosh import segment_writer
@@ -74,26 +76,33 @@ def writer_options() -> dict[str, object]:
 
 
 @contextmanager
-def _toc_read() -> Iterator[None]:
+def _toc_read(directory: Path) -> Iterator[None]:
     try:
         yield
-    except (ImportError, AttributeError, pickle.UnpicklingError) as exc:
+    except (ImportError, AttributeError) as exc:
         # The TOC's pickled schema names a class this version does not have (one that moved
         # and is not in _whoosh._pickle's map, or one of another build).
         raise QueryError(
-            "the search index was built by another version: run `pipeline reindex`"
+            f"the search index in {directory} was built by another version: run `pipeline reindex`"
+        ) from exc
+    except (pickle.UnpicklingError, EOFError, struct.error, ValueError) as exc:
+        # A TOC cut short or overwritten.
+        raise IndexDamagedError(
+            f"search index: {directory} has an unreadable table of contents "
+            f"({type(exc).__name__}): run `pipeline reindex` to rebuild it from the database",
+            path=str(directory),
         ) from exc
 
 
 def index_exists(directory: Path) -> bool:
-    with _toc_read():  # Whoosh reads the TOC to tell
+    with _toc_read(directory):  # Whoosh reads the TOC to tell
         return bool(whoosh_index.exists_in(str(directory), indexname=INDEX_NAME))
 
 
 def open_index(directory: Path) -> whoosh_index.Index:
     """The index in ``directory``, created (empty, with our schema) if there is none."""
     if index_exists(directory):
-        with _toc_read():
+        with _toc_read(directory):
             return whoosh_index.open_dir(str(directory), indexname=INDEX_NAME)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     return whoosh_index.create_in(str(directory), _schema(), indexname=INDEX_NAME)
@@ -103,4 +112,10 @@ def locked_writer(ix: whoosh_index.Index) -> Any:
     """A writer that holds the index's lock: the fence's choice of segment writer."""
     # Wait for the lock a while: a writer process of a run that was killed may still be
     # finishing its last batch.
-    return segment_writer(ix, timeout=120, delay=0.1, **writer_options())
+    writer = segment_writer(ix, timeout=120, delay=0.1, **writer_options())
+    # Whoosh creates its lock file with mode 0777 less the umask (0700 under ours): private
+    # files are 0600.
+    folder = getattr(ix.storage, "folder", None)
+    if folder is not None:
+        tighten(Path(folder) / f"{INDEX_NAME}_WRITELOCK", 0o600)
+    return writer
