@@ -100,7 +100,7 @@ def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         formatter: logging.Formatter = _JsonFormatter()
-        formatter.converter = time.gmtime  # type: ignore[assignment]
+        formatter.converter = time.gmtime
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)

@@ -130,7 +130,7 @@ class KomboError(PipelineError):
         self.kombo_message = message
 
     @property
-    def transient(self) -> bool:  # type: ignore[override]
+    def transient(self) -> bool:  # type: ignore[override]  # read-only: the answer decides
         if self.code is not None:
             return self.code in RETRYABLE_CODES
         # Kombo: branch on the HTTP status only when the code is null.
@@ -140,7 +140,7 @@ class KomboError(PipelineError):
 class IntegrationError(KomboError):
     """A Kombo error that holds for every candidate of the integration: stop the run."""
 
-    transient = False  # type: ignore[assignment]
+    transient = False
 
 
 class TransportError(PipelineError):
@@ -160,7 +160,7 @@ class ResponseInvalidError(PipelineError):
 class DownloadError(PipelineError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
-        self.transient = transient  # type: ignore[misc]
+        self.transient = transient
 
 
 class LinkExpiredError(DownloadError):

@@ -151,7 +151,7 @@ class _Slot:
             self.kill_worker()
             return Extraction(AttachmentState.FAILED, None, error="timeout")
         try:
-            return conn.recv()  # type: ignore[no-any-return]
+            return conn.recv()
         except (EOFError, OSError):
             code = process.exitcode
             self.kill_worker()

@@ -31,7 +31,7 @@ STEMMED = ("en", "de", "fr", "es")  # languages whose documents are stemmed too
 STEM_MARK = "~"
 
 
-def analyzer(pattern: str = TOKEN_PATTERN):  # type: ignore[no-untyped-def]
+def analyzer(pattern: str = TOKEN_PATTERN):
     # Folding accents makes "Müller" find "Muller" and the reverse; case is folded too.
     return RegexTokenizer(pattern) | LowercaseFilter() | CharsetFilter(accent_map)
 

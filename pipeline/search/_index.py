@@ -219,7 +219,7 @@ class SearchIndex:
             ix.close()
 
 
-def _collect(searcher, ranker, parsed: Query, filters: list[Query], limit: int):  # type: ignore[no-untyped-def]
+def _collect(searcher, ranker, parsed: Query, filters: list[Query], limit: int):
     """The best ``limit`` (document number, score) pairs, best first, and the number of
     matches. Scored a posting list at a time (``_whoosh._ranker``); through Whoosh's own
     matchers on the fence's fallback, or if the index is of a shape the ranker does not
@@ -239,7 +239,7 @@ def _collect(searcher, ranker, parsed: Query, filters: list[Query], limit: int):
 
 
 def _page(
-    searcher,  # type: ignore[no-untyped-def]
+    searcher,
     query: Query,
     found: list[tuple[int, float]],
     texts: Callable[[Sequence[str]], dict[str, str]],

@@ -74,7 +74,7 @@ def _filters(
     return filters
 
 
-def _correct(searcher, schema: Schema, query: str) -> str | None:  # type: ignore[no-untyped-def]
+def _correct(searcher, schema: Schema, query: str) -> str | None:
     """The query spelled with words the index holds ("Kubernets" -> "kubernetes")."""
     try:
         plain = QueryParser("text", schema).parse(query)

@@ -17,7 +17,7 @@ SNIPPET_CONTEXT = 60  # characters of context before the first match and after t
 SNIPPET_FRAGMENTS = 2
 
 
-def _highlighted(searcher, query: Query) -> tuple[frozenset[str], frozenset[str]]:  # type: ignore[no-untyped-def]
+def _highlighted(searcher, query: Query) -> tuple[frozenset[str], frozenset[str]]:
     """The text field's words the query matches (patterns expanded) and its marked stems."""
     words, stems = set(), set()
     for fieldname, btext in query.existing_terms(searcher.reader(), phrases=True, expand=True):

@@ -86,7 +86,7 @@ class ArrayPostings:
         self._weights_at = self._ids_at + 4 * postings
 
     @classmethod
-    def open(cls, reader) -> ArrayPostings:  # type: ignore[no-untyped-def]
+    def open(cls, reader) -> ArrayPostings:
         try:
             folder = reader._storage.folder
             name = reader._segment.make_filename(ARRAY_POSTINGS_EXT)
@@ -107,7 +107,7 @@ class ArrayPostings:
             return cls.NONE
         return cls(buffer, words, postings)
 
-    def find(self, reader, fieldname: str, btext: bytes) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
+    def find(self, reader, fieldname: str, btext: bytes) -> tuple[np.ndarray, np.ndarray] | None:
         """The word's document numbers (int64, within the segment) and weights (float64), if
         the segment holds them as arrays."""
         if self._buffer is None:
@@ -131,7 +131,7 @@ ArrayPostings.NONE = ArrayPostings()
 
 
 def read_postings(
-    matcher,  # type: ignore[no-untyped-def]
+    matcher,
     raw_values: list[bytes] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A segment's postings of one term from its blocks: its document numbers (within the
@@ -157,7 +157,7 @@ def read_postings(
     return np.cumsum(differences), np.array(weights, dtype=np.float64)
 
 
-def _blocks(matcher) -> Iterable[tuple[Sequence[int], Sequence[float], list[bytes], int]]:  # type: ignore[no-untyped-def]
+def _blocks(matcher) -> Iterable[tuple[Sequence[int], Sequence[float], list[bytes], int]]:
     """A term's postings a block at a time: (id differences, weights, values, last id).
 
     Reads the blocks as Whoosh's own matcher does (its whoosh3 codec: a pickled tuple of

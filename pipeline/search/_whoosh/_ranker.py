@@ -82,7 +82,7 @@ class _Node:
         self.scores = scores
 
 
-def rank(searcher, query: Query, limit: int) -> Ranked:  # type: ignore[no-untyped-def]
+def rank(searcher, query: Query, limit: int) -> Ranked:
     return Ranker(searcher).rank(query, limit)
 
 
@@ -91,7 +91,7 @@ class Ranker:
     ranker's life: a spelling correction ranked after the query it corrects shares most of
     its terms (the stems of "Kubernets" are those of "Kubernetes")."""
 
-    def __init__(self, searcher) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, searcher) -> None:
         weighting = searcher.weighting
         if type(weighting) is not BM25F or weighting._field_B:
             raise FastPathUnsupportedError("only Whoosh's default BM25F is reproduced")
@@ -331,7 +331,7 @@ class Ranker:
 
     def _postings(
         self, fieldname: str, btext: bytes, *, values: bool = False, only=None
-    ) -> _Postings | None:  # type: ignore[no-untyped-def]
+    ) -> _Postings | None:
         # Segment by segment, in order: a common word from the segment's array postings
         # (one slice each, when its positions are not asked for), any other from its blocks.
         ids: list[np.ndarray] = []
@@ -356,7 +356,7 @@ class Ranker:
             return _Postings(ids[0], weights[0], raw_values)
         return _Postings(np.concatenate(ids), np.concatenate(weights), raw_values)
 
-    def _arrays(self, reader) -> ArrayPostings:  # type: ignore[no-untyped-def]
+    def _arrays(self, reader) -> ArrayPostings:
         found = self._array_files.get(id(reader))
         if found is None:
             found = self._array_files[id(reader)] = ArrayPostings.open(reader)
@@ -394,7 +394,7 @@ def _within(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
     return ordered[np.minimum(places, ordered.size - 1)] == values
 
 
-def _length_bytes(reader, fieldname: str, count: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _length_bytes(reader, fieldname: str, count: int) -> np.ndarray:
     """A segment's one-byte field lengths, read as one slice of its column file."""
     try:
         column = reader._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)
