@@ -31,7 +31,7 @@ itself with its fields (:meth:`PipelineError.__reduce__`), so an error crosses a
 boundary as the exception, not as a hand-built tuple.
 
 Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
-stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``index``.
+stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``search``.
 Messages never contain the API key: only ids, codes and Kombo's own texts.
 """
 
