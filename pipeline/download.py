@@ -63,7 +63,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a TCP connection's is one
 
     def data_received(self, data: bytes) -> None:
         self._h11.receive_data(data)
