@@ -79,6 +79,7 @@ class StatusReport:
     nightly_watermark: str | None
     erasures: int
     runs: list[Run]  # the most recent first
+    search_engine: str  # which paths search runs on: "fast (...)" or "fallback: ..."
 
 
 class App:
@@ -239,7 +240,15 @@ class App:
             nightly_watermark=store.get_setting(WATERMARK),
             erasures=store.erasure_count(),
             runs=store.recent_runs(limit),
+            search_engine=self.search_engine(),
         )
+
+    def search_engine(self) -> str:
+        """Which paths search runs on in this process: the fast ones, or the fallback and
+        why (``status`` and ``check`` say it; see ``pipeline.search.engine_paths``)."""
+        from .search import engine_paths
+
+        return engine_paths()
 
     def check(self) -> dict[str, list[str]]:
         """Drift between the database, the index and the file store (empty lists: none)."""

@@ -94,7 +94,9 @@ def accept(fd: int) -> tuple[Connection, Any]:
     return conn, conn.recv()
 
 
-def answer_message(key: int, value: object = None, error: BaseException | None = None) -> tuple:
+def answer_message(
+    key: int, value: object = None, error: BaseException | None = None
+) -> tuple[Any, ...]:
     """The message that answers call ``key``: its value, or the exception as itself.
 
     An exception that would not arrive whole (it does not pickle, or not back into itself)

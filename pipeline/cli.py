@@ -100,7 +100,7 @@ def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         formatter: logging.Formatter = _JsonFormatter()
-        formatter.converter = time.gmtime  # type: ignore[assignment]
+        formatter.converter = time.gmtime
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(formatter)
@@ -468,6 +468,7 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
             "attachments": counts,
             "nightly_watermark": watermark,
             "erasures": erasures,
+            "search_engine": report.search_engine,
             "runs": [
                 {
                     "id": r.id,
@@ -489,6 +490,7 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
     click.echo(f"attachments: {total}" + "".join(f", {n} {s}" for s, n in sorted(counts.items())))
     click.echo(f"nightly watermark: {watermark or 'none (the next nightly run lists everyone)'}")
     click.echo(f"erasures on record: {erasures}")
+    click.echo(f"search engine: {report.search_engine}")
     for r in runs:
         took = (r.finished_at - r.started_at).total_seconds() if r.finished_at else None
         click.echo(
@@ -505,6 +507,8 @@ def check(data_dir: str | None, database_url: str | None) -> int:
     """Compare database, index and file store; report drift and how to repair each (exit 1)."""
     with App(_data(data_dir, database_url)) as app:
         drift = app.check()
+        engine = app.search_engine()
+    click.echo(f"search engine: {engine}")
     found = sum(len(v) for v in drift.values())
     for what, items in drift.items():
         if items:

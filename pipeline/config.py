@@ -160,7 +160,7 @@ def resolve_kombo(
         api_key=Secret(api_key),
         integration_id=integration_id.strip(),
         base_url=base_url,
-        **tuning,  # type: ignore[arg-type]
+        **tuning,  # type: ignore[arg-type]  # its keys are KomboSettings' fields
     )
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
@@ -35,6 +35,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     TypeDecorator,
     bindparam,
@@ -47,7 +48,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Connection, Dialect, Engine, ExceptionContext, make_url
+from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
@@ -99,7 +100,8 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 
 class Base(DeclarativeBase):
-    pass
+    # Every model here is mapped to a Table (DeclarativeBase types it as any FromClause).
+    __table__: ClassVar[Table]
 
 
 class Candidate(Base):
@@ -825,7 +827,7 @@ class Store:
             )
             last: tuple[str, str | None] | None = None
             for row in s.execute(query):
-                doc = IndexDoc(*row)
+                doc = _index_doc(row)
                 key = (doc.candidate_id, doc.sha256)
                 if key != last:
                     yield doc
@@ -840,7 +842,7 @@ class Store:
                 .where(Attachment.status == AttachmentState.PENDING)
                 .distinct()
             )
-            return [(c, h) for c, h in rows]
+            return [(c, h) for c, h in rows if h is not None]  # always: joined on sha256
 
     def content_copies(
         self, keys: Iterable[tuple[str, str]]
@@ -860,7 +862,7 @@ class Store:
                     },
                 )
                 for row in rows:
-                    doc = IndexDoc(*row)
+                    doc = _index_doc(row)
                     key = (doc.candidate_id, doc.sha256 or "")
                     if key in wanted:
                         found.setdefault(key, []).append(doc)
@@ -881,7 +883,7 @@ class Store:
                     Attachment.id.in_(list(attachment_ids)), Attachment.sha256.is_not(None)
                 )
             )
-            return list({(c, h) for c, h in rows})
+            return list({(c, h) for c, h in rows if h is not None})  # always: not None above
 
     def attachment_ids(self, statuses: Sequence[str]) -> set[str]:
         with self.session() as s:
@@ -984,10 +986,14 @@ class Store:
     def close_abandoned_runs(self) -> int:
         """Runs still 'running' belong to a process that died: say so."""
         with self.session() as s:
-            result = s.execute(
-                update(Run)
-                .where(Run.status == RunStatus.RUNNING.value)
-                .values(status=RunStatus.KILLED.value, finished_at=utcnow())
+            # An UPDATE's result is a CursorResult (execute() is typed for any statement).
+            result = cast(
+                "CursorResult[Any]",
+                s.execute(
+                    update(Run)
+                    .where(Run.status == RunStatus.RUNNING.value)
+                    .values(status=RunStatus.KILLED.value, finished_at=utcnow())
+                ),
             )
             return result.rowcount or 0
 
@@ -1141,7 +1147,16 @@ def _existing_parent(path: Path) -> Path:
     return Path("/")
 
 
-def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
+def _index_doc(row: Sequence[Any]) -> IndexDoc:
+    # A row of the ten columns IndexDoc takes, in its order (select() types rows of ten
+    # columns and more as of any length).
+    return IndexDoc(*row)
+
+
+_Item = TypeVar("_Item")
+
+
+def _chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -1299,7 +1314,7 @@ def _upserts(dialect: str) -> _Upserts | None:
     if dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as dialect_insert
     elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]  # same API as SQLite's
     else:
         return None
     text = dialect_insert(_t).on_conflict_do_nothing(index_elements=[_t.c.sha256])

@@ -17,7 +17,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import SplitResult, urljoin, urlsplit
 
 import h11
@@ -63,7 +63,7 @@ class _Connection(asyncio.Protocol):
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = cast(asyncio.Transport, transport)  # a TCP connection's is one
 
     def data_received(self, data: bytes) -> None:
         self._h11.receive_data(data)
@@ -139,7 +139,7 @@ class _Connection(asyncio.Protocol):
                 kind = type(event)
                 if kind is h11.Data:
                     assert self._sink is not None
-                    self._sink(event.data)
+                    self._sink(cast(h11.Data, event).data)  # `kind is` does not narrow
                 elif kind is h11.Response:
                     self._settle(event)  # stop here: the body waits for its sink
                 elif kind is h11.EndOfMessage:

@@ -43,7 +43,7 @@ itself with its fields (:meth:`PipelineError.__reduce__`), so an error crosses a
 boundary as the exception, not as a hand-built tuple.
 
 Library exceptions (httpx, pypdf, python-docx, whoosh) are translated in one place per
-stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``index``; storage faults
+stage: ``fetch.KomboClient._once``, ``download``, ``extract`` and ``search``; storage faults
 in ``database`` (SQLAlchemy's ``handle_error`` and the direct SQLite path), ``filestore``
 (:func:`pipeline.filestore.storage_error`) and ``search._index``.
 Messages never contain the API key: only ids, codes and Kombo's own texts.
@@ -144,7 +144,7 @@ class KomboError(PipelineError):
         self.kombo_message = message
 
     @property
-    def transient(self) -> bool:  # type: ignore[override]
+    def transient(self) -> bool:  # type: ignore[override]  # read-only: the answer decides
         if self.code is not None:
             return self.code in RETRYABLE_CODES
         # Kombo: branch on the HTTP status only when the code is null.
@@ -154,7 +154,7 @@ class KomboError(PipelineError):
 class IntegrationError(KomboError):
     """A Kombo error that holds for every candidate of the integration: stop the run."""
 
-    transient = False  # type: ignore[assignment]
+    transient = False
 
 
 class TransportError(PipelineError):
@@ -174,7 +174,7 @@ class ResponseInvalidError(PipelineError):
 class DownloadError(PipelineError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
-        self.transient = transient  # type: ignore[misc]
+        self.transient = transient
 
 
 class LinkExpiredError(DownloadError):

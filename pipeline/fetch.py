@@ -832,7 +832,7 @@ def _parse(
         raise ResponseInvalidError(
             f"Kombo's answer for {subject} does not match the documented schema: {clean(problem)}"
         )
-    return body  # type: ignore[no-any-return]
+    return body
 
 
 def _error_from(

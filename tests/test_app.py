@@ -31,3 +31,37 @@ def test_read_only_commands_start_no_run_machinery(tmp_path: Path) -> None:
         env={"PIPELINE_DATA_DIR": str(tmp_path / "data"), "PATH": "/usr/bin:/bin"},
     )
     assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+def _pipeline(args: list[str], data_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PIPELINE_DATA_DIR": str(data_dir), "PATH": "/usr/bin:/bin", **env},
+    )
+
+
+def test_status_and_check_say_which_search_paths_are_in_use(tmp_path: Path) -> None:
+    """An operator sees whether search runs on its fast paths or on Whoosh's own, and why."""
+    data = tmp_path / "data"
+    for env, expected in (
+        ({}, "fast (whoosh-reloaded "),
+        (
+            {"PIPELINE_SEARCH_FAST": "off"},
+            "fallback: Whoosh's own writer and matchers (PIPELINE_SEARCH_FAST=off)",
+        ),
+    ):
+        report = _pipeline(["status", "--json"], data, **env)
+        assert report.returncode == 0, report.stderr
+        assert json.loads(report.stdout)["search_engine"].startswith(expected)
+
+        text = _pipeline(["status"], data, **env)
+        assert text.returncode == 0, text.stderr
+        assert f"search engine: {expected}" in text.stdout
+
+        check = _pipeline(["check"], data, **env)
+        assert check.returncode == 0, check.stderr  # a fresh data directory has no drift
+        assert f"search engine: {expected}" in check.stdout
+        assert "check succeeded: no drift" in check.stdout

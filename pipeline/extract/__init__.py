@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import TypedDict
 
 from ..errors import EncryptedDocumentError, ExtractionError
 from ..states import AttachmentState
@@ -66,6 +67,14 @@ class Extraction:
         return len(self.text or "")
 
 
+class _ParserMeta(TypedDict):
+    """The fields every outcome past the parser's choice carries (typed for ``**meta``)."""
+
+    detected_type: str
+    parser: str
+    parser_version: str
+
+
 def extract_file(path: Path, content_type: str | None, file_name: str | None) -> Extraction:
     load_parsers()
     started, cpu = time.perf_counter(), time.process_time()
@@ -92,7 +101,11 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
     parser = parser_for(detected)
     if parser is None:
         return Extraction(AttachmentState.UNSUPPORTED, detected, error=f"no parser for {detected}")
-    meta = {"detected_type": detected, "parser": parser.name, "parser_version": parser.version}
+    meta: _ParserMeta = {
+        "detected_type": detected,
+        "parser": parser.name,
+        "parser_version": parser.version,
+    }
     try:
         parsed = parser.parse(path)
     except EncryptedDocumentError as exc:

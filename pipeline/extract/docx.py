@@ -12,10 +12,11 @@ model first, two thirds of the time a CV took.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 from docx.opc.constants import CONTENT_TYPE, RELATIONSHIP_TYPE
 from docx.opc.packuri import PACKAGE_URI
-from docx.opc.phys_pkg import PhysPkgReader
+from docx.opc.phys_pkg import PhysPkgReader, _ZipPkgReader
 from docx.opc.pkgreader import PackageReader, _ContentTypeMap
 from lxml import etree
 
@@ -100,7 +101,8 @@ class _Package:
     styles were inflated for nothing, half the time of reading one."""
 
     def __init__(self, path: Path) -> None:
-        self._phys = PhysPkgReader(str(path))
+        # PhysPkgReader is a factory (its __new__ picks the reader): a file gets the zip one.
+        self._phys = cast(_ZipPkgReader, PhysPkgReader(str(path)))
         content_types = _ContentTypeMap.from_xml(self._phys.content_types_xml)
         self.parts: list[tuple[str, str, str]] = []  # (partname, content type, relationship)
         visited: set[str] = set()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
+from typing import cast
 
 import lxml.html
 from charset_normalizer import from_bytes
@@ -100,7 +101,8 @@ def visible_text(markup: str) -> str:
         return ""
     for element in root.iter(*_INVISIBLE):
         if element.tag != "head":
-            element.drop_tree()
+            # iter() is typed as yielding etree's elements; an HTML tree's are HtmlElements.
+            cast(lxml.html.HtmlElement, element).drop_tree()
     title = (root.findtext(".//title") or "").strip()
     body = root.find("body")
     text = _collect(body if body is not None else root)

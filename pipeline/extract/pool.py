@@ -89,7 +89,7 @@ class _Slot:
 
     def start_worker(self) -> None:
         parent, child = _context().Pipe()
-        process = _context().Process(  # type: ignore[attr-defined]
+        process = _context().Process(  # type: ignore[attr-defined]  # typeshed: BaseContext has none
             target=_worker_main, args=(child, self.owner.memory_bytes), daemon=True
         )
         process.start()
@@ -151,7 +151,7 @@ class _Slot:
             self.kill_worker()
             return Extraction(AttachmentState.FAILED, None, error="timeout")
         try:
-            return conn.recv()  # type: ignore[no-any-return]
+            return conn.recv()
         except (EOFError, OSError):
             code = process.exitcode
             self.kill_worker()

@@ -10,10 +10,14 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
 from whoosh.lang import stemmer_for_language
 from whoosh.support.charset import accent_map
+
+if TYPE_CHECKING:
+    from whoosh.analysis import Analyzer
 
 # Words, plus the shapes skills take: "node.js", "c++", "c#", "ci/cd" stays two words.
 TOKEN_PATTERN = r"\w+(?:[.'’]\w+)*(?:\+\+|#)?"
@@ -31,7 +35,7 @@ STEMMED = ("en", "de", "fr", "es")  # languages whose documents are stemmed too
 STEM_MARK = "~"
 
 
-def analyzer(pattern: str = TOKEN_PATTERN):  # type: ignore[no-untyped-def]
+def analyzer(pattern: str = TOKEN_PATTERN) -> Analyzer:
     # Folding accents makes "Müller" find "Muller" and the reverse; case is folded too.
     return RegexTokenizer(pattern) | LowercaseFilter() | CharsetFilter(accent_map)
 

@@ -1,7 +1,7 @@
 """What the index stage is given of one attachment.
 
 A module of its own, with nothing heavy to import: index writer processes receive these
-pickled, and unpickling one imports the module that defines it (``pipeline.store`` would
+pickled, and unpickling one imports the module that defines it (``pipeline.database`` would
 bring SQLAlchemy: 0.3 s at each writer process's start).
 """
 

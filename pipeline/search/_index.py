@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from whoosh import index as whoosh_index
 from whoosh.query import And, Or, Query, Term
@@ -39,6 +39,11 @@ from ._results import SearchHit, SearchResults
 from ._schema import _fields, _schema, index_exists, locked_writer, open_index
 from ._snippets import _escape, _highlighted, _snippet
 from ._whoosh import ranker as _ranker
+
+if TYPE_CHECKING:
+    from whoosh.searching import Searcher
+
+    from ._whoosh._ranker import Ranker
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +310,9 @@ class SearchIndex:
             ix.close()
 
 
-def _collect(searcher, ranker, parsed: Query, filters: list[Query], limit: int):  # type: ignore[no-untyped-def]
+def _collect(
+    searcher: Searcher, ranker: Ranker | None, parsed: Query, filters: list[Query], limit: int
+) -> tuple[list[tuple[int, float]], int]:
     """The best ``limit`` (document number, score) pairs, best first, and the number of
     matches. Scored a posting list at a time (``_whoosh._ranker``); through Whoosh's own
     matchers on the fence's fallback, or if the index is of a shape the ranker does not
@@ -325,7 +332,7 @@ def _collect(searcher, ranker, parsed: Query, filters: list[Query], limit: int):
 
 
 def _page(
-    searcher,  # type: ignore[no-untyped-def]
+    searcher: Searcher,
     query: Query,
     found: list[tuple[int, float]],
     texts: Callable[[Sequence[str]], dict[str, str]],

@@ -4,6 +4,7 @@ and a correction of its spelling from the index's own words."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from whoosh.fields import Schema
 from whoosh.qparser import AndGroup, MultifieldParser, QueryParser
@@ -13,6 +14,9 @@ from ..errors import QueryError
 from ._analysis import STEM_MARK, WORD, fold, query_stems
 from ._schema import BOOSTS, FIELDS, STEM_BOOST
 from ._whoosh._spelling import WordCorrector
+
+if TYPE_CHECKING:
+    from whoosh.searching import Searcher
 
 
 def _check_syntax(query: str) -> None:
@@ -74,7 +78,7 @@ def _filters(
     return filters
 
 
-def _correct(searcher, schema: Schema, query: str) -> str | None:  # type: ignore[no-untyped-def]
+def _correct(searcher: Searcher, schema: Schema, query: str) -> str | None:
     """The query spelled with words the index holds ("Kubernets" -> "kubernetes")."""
     try:
         plain = QueryParser("text", schema).parse(query)

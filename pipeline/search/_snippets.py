@@ -7,17 +7,21 @@ index used, so a word matched through its stem is marked too.
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 from whoosh.query import Query
 
 from ._analysis import FOLDED, STEM_MARK, STEMMED, WORD, folded_stems
+
+if TYPE_CHECKING:
+    from whoosh.searching import Searcher
 
 SNIPPET_CHARS = 240  # at most, per fragment
 SNIPPET_CONTEXT = 60  # characters of context before the first match and after the last
 SNIPPET_FRAGMENTS = 2
 
 
-def _highlighted(searcher, query: Query) -> tuple[frozenset[str], frozenset[str]]:  # type: ignore[no-untyped-def]
+def _highlighted(searcher: Searcher, query: Query) -> tuple[frozenset[str], frozenset[str]]:
     """The text field's words the query matches (patterns expanded) and its marked stems."""
     words, stems = set(), set()
     for fieldname, btext in query.existing_terms(searcher.reader(), phrases=True, expand=True):

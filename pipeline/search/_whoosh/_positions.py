@@ -14,7 +14,7 @@ from array import array
 from whoosh.formats import Positions
 
 
-class WordPositions(Positions):  # type: ignore[misc]
+class WordPositions(Positions):
     """Whoosh's positions, stored as an array of little-endian 32-bit numbers instead of a
     pickled list of differences.
 
@@ -26,7 +26,7 @@ class WordPositions(Positions):  # type: ignore[misc]
 
     positions_dtype = "<u4"
 
-    def word_values(self, value, analyzer, **kwargs):  # type: ignore[no-untyped-def]
+    def word_values(self, value, analyzer, **kwargs):
         if not isinstance(value, list | tuple):
             yield from super().word_values(value, analyzer, **kwargs)
             return
@@ -37,17 +37,17 @@ class WordPositions(Positions):  # type: ignore[misc]
         for word, where in places.items():
             yield word, len(where), len(where) * boost, pack_positions(where)
 
-    def encode(self, poslist):  # type: ignore[no-untyped-def]
+    def encode(self, poslist):
         return pack_positions(poslist)
 
-    def decode_positions(self, valuestring):  # type: ignore[no-untyped-def]
+    def decode_positions(self, valuestring):
         numbers = array("I")
         numbers.frombytes(valuestring)
         if sys.byteorder == "big":
             numbers.byteswap()
         return numbers.tolist()
 
-    def decode_frequency(self, valuestring):  # type: ignore[no-untyped-def]
+    def decode_frequency(self, valuestring):
         return len(valuestring) // 4
 
 

@@ -17,13 +17,17 @@ from __future__ import annotations
 import mmap
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from whoosh.codec.whoosh3 import W3LeafMatcher
 from whoosh.reading import TermNotFound
 
 from ...errors import FastPathUnsupportedError
+
+if TYPE_CHECKING:
+    from whoosh.matching import Matcher
+    from whoosh.reading import SegmentReader
 
 ARRAY_POSTINGS_EXT = ".apx"
 ARRAY_POSTINGS_MIN = 1024  # a word's postings in a segment: fewer are quick to unpickle
@@ -86,7 +90,7 @@ class ArrayPostings:
         self._weights_at = self._ids_at + 4 * postings
 
     @classmethod
-    def open(cls, reader) -> ArrayPostings:  # type: ignore[no-untyped-def]
+    def open(cls, reader: SegmentReader) -> ArrayPostings:
         try:
             folder = reader._storage.folder
             name = reader._segment.make_filename(ARRAY_POSTINGS_EXT)
@@ -107,7 +111,9 @@ class ArrayPostings:
             return cls.NONE
         return cls(buffer, words, postings)
 
-    def find(self, reader, fieldname: str, btext: bytes) -> tuple[np.ndarray, np.ndarray] | None:  # type: ignore[no-untyped-def]
+    def find(
+        self, reader: SegmentReader, fieldname: str, btext: bytes
+    ) -> tuple[np.ndarray, np.ndarray] | None:
         """The word's document numbers (int64, within the segment) and weights (float64), if
         the segment holds them as arrays."""
         if self._buffer is None:
@@ -131,7 +137,7 @@ ArrayPostings.NONE = ArrayPostings()
 
 
 def read_postings(
-    matcher,  # type: ignore[no-untyped-def]
+    matcher: Matcher,
     raw_values: list[bytes] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A segment's postings of one term from its blocks: its document numbers (within the
@@ -157,7 +163,7 @@ def read_postings(
     return np.cumsum(differences), np.array(weights, dtype=np.float64)
 
 
-def _blocks(matcher) -> Iterable[tuple[Sequence[int], Sequence[float], list[bytes], int]]:  # type: ignore[no-untyped-def]
+def _blocks(matcher: Matcher) -> Iterable[tuple[Sequence[int], Sequence[float], list[bytes], int]]:
     """A term's postings a block at a time: (id differences, weights, values, last id).
 
     Reads the blocks as Whoosh's own matcher does (its whoosh3 codec: a pickled tuple of

@@ -24,6 +24,7 @@ Nothing outside ``pipeline.search`` uses this module (through ``_whoosh``'s fenc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
@@ -50,6 +51,10 @@ from whoosh.util.numeric import byte_to_length
 
 from ...errors import FastPathUnsupportedError
 from ._postings import ArrayPostings, read_postings
+
+if TYPE_CHECKING:
+    from whoosh.reading import SegmentReader
+    from whoosh.searching import Searcher
 
 # Whoosh keeps a field's length in a document as one byte; this is its decoding.
 _LENGTHS = np.array([byte_to_length(b) or 0 for b in range(256)], dtype=np.float64)
@@ -82,7 +87,7 @@ class _Node:
         self.scores = scores
 
 
-def rank(searcher, query: Query, limit: int) -> Ranked:  # type: ignore[no-untyped-def]
+def rank(searcher: Searcher, query: Query, limit: int) -> Ranked:
     return Ranker(searcher).rank(query, limit)
 
 
@@ -91,7 +96,7 @@ class Ranker:
     ranker's life: a spelling correction ranked after the query it corrects shares most of
     its terms (the stems of "Kubernets" are those of "Kubernetes")."""
 
-    def __init__(self, searcher) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, searcher: Searcher) -> None:
         weighting = searcher.weighting
         if type(weighting) is not BM25F or weighting._field_B:
             raise FastPathUnsupportedError("only Whoosh's default BM25F is reproduced")
@@ -330,8 +335,13 @@ class Ranker:
     # -- postings and scores -----------------------------------------------------------------
 
     def _postings(
-        self, fieldname: str, btext: bytes, *, values: bool = False, only=None
-    ) -> _Postings | None:  # type: ignore[no-untyped-def]
+        self,
+        fieldname: str,
+        btext: bytes,
+        *,
+        values: bool = False,
+        only: tuple[SegmentReader, int] | None = None,
+    ) -> _Postings | None:
         # Segment by segment, in order: a common word from the segment's array postings
         # (one slice each, when its positions are not asked for), any other from its blocks.
         ids: list[np.ndarray] = []
@@ -356,7 +366,7 @@ class Ranker:
             return _Postings(ids[0], weights[0], raw_values)
         return _Postings(np.concatenate(ids), np.concatenate(weights), raw_values)
 
-    def _arrays(self, reader) -> ArrayPostings:  # type: ignore[no-untyped-def]
+    def _arrays(self, reader: SegmentReader) -> ArrayPostings:
         found = self._array_files.get(id(reader))
         if found is None:
             found = self._array_files[id(reader)] = ArrayPostings.open(reader)
@@ -394,7 +404,7 @@ def _within(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
     return ordered[np.minimum(places, ordered.size - 1)] == values
 
 
-def _length_bytes(reader, fieldname: str, count: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _length_bytes(reader: SegmentReader, fieldname: str, count: int) -> np.ndarray:
     """A segment's one-byte field lengths, read as one slice of its column file."""
     try:
         column = reader._perdoc._cached_reader(_lenfield(fieldname), LENGTHS_COLUMN)

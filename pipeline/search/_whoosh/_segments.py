@@ -82,7 +82,7 @@ class _Words:
         self.counts.append(len(words))
 
 
-class _BlockPostings(W3PostingsWriter):  # type: ignore[misc]
+class _BlockPostings(W3PostingsWriter):
     """Whoosh's postings writer, fed a term's postings as arrays, a block at a time."""
 
     def write(
@@ -126,7 +126,7 @@ def offsets_always(writer: SegmentWriter) -> None:
         column.cutoff = 0
 
 
-class ArraySegmentWriter(SegmentWriter):  # type: ignore[misc]
+class ArraySegmentWriter(SegmentWriter):
     """A segment writer whose postings are built from arrays at flush.
 
     It takes documents as Whoosh's ``SegmentWriter`` does (``add_document``, and
