@@ -22,7 +22,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .config import DataSettings, KomboSettings
-from .database import WATERMARK, ExportSelection, Run, Store, utcnow
+from .database import WATERMARK, ExportSelection, Failures, Run, Store, utcnow
 from .errors import PipelineError
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class StatusReport:
     nightly_watermark: str | None
     erasures: int
     runs: list[Run]  # the most recent first
+    failures: Failures  # what failed, why, and whether the next run retries it
 
 
 class App:
@@ -76,8 +77,10 @@ class App:
         extract: ExtractLimits | None = None,
         extractor: Extractor | None = None,
         progress: Progress | None = None,
+        max_run_minutes: float | None = None,
     ) -> None:
         self.data = data
+        self.max_run_minutes = max_run_minutes
         self.kombo = kombo
         self._extract = extract
         self._extractor = extractor
@@ -132,6 +135,7 @@ class App:
             extract=self._extract or ExtractLimits(),
             new_extractor=None if given is None else lambda: given,
             progress=self._progress or no_progress,
+            max_run_minutes=self.max_run_minutes,
         )
 
     # -- runs -----------------------------------------------------------------------------------
@@ -201,6 +205,7 @@ class App:
             nightly_watermark=store.get_setting(WATERMARK),
             erasures=store.erasure_count(),
             runs=store.recent_runs(limit),
+            failures=store.failures(),
         )
 
     def check(self) -> dict[str, list[str]]:
