@@ -357,8 +357,9 @@ def _collect_ids(ids: tuple[str, ...], ids_file: Any) -> list[str]:
     return list(dict.fromkeys(collected))
 
 
-# Seconds between progress lines when stderr is not a terminal (with -v).
-PROGRESS_INTERVAL = float(os.environ.get("PIPELINE_PROGRESS_SECONDS", "10") or 10)
+# Seconds between progress lines when stderr is not a terminal (with -v); the environment
+# variable PIPELINE_PROGRESS_SECONDS changes it.
+PROGRESS_INTERVAL = 10.0
 
 
 class _Progress:
@@ -376,6 +377,7 @@ class _Progress:
         self._done: dict[str, int] = {}
         self._totals: dict[str, int | None] = {}
         self._last_line = time.monotonic()
+        self.interval = float(os.environ.get("PIPELINE_PROGRESS_SECONDS") or PROGRESS_INTERVAL)
 
     def __call__(self, what: str, done: int, total: int | None) -> None:
         if self.lines:
@@ -407,7 +409,7 @@ class _Progress:
         if total is not None:
             self._totals[what] = total
         now = time.monotonic()
-        if now - self._last_line >= PROGRESS_INTERVAL:
+        if now - self._last_line >= self.interval:
             self._last_line = now
             log.info("progress: %s", self.describe())
 
@@ -1163,6 +1165,11 @@ def _reset_demo_dir(base: Path) -> None:
                 entry.unlink()
     base.mkdir(parents=True, exist_ok=True, mode=0o700)
     marker.write_text("made by `pipeline demo`: demo empties this folder at each run\n")
+
+
+# -v, -q and --log-format after the command too (`pipeline ingest -v ...`), as before it.
+for _command in cli.commands.values():
+    _command.params.extend(_logging_params())
 
 
 # -- entry point -------------------------------------------------------------------------------
