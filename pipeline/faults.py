@@ -5,7 +5,8 @@ The pipeline's own errors pass through as they are, whatever their class: their
 ``transient`` marker (:func:`pipeline.errors.is_transient`) decides the exit code, so a new
 subclass needs nothing here. What the standard library or a driver raises without our
 wrapping (a disk that fills, a read-only directory, a corrupt SQLite file, a bug) becomes a
-:class:`SystemFault` naming what and where: terminal, for the operator to fix.
+plain :class:`~pipeline.errors.PipelineError` naming what and where: terminal, for the
+operator to fix (the error classes of its own live in :mod:`pipeline.errors` alone).
 """
 
 from __future__ import annotations
@@ -33,13 +34,10 @@ _OS_CAUSES = {
 }
 
 
-class SystemFault(PipelineError):
-    """A fault below the pipeline (file system, database driver, a bug): terminal."""
-
-
 class RunStopped(KeyboardInterrupt):
     """A run told to stop as Ctrl-C stops it (SIGTERM, the run budget): what finished is
-    kept, the run is recorded ``interrupted``, and the command exits with ``exit_code``."""
+    kept, the run is recorded ``interrupted``, and the command exits with ``exit_code``.
+    A KeyboardInterrupt, so that every stage's Ctrl-C path (cancel, do not wait) applies."""
 
     def __init__(self, reason: str, exit_code: int) -> None:
         super().__init__(reason)
@@ -57,12 +55,12 @@ def as_pipeline_error(exc: BaseException, *, database: str | None = None) -> Pip
     if isinstance(exc, PipelineError):
         return exc
     if isinstance(exc, OSError):
-        return SystemFault(_os_message(exc))
+        return PipelineError(_os_message(exc))
     database_error = _database_message(exc, database)
     if database_error is not None:
-        return SystemFault(database_error)
+        return PipelineError(database_error)
     text = _one_line(str(exc))
-    return SystemFault(f"unexpected {type(exc).__name__}" + (f": {text}" if text else ""))
+    return PipelineError(f"unexpected {type(exc).__name__}" + (f": {text}" if text else ""))
 
 
 def _os_message(exc: OSError) -> str:
@@ -105,7 +103,6 @@ __all__ = [
     "EXIT_TERMINATED",
     "EXIT_TRANSIENT",
     "RunStopped",
-    "SystemFault",
     "as_pipeline_error",
     "exit_code",
 ]

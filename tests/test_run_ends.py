@@ -290,7 +290,7 @@ def test_demo_keeps_what_it_did_not_make(cli, tmp_path: Path) -> None:  # type: 
     assert (other / "demo" / "notes.txt").read_text() == "mine"
 
 
-def test_export_writes_a_symlinks_target_and_a_pipe_as_they_are(cli, sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_export_writes_a_symlinks_target_and_a_pipe_in_place(cli, sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     assert cli("ingest", _ids(sandbox)[0], env=sandbox.env()).code == 0
     target = tmp_path / "target.jsonl"
     target.write_text("")
