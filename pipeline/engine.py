@@ -95,6 +95,17 @@ def _not_found(error: PipelineError) -> bool:
     )
 
 
+def _unreachable(error: PipelineError) -> bool:
+    """Kombo could not be reached at all (refused, a name that does not resolve, TLS, no
+    connection in time), as opposed to an answer that was slow, cut or refused: only a
+    connection that never came says something of every other call."""
+    import httpcore
+
+    return isinstance(error, TransportError) and isinstance(
+        error.__cause__, (httpcore.ConnectError, httpcore.ConnectTimeout)
+    )
+
+
 def _parse_stamp(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
@@ -387,7 +398,7 @@ class RunInProgress:
         target = listed.target
         if isinstance(listed.error, IntegrationError):
             raise listed.error
-        if isinstance(listed.error, TransportError) and not self.kombo_answered:
+        if listed.error is not None and not self.kombo_answered and _unreachable(listed.error):
             raise listed.error
         if listed.error is None or isinstance(listed.error, KomboError):
             self.kombo_answered = True
