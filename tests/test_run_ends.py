@@ -317,3 +317,21 @@ def test_no_color_is_accepted(cli, value: str) -> None:  # type: ignore[no-untyp
     result = cli("status", env={"NO_COLOR": value})
     assert result.code == 0
     assert "\x1b[" not in result.out
+
+
+def test_a_version_1_database_gains_the_not_found_column(cli, sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    from pipeline.database import SCHEMA_VERSION
+
+    assert cli("ingest", _ids(sandbox)[0], env=sandbox.env()).code == 0
+    database = tmp_path / "data" / "pipeline.db"
+    with sqlite3.connect(database) as conn:  # as the previous release left it
+        conn.execute("ALTER TABLE candidates DROP COLUMN not_found_at")
+        conn.execute("UPDATE settings SET value = '1' WHERE key = 'schema_version'")
+    result = cli("ingest", UNKNOWN, env=sandbox.env())
+    assert result.code == 1
+    assert [f["candidate_id"] for f in _status(cli)["failed_candidates"]] == [UNKNOWN]
+    with sqlite3.connect(database) as conn:
+        version = conn.execute("SELECT value FROM settings WHERE key = 'schema_version'")
+        assert int(version.fetchone()[0]) == SCHEMA_VERSION == 2
