@@ -335,3 +335,19 @@ def test_a_version_1_database_gains_the_not_found_column(cli, sandbox, tmp_path:
     with sqlite3.connect(database) as conn:
         version = conn.execute("SELECT value FROM settings WHERE key = 'schema_version'")
         assert int(version.fetchone()[0]) == SCHEMA_VERSION == 2
+
+
+def test_a_client_the_settings_refuse_is_a_usage_error_and_no_run(
+    cli, sandbox, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text(
+        "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n"
+    )
+    result = cli("ingest", _ids(sandbox)[0], env={**sandbox.env(), "SSL_CERT_FILE": str(garbage)})
+    assert result.code == 2
+    _no_traceback(result.err)
+    assert result.err.strip().splitlines() == [result.err.strip()]
+    assert "SSL_CERT_FILE" in result.err
+    assert sandbox.stats.requests == {}
+    assert _status(cli)["runs"] == []  # nothing ran: no run on record, none left running
