@@ -634,8 +634,14 @@ class RunEngine:
         summary = self.run("nightly", given or [], [], before=list_changes)
         # Every candidate listed and ingested (attachment failures are retried by later
         # runs on their own): the next nightly run asks only for what changed after this
-        # run began. An aborted, interrupted or partly listed run leaves the mark alone.
-        if given is None and summary.status in COMPLETED_RUNS and not summary.candidate_errors:
+        # run began. An aborted, interrupted, stopped or partly listed run leaves it alone.
+        # A run stopped by a fault (its ``fatal``) did not go through every target.
+        if (
+            given is None
+            and summary.status in COMPLETED_RUNS
+            and summary.fatal is None
+            and not summary.candidate_errors
+        ):
             store.set_setting(WATERMARK, started_at.isoformat())
         return summary
 

@@ -134,8 +134,9 @@ def test_nightly_with_an_unreachable_kombo_ends_failed(cli, sandbox) -> None:  #
     _no_traceback(result.err)
     assert result.err.count("pipeline: error:") == 1
     assert "cannot reach Kombo" in result.err
-    run = _status(cli)["runs"][0]
-    assert (run["kind"], run["status"]) == ("nightly", "failed")
+    status = _status(cli)
+    assert (status["runs"][0]["kind"], status["runs"][0]["status"]) == ("nightly", "failed")
+    assert status["nightly_watermark"] is None  # a stopped run does not move the mark
 
 
 def test_a_corrupt_database_is_one_line_with_exit_2(cli, sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
