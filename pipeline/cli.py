@@ -183,17 +183,23 @@ def _redacted(message: str) -> str:
 
 def _fatal(message: str) -> None:
     """The one line an error reaches the terminal as (JSON under --log-format json)."""
+    _terminal_line("error", message)
+
+
+def _terminal_line(level: str, message: str) -> None:
     message = _redacted(message)
     if _LOG["format"] == "json":
         payload = {
             "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "level": "error",
+            "level": level,
             "logger": "pipeline",
             "message": message,
         }
         click.echo(json.dumps(payload, ensure_ascii=False), err=True)
-    else:
+    elif level == "error":
         click.echo(f"pipeline: error: {message}", err=True)
+    else:
+        click.echo(f"pipeline: {message}", err=True)
 
 
 def _no_color() -> bool:
@@ -1203,10 +1209,10 @@ def _main(argv: list[str] | None) -> int:
         exc.show()
         code = exc.exit_code
     except RunStopped as exc:
-        click.echo(f"pipeline: {exc.reason}", err=True)
+        _terminal_line("warning", exc.reason)
         code = exc.exit_code
     except (click.Abort, KeyboardInterrupt):
-        click.echo("pipeline: interrupted", err=True)
+        _terminal_line("warning", "interrupted")
         code = EXIT_INTERRUPTED
     except Exception as exc:
         fault = as_pipeline_error(exc, database=_CONTEXT.get("database"))
