@@ -23,7 +23,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .config import DataSettings, KomboSettings
-from .database import WATERMARK, ExportSelection, Run, Store, reading_store, utcnow
+from .database import WATERMARK, ExportSelection, Failures, Run, Store, reading_store, utcnow
 from .errors import IndexDamagedError, PipelineError
 from .filestore import private_folder, private_umask
 from .states import AttachmentState
@@ -80,6 +80,7 @@ class StatusReport:
     erasures: int
     runs: list[Run]  # the most recent first
     search_engine: str  # which paths search runs on: "fast (...)" or "fallback: ..."
+    failures: Failures  # what failed, why, and whether the next run retries it
 
 
 class App:
@@ -93,8 +94,10 @@ class App:
         extract: ExtractLimits | None = None,
         extractor: Extractor | None = None,
         progress: Progress | None = None,
+        max_run_minutes: float | None = None,
     ) -> None:
         self.data = data
+        self.max_run_minutes = max_run_minutes
         self.kombo = kombo
         self._extract = extract
         self._extractor = extractor
@@ -160,6 +163,7 @@ class App:
             extract=self._extract or ExtractLimits(),
             new_extractor=None if given is None else lambda: given,
             progress=self._progress or no_progress,
+            max_run_minutes=self.max_run_minutes,
         )
 
     # -- runs -----------------------------------------------------------------------------------
@@ -241,6 +245,7 @@ class App:
             erasures=store.erasure_count(),
             runs=store.recent_runs(limit),
             search_engine=self.search_engine(),
+            failures=store.failures(),
         )
 
     def search_engine(self) -> str:

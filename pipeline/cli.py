@@ -5,13 +5,17 @@ Errors reach the terminal here and only here, as one line ``pipeline: error: ...
 
 from __future__ import annotations
 
+import errno
 import html
 import json
 import logging
 import os
 import re
 import shutil
+import signal
+import stat
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -32,10 +36,11 @@ from .config import (
     resolve_kombo,
     validate_candidate_id,
 )
-from .database import ExportSelection
-from .errors import IntegrationError, LockedError, PipelineError, QueryError, UsageError
+from .database import ExportSelection, Failures
+from .errors import PipelineError, UsageError
 from .export import FORMATS, WRITERS, write_file
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
+from .faults import EXIT_INTERRUPTED, EXIT_TERMINATED, RunStopped, as_pipeline_error, exit_code
 from .states import AttachmentState, RunStatus
 
 if TYPE_CHECKING:
@@ -87,6 +92,25 @@ class _JsonFormatter(logging.Formatter):
 
 
 _FEEDBACK = {"quiet": False}
+# -v/-q/--log-format as given so far: before the subcommand and after it add up.
+_LOG: dict[str, Any] = {"verbose": 0, "quiet": False, "format": "text"}
+# Progress bars on screen: log lines are written above them (tqdm.write), not through them.
+_BARS: dict[str, bool] = {"active": False}
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """stderr, one line a record; above the progress bars while they are shown."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not _BARS["active"]:
+            super().emit(record)
+            return
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
 
 
 def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
@@ -97,7 +121,7 @@ def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
         level = logging.INFO
     elif verbose >= 2:
         level = logging.DEBUG
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _Handler(sys.stderr)
     if log_format == "json":
         formatter: logging.Formatter = _JsonFormatter()
         formatter.converter = time.gmtime
@@ -114,13 +138,92 @@ def _setup_logging(verbose: int, quiet: bool, log_format: str = "text") -> None:
     logging.getLogger("httpcore").setLevel(max(level, logging.WARNING))
 
 
+def _logging_option(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """-v, -q and --log-format, wherever they stand: each one seen sets logging up again."""
+    if param.name == "verbose":
+        _LOG["verbose"] += value or 0
+    elif param.name == "quiet":
+        _LOG["quiet"] = _LOG["quiet"] or bool(value)
+    elif value is not None:
+        _LOG["format"] = value
+    _setup_logging(_LOG["verbose"], _LOG["quiet"], _LOG["format"])
+
+
+def _logging_params() -> list[click.Parameter]:
+    common: dict[str, Any] = {"expose_value": False, "callback": _logging_option}
+    return [
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            help="More log lines on stderr (-vv for debug); progress lines when stderr "
+            "is not a terminal.",
+            **common,
+        ),
+        click.Option(
+            ["-q", "--quiet"],
+            is_flag=True,
+            help="Only errors on stderr, no progress bar.",
+            **common,
+        ),
+        click.Option(
+            ["--log-format"],
+            type=click.Choice(["text", "json"]),
+            default=None,
+            help="json: one object a line, for log collectors (the fatal line too). Default text.",
+            **common,
+        ),
+    ]
+
+
+def _redacted(message: str) -> str:
+    for secret in _REDACT.secrets:
+        message = message.replace(secret, "***")
+    return message
+
+
+def _fatal(message: str) -> None:
+    """The one line an error reaches the terminal as (JSON under --log-format json)."""
+    _terminal_line("error", message)
+
+
+def _terminal_line(level: str, message: str) -> None:
+    message = _redacted(message)
+    if _LOG["format"] == "json":
+        payload = {
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "level": level,
+            "logger": "pipeline",
+            "message": message,
+        }
+        click.echo(json.dumps(payload, ensure_ascii=False), err=True)
+    elif level == "error":
+        click.echo(f"pipeline: error: {message}", err=True)
+    else:
+        click.echo(f"pipeline: {message}", err=True)
+
+
+def _no_color() -> bool:
+    # https://no-color.org: set and not empty
+    return bool(os.environ.get("NO_COLOR"))
+
+
 # -- shared options (written once, applied to each command that needs them) --------------------
 
 
 def kombo_options(func: F) -> F:
     for decorator in reversed(
         [
-            click.option("--api-key", help="Kombo API key (env KOMBO_API_KEY)."),
+            click.option(
+                "--api-key",
+                help="Kombo API key (env KOMBO_API_KEY). On the command line it is visible to "
+                "other local users (ps, /proc): prefer the environment or --api-key-file.",
+            ),
+            click.option(
+                "--api-key-file",
+                type=click.File("r", encoding="utf-8-sig"),
+                help="Read the Kombo API key from this file ('-' for stdin): the safe way "
+                "to give it.",
+            ),
             click.option(
                 "--integration-id",
                 help="Kombo integration id, sent as X-Integration-Id (env KOMBO_INTEGRATION_ID).",
@@ -161,6 +264,15 @@ def kombo_options(func: F) -> F:
                 default=None,
                 help="Size cap for one downloaded file in MB (default 50).",
             ),
+            click.option(
+                "--max-run-minutes",
+                type=click.FloatRange(min=0, min_open=True),
+                envvar="PIPELINE_MAX_RUN_MINUTES",
+                default=None,
+                help="Stop the run cleanly after this many minutes, as Ctrl-C would: what "
+                "finished is kept, the run is recorded interrupted, exit 1, and the next run "
+                "goes on (env PIPELINE_MAX_RUN_MINUTES; default no limit).",
+            ),
         ]
     ):
         func = decorator(func)
@@ -179,13 +291,30 @@ def data_options(func: F) -> F:
     return func
 
 
+# What the command works on, for the error line of a fault that does not say it.
+_CONTEXT: dict[str, str] = {}
+
+
 def _data(data_dir: str | None, database_url: str | None) -> DataSettings:
-    return resolve_data(Options(data_dir=data_dir, database_url=database_url))
+    data = resolve_data(Options(data_dir=data_dir, database_url=database_url))
+    _CONTEXT["database"] = data.database_url
+    return data
 
 
 def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
+    api_key = kwargs.get("api_key")
+    key_file = kwargs.get("api_key_file")
+    if key_file is not None:
+        if api_key:
+            raise UsageError("give the API key once: --api-key or --api-key-file, not both")
+        try:
+            api_key = key_file.read().strip()
+        except UnicodeDecodeError:
+            raise UsageError("--api-key-file: not UTF-8 text") from None
+        if not api_key:
+            raise UsageError(f"--api-key-file: {key_file.name} holds no key")
     options = Options(
-        api_key=kwargs.get("api_key"),
+        api_key=api_key,
         integration_id=kwargs.get("integration_id"),
         base_url=kwargs.get("base_url"),
         region=kwargs.get("region"),
@@ -207,40 +336,59 @@ def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="pipeline")
-@click.option("-v", "--verbose", count=True, help="More log lines on stderr (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors on stderr, no progress bar.")
-@click.option(
-    "--log-format",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one object a line, for log collectors.",
-)
-def cli(verbose: int, quiet: bool, log_format: str) -> None:
+def cli() -> None:
     """Turn candidates' CVs and cover letters from Kombo into searchable text.
 
     Stages: fetch (Kombo's attachments API) -> download -> extract -> index (SQLite + Whoosh).
+    -v, -q and --log-format may stand before the command or after it.
     """
-    _setup_logging(verbose, quiet, log_format)
+
+
+cli.params.extend(_logging_params())
 
 
 def _collect_ids(ids: tuple[str, ...], ids_file: Any) -> list[str]:
     collected = list(ids)
     if ids_file is not None:
-        collected += read_ids(ids_file.read().splitlines())
+        try:
+            text = ids_file.read()  # opened as utf-8-sig: a byte-order mark is dropped
+        except UnicodeDecodeError as exc:
+            raise UsageError(
+                f"--ids-file {ids_file.name}: not UTF-8 text (byte {exc.start + 1} cannot be "
+                "read); save it as UTF-8"
+            ) from None
+        collected += read_ids(text.removeprefix("\ufeff").splitlines())
     for candidate_id in collected:
         validate_candidate_id(candidate_id)
     return list(dict.fromkeys(collected))
 
 
+# Seconds between progress lines when stderr is not a terminal (with -v); the environment
+# variable PIPELINE_PROGRESS_SECONDS changes it.
+PROGRESS_INTERVAL = 10.0
+
+
 class _Progress:
-    """Progress bars on a terminal (tqdm); nothing at all when stderr is not one."""
+    """Progress bars on a terminal (tqdm); with -v and no terminal (cron, systemd), a log
+    line every PROGRESS_INTERVAL seconds; otherwise nothing."""
 
     def __init__(self) -> None:
         self.enabled = sys.stderr.isatty() and not _FEEDBACK["quiet"]
+        self.lines = (
+            not self.enabled
+            and not _LOG["quiet"]
+            and logging.getLogger().isEnabledFor(logging.INFO)
+        )
         self._bars: dict[str, Any] = {}
+        self._done: dict[str, int] = {}
+        self._totals: dict[str, int | None] = {}
+        self._last_line = time.monotonic()
+        self.interval = float(os.environ.get("PIPELINE_PROGRESS_SECONDS") or PROGRESS_INTERVAL)
 
     def __call__(self, what: str, done: int, total: int | None) -> None:
+        if self.lines:
+            self._count(what, done, total)
+            return
         if not self.enabled:
             return
         bar = self._bars.get(what)
@@ -255,10 +403,28 @@ class _Progress:
                 file=sys.stderr,
                 position=len(self._bars),
                 dynamic_ncols=True,
+                colour=None,
             )
             self._bars[what] = bar
+            _BARS["active"] = True
         if done:
             bar.update(done)
+
+    def _count(self, what: str, done: int, total: int | None) -> None:
+        self._done[what] = self._done.get(what, 0) + done
+        if total is not None:
+            self._totals[what] = total
+        now = time.monotonic()
+        if now - self._last_line >= self.interval:
+            self._last_line = now
+            log.info("progress: %s", self.describe())
+
+    def describe(self) -> str:
+        parts = []
+        for what, count in self._done.items():
+            total = self._totals.get(what)
+            parts.append(f"{count}/{total} {what}" if total else f"{count} {what}")
+        return ", ".join(parts) or "starting"
 
     def wrap(self, iterable: Any, what: str) -> Any:
         if not self.enabled:
@@ -270,6 +436,7 @@ class _Progress:
     def close(self) -> None:
         for bar in self._bars.values():
             bar.close()
+        _BARS["active"] = False
 
 
 def _run_with_progress(work: Callable[[_Progress], RunSummary]) -> RunSummary:
@@ -282,15 +449,18 @@ def _run_with_progress(work: Callable[[_Progress], RunSummary]) -> RunSummary:
 
 def _finish(summary: RunSummary) -> int:
     if summary.fatal is not None:
-        click.echo(f"pipeline: error: {summary.fatal.message}", err=True)
+        _fatal(summary.fatal.message)
+    elif summary.stopped is not None:
+        log.warning("%s", summary.stopped.reason)
     click.echo(summary.line())
+    code = summary.exit_code
     if summary.status == RunStatus.INTERRUPTED:
         # Everything finished is committed; calls still in flight on worker threads would
         # hold the interpreter until their timeouts, so leave now.
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(130)
-    return summary.exit_code
+        os._exit(code)
+    return code
 
 
 def extract_options(func: F) -> F:
@@ -321,7 +491,7 @@ def extract_options(func: F) -> F:
 )
 @click.option(
     "--ids-file",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("r", encoding="utf-8-sig"),
     help="Read candidate ids from a file ('-' for stdin), one per line; "
     "blank lines and '#' comments are skipped.",
 )
@@ -354,9 +524,10 @@ def ingest(
     from .engine import ExtractLimits
 
     limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
+    budget = kombo.get("max_run_minutes")
 
     def run(progress: _Progress) -> RunSummary:
-        with App(data, settings, extract=limits, progress=progress) as app:
+        with App(data, settings, extract=limits, progress=progress, max_run_minutes=budget) as app:
             return app.ingest(ids, application_ids=applications)
 
     return _finish(_run_with_progress(run))
@@ -366,7 +537,7 @@ def ingest(
 @click.option("--full", is_flag=True, help="List every candidate, not only those changed.")
 @click.option(
     "--ids-file",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("r", encoding="utf-8-sig"),
     help="Run over these candidate ids ('-' for stdin) instead of asking Kombo.",
 )
 @click.option("--wait", is_flag=True, help="Wait for a run in progress instead of exiting.")
@@ -395,9 +566,10 @@ def nightly(
     from .engine import ExtractLimits
 
     limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
+    budget = kombo.get("max_run_minutes")
 
     def run(progress: _Progress) -> RunSummary:
-        with App(data, settings, extract=limits, progress=progress) as app:
+        with App(data, settings, extract=limits, progress=progress, max_run_minutes=budget) as app:
             return app.nightly(full=full, candidate_ids=given, wait_for_lock=wait)
 
     return _finish(_run_with_progress(run))
@@ -407,7 +579,7 @@ def nightly(
 @click.argument("candidate_ids", nargs=-1)
 @click.option(
     "--ids-file",
-    type=click.File("r", encoding="utf-8"),
+    type=click.File("r", encoding="utf-8-sig"),
     help="Read candidate ids from a file ('-' for stdin).",
 )
 @data_options
@@ -463,6 +635,7 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
         report = app.status(limit=limit)
     runs, counts = report.runs, report.attachments
     watermark, erasures = report.nightly_watermark, report.erasures
+    failures = report.failures
     if as_json:
         payload = {
             "attachments": counts,
@@ -483,6 +656,26 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
                 }
                 for r in runs
             ],
+            "failed_candidates": [
+                {
+                    "candidate_id": f.candidate_id,
+                    "reason": f.reason,
+                    "retried_by_next_run": f.retried,
+                }
+                for f in failures.candidates
+            ],
+            "failed_candidates_total": failures.candidate_total,
+            "failed_attachments": [
+                {
+                    "attachment_id": f.attachment_id,
+                    "candidate_id": f.candidate_id,
+                    "status": f.status,
+                    "reason": f.reason,
+                    "retried_by_next_run": f.retried,
+                }
+                for f in failures.attachments
+            ],
+            "failed_attachments_total": failures.attachment_total,
         }
         click.echo(json.dumps(payload))
         return 0
@@ -498,7 +691,29 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
             f"{'' if took is None else f'{took:7.1f}s'}  {len(r.errors)} errors, "
             f"{len(r.warnings)} warnings"
         )
+    _print_failures(failures)
     return 0
+
+
+def _print_failures(failures: Failures) -> None:
+    """What failed, why, and whether the next run tries it again."""
+    if failures.candidate_total:
+        click.echo(f"failed candidates: {failures.candidate_total}")
+        for c in failures.candidates:
+            retry = "retried by the next run" if c.retried else "not retried unless named again"
+            click.echo(f"  {c.candidate_id}: {c.reason} ({retry})")
+    if failures.attachment_total:
+        click.echo(f"failed or unfinished attachments: {failures.attachment_total}")
+        for a in failures.attachments:
+            retry = "retried by the next run" if a.retried else "not retried"
+            click.echo(
+                f"  {a.attachment_id} ({a.status}, candidate {a.candidate_id}): "
+                f"{a.reason or 'unfinished'} ({retry})"
+            )
+    if failures.candidate_total > len(failures.candidates) or failures.attachment_total > len(
+        failures.attachments
+    ):
+        click.echo("  ... (the newest shown; `status --json` gives the same list)")
 
 
 @cli.command()
@@ -684,7 +899,7 @@ _BOLD = re.compile(r"<b>(.*?)</b>")
 
 
 def _terminal(snippet: str) -> str:
-    tty = sys.stdout.isatty()
+    tty = sys.stdout.isatty() and not _no_color()
     marked = _BOLD.sub(
         lambda m: click.style(m.group(1), bold=True) if tty else f"[{m.group(1)}]", snippet
     )
@@ -712,7 +927,8 @@ def _print_results(results: SearchResults, offset: int = 0) -> None:
 @click.option(
     "--output",
     type=click.Path(dir_okay=False, writable=True),
-    help="Write here (atomically) instead of stdout.",
+    help="Write here instead of stdout: a regular file atomically (a temporary file "
+    "renamed over it); a device, a pipe or a symlink's target as it is.",
 )
 @click.option("--type", "type_", type=click.Choice(TYPES), help="Only this attachment type.")
 @click.option(
@@ -758,10 +974,31 @@ def export(
         records = _Progress().wrap(app.export_records(selection), "records")
         if output is None:
             count = WRITERS[fmt](records, sys.stdout, with_text=not no_text)
+        elif _write_in_place(Path(output)):
+            count = _write_stream(fmt, records, Path(output), with_text=not no_text)
         else:
             count = write_file(fmt, records, Path(output), with_text=not no_text)
     log.info("exported %d records", count)
     return 0
+
+
+def _write_in_place(path: Path) -> bool:
+    """Whether ``--output`` is written as it is: a device (/dev/stdout), a pipe, or a
+    symlink (its target is written, the link stays). Only a regular file, or a path not
+    there yet, is written beside and renamed over."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return False
+    return not stat.S_ISREG(mode)
+
+
+def _write_stream(fmt: str, records: Any, path: Path, *, with_text: bool) -> int:
+    if fmt == "parquet":
+        with path.open("wb") as binary:
+            return WRITERS[fmt](records, binary, with_text=with_text)
+    with path.open("w", encoding="utf-8", newline="") as text:
+        return WRITERS[fmt](records, text, with_text=with_text)
 
 
 @cli.command()
@@ -821,22 +1058,31 @@ def sandbox(
     cache_dir: str | None,
 ) -> int:
     """Serve the built-in Kombo-compatible sandbox on 127.0.0.1 until interrupted."""
-    from .sandbox.generator import World
     from .sandbox.server import SandboxServer
 
-    world = World(candidates, seed, Path(cache_dir) if cache_dir else None)
+    try:
+        # The port first (SandboxServer binds it before it builds its world): a port taken
+        # is told at once, not after rendering thousands of documents.
+        server = SandboxServer(
+            port=port,
+            candidates=candidates,
+            seed=seed,
+            cache_dir=Path(cache_dir) if cache_dir else None,
+            api_key=api_key,
+            integration_id=integration_id,
+            latency=latency,
+            download_latency=download_latency,
+            concurrency_limit=concurrency_limit,
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise UsageError(
+                f"port {port} on 127.0.0.1 is taken: pass another --port (0 picks a free one)"
+            ) from None
+        raise
     if cache_dir:
-        click.echo(f"rendering {len(world.attachments)} documents into {cache_dir} ...")
-        world.warm(processes=os.cpu_count())
-    server = SandboxServer(
-        world,
-        port=port,
-        api_key=api_key,
-        integration_id=integration_id,
-        latency=latency,
-        download_latency=download_latency,
-        concurrency_limit=concurrency_limit,
-    )
+        click.echo(f"rendering {len(server.world.attachments)} documents into {cache_dir} ...")
+        server.world.warm(processes=os.cpu_count())
     click.echo(f"Kombo sandbox serving {candidates} candidates at {server.base_url}")
     click.echo("Point the pipeline at it with:")
     for name, value in server.env().items():
@@ -862,8 +1108,9 @@ DEMO_QUERIES = ("Python Kubernetes", '"machine learning"', "München", "developp
 )
 @click.option(
     "--data-dir",
-    help="Where the demo keeps its data (default <PIPELINE_DATA_DIR "
-    "or ./data>/demo, emptied first).",
+    help="The demo keeps its data in DIR/demo, a folder it makes and marks (default "
+    "<PIPELINE_DATA_DIR or ./data>/demo); it empties that folder first, and refuses one it "
+    "did not make.",
 )
 def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | None) -> int:
     """Run the whole pipeline against the built-in sandbox and show searches.
@@ -872,7 +1119,7 @@ def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | N
     """
     from .sandbox.server import SandboxServer
 
-    base = Path(data_dir) if data_dir else resolve_data(Options()).data_dir / "demo"
+    base = (Path(data_dir) if data_dir else resolve_data(Options()).data_dir) / "demo"
     _reset_demo_dir(base)
     data = DataSettings(data_dir=base, database_url=f"sqlite:///{base / 'pipeline.db'}")
     with SandboxServer(candidates=candidates, seed=seed) as server:
@@ -900,18 +1147,61 @@ def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | N
     return summary.exit_code
 
 
+# The file that marks a folder as the demo's own: only such a folder is ever cleared.
+DEMO_MARKER = ".pipeline-demo"
+
+
 def _reset_demo_dir(base: Path) -> None:
-    # Remove only what the pipeline itself writes there.
-    for name in ("pipeline.db", "pipeline.db-wal", "pipeline.db-shm", ".writer.lock"):
-        (base / name).unlink(missing_ok=True)
-    for name in ("index", "files"):
-        shutil.rmtree(base / name, ignore_errors=True)
+    """Make ``base`` the demo's folder, empty: create and mark it, or clear one it marked
+    before; a folder with something else in it and no mark is refused, never cleared."""
+    marker = base / DEMO_MARKER
+    if base.is_dir() and not marker.is_file() and any(base.iterdir()):
+        raise UsageError(
+            f"{base} exists and was not made by demo (no {DEMO_MARKER} in it): "
+            "give another --data-dir, or move it away"
+        )
+    if base.exists() and not base.is_dir():
+        raise UsageError(f"{base} is not a folder: give another --data-dir")
+    if marker.is_file():
+        for entry in base.iterdir():
+            if entry.name == DEMO_MARKER:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    marker.write_text("made by `pipeline demo`: demo empties this folder at each run\n")
+
+
+# -v, -q and --log-format after the command too (`pipeline ingest -v ...`), as before it.
+for _command in cli.commands.values():
+    _command.params.extend(_logging_params())
 
 
 # -- entry point -------------------------------------------------------------------------------
 
 
+def _terminated(signum: int, frame: object) -> None:
+    # SIGTERM (systemctl stop, timeout) stops a run as Ctrl-C does, with its own status.
+    raise RunStopped("terminated (SIGTERM): what finished is kept", EXIT_TERMINATED)
+
+
 def main(argv: list[str] | None = None) -> None:
+    _LOG.update(verbose=0, quiet=False, format="text")
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
+    try:
+        code = _main(argv)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    sys.exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
+    """Run the command; every error reaches the terminal here as one line, its exit code
+    from :func:`pipeline.faults.exit_code` (the error's own transient marker)."""
     try:
         code = cli.main(args=argv, prog_name="pipeline", standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -919,13 +1209,16 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
+    except RunStopped as exc:
+        _terminal_line("warning", exc.reason)
+        code = exc.exit_code
     except (click.Abort, KeyboardInterrupt):
-        click.echo("pipeline: interrupted", err=True)
-        code = 130
-    except (UsageError, QueryError, LockedError, IntegrationError) as exc:
-        click.echo(f"pipeline: error: {exc.message}", err=True)
-        code = 2
-    except PipelineError as exc:
-        click.echo(f"pipeline: error: {exc.message}", err=True)
-        code = 1
-    sys.exit(code if isinstance(code, int) else 0)
+        _terminal_line("warning", "interrupted")
+        code = EXIT_INTERRUPTED
+    except Exception as exc:
+        fault = as_pipeline_error(exc, database=_CONTEXT.get("database"))
+        if not isinstance(exc, PipelineError):
+            log.debug("what stopped the command", exc_info=True)
+        _fatal(fault.message)
+        code = exit_code(fault)
+    return code if isinstance(code, int) else 0

@@ -70,7 +70,8 @@ log = logging.getLogger(__name__)
 
 # Bump when a release adds tables, columns or indexes (``Store.create`` adds them in place).
 # 1: the tables of 0.1.0 with every column added since.
-SCHEMA_VERSION = 1
+# 2: candidates.not_found_at (a candidate Kombo said it does not know).
+SCHEMA_VERSION = 2
 _SCHEMA_KEY = "schema_version"
 # Why a candidate is fetched again though nothing changed at Kombo (``Store.refetch_files``).
 MISSING_FILE_REASON = "a stored file went missing: the next run fetches it again"
@@ -114,6 +115,9 @@ class Candidate(Base):
     last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     fetch_error: Mapped[str | None] = mapped_column(Text)
     remote_deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # When Kombo last answered "not found" for the candidate (PLATFORM.INPUT_INVALID or 404):
+    # later runs do not retry it unless it is named again. Cleared by a listing that works.
+    not_found_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Candidate-level text for search (their current job title, from GET /ats/candidates).
     title: Mapped[str | None] = mapped_column(Text)
 
@@ -214,6 +218,30 @@ class Outcome:
     page_count: int | None = None
     text: str | None = None
     language: str | None = None
+
+
+@dataclass(frozen=True)
+class FailedCandidate:
+    candidate_id: str
+    reason: str
+    retried: bool  # whether the next run asks Kombo again (not when Kombo does not know it)
+
+
+@dataclass(frozen=True)
+class FailedAttachment:
+    attachment_id: str
+    candidate_id: str
+    status: str
+    reason: str
+    retried: bool
+
+
+@dataclass(frozen=True)
+class Failures:
+    candidates: list[FailedCandidate]
+    candidate_total: int
+    attachments: list[FailedAttachment]
+    attachment_total: int
 
 
 @dataclass(frozen=True)
@@ -604,13 +632,21 @@ class Store:
 
     # -- candidates --------------------------------------------------------------------------
 
-    def candidate_fetched(self, candidate_id: str, integration_id: str, error: str | None) -> None:
+    def candidate_fetched(
+        self,
+        candidate_id: str,
+        integration_id: str,
+        error: str | None,
+        *,
+        not_found: bool = False,
+    ) -> None:
         now = utcnow()
         params = {
             "key": candidate_id,
             "last_fetched_at": now,
             "fetch_error": error,
             "last_seen_at": now if error is None else None,
+            "not_found_at": now if not_found else None,
         }
         row = {
             "id": candidate_id,
@@ -672,8 +708,54 @@ class Store:
         return sorted(owners)
 
     def failed_candidates(self) -> list[str]:
+        """Candidates whose last listing failed, except those Kombo does not know."""
         with self.session() as s:
-            return list(s.scalars(select(Candidate.id).where(Candidate.fetch_error.is_not(None))))
+            return list(
+                s.scalars(
+                    select(Candidate.id).where(
+                        Candidate.fetch_error.is_not(None), Candidate.not_found_at.is_(None)
+                    )
+                )
+            )
+
+    def not_found_candidates(self) -> set[str]:
+        with self.session() as s:
+            return set(s.scalars(select(Candidate.id).where(Candidate.not_found_at.is_not(None))))
+
+    def failures(self, limit: int = 100) -> Failures:
+        """What failed and why (``status``): candidates whose listing failed, attachments in
+        a state the next run retries, each with its reason, the newest first."""
+        c, a = Candidate.__table__, _ATTACHMENTS
+        final = [str(state) for state in FINAL_STATES]
+        with self._conn() as conn:
+            candidates = [
+                FailedCandidate(cid, error or "", not_found is None)
+                for cid, error, not_found in conn.execute(
+                    select(c.c.id, c.c.fetch_error, c.c.not_found_at)
+                    .where(c.c.fetch_error.is_not(None))
+                    .order_by(c.c.last_fetched_at.desc(), c.c.id)
+                    .limit(limit)
+                )
+            ]
+            candidate_total = conn.execute(
+                select(func.count()).select_from(c).where(c.c.fetch_error.is_not(None))
+            ).scalar_one()
+            not_found = set(
+                conn.execute(select(c.c.id).where(c.c.not_found_at.is_not(None))).scalars()
+            )
+            attachments = [
+                FailedAttachment(aid, cid, status, error or "", cid not in not_found)
+                for aid, cid, status, error in conn.execute(
+                    select(a.c.id, a.c.candidate_id, a.c.status, a.c.error)
+                    .where(a.c.status.not_in(final))
+                    .order_by(a.c.fetched_at.desc(), a.c.id)
+                    .limit(limit)
+                )
+            ]
+            attachment_total = conn.execute(
+                select(func.count()).select_from(a).where(a.c.status.not_in(final))
+            ).scalar_one()
+        return Failures(candidates, candidate_total, attachments, attachment_total)
 
     # -- attachments -------------------------------------------------------------------------
 
@@ -1242,12 +1324,17 @@ _CANDIDATE_SEEN = (
         last_fetched_at=bindparam("last_fetched_at"),
         fetch_error=bindparam("fetch_error"),
         last_seen_at=bindparam("last_seen_at"),
+        not_found_at=bindparam("not_found_at"),
     )
 )
 _CANDIDATE_FAILED = (
     update(_c)
     .where(_c.c.id == bindparam("key"))
-    .values(last_fetched_at=bindparam("last_fetched_at"), fetch_error=bindparam("fetch_error"))
+    .values(
+        last_fetched_at=bindparam("last_fetched_at"),
+        fetch_error=bindparam("fetch_error"),
+        not_found_at=bindparam("not_found_at"),
+    )
 )
 
 
@@ -1325,6 +1412,7 @@ def _upserts(dialect: str) -> _Upserts | None:
             "last_fetched_at": candidate.excluded.last_fetched_at,
             "fetch_error": candidate.excluded.fetch_error,
             "last_seen_at": candidate.excluded.last_seen_at,
+            "not_found_at": candidate.excluded.not_found_at,
         },
     )
     failed = candidate.on_conflict_do_update(
@@ -1332,6 +1420,7 @@ def _upserts(dialect: str) -> _Upserts | None:
         set_={
             "last_fetched_at": candidate.excluded.last_fetched_at,
             "fetch_error": candidate.excluded.fetch_error,
+            "not_found_at": candidate.excluded.not_found_at,
         },
     )
     return _Upserts(text, seen, failed)

@@ -43,9 +43,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -59,12 +61,15 @@ from .download import Downloaded, DownloadProcess
 from .errors import (
     DownloadError,
     IntegrationError,
+    KomboError,
     LinkExpiredError,
     PipelineError,
     TooLargeError,
+    TransportError,
 )
 from .extract import Extraction
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Extractor, ProcessExtractor
+from .faults import EXIT_INTERRUPTED, RunStopped, as_pipeline_error, exit_code
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
 from .filestore import LocalFileStore
 from .lock import WriterLock
@@ -81,6 +86,24 @@ Progress = Callable[[str, int, int | None], None]
 
 def no_progress(what: str, done: int, total: int | None) -> None:
     """The progress hook of a caller that shows none."""
+
+
+def _not_found(error: PipelineError) -> bool:
+    """Kombo says the candidate does not exist (an unknown or mistyped id)."""
+    return isinstance(error, KomboError) and (
+        error.code == "PLATFORM.INPUT_INVALID" or (error.code is None and error.status_code == 404)
+    )
+
+
+def _unreachable(error: PipelineError) -> bool:
+    """Kombo could not be reached at all (refused, a name that does not resolve, TLS, no
+    connection in time), as opposed to an answer that was slow, cut or refused: only a
+    connection that never came says something of every other call."""
+    import httpcore
+
+    return isinstance(error, TransportError) and isinstance(
+        error.__cause__, (httpcore.ConnectError, httpcore.ConnectTimeout)
+    )
 
 
 def _parse_stamp(value: str | None) -> datetime | None:
@@ -100,7 +123,11 @@ class RunSummary:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     status: RunStatus = RunStatus.RUNNING
-    fatal: IntegrationError | None = None
+    # what stopped the whole run: an error of the integration, an unreachable Kombo, a
+    # disk, a database (its transient marker decides the exit code)
+    fatal: PipelineError | None = None
+    stopped: RunStopped | None = None  # SIGTERM or the run budget (None for Ctrl-C)
+    not_found: list[str] = field(default_factory=list)  # candidates Kombo does not know
     erased: int = 0
     listed: list[str] = field(default_factory=list)
     # CPU seconds spent parsing (in the workers) and writing the index (in the index writer
@@ -113,9 +140,9 @@ class RunSummary:
     @property
     def exit_code(self) -> int:
         if self.fatal is not None:
-            return 2
+            return exit_code(self.fatal)
         if self.status == RunStatus.INTERRUPTED:
-            return 130
+            return self.stopped.exit_code if self.stopped is not None else EXIT_INTERRUPTED
         if (
             self.candidate_errors
             or self.index_errors
@@ -292,13 +319,18 @@ class RunInProgress:
     """One run's state, from its first listing to its last index commit: made for the run,
     dropped after it."""
 
-    def __init__(self, engine: RunEngine, summary: RunSummary) -> None:
+    def __init__(
+        self, engine: RunEngine, summary: RunSummary, client: KomboClient | None = None
+    ) -> None:
         self.kombo = engine.kombo
         self.store = engine.workspace.store
         self.files = engine.workspace.files
         self.progress = engine.progress
         self.summary = summary
-        self.client = KomboClient(self.kombo)
+        self.client = client if client is not None else KomboClient(self.kombo)
+        # Until Kombo has answered once, a call that cannot reach it stops the run: every
+        # other call would fail the same way after the same retries.
+        self.kombo_answered = False
         self.downloader = DownloadProcess(self.kombo, self.files)
         self.extractor = engine.new_extractor()
         self.fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
@@ -346,7 +378,9 @@ class RunInProgress:
                 batch.collect(summary)
                 if batch.size >= batch.flush_at:
                     batch.flush()
-        except KeyboardInterrupt:
+        except BaseException:
+            # Ctrl-C, or an error that stops the run (an unreachable Kombo, a full disk):
+            # what finished is recorded, the calls in flight are not waited for.
             interrupted = True
             raise
         finally:
@@ -364,6 +398,10 @@ class RunInProgress:
         target = listed.target
         if isinstance(listed.error, IntegrationError):
             raise listed.error
+        if listed.error is not None and not self.kombo_answered and _unreachable(listed.error):
+            raise listed.error
+        if listed.error is None or isinstance(listed.error, KomboError):
+            self.kombo_answered = True
         self.progress("candidates", 1, None)
         if target.kind == "application" and target.candidate_id is None:
             summary.candidate_errors += 1
@@ -378,9 +416,19 @@ class RunInProgress:
         if listed.error is not None:
             summary.candidate_errors += 1
             summary.errors.append(listed.error.message)
-            log.error("%s", listed.error.message)
+            not_found = target.kind == "candidate" and _not_found(listed.error)
+            if not_found:
+                summary.not_found.append(candidate_id)
+                log.warning(
+                    "candidate %s is not known at Kombo (%s); recorded, and not retried "
+                    "by later runs unless named again",
+                    candidate_id,
+                    listed.error.message,
+                )
+            else:
+                log.error("%s", listed.error.message)
             self.store.candidate_fetched(
-                candidate_id, self.kombo.integration_id, listed.error.message
+                candidate_id, self.kombo.integration_id, listed.error.message, not_found=not_found
             )
             return
         assert listed.listing is not None
@@ -536,8 +584,10 @@ class RunEngine:
         extract: ExtractLimits = ExtractLimits(),
         new_extractor: Callable[[], Extractor] | None = None,
         progress: Progress = no_progress,
+        max_run_minutes: float | None = None,
     ) -> None:
         self.kombo = kombo
+        self.max_run_minutes = max_run_minutes
         self.workspace = workspace
         self.extract = extract
         # Each run starts its own extractor (a run closes it at its end): by default worker
@@ -566,30 +616,32 @@ class RunEngine:
         given = list(candidate_ids) if candidate_ids is not None else None
         watermark = None if full else _parse_stamp(store.get_setting(WATERMARK))
 
-        def list_changes(summary: RunSummary) -> None:
+        def list_changes(summary: RunSummary, client: KomboClient) -> None:
             if given is not None:
                 return
-            client = KomboClient(self.kombo)
-            try:
-                for page in client.candidate_pages(updated_after=watermark, include_deleted=True):
-                    summary.warnings.extend(f"candidate list: {w}" for w in page.warnings)
-                    for candidate in page.candidates:
-                        if candidate.deleted:
-                            if self.workspace.erase([candidate.id], "deleted at Kombo"):
-                                summary.erased += 1
-                        else:
-                            store.candidate_listed(
-                                candidate.id, self.kombo.integration_id, candidate.title
-                            )
-                            summary.listed.append(candidate.id)
-            finally:
-                client.close()
+            for page in client.candidate_pages(updated_after=watermark, include_deleted=True):
+                summary.warnings.extend(f"candidate list: {w}" for w in page.warnings)
+                for candidate in page.candidates:
+                    if candidate.deleted:
+                        if self.workspace.erase([candidate.id], "deleted at Kombo"):
+                            summary.erased += 1
+                    else:
+                        store.candidate_listed(
+                            candidate.id, self.kombo.integration_id, candidate.title
+                        )
+                        summary.listed.append(candidate.id)
 
         summary = self.run("nightly", given or [], [], before=list_changes)
         # Every candidate listed and ingested (attachment failures are retried by later
         # runs on their own): the next nightly run asks only for what changed after this
-        # run began. An aborted, interrupted or partly listed run leaves the mark alone.
-        if given is None and summary.status in COMPLETED_RUNS and not summary.candidate_errors:
+        # run began. An aborted, interrupted, stopped or partly listed run leaves it alone.
+        # A run stopped by a fault (its ``fatal``) did not go through every target.
+        if (
+            given is None
+            and summary.status in COMPLETED_RUNS
+            and summary.fatal is None
+            and not summary.candidate_errors
+        ):
             store.set_setting(WATERMARK, started_at.isoformat())
         return summary
 
@@ -599,34 +651,107 @@ class RunEngine:
         candidate_ids: list[str],
         application_ids: list[str],
         *,
-        before: Callable[[RunSummary], None] | None = None,
+        before: Callable[[RunSummary, KomboClient], None] | None = None,
     ) -> RunSummary:
         """A run, with the writer lock already held; ``before`` does a step's own first work
-        (the nightly listing) inside the run's record."""
+        (the nightly listing) inside the run's record.
+
+        A run always ends recorded: whatever stops it (an error of the integration, an
+        unreachable Kombo, a disk or database fault, a bug) is the summary's ``fatal`` and
+        the run is ``aborted`` or ``failed``; Ctrl-C, SIGTERM and the run budget leave it
+        ``interrupted``. Only what happens before its record exists (recovery, the record
+        itself) is raised to the caller."""
         workspace = self.workspace
         summary = RunSummary(kind=kind)
         started = time.monotonic()
-        workspace.recover()
-        summary.run_id = workspace.store.begin_run(kind)
+        # Built before the run's record: settings the client refuses (a proxy URL, a
+        # certificate file) are the command's usage error, not a run that failed.
+        client = KomboClient(self.kombo)
         try:
-            if before is not None:
-                before(summary)
-                candidate_ids = candidate_ids + summary.listed
-            targets = self._targets(candidate_ids, application_ids, summary)
-            self.run_type(self, summary).execute(targets)
+            workspace.recover()
+            summary.run_id = workspace.store.begin_run(kind)
+        except BaseException:
+            client.close()
+            raise
+        try:
+            with self._budget():
+                if before is not None:
+                    before(summary, client)
+                    candidate_ids = candidate_ids + summary.listed
+                targets = self._targets(candidate_ids, application_ids, summary)
+                self.run_type(self, summary, client).execute(targets)
             summary.status = RunStatus.FAILED if summary.exit_code else RunStatus.SUCCEEDED
         except IntegrationError as exc:
             summary.fatal = exc
             summary.status = RunStatus.ABORTED
             summary.errors.append(exc.message)
+        except RunStopped as exc:
+            summary.stopped = exc
+            summary.status = RunStatus.INTERRUPTED
+            summary.errors.append(exc.reason)
         except KeyboardInterrupt:
             summary.status = RunStatus.INTERRUPTED
+        except Exception as exc:
+            fault = as_pipeline_error(exc, database=workspace.store.url)
+            log.debug("the run stopped", exc_info=True)
+            summary.fatal = fault
+            summary.status = RunStatus.FAILED
+            summary.errors.append(fault.message)
         finally:
+            if summary.status != RunStatus.INTERRUPTED:  # Ctrl-C does not wait for calls
+                with contextlib.suppress(Exception):
+                    client.close()
             summary.seconds = time.monotonic() - started
-            workspace.store.finish_run(summary.run_id, summary.finished())
-        if summary.status != RunStatus.INTERRUPTED:
-            workspace.collect_garbage()
+            self._record_end(summary)
+        if summary.status != RunStatus.INTERRUPTED and summary.fatal is None:
+            try:
+                workspace.collect_garbage()
+            except Exception as exc:
+                summary.fatal = as_pipeline_error(exc, database=workspace.store.url)
         return summary
+
+    def _record_end(self, summary: RunSummary) -> None:
+        """Write the run's end; a database that cannot take it is the run's fatal error
+        (the next run marks the row ``killed``)."""
+        assert summary.run_id is not None
+        store = self.workspace.store
+        try:
+            store.finish_run(summary.run_id, summary.finished())
+        except Exception as exc:
+            fault = as_pipeline_error(exc, database=store.url)
+            log.debug("the run's end could not be recorded", exc_info=True)
+            if summary.fatal is None:
+                summary.fatal = fault
+            log.error("the run's end could not be recorded: %s", fault.message)
+
+    @contextlib.contextmanager
+    def _budget(self) -> Iterator[None]:
+        """Past ``max_run_minutes`` the run stops as Ctrl-C stops it (a timer signal on the
+        main thread, so that a wait anywhere is cut as Ctrl-C would cut it)."""
+        minutes = self.max_run_minutes
+        if not minutes or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        fired = False
+
+        def spent(signum: int, frame: object) -> None:
+            nonlocal fired
+            if fired:  # once: the cleanup that follows must not be cut again
+                return
+            fired = True
+            raise RunStopped(
+                f"stopped: the run budget of {minutes:g} minutes (--max-run-minutes) is "
+                "spent; what finished is kept and the next run goes on from there",
+                exit_code=1,
+            )
+
+        previous = signal.signal(signal.SIGALRM, spent)
+        signal.setitimer(signal.ITIMER_REAL, minutes * 60)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
 
     def _targets(
         self, candidate_ids: list[str], application_ids: list[str], summary: RunSummary
@@ -637,8 +762,10 @@ class RunEngine:
             owner = store.candidate_of_application(application_id)
             targets.append(Target("application", application_id, owner))
         given = set(candidate_ids)
+        # Candidates Kombo said it does not know are not asked again unless named again.
+        gone = store.not_found_candidates()
         retry = [cid for _, cid in store.unfinished()] + store.failed_candidates()
-        extra = [cid for cid in dict.fromkeys(retry) if cid not in given]
+        extra = [cid for cid in dict.fromkeys(retry) if cid not in given and cid not in gone]
         if extra:
             log.info("also retrying %d candidates with unfinished or failed work", len(extra))
         targets += [Target("candidate", c) for c in extra]
@@ -883,6 +1010,7 @@ __all__ = [
     "Progress",
     "RunEngine",
     "RunInProgress",
+    "RunStopped",
     "RunSummary",
     "Target",
     "Workspace",

@@ -202,7 +202,10 @@ class QueryError(PipelineError):
 
 
 class IndexBuildError(PipelineError):
-    pass
+    """A rebuild's writer process failed or died: the old index stays, and ``reindex`` exits
+    1 (trying again may help)."""
+
+    transient = True
 
 
 class LockedError(PipelineError):

@@ -4,7 +4,7 @@ read-only bind mount: chmod does not stop root, and CI runs as root), a corrupt 
 
 Each gives one line naming what and where, never a traceback. What the CLI makes of it
 (exit 2 for what the operator must fix, 1 for what may pass, the run recorded ``failed``)
-is the CLI's mapping of ``PipelineError``: those assertions are marked xfail until it lands.
+is the CLI's one mapping of ``PipelineError`` (``pipeline.faults``).
 """
 
 from __future__ import annotations
@@ -34,12 +34,6 @@ from pipeline.filestore import LocalFileStore
 from pipeline.sandbox.server import SandboxServer
 from pipeline.search import SearchIndex
 from tests.helpers import CliResult, generated_docs
-
-CLI_MAPPING = pytest.mark.xfail(
-    reason="the CLI's PipelineError mapping (exit 2 when terminal, the run recorded failed) "
-    "is another helper's part of issue 14; turn on at merge",
-    strict=False,
-)
 
 
 def _mount(*args: str) -> bool:
@@ -186,7 +180,6 @@ def test_a_disk_that_fills_during_an_ingest_stops_it_with_one_line(
         assert "no space left" in result.err and str(disk) in result.err
 
 
-@CLI_MAPPING
 def test_an_ingest_on_a_full_disk_exits_2_and_is_recorded_failed(
     cli, sandbox: SandboxServer
 ) -> None:  # type: ignore[no-untyped-def]
@@ -230,7 +223,6 @@ def test_reads_work_on_a_read_only_data_directory(
         assert str(data) in line
 
 
-@CLI_MAPPING
 def test_a_run_on_a_read_only_data_directory_exits_2(
     cli, sandbox: SandboxServer, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
