@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
+from pipeline.config import KomboSettings
 from pipeline.sandbox.generator import SandboxCandidate
 from pipeline.sandbox.server import SandboxServer
 
@@ -233,18 +234,49 @@ def test_every_iso_8601_timestamp_form_is_read_as_utc(
             assert stamp.endswith(("Z", "+00:00")), (form, stamp)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the download side (download.py) keeps no minimum rate yet: a trickling file "
-    "holds the run (issue 14 item 2, another helper's part)",
-)
 def test_a_trickling_file_does_not_hold_the_run(sandbox: SandboxServer, tmp_path: Path) -> None:
     bad, good = _three(sandbox)
-    sandbox.add_fault(
-        kind="trickle", match=bad.attachments[0].id, target="files", times=None, seconds=0.5
-    )
+    attachment = bad.attachments[0]
+    # One byte every half second: no silence reaches --timeout, the body never ends in time.
+    sandbox.add_fault(kind="trickle", match=attachment.id, target="files", times=None, seconds=0.5)
     ran = _ingest(sandbox, tmp_path, [bad.id, *(c.id for c in good)], "--timeout", "1", timeout=25)
-    assert ran.code == 1 and "Traceback" not in ran.err
+    assert ran.code == 1 and "Traceback" not in ran.err, ran.err
+    assert ran.summary.startswith("ingest failed: 3 candidates"), ran.summary
+    lines = [line for line in ran.err.splitlines() if attachment.id in line and "too slow" in line]
+    assert lines, ran.err
+    # Kombo's guide: a transport failure is tried again (six attempts in all), then given up.
+    assert sandbox.stats.requests["file"] >= 6 + sum(len(c.attachments) for c in good)
+    failed = [r for r in ran.export() if r["attachment_id"] == attachment.id]
+    assert not failed or failed[0]["status"] == "failed"
+    assert {c.id for c in good} <= {r["candidate_id"] for r in ran.export()}
+
+
+def test_a_file_server_trickling_its_headers_is_cut_off(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    """The status line and headers one byte every 0.2 s: the head has a deadline of its own,
+    which no byte resets."""
+    from pipeline.download import Downloader
+    from pipeline.errors import DownloadError
+    from pipeline.fetch import KomboClient
+    from pipeline.filestore import LocalFileStore
+
+    candidate = sandbox.world.ordered()[0]
+    with KomboClient(settings) as client:
+        item = client.candidate_attachments(candidate.id).attachments[0]
+    sandbox.add_fault(
+        kind="trickle", match=item.id, target="files", times=None, seconds=0.2, value="headers"
+    )
+    quick = replace(settings, read_timeout=1.0, max_attempts=2, retry_base_delay=0.01)
+    downloader = Downloader(quick, LocalFileStore(tmp_path / "files"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="timed out"):
+            downloader.download(item.data_url, subject="cv")
+    finally:
+        downloader.close()
+    assert time.monotonic() - started < 5  # two heads of 1 s each, not 200 bytes * 0.2 s
+    assert sandbox.stats.requests["file"] == 2
 
 
 # -- proxies -----------------------------------------------------------------------------------
