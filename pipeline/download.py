@@ -8,6 +8,7 @@ never leaves for any origin but the API's, redirects included.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -262,6 +263,14 @@ class _Route:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == _PORTS[self.scheme] else f"{host}:{self.port}"
 
+    @property
+    def proxy_headers(self) -> list[tuple[bytes, bytes]]:
+        """What the proxy alone is sent: its own credentials, from the userinfo of its URL."""
+        if self.proxy is None or self.proxy.raw_auth is None:
+            return []
+        user, password = self.proxy.raw_auth
+        return [(b"Proxy-Authorization", b"Basic " + base64.b64encode(user + b":" + password))]
+
 
 class AsyncDownloader:
     """Downloads on one event loop: h11 over asyncio connections, kept alive per origin.
@@ -414,7 +423,7 @@ class AsyncDownloader:
             (b"Accept-Encoding", b"identity"),
         ]
         if route.proxy is not None and route.scheme == "http":
-            headers += route.proxy.headers.raw  # Proxy-Authorization, from its URL alone
+            headers += route.proxy_headers
         return headers
 
     async def _connection(self, route: _Route) -> _Connection:
@@ -450,7 +459,7 @@ class AsyncDownloader:
             authority = f"{host_name}:{route.port}"  # CONNECT names the port always
             answer = await connection.tunnel(
                 authority.encode("idna"),
-                [(b"Host", authority.encode("idna")), *route.proxy.headers.raw],
+                [(b"Host", authority.encode("idna")), *route.proxy_headers],
             )
             if not 200 <= answer.status_code < 300:
                 raise DownloadError(

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -379,21 +380,138 @@ def proxy() -> Iterator[_Proxy]:
 def test_ingest_goes_through_the_environments_proxy(
     sandbox: SandboxServer, tmp_path: Path, proxy: _Proxy
 ) -> None:
-    """Only the proxy knows ``kombo.test``: a run that reaches it went through the proxy."""
-    ids = [c.id for c in sandbox.world.ordered()[:3]]
+    """Only the proxy knows ``kombo.test``: a run that reaches it went through the proxy.
+
+    Every file link (on 127.0.0.1, which NO_PROXY names) is redirected once to
+    ``kombo.test``: the downloads reach their redirect targets through the proxy alone."""
+    chosen = sandbox.world.ordered()[:3]
+    ids = [c.id for c in chosen]
+    for attachment in (a for c in chosen for a in c.attachments):
+        sandbox.add_fault(
+            kind="redirect",
+            match=attachment.id,
+            times=1,
+            location=f"http://kombo.test:{sandbox.port}",
+        )
     base_url = f"http://kombo.test:{sandbox.port}/v1"
     ran = _ingest(
         sandbox,
         tmp_path,
         ids,
-        env={"KOMBO_BASE_URL": base_url, "HTTP_PROXY": proxy.url, "NO_PROXY": ""},
+        env={"KOMBO_BASE_URL": base_url, "HTTP_PROXY": proxy.url, "NO_PROXY": "127.0.0.1"},
         timeout=90,
     )
     assert ran.code == 0, (ran.out, ran.err)
     assert ran.summary.startswith("ingest succeeded: 3 candidates (0 failed)"), ran.summary
-    api_lines = [line for line in proxy.seen if "kombo.test" in line]
+    assert not [line for line in proxy.seen if "127.0.0.1" in line]  # NO_PROXY, per origin
+    api_lines = [line for line in proxy.seen if "/v1/" in line]
     assert api_lines and all(line.startswith("GET http://kombo.test:") for line in api_lines)
+    file_lines = [n for n, line in enumerate(proxy.seen) if "/files/" in line]
+    attachments = sum(len(c.attachments) for c in chosen)
+    redirected = [n for n in file_lines if proxy.seen[n].startswith("GET http://kombo.test:")]
+    assert len(redirected) == attachments, proxy.seen
+    # No credential reached the files' origin, and the proxy saw no key on a file request.
+    assert sandbox.stats.auth_headers_on_files == 0
+    for n in file_lines:
+        assert sandbox.api_key not in proxy.headers_seen[n]
+        assert "authorization" not in proxy.headers_seen[n].lower()
     assert {r["candidate_id"] for r in ran.export()} == set(ids)
+
+
+def test_a_proxy_with_credentials_in_its_url_gets_them_and_the_origin_does_not(
+    sandbox: SandboxServer, tmp_path: Path, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.config import Options, resolve_kombo
+    from pipeline.download import Downloader
+    from pipeline.filestore import LocalFileStore
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:proxypass@127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    settings = resolve_kombo(
+        Options(
+            api_key=sandbox.api_key,
+            integration_id=sandbox.integration_id,
+            base_url=sandbox.base_url,
+        ),
+        env={},
+    )
+    attachment = sandbox.world.ordered()[0].attachments[0]
+    url = sandbox.state.data_url(f"http://kombo.test:{sandbox.port}", attachment.id)
+    url = url.replace("http://", "http://linkuser:linkpass@", 1)  # userinfo in the link itself
+    downloader = Downloader(settings, LocalFileStore(tmp_path / "files"))
+    try:
+        got = downloader.download(url, subject="cv")
+    finally:
+        downloader.close()
+    assert got.size_bytes > 0
+    assert proxy.seen == [f"GET {url.replace('linkuser:linkpass@', '')}"]
+    (headers,) = proxy.headers_seen
+    assert "Proxy-Authorization: Basic cHJveHl1c2VyOnByb3h5cGFzcw==" in headers.splitlines()
+    assert "linkuser" not in headers and "linkpass" not in headers
+    assert sandbox.stats.auth_headers_on_files == 0
+
+
+def _tls_file_server(directory: Path) -> tuple[socket.socket, Path, bytes]:
+    """An https server for ``kombo.test`` with a certificate of its own making: one GET, one
+    file. Returns its listening socket, the certificate (for SSL_CERT_FILE) and the body."""
+    import ssl
+
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=kombo.test"),
+            *("-addext", "subjectAltName=DNS:kombo.test"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    body = b"%PDF-1.4 a file over TLS through a tunnel\n" * 100
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as tls:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += tls.recv(65536)
+                tls.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, cert, body
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="makes its certificate with openssl")
+def test_an_https_file_comes_through_a_connect_tunnel_with_the_environments_ca(
+    settings: KomboSettings, tmp_path: Path, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY: a CONNECT to the file's host, TLS to the origin inside the tunnel, its
+    certificate checked against SSL_CERT_FILE (no public CA signed it)."""
+    from pipeline.download import Downloader
+    from pipeline.filestore import LocalFileStore
+
+    listener, cert, body = _tls_file_server(tmp_path)
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    downloader = Downloader(settings, LocalFileStore(tmp_path / "files"))
+    try:
+        got = downloader.download(f"https://kombo.test:{port}/files/x?token=t", subject="cv")
+    finally:
+        downloader.close()
+        listener.close()
+    assert got.size_bytes == len(body)
+    assert proxy.seen == [f"CONNECT kombo.test:{port}"]
+    assert "authorization" not in proxy.headers_seen[0].lower()
 
 
 def test_no_proxy_sends_the_api_around_the_proxy(
