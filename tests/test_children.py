@@ -150,11 +150,21 @@ def test_no_child_starts_with_the_api_key_in_its_environment(
         assert b"KOMBO_INTEGRATION_ID=" + sandbox.integration_id.encode() in environment, kind
 
 
+@pytest.mark.parametrize(
+    "moment",
+    [
+        # The forkserver imports the parsers and loads the language model (about a second).
+        pytest.param({"download process", "forkserver"}, id="forkserver-warming-up"),
+        pytest.param(
+            {"download process", "forkserver", "extraction worker"}, id="workers-extracting"
+        ),
+    ],
+)
 def test_ctrl_c_to_the_process_group_ends_the_run_without_a_childs_traceback(
-    sandbox: SandboxServer, tmp_path: Path
+    sandbox: SandboxServer, tmp_path: Path, moment: set[str]
 ) -> None:
     with _slow_ingest(sandbox, tmp_path) as process:
-        _wait_for_workers(process, {"download process", "forkserver", "extraction worker"})
+        _wait_for_workers(process, moment)
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         out, err = process.communicate(timeout=60)
     assert process.returncode == 130, (out, err)
