@@ -171,3 +171,43 @@ def test_ctrl_c_to_the_process_group_ends_the_run_without_a_childs_traceback(
     assert "Traceback" not in err, err
     assert "KeyboardInterrupt" not in err, err
     assert "interrupted" in (out + err)
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_children_outlive_a_sigterm_of_their_own_and_end_when_the_parent_says(
+    tmp_path: Path,
+) -> None:
+    """SIGTERM (``systemctl stop`` sends it to every process of the unit) is the parent's to
+    act on: a child that gets one keeps going until the parent stops it."""
+    from pipeline.config import KomboSettings, Secret
+    from pipeline.download import DownloadProcess
+    from pipeline.extract.pool import ProcessExtractor
+    from pipeline.filestore import LocalFileStore
+
+    settings = KomboSettings(api_key=Secret("k"), integration_id="i", base_url="http://x/v1")
+    downloads = DownloadProcess(settings, LocalFileStore(tmp_path / "files"))
+    extractor = ProcessExtractor(workers=1)
+    try:
+        text = tmp_path / "cv.txt"
+        text.write_text("Python in Berlin")
+        assert extractor.submit(text, "text/plain", "cv.txt").result(timeout=60).text
+        (worker,) = [s.process for s in extractor._slots]
+        assert worker is not None and worker.pid is not None
+        for pid in (downloads.pid, worker.pid):
+            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, signal.SIGINT)
+        time.sleep(0.5)
+        assert _running(downloads.pid) and _running(worker.pid)
+        assert extractor.submit(text, "text/plain", "cv.txt").result(timeout=60).text
+    finally:
+        downloads.close()
+        extractor.close()
+    assert downloads.returncode == 0
