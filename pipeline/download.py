@@ -171,7 +171,7 @@ class _Connection(asyncio.Protocol):
                 kind = type(event)
                 if kind is h11.Data:
                     assert self._sink is not None
-                    self._sink(event.data)
+                    self._sink(event.data)  # type: ignore[union-attr]
                 elif kind is h11.Response:
                     self._settle(event)  # stop here: the body waits for its sink
                 elif kind is h11.EndOfMessage:
