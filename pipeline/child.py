@@ -85,8 +85,23 @@ def ignore_stop_signals() -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
-# The first thing a child runs, before it imports its stage: a signal in the import's
-# time would otherwise end it with a KeyboardInterrupt traceback.
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread while a child is started: the child inherits
+    the mask through fork and exec, so neither can reach it before its first line ignores
+    them (an interpreter still importing ``site`` would die of a Ctrl-C with a traceback)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+# The first thing a child runs, before it imports its stage (what it ignores, the signals
+# blocked since its start are discarded for).
 _PROLOGUE = (
     "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
     "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
@@ -104,18 +119,23 @@ def start(entry: Entry) -> tuple[subprocess.Popen[bytes], Connection]:
     if getattr(sys.modules.get(module), name, None) is not entry:
         raise ValueError(f"{entry!r} is not a module-level function a child can import")
     ours, theirs = socket.socketpair()
-    process = subprocess.Popen(
+    with stop_signals_blocked():
+        process = _popen(module, name, theirs.fileno())
+    theirs.close()
+    return process, Connection(ours.detach())
+
+
+def _popen(module: str, name: str, fd: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
         [
             sys.executable,
             "-c",
-            f"{_PROLOGUE}from {module} import {name}; {name}({theirs.fileno()})",
+            f"{_PROLOGUE}from {module} import {name}; {name}({fd})",
         ],
-        pass_fds=[theirs.fileno()],
+        pass_fds=[fd],
         env=child_environment(),
         stdin=subprocess.DEVNULL,
     )
-    theirs.close()
-    return process, Connection(ours.detach())
 
 
 def stop(

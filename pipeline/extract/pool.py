@@ -17,10 +17,9 @@ import multiprocessing
 import os
 import queue
 import resource
-import signal
 import threading
 from concurrent.futures import Future
-from multiprocessing import forkserver
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
@@ -81,7 +80,6 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 _BOOT_LOCK = threading.Lock()
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _ensure_forkserver() -> None:
@@ -94,11 +92,11 @@ def _ensure_forkserver() -> None:
     before its first line ignores them."""
     _context()
     with _BOOT_LOCK, child.scrubbed_environ():
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-        try:
+        # The tracker first: starting it unblocks both signals in the calling thread
+        # (multiprocessing blocks them around its start, then unblocks rather than restores).
+        resource_tracker.ensure_running()
+        with child.stop_signals_blocked():
             forkserver.ensure_running()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class _Slot:
