@@ -346,11 +346,13 @@ class AsyncDownloader:
                 try:
                     proxy = httpx.Proxy(proxy_url)
                 except (ValueError, httpx.InvalidURL) as exc:
-                    raise UsageError(
+                    # A DownloadError, not a UsageError: raised in the download process, its
+                    # text must reach the attachment's reason.
+                    raise DownloadError(
                         f"the proxy URL in the environment cannot be used: {exc}"
                     ) from exc
                 if proxy.url.scheme not in ("http", "https"):
-                    raise UsageError(
+                    raise DownloadError(
                         f"downloads go through http(s) proxies only, not {proxy.url.scheme}"
                     )
             route = self._routes[key] = _Route(scheme, host, port, proxy)
