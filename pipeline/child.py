@@ -25,7 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -36,6 +36,76 @@ from .errors import PipelineError
 log = logging.getLogger(__name__)
 
 KEY_VARIABLE = "KOMBO_API_KEY"
+
+# Values no child may find in its environment, under any name: the API key as the parent
+# was given it (a flag, a file), registered by whoever holds it (see keep_secret).
+_SECRETS: set[str] = set()
+_ENVIRON_LOCK = threading.Lock()
+
+
+def keep_secret(value: str) -> None:
+    """Keep ``value`` out of every child's environment, whatever variable holds it."""
+    if value:
+        _SECRETS.add(value)
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``environ`` (the process's own by default) without the API key: neither
+    ``KOMBO_API_KEY`` nor any variable whose value is the key or a kept secret."""
+    environ = os.environ if environ is None else environ
+    secrets = set(_SECRETS)
+    if environ.get(KEY_VARIABLE):
+        secrets.add(environ[KEY_VARIABLE])
+    return {k: v for k, v in environ.items() if k != KEY_VARIABLE and v not in secrets}
+
+
+@contextlib.contextmanager
+def scrubbed_environ() -> Iterator[None]:
+    """``os.environ`` without the key while the block runs, for children started by a
+    library that hands them the parent's own environment (multiprocessing's forkserver and
+    its resource tracker). Other threads see the scrubbed environment meanwhile: the key has
+    long been read into the settings by then."""
+    with _ENVIRON_LOCK:
+        saved = dict(os.environ)
+        kept = child_environment(saved)
+        for name in saved.keys() - kept.keys():
+            del os.environ[name]
+        try:
+            yield
+        finally:
+            for name in saved.keys() - kept.keys():
+                os.environ[name] = saved[name]
+
+
+def ignore_stop_signals() -> None:
+    """In a child: Ctrl-C (which reaches the whole process group) and SIGTERM (which
+    ``systemctl stop`` sends to every process of the unit) are the parent's to act on; it
+    stops its children itself, and none prints a traceback of its own."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
+
+
+@contextlib.contextmanager
+def stop_signals_blocked() -> Iterator[None]:
+    """SIGINT and SIGTERM blocked in this thread while a child is started: the child inherits
+    the mask through fork and exec, so neither can reach it before its first line ignores
+    them (an interpreter still importing ``site`` would die of a Ctrl-C with a traceback)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+# The first thing a child runs, before it imports its stage (what it ignores, the signals
+# blocked since its start are discarded for).
+_PROLOGUE = (
+    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+)
 
 Entry = Callable[[int], None]
 
@@ -49,14 +119,23 @@ def start(entry: Entry) -> tuple[subprocess.Popen[bytes], Connection]:
     if getattr(sys.modules.get(module), name, None) is not entry:
         raise ValueError(f"{entry!r} is not a module-level function a child can import")
     ours, theirs = socket.socketpair()
-    process = subprocess.Popen(
-        [sys.executable, "-c", f"from {module} import {name}; {name}({theirs.fileno()})"],
-        pass_fds=[theirs.fileno()],
-        env={k: v for k, v in os.environ.items() if k != KEY_VARIABLE},
-        stdin=subprocess.DEVNULL,
-    )
+    with stop_signals_blocked():
+        process = _popen(module, name, theirs.fileno())
     theirs.close()
     return process, Connection(ours.detach())
+
+
+def _popen(module: str, name: str, fd: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"{_PROLOGUE}from {module} import {name}; {name}({fd})",
+        ],
+        pass_fds=[fd],
+        env=child_environment(),
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def stop(
@@ -88,8 +167,7 @@ def stop(
 
 def accept(fd: int) -> tuple[Connection, Any]:
     """In the child: its end of the socket, and the setup the parent sent first."""
-    # Ctrl-C reaches the whole process group; the parent decides when this process stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ignore_stop_signals()  # again: an entry point may be called by other means
     conn = Connection(fd)
     return conn, conn.recv()
 

@@ -8,9 +8,11 @@ never leaves for any origin but the API's, redirects included.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
+import ssl
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -25,7 +27,8 @@ import httpx
 
 from . import __version__, child
 from .config import KomboSettings, Secret
-from .errors import DownloadError, LinkExpiredError, TooLargeError
+from .errors import DownloadError, LinkExpiredError, TooLargeError, UsageError
+from .fetch import data_url_problem, environment_proxy
 from .filestore import LocalFileStore
 from .retry import async_retrying
 
@@ -40,24 +43,46 @@ class Downloaded:
     size_bytes: int
 
 
+# A download must keep at least this rate over every window of ``--timeout`` seconds (curl's
+# ``--speed-limit``/``--speed-time``, with the window the read timeout): 1 KiB/s lets a 50 MB
+# file arrive on a link shared by sixteen downloads at 10 kB/s each, and cuts a server that
+# trickles a byte now and then (which no silence timeout ever would).
+MIN_DOWNLOAD_BYTES_PER_SECOND = 1024
+
+
+class TooSlowError(TimeoutError):
+    """The body came slower than :data:`MIN_DOWNLOAD_BYTES_PER_SECOND` over a whole window."""
+
+
 class _Connection(asyncio.Protocol):
     """One HTTP/1.1 connection driven by h11, one exchange at a time.
 
     The coroutine making a request awaits two things in turn: the response's head, then the
     end of its body. Between the two the connection reads nothing more out of h11's buffer, so
-    no byte of the body arrives before the coroutine has said where it goes. A silence longer
-    than the read timeout while either is awaited fails it with ``TimeoutError``.
+    no byte of the body arrives before the coroutine has said where it goes. The head must
+    arrive whole within the read timeout of the request (a server trickling its status line
+    is cut); the body must not fall silent for the read timeout, nor bring fewer than
+    ``min_rate`` bytes a second over any window of that length. Either fails the wait with
+    ``TimeoutError``.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, read_timeout: float) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        read_timeout: float,
+        min_rate: float = MIN_DOWNLOAD_BYTES_PER_SECOND,
+    ) -> None:
         self._loop = loop
         self._read_timeout = read_timeout
+        self._min_rate = min_rate
         self._h11 = h11.Connection(h11.CLIENT)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[Any] | None = None
         self._sink: Callable[[bytes], None] | None = None
         self._reading = False
         self._timer: asyncio.TimerHandle | None = None
+        self._rate_timer: asyncio.TimerHandle | None = None
+        self._window_bytes = 0
         self.broken = False
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -67,8 +92,10 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._h11.receive_data(data)
+        self._window_bytes += len(data)
         if self._reading:
-            self._arm()
+            if self._sink is not None:
+                self._arm()  # in the body, a silence is what times out; the head has a deadline
             self._pump()
 
     def eof_received(self) -> bool:
@@ -85,13 +112,15 @@ class _Connection(asyncio.Protocol):
 
     # -- the exchange --------------------------------------------------------------------------
 
-    def request(self, target: bytes, headers: list[tuple[bytes, bytes]]) -> asyncio.Future[Any]:
+    def request(
+        self, target: bytes, headers: list[tuple[bytes, bytes]], method: bytes = b"GET"
+    ) -> asyncio.Future[Any]:
         """Send a GET; the future holds the response's head (an ``h11.Response``)."""
         assert self._transport is not None
         waiter = self._expect(None)
         try:
             self._transport.write(
-                self._h11.send(h11.Request(method=b"GET", target=target, headers=headers))
+                self._h11.send(h11.Request(method=method, target=target, headers=headers))
                 + (self._h11.send(h11.EndOfMessage()) or b"")
             )
         except h11.LocalProtocolError as exc:
@@ -130,6 +159,9 @@ class _Connection(asyncio.Protocol):
         self._sink = sink
         self._reading = True
         self._arm()
+        if sink is not None:
+            self._window_bytes = 0
+            self._rate_timer = self._loop.call_later(self._read_timeout, self._check_rate)
         return self._waiter
 
     def _pump(self) -> None:
@@ -168,13 +200,33 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_exception(exc)
 
     def _arm(self) -> None:
-        self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
         self._timer = self._loop.call_later(self._read_timeout, self._time_out)
 
     def _disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._rate_timer is not None:
+            self._rate_timer.cancel()
+            self._rate_timer = None
+
+    def _check_rate(self) -> None:
+        self._rate_timer = None
+        if not self._reading:
+            return
+        window = self._read_timeout
+        if self._window_bytes < self._min_rate * window:
+            self._fail(
+                TooSlowError(
+                    f"{self._window_bytes} bytes in {window:g} s, under {self._min_rate:g} bytes/s"
+                )
+            )
+            self.close()
+            return
+        self._window_bytes = 0
+        self._rate_timer = self._loop.call_later(window, self._check_rate)
 
     def _time_out(self) -> None:
         self._timer = None
@@ -182,8 +234,42 @@ class _Connection(asyncio.Protocol):
             self._fail(TimeoutError("no answer within the read timeout"))
             self.close()
 
+    # -- a CONNECT tunnel ------------------------------------------------------------------------
 
-_Origin = tuple[str, str, int]
+    async def tunnel(self, authority: bytes, headers: list[tuple[bytes, bytes]]) -> h11.Response:
+        """Ask the proxy at the other end for a tunnel to ``authority``; its answer's head.
+
+        After a 2xx the connection carries raw bytes: :meth:`upgraded` takes the TLS transport
+        laid over it and starts h11 afresh for the origin."""
+        waiter = self.request(authority, headers, method=b"CONNECT")
+        return await waiter
+
+    def upgraded(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._h11 = h11.Connection(h11.CLIENT)
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where a connection goes: the file's origin, and the proxy it is reached through."""
+
+    scheme: str
+    host: str
+    port: int
+    proxy: httpx.Proxy | None = None
+
+    @property
+    def authority(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == _PORTS[self.scheme] else f"{host}:{self.port}"
+
+    @property
+    def proxy_headers(self) -> list[tuple[bytes, bytes]]:
+        """What the proxy alone is sent: its own credentials, from the userinfo of its URL."""
+        if self.proxy is None or self.proxy.raw_auth is None:
+            return []
+        user, password = self.proxy.raw_auth
+        return [(b"Proxy-Authorization", b"Basic " + base64.b64encode(user + b":" + password))]
 
 
 class AsyncDownloader:
@@ -193,13 +279,26 @@ class AsyncDownloader:
     a two-core machine, most of it the threads handing the interpreter lock around; on one
     loop the same downloads cost about half. Redirects are followed here (at most five, http
     and https only), and no request carries a credential or a cookie.
+
+    The environment's proxies are honoured as httpx reads them (``HTTPS_PROXY``,
+    ``HTTP_PROXY``, ``ALL_PROXY``, ``NO_PROXY``): an http file is asked of the proxy in
+    absolute form, an https one through a CONNECT tunnel with TLS to the origin inside it. The
+    proxy gets ``Proxy-Authorization`` only from userinfo in its own URL; the origin never
+    gets any credential. ``SSL_CERT_FILE``/``SSL_CERT_DIR`` choose the CA certificates.
     """
 
     def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
         self.settings = settings
         self.store = store
-        self._ssl = httpx.create_ssl_context()
-        self._idle: dict[_Origin, list[_Connection]] = {}
+        try:
+            self._ssl = httpx.create_ssl_context()  # reads SSL_CERT_FILE and SSL_CERT_DIR
+        except (OSError, ssl.SSLError) as exc:
+            raise UsageError(
+                "the CA certificates named by SSL_CERT_FILE or SSL_CERT_DIR cannot be read: "
+                f"{exc.strerror or exc}"
+            ) from exc
+        self._idle: dict[_Route, list[_Connection]] = {}
+        self._routes: dict[tuple[str, str, int], _Route] = {}
         self._user_agent = f"kombo-cv-pipeline/{__version__}".encode()
 
     def close(self) -> None:
@@ -209,23 +308,67 @@ class AsyncDownloader:
         self._idle.clear()
 
     async def download(self, data_url: str, *, subject: str) -> Downloaded:
-        """Fetch ``data_url`` whole, retrying transient faults; raise a DownloadError."""
-        if not _is_http(data_url):
-            raise DownloadError(f"{subject}: data_url is not an http(s) URL")
+        """Fetch ``data_url`` whole, retrying transient faults; raise a DownloadError.
+
+        The retry budget holds inside an attempt too: a retry still running when it is spent
+        is cut. The first attempt is bounded by the minimum rate alone, so that a large file
+        on a slow link still arrives."""
+        problem = data_url_problem(data_url)
+        if problem is not None:
+            raise DownloadError(f"{subject}: data_url cannot be downloaded: {problem}")
+        loop = asyncio.get_running_loop()
+        budget_ends = loop.time() + self.settings.retry_budget
         async for attempt in async_retrying(self.settings):
             with attempt:
-                return await self._once(data_url, subject)
+                if attempt.retry_state.attempt_number == 1:
+                    return await self._once(data_url, subject)
+                try:
+                    async with asyncio.timeout_at(budget_ends):
+                        return await self._once(data_url, subject)
+                except TimeoutError as exc:
+                    raise DownloadError(
+                        f"{subject}: download cut off: its retry budget of "
+                        f"{self.settings.retry_budget:g} s is spent"
+                    ) from exc
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _route(self, parts: SplitResult) -> _Route:
+        scheme, host = parts.scheme, parts.hostname or ""
+        port = parts.port or _PORTS[scheme]
+        key = (scheme, host, port)
+        route = self._routes.get(key)
+        if route is None:
+            # Read once per origin: httpx's reading of the environment is not free.
+            authority = f"[{host}]" if ":" in host else host
+            proxy_url = environment_proxy(f"{scheme}://{authority}:{port}/")
+            proxy = None
+            if proxy_url is not None:
+                try:
+                    proxy = httpx.Proxy(proxy_url)
+                except (ValueError, httpx.InvalidURL) as exc:
+                    # A DownloadError, not a UsageError: raised in the download process, its
+                    # text must reach the attachment's reason.
+                    raise DownloadError(
+                        f"the proxy URL in the environment cannot be used: {exc}"
+                    ) from exc
+                if proxy.url.scheme not in ("http", "https"):
+                    raise DownloadError(
+                        f"downloads go through http(s) proxies only, not {proxy.url.scheme}"
+                    )
+            route = self._routes[key] = _Route(scheme, host, port, proxy)
+        return route
 
     async def _once(self, data_url: str, subject: str) -> Downloaded:
         url = data_url
         try:
             for _ in range(_MAX_REDIRECTS + 1):
                 parts = urlsplit(url)
-                origin = (parts.scheme, parts.hostname or "", parts.port or _PORTS[parts.scheme])
-                connection = await self._connection(origin)
+                route = self._route(parts)
+                connection = await self._connection(route)
                 try:
-                    response = await connection.request(_target(parts), self._headers(parts))
+                    response = await connection.request(
+                        self._target(route, parts), self._headers(route)
+                    )
                     if response.status_code in _REDIRECTS:
                         url = _redirect_target(url, response, subject)
                         connection.close()  # its body is not wanted
@@ -235,10 +378,14 @@ class AsyncDownloader:
                     connection.close()
                     raise
                 if connection.recycle():
-                    self._idle.setdefault(origin, []).append(connection)
+                    self._idle.setdefault(route, []).append(connection)
                 else:
                     connection.close()
                 return downloaded
+        except TooSlowError as exc:
+            raise DownloadError(
+                f"{subject}: download too slow ({exc}); cut off", transient=True
+            ) from exc
         except TimeoutError as exc:
             raise DownloadError(f"{subject}: download timed out", transient=True) from exc
         except (
@@ -252,42 +399,83 @@ class AsyncDownloader:
             raise DownloadError(
                 f"{subject}: download cut off ({type(exc).__name__})", transient=True
             ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise DownloadError(
+                f"{subject}: the file server's TLS certificate is not trusted "
+                f"({exc.verify_message}); see SSL_CERT_FILE"
+            ) from exc
         except (OSError, h11.ProtocolError) as exc:
             raise DownloadError(
                 f"{subject}: download failed ({type(exc).__name__})", transient=True
             ) from exc
         raise DownloadError(f"{subject}: too many redirects")
 
-    def _headers(self, parts: SplitResult) -> list[tuple[bytes, bytes]]:
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"  # an IPv6 literal
-        if parts.port is not None and parts.port != _PORTS[parts.scheme]:
-            host = f"{host}:{parts.port}"
-        return [
-            (b"Host", host.encode("idna")),
+    def _target(self, route: _Route, parts: SplitResult) -> bytes:
+        path = parts.path or "/"
+        target = f"{path}?{parts.query}" if parts.query else path
+        if route.proxy is not None and route.scheme == "http":
+            # Absolute form for the proxy, without any userinfo the data_url carried.
+            target = f"http://{route.authority}{target}"
+        return target.encode("ascii")
+
+    def _headers(self, route: _Route) -> list[tuple[bytes, bytes]]:
+        headers = [
+            (b"Host", route.authority.encode("idna")),
             (b"User-Agent", self._user_agent),
             (b"Accept-Encoding", b"identity"),
         ]
+        if route.proxy is not None and route.scheme == "http":
+            headers += route.proxy_headers
+        return headers
 
-    async def _connection(self, origin: _Origin) -> _Connection:
-        idle = self._idle.get(origin)
+    async def _connection(self, route: _Route) -> _Connection:
+        idle = self._idle.get(route)
         while idle:
             connection = idle.pop()
             if connection.open:
                 return connection
-        scheme, host, port = origin
+        return await asyncio.wait_for(self._open(route), self.settings.connect_timeout)
+
+    async def _open(self, route: _Route) -> _Connection:
         loop = asyncio.get_running_loop()
-        _, connection = await asyncio.wait_for(
-            loop.create_connection(
-                lambda: _Connection(loop, self.settings.read_timeout),
-                host,
-                port,
-                ssl=self._ssl if scheme == "https" else None,
-                server_hostname=host if scheme == "https" else None,
-            ),
-            self.settings.connect_timeout,
+        origin_tls = route.scheme == "https"
+        if route.proxy is None:
+            host, port = route.host, route.port
+            tls, tls_name = origin_tls, route.host
+        else:
+            proxy = route.proxy.url
+            host, port = proxy.host, proxy.port or _PORTS[proxy.scheme]
+            tls, tls_name = proxy.scheme == "https", proxy.host
+        transport, connection = await loop.create_connection(
+            lambda: _Connection(loop, self.settings.read_timeout),
+            host,
+            port,
+            ssl=self._ssl if tls else None,
+            server_hostname=tls_name if tls else None,
         )
+        if route.proxy is None or not origin_tls:
+            return connection
+        # https through a proxy: a CONNECT tunnel, then TLS to the origin inside it.
+        try:
+            host_name = f"[{route.host}]" if ":" in route.host else route.host
+            authority = f"{host_name}:{route.port}"  # CONNECT names the port always
+            answer = await connection.tunnel(
+                authority.encode("idna"),
+                [(b"Host", authority.encode("idna")), *route.proxy_headers],
+            )
+            if not 200 <= answer.status_code < 300:
+                raise DownloadError(
+                    f"the proxy refused a tunnel to {route.authority} (HTTP {answer.status_code})",
+                    transient=answer.status_code in (429, 502, 503, 504),
+                )
+            inner = await loop.start_tls(
+                transport, connection, self._ssl, server_hostname=route.host
+            )
+        except BaseException:
+            connection.close()
+            raise
+        assert inner is not None
+        connection.upgraded(inner)
         return connection
 
     async def _store(
@@ -347,18 +535,8 @@ class Downloader:
 _PORTS = {"http": 80, "https": 443}
 
 
-def _target(parts: SplitResult) -> bytes:
-    path = parts.path or "/"
-    return (f"{path}?{parts.query}" if parts.query else path).encode("ascii")
-
-
 _MAX_REDIRECTS = 5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
-
-
-def _is_http(url: str) -> bool:
-    parts = urlsplit(url)
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _header(response: h11.Response, name: bytes) -> str | None:
@@ -373,8 +551,9 @@ def _redirect_target(url: str, response: h11.Response, subject: str) -> str:
     if not location:
         raise DownloadError(f"{subject}: redirect (HTTP {response.status_code}) without a Location")
     target = urljoin(url, location.strip())
-    if not _is_http(target):
-        raise DownloadError(f"{subject}: redirected to a URL that is not http(s)")
+    problem = data_url_problem(target)
+    if problem is not None:
+        raise DownloadError(f"{subject}: redirected to a URL that cannot be downloaded: {problem}")
     return target
 
 
@@ -496,6 +675,7 @@ class DownloadProcess:
 
     def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
         store.ensure()
+        child.keep_secret(settings.api_key.reveal())
         # Downloads need no credentials: the child gets the key neither in its settings nor in
         # its environment. Not the extraction forkserver: its warm-up for the parsers takes a
         # second.
@@ -519,9 +699,12 @@ class DownloadProcess:
     def submit(self, data_url: str, *, subject: str) -> Future[Downloaded]:
         """Start a download; the future holds what ``Downloader.download`` would return or
         raise."""
-        if not _is_http(data_url):
+        problem = data_url_problem(data_url)
+        if problem is not None:
             future: Future[Downloaded] = Future()
-            future.set_exception(DownloadError(f"{subject}: data_url is not an http(s) URL"))
+            future.set_exception(
+                DownloadError(f"{subject}: data_url cannot be downloaded: {problem}")
+            )
             return future
         return self._child.call((data_url, subject))
 

@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,11 +17,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
 
+from pipeline.config import KomboSettings
 from pipeline.sandbox.generator import SandboxCandidate
 from pipeline.sandbox.server import SandboxServer
 
@@ -233,18 +235,49 @@ def test_every_iso_8601_timestamp_form_is_read_as_utc(
             assert stamp.endswith(("Z", "+00:00")), (form, stamp)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the download side (download.py) keeps no minimum rate yet: a trickling file "
-    "holds the run (issue 14 item 2, another helper's part)",
-)
 def test_a_trickling_file_does_not_hold_the_run(sandbox: SandboxServer, tmp_path: Path) -> None:
     bad, good = _three(sandbox)
-    sandbox.add_fault(
-        kind="trickle", match=bad.attachments[0].id, target="files", times=None, seconds=0.5
-    )
+    attachment = bad.attachments[0]
+    # One byte every half second: no silence reaches --timeout, the body never ends in time.
+    sandbox.add_fault(kind="trickle", match=attachment.id, target="files", times=None, seconds=0.5)
     ran = _ingest(sandbox, tmp_path, [bad.id, *(c.id for c in good)], "--timeout", "1", timeout=25)
-    assert ran.code == 1 and "Traceback" not in ran.err
+    assert ran.code == 1 and "Traceback" not in ran.err, ran.err
+    assert ran.summary.startswith("ingest failed: 3 candidates"), ran.summary
+    lines = [line for line in ran.err.splitlines() if attachment.id in line and "too slow" in line]
+    assert lines, ran.err
+    # Kombo's guide: a transport failure is tried again (six attempts in all), then given up.
+    assert sandbox.stats.requests["file"] >= 6 + sum(len(c.attachments) for c in good)
+    failed = [r for r in ran.export() if r["attachment_id"] == attachment.id]
+    assert not failed or failed[0]["status"] == "failed"
+    assert {c.id for c in good} <= {r["candidate_id"] for r in ran.export()}
+
+
+def test_a_file_server_trickling_its_headers_is_cut_off(
+    sandbox: SandboxServer, settings: KomboSettings, tmp_path: Path
+) -> None:
+    """The status line and headers one byte every 0.2 s: the head has a deadline of its own,
+    which no byte resets."""
+    from pipeline.download import Downloader
+    from pipeline.errors import DownloadError
+    from pipeline.fetch import KomboClient
+    from pipeline.filestore import LocalFileStore
+
+    candidate = sandbox.world.ordered()[0]
+    with KomboClient(settings) as client:
+        item = client.candidate_attachments(candidate.id).attachments[0]
+    sandbox.add_fault(
+        kind="trickle", match=item.id, target="files", times=None, seconds=0.2, value="headers"
+    )
+    quick = replace(settings, read_timeout=1.0, max_attempts=2, retry_base_delay=0.01)
+    downloader = Downloader(quick, LocalFileStore(tmp_path / "files"))
+    started = time.monotonic()
+    try:
+        with pytest.raises(DownloadError, match="timed out"):
+            downloader.download(item.data_url, subject="cv")
+    finally:
+        downloader.close()
+    assert time.monotonic() - started < 5  # two heads of 1 s each, not 200 bytes * 0.2 s
+    assert sandbox.stats.requests["file"] == 2
 
 
 # -- proxies -----------------------------------------------------------------------------------
@@ -347,21 +380,138 @@ def proxy() -> Iterator[_Proxy]:
 def test_ingest_goes_through_the_environments_proxy(
     sandbox: SandboxServer, tmp_path: Path, proxy: _Proxy
 ) -> None:
-    """Only the proxy knows ``kombo.test``: a run that reaches it went through the proxy."""
-    ids = [c.id for c in sandbox.world.ordered()[:3]]
+    """Only the proxy knows ``kombo.test``: a run that reaches it went through the proxy.
+
+    Every file link (on 127.0.0.1, which NO_PROXY names) is redirected once to
+    ``kombo.test``: the downloads reach their redirect targets through the proxy alone."""
+    chosen = sandbox.world.ordered()[:3]
+    ids = [c.id for c in chosen]
+    for attachment in (a for c in chosen for a in c.attachments):
+        sandbox.add_fault(
+            kind="redirect",
+            match=attachment.id,
+            times=1,
+            location=f"http://kombo.test:{sandbox.port}",
+        )
     base_url = f"http://kombo.test:{sandbox.port}/v1"
     ran = _ingest(
         sandbox,
         tmp_path,
         ids,
-        env={"KOMBO_BASE_URL": base_url, "HTTP_PROXY": proxy.url, "NO_PROXY": ""},
+        env={"KOMBO_BASE_URL": base_url, "HTTP_PROXY": proxy.url, "NO_PROXY": "127.0.0.1"},
         timeout=90,
     )
     assert ran.code == 0, (ran.out, ran.err)
     assert ran.summary.startswith("ingest succeeded: 3 candidates (0 failed)"), ran.summary
-    api_lines = [line for line in proxy.seen if "kombo.test" in line]
+    assert not [line for line in proxy.seen if "127.0.0.1" in line]  # NO_PROXY, per origin
+    api_lines = [line for line in proxy.seen if "/v1/" in line]
     assert api_lines and all(line.startswith("GET http://kombo.test:") for line in api_lines)
+    file_lines = [n for n, line in enumerate(proxy.seen) if "/files/" in line]
+    attachments = sum(len(c.attachments) for c in chosen)
+    redirected = [n for n in file_lines if proxy.seen[n].startswith("GET http://kombo.test:")]
+    assert len(redirected) == attachments, proxy.seen
+    # No credential reached the files' origin, and the proxy saw no key on a file request.
+    assert sandbox.stats.auth_headers_on_files == 0
+    for n in file_lines:
+        assert sandbox.api_key not in proxy.headers_seen[n]
+        assert "authorization" not in proxy.headers_seen[n].lower()
     assert {r["candidate_id"] for r in ran.export()} == set(ids)
+
+
+def test_a_proxy_with_credentials_in_its_url_gets_them_and_the_origin_does_not(
+    sandbox: SandboxServer, tmp_path: Path, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.config import Options, resolve_kombo
+    from pipeline.download import Downloader
+    from pipeline.filestore import LocalFileStore
+
+    monkeypatch.setenv("HTTP_PROXY", f"http://proxyuser:proxypass@127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("NO_PROXY", "")
+    settings = resolve_kombo(
+        Options(
+            api_key=sandbox.api_key,
+            integration_id=sandbox.integration_id,
+            base_url=sandbox.base_url,
+        ),
+        env={},
+    )
+    attachment = sandbox.world.ordered()[0].attachments[0]
+    url = sandbox.state.data_url(f"http://kombo.test:{sandbox.port}", attachment.id)
+    url = url.replace("http://", "http://linkuser:linkpass@", 1)  # userinfo in the link itself
+    downloader = Downloader(settings, LocalFileStore(tmp_path / "files"))
+    try:
+        got = downloader.download(url, subject="cv")
+    finally:
+        downloader.close()
+    assert got.size_bytes > 0
+    assert proxy.seen == [f"GET {url.replace('linkuser:linkpass@', '')}"]
+    (headers,) = proxy.headers_seen
+    assert "Proxy-Authorization: Basic cHJveHl1c2VyOnByb3h5cGFzcw==" in headers.splitlines()
+    assert "linkuser" not in headers and "linkpass" not in headers
+    assert sandbox.stats.auth_headers_on_files == 0
+
+
+def _tls_file_server(directory: Path) -> tuple[socket.socket, Path, bytes]:
+    """An https server for ``kombo.test`` with a certificate of its own making: one GET, one
+    file. Returns its listening socket, the certificate (for SSL_CERT_FILE) and the body."""
+    import ssl
+
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", str(key), "-out", str(cert), "-subj", "/CN=kombo.test"),
+            *("-addext", "subjectAltName=DNS:kombo.test"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    body = b"%PDF-1.4 a file over TLS through a tunnel\n" * 100
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = listener.accept()
+            with context.wrap_socket(raw, server_side=True) as tls:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += tls.recv(65536)
+                tls.sendall(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/pdf\r\n"
+                    + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+
+    threading.Thread(target=serve, daemon=True).start()
+    return listener, cert, body
+
+
+@pytest.mark.skipif(not shutil.which("openssl"), reason="makes its certificate with openssl")
+def test_an_https_file_comes_through_a_connect_tunnel_with_the_environments_ca(
+    settings: KomboSettings, tmp_path: Path, proxy: _Proxy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY: a CONNECT to the file's host, TLS to the origin inside the tunnel, its
+    certificate checked against SSL_CERT_FILE (no public CA signed it)."""
+    from pipeline.download import Downloader
+    from pipeline.filestore import LocalFileStore
+
+    listener, cert, body = _tls_file_server(tmp_path)
+    port = listener.getsockname()[1]
+    monkeypatch.setenv("HTTPS_PROXY", proxy.url)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    downloader = Downloader(settings, LocalFileStore(tmp_path / "files"))
+    try:
+        got = downloader.download(f"https://kombo.test:{port}/files/x?token=t", subject="cv")
+    finally:
+        downloader.close()
+        listener.close()
+    assert got.size_bytes == len(body)
+    assert proxy.seen == [f"CONNECT kombo.test:{port}"]
+    assert "authorization" not in proxy.headers_seen[0].lower()
 
 
 def test_no_proxy_sends_the_api_around_the_proxy(

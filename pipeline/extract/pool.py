@@ -19,11 +19,12 @@ import queue
 import resource
 import threading
 from concurrent.futures import Future
-from multiprocessing import forkserver
+from multiprocessing import forkserver, resource_tracker
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Protocol
 
+from .. import child
 from ..states import AttachmentState
 from . import Extraction, extract_file
 
@@ -47,6 +48,7 @@ class Extractor(Protocol):
 
 def _worker_main(conn: Connection, memory_bytes: int) -> None:
     """A worker process: parse what arrives until told to stop."""
+    child.ignore_stop_signals()  # the parent kills a worker when the run stops
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     logging.disable(logging.WARNING)  # pypdf warns on every odd file; the parent logs outcomes
@@ -77,6 +79,26 @@ def _context() -> multiprocessing.context.BaseContext:
     return _CONTEXT
 
 
+_BOOT_LOCK = threading.Lock()
+
+
+def _ensure_forkserver() -> None:
+    """Start the forkserver (and multiprocessing's resource tracker) if it is not running.
+
+    multiprocessing hands both the parent's own environment: it is scrubbed of the API key
+    while they start, and every worker forked later inherits the forkserver's. Ctrl-C and
+    SIGTERM are blocked in this thread meanwhile: the mask is inherited, so the forkserver
+    cannot die of one with a traceback while it imports the parsers (a second of warm-up),
+    before its first line ignores them."""
+    _context()
+    with _BOOT_LOCK, child.scrubbed_environ():
+        # The tracker first: starting it unblocks both signals in the calling thread
+        # (multiprocessing blocks them around its start, then unblocks rather than restores).
+        resource_tracker.ensure_running()
+        with child.stop_signals_blocked():
+            forkserver.ensure_running()
+
+
 class _Slot:
     """One worker process and the thread in the parent that feeds it and keeps its time."""
 
@@ -88,12 +110,13 @@ class _Slot:
         self.thread = threading.Thread(target=self.run, name=f"extract-{number}", daemon=True)
 
     def start_worker(self) -> None:
-        parent, child = _context().Pipe()
+        _ensure_forkserver()
+        parent, theirs = _context().Pipe()
         process = _context().Process(  # type: ignore[attr-defined]  # typeshed: BaseContext has none
-            target=_worker_main, args=(child, self.owner.memory_bytes), daemon=True
+            target=_worker_main, args=(theirs, self.owner.memory_bytes), daemon=True
         )
         process.start()
-        child.close()
+        theirs.close()
         self.process, self.conn = process, parent
 
     def kill_worker(self) -> None:
@@ -187,9 +210,8 @@ class ProcessExtractor:
         self._prestarted = True
 
         def boot() -> None:
-            _context()
             with contextlib.suppress(Exception):
-                forkserver.ensure_running()
+                _ensure_forkserver()
 
         threading.Thread(target=boot, name="forkserver-boot", daemon=True).start()
 

@@ -3,8 +3,15 @@ with the parsers imported and the language model loaded."""
 
 from __future__ import annotations
 
-from . import load_parsers
-from .language import detect_language, load_model
+import signal
+
+# The forkserver's first own line: it and the workers it forks (which inherit what it ignores)
+# leave Ctrl-C and SIGTERM to the parent, which stops them. Its start blocked both until now.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+from . import load_parsers  # noqa: E402
+from .language import detect_language, load_model  # noqa: E402
 
 load_parsers()
 load_model()
