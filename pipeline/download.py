@@ -27,7 +27,7 @@ import httpx
 
 from . import __version__, child
 from .config import KomboSettings, Secret
-from .errors import DownloadError, LinkExpiredError, TooLargeError, UsageError
+from .errors import DownloadError, LinkExpiredError, PipelineError, TooLargeError, UsageError
 from .fetch import data_url_problem, environment_proxy
 from .filestore import LocalFileStore
 from .retry import async_retrying
@@ -626,7 +626,9 @@ async def _serve(
             try:
                 done = await downloader.download(data_url, subject=subject)
                 outcome = child.answer_message(key, done)
-            except DownloadError as exc:
+            except PipelineError as exc:
+                # As itself: a DownloadError fails its attachment, a StorageError (the disk
+                # is full) stops the run with its one line.
                 outcome = child.answer_message(key, error=exc)
             except Exception as exc:  # a bug must fail one download, not the process
                 error = DownloadError(f"{subject}: {type(exc).__name__}")

@@ -59,11 +59,13 @@ from .config import KomboSettings
 from .database import WATERMARK, FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
 from .download import Downloaded, DownloadProcess
 from .errors import (
+    DiskFullError,
     DownloadError,
     IntegrationError,
     KomboError,
     LinkExpiredError,
     PipelineError,
+    StorageError,
     TooLargeError,
     TransportError,
 )
@@ -71,7 +73,7 @@ from .extract import Extraction
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Extractor, ProcessExtractor
 from .faults import EXIT_INTERRUPTED, RunStopped, as_pipeline_error, exit_code
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
-from .filestore import LocalFileStore
+from .filestore import LocalFileStore, SpaceReserve
 from .lock import WriterLock
 from .search import IndexWriterProcess, SearchIndex
 from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
@@ -252,6 +254,7 @@ class Workspace:
     def recover(self) -> None:
         """Clean up after a run that died: temporary files, its run row, unindexed text."""
         swept = self.files.sweep_temporary()
+        SpaceReserve(self.directory).ensure()
         killed = self.store.close_abandoned_runs()
         if swept or killed:
             log.info(
@@ -716,7 +719,12 @@ class RunEngine:
         assert summary.run_id is not None
         store = self.workspace.store
         try:
-            store.finish_run(summary.run_id, summary.finished())
+            try:
+                store.finish_run(summary.run_id, summary.finished())
+            except DiskFullError:
+                if not SpaceReserve(self.workspace.directory).release():
+                    raise
+                store.finish_run(summary.run_id, summary.finished())
         except Exception as exc:
             fault = as_pipeline_error(exc, database=store.url)
             log.debug("the run's end could not be recorded", exc_info=True)
@@ -991,8 +999,8 @@ def _download_fresh(
         return _Fetched(item, downloader.download(fresh.data_url, subject=f"attachment {item.id}"))
     except TooLargeError as exc:
         return _Fetched(item, state=AttachmentState.TOO_LARGE, error=exc.message)
-    except IntegrationError:
-        raise
+    except (IntegrationError, StorageError):
+        raise  # the run stops: every further attachment would fail the same way
     except PipelineError as exc:
         return _Fetched(item, state=AttachmentState.FAILED, error=exc.message)
 

@@ -144,6 +144,45 @@ class _Translated:
             raise storage_error(exc, "cannot store a file", self._path.parent) from exc
 
 
+class SpaceReserve:
+    """A file of zeros kept in the data directory, given back when the disk is full so that
+    a run can still write its own end (``failed``, not ``running``) and the operator reads
+    what happened. Made again at the next run's start, when there is room."""
+
+    NAME = ".space-reserve"
+    SIZE = 512 * 1024  # a run's end is a few pages of the database and its WAL
+
+    def __init__(self, directory: Path) -> None:
+        self.path = directory / self.NAME
+
+    def ensure(self) -> None:
+        try:
+            if self.path.stat().st_size >= self.SIZE:
+                return
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, _FILE_MODE)
+            try:
+                os.posix_fallocate(fd, 0, self.SIZE)  # blocks really taken, not a sparse file
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            # No room for it (or no fallocate here): the run goes on without a reserve.
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+            log.debug("no space reserve in %s: %s", self.path.parent, exc)
+
+    def release(self) -> bool:
+        """Give the space back; whether there was any to give."""
+        try:
+            self.path.unlink()
+        except OSError:
+            return False
+        log.warning("the disk is full: released %s to record the run's end", self.path)
+        return True
+
+
 class LocalFileStore:
     def __init__(self, root: Path) -> None:
         self.root = root

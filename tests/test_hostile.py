@@ -591,3 +591,55 @@ def test_every_hostile_fault_can_be_set_over_http(sandbox: SandboxServer) -> Non
         assert json.load(answer) == {"faults": len(faults)}
     assert [f.kind for f in sandbox.state.faults] == [f["kind"] for f in faults]
     assert sandbox.state.faults[-2].target == "files"
+
+
+# -- a whole bad day -----------------------------------------------------------------------------
+
+
+def test_a_run_against_a_server_that_trickles_floods_and_lies_ends_on_its_own(
+    sandbox: SandboxServer, tmp_path: Path
+) -> None:
+    """Issue 14's bar: one run over a server that trickles, floods and lies at once ends by
+    itself, every good candidate indexed and every bad one named with its reason."""
+    ordered = sandbox.world.ordered()
+    with_files = [c for c in ordered if c.attachments]
+    trickling, endless, deep, foreign, slow_file, flaky, limited, doubled = with_files[:8]
+    good_rest = with_files[8:14]
+    sandbox.add_fault(kind="trickle", match=trickling.id, times=None, seconds=0.5)
+    sandbox.add_fault(kind="endless", match=endless.id, times=None, seconds=10)
+    sandbox.add_fault(kind="deep", match=deep.id, times=None, depth=5000)
+    sandbox.add_fault(kind="foreign", match=foreign.id, times=None)
+    sandbox.add_fault(
+        kind="trickle", match=slow_file.attachments[0].id, target="files", times=None, seconds=0.5
+    )
+    sandbox.add_fault(kind="html503", match=flaky.id, times=2)  # passes on the third try
+    sandbox.add_fault(
+        kind="error", match=limited.id, times=2, status=429, code="PLATFORM.RATE_LIMIT_EXCEEDED"
+    )
+    sandbox.add_fault(kind="duplicate", match=doubled.id, times=None)
+    everyone = [trickling, endless, deep, foreign, slow_file, flaky, limited, doubled, *good_rest]
+
+    ran = _ingest(sandbox, tmp_path, [c.id for c in everyone], "--timeout", "1", timeout=150)
+
+    assert ran.code == 1, (ran.out, ran.err)
+    assert "Traceback" not in ran.err, ran.err
+    assert ran.summary.startswith(f"ingest failed: {len(everyone)} candidates (4 failed)"), (
+        ran.summary
+    )
+    status = json.loads(_pipeline(["status", "--json"], ran.data_dir, {}, timeout=60).out)
+    named = {f["candidate_id"]: f["reason"] for f in status["failed_candidates"]}
+    assert set(named) == {trickling.id, endless.id, deep.id, foreign.id}
+    assert all(reason for reason in named.values())
+    failed_files = {f["attachment_id"] for f in status["failed_attachments"]}
+    assert failed_files == {slow_file.attachments[0].id}
+    good = [slow_file, flaky, limited, doubled, *good_rest]
+    every = _pipeline(["export", "--status", "all", "--no-text"], ran.data_dir, {}, timeout=60)
+    exported = {r["attachment_id"]: r for r in map(json.loads, every.out.splitlines())}
+    for candidate in good:
+        for attachment in candidate.attachments:
+            if attachment.id != slow_file.attachments[0].id:
+                assert exported[attachment.id]["status"] not in ("failed", "pending"), attachment
+    indexed = {r["candidate_id"] for r in ran.export()}
+    assert indexed <= {c.id for c in good} and len(indexed) >= len(good) - 1
+    assert sandbox.api_key not in ran.out + ran.err
+    assert sandbox.api_key.encode() not in ran.stored_bytes()

@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -791,6 +792,14 @@ class _Server(ThreadingHTTPServer):
         if state is not None:
             self.state = state
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer (a run cut short, a timeout, Ctrl-C) is what a
+        # real server sees every day: not worth a traceback on the sandbox's stderr.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            log.debug("client %s hung up", client_address)
+            return
+        super().handle_error(request, client_address)
 
 
 class SandboxServer:
