@@ -32,7 +32,6 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import httpcore
 import httpx
-import jsonschema_rs
 
 from . import __version__
 from .config import KomboSettings
@@ -47,7 +46,7 @@ from .errors import (
 )
 from .limits import AdaptiveLimit
 from .retry import retrying
-from .schemas import schema_path
+from .schemas import first_error
 from .surrogates import mend_surrogates
 
 log = logging.getLogger(__name__)
@@ -312,24 +311,6 @@ def _mended(value: Any) -> Any:
     if isinstance(value, list):
         return [_mended(v) for v in value]
     return value
-
-
-@cache
-def _validator(name: str) -> Any:
-    """The seed's schema without its ``format`` checks: the formats that matter here
-    (timestamps) are read by :func:`parse_time`, which accepts every form ISO 8601 allows
-    and turns the rest into a warning rather than a failed listing."""
-    schema: dict[str, Any] = json.loads(schema_path(name).read_text(encoding="utf-8"))
-    return jsonschema_rs.validator_for(schema, validate_formats=False)
-
-
-def _first_error(name: str, document: object) -> str | None:
-    checker = _validator(name)
-    if checker.is_valid(document):
-        return None
-    error = next(iter(checker.iter_errors(document)))
-    where = "/".join(str(p) for p in error.instance_path) or "(root)"
-    return f"{where}: {error.message[:200]}"
 
 
 # -- the connection layer ----------------------------------------------------------------------
@@ -827,7 +808,10 @@ def _parse(
             f"Kombo's answer for {subject} lists {len(results)} attachments, more than the "
             f"{MAX_LISTED_ATTACHMENTS} one listing may hold"
         )
-    problem = _first_error(schema, body)
+    # Without the schema's ``format`` checks: timestamps are read by :func:`parse_time`,
+    # which accepts every form ISO 8601 allows and turns the rest into a warning rather
+    # than a failed listing.
+    problem = first_error(schema, body, formats=False)
     if problem is not None:
         raise ResponseInvalidError(
             f"Kombo's answer for {subject} does not match the documented schema: {clean(problem)}"

@@ -24,16 +24,17 @@ def schema_path(name: str) -> Path:
 
 
 @cache
-def validator(name: str) -> Any:
+def validator(name: str, *, formats: bool = True) -> Any:
     """A compiled validator (jsonschema-rs: every listing is checked, and the pure-Python
-    validator cost a quarter of a millisecond each, 200 times as much)."""
+    validator cost a quarter of a millisecond each, 200 times as much). ``formats=False``
+    leaves out the ``format`` checks, for a caller that reads those values itself."""
     schema: dict[str, Any] = json.loads(schema_path(name).read_text(encoding="utf-8"))
-    return jsonschema_rs.validator_for(schema, validate_formats=True)
+    return jsonschema_rs.validator_for(schema, validate_formats=formats)
 
 
-def first_error(name: str, document: object) -> str | None:
+def first_error(name: str, document: object, *, formats: bool = True) -> str | None:
     """A one-line description of the first way ``document`` breaks the schema, or None."""
-    checker = validator(name)
+    checker = validator(name, formats=formats)
     if checker.is_valid(document):
         return None
     error = next(iter(checker.iter_errors(document)))
