@@ -107,3 +107,25 @@ def test_every_relative_link_resolves(page: str) -> None:
         assert target.exists(), f"{page} links {path}, which does not exist"
         if anchor and target.suffix == ".md":
             assert anchor in _anchors(target), f"{page} links {path}#{anchor}: no such heading"
+
+
+def test_the_documented_cron_line_hands_the_env_file_to_the_pipeline(tmp_path: Path) -> None:
+    """The cron line of docs/operations.md, run by /bin/sh as cron runs it, with a kombo.env
+    in the plain NAME=value form systemd's EnvironmentFile reads: the variables reach the
+    pipeline's process (a plain ``. ./kombo.env`` sets them in the shell only)."""
+    import subprocess
+    import sys
+
+    operations = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    cron = operations.split("```cron\n", 1)[1].split("```", 1)[0].splitlines()[0]
+    command = cron.split(None, 5)[5]  # after the five time fields
+    (tmp_path / "kombo.env").write_text(
+        "KOMBO_API_KEY=key-from-the-env-file\nKOMBO_INTEGRATION_ID=workday:abc\n"
+        "PIPELINE_DATA_DIR=/srv/cv-pipeline/data\n",
+        encoding="utf-8",
+    )
+    probe = f"{sys.executable} -c 'import os; print(os.environ.get(\"KOMBO_API_KEY\"))'"
+    command = command.replace("cd /srv/cv-pipeline", f"cd {tmp_path}")
+    command = re.sub(r"\.venv/bin/python -m pipeline [^>]*>>.*$", probe, command)
+    shown = subprocess.run(["/bin/sh", "-c", command], capture_output=True, text=True, check=True)
+    assert shown.stdout.strip() == "key-from-the-env-file"
