@@ -41,6 +41,7 @@ from .errors import PipelineError, UsageError
 from .export import FORMATS, WRITERS, write_file
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from .faults import EXIT_INTERRUPTED, EXIT_TERMINATED, RunStopped, as_pipeline_error, exit_code
+from .filestore import private_file, private_folder
 from .states import AttachmentState, RunStatus
 
 if TYPE_CHECKING:
@@ -1170,7 +1171,8 @@ def _reset_demo_dir(base: Path) -> None:
                 shutil.rmtree(entry)
             else:
                 entry.unlink()
-    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_folder(base)
+    private_file(marker)  # 0600 like everything the pipeline writes, whatever the umask
     marker.write_text("made by `pipeline demo`: demo empties this folder at each run\n")
 
 

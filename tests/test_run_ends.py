@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -275,11 +276,17 @@ def test_demo_keeps_what_it_did_not_make(cli, tmp_path: Path) -> None:  # type: 
     (mine / "thesis.tex").write_text("years of work")
     (mine / "files").mkdir()
     (mine / "files" / "keep.txt").write_text("keep")
-    result = cli("demo", "--candidates", "4", "--data-dir", str(mine), "--query", "Python")
+    before = os.umask(0o022)  # a shell's usual umask: the demo's files are private anyway
+    try:
+        result = cli("demo", "--candidates", "4", "--data-dir", str(mine), "--query", "Python")
+    finally:
+        os.umask(before)
     assert result.code == 0, result.err
     assert (mine / "thesis.tex").read_text() == "years of work"
     assert (mine / "files" / "keep.txt").read_text() == "keep"
     assert (mine / "demo" / ".pipeline-demo").is_file()
+    for path in [mine / "demo", *(mine / "demo").rglob("*")]:
+        assert stat.S_IMODE(path.stat().st_mode) == (0o700 if path.is_dir() else 0o600), path
 
     # A demo folder it did not mark is refused, and left as it was.
     other = tmp_path / "other"
