@@ -726,35 +726,35 @@ class Store:
         """What failed and why (``status``): candidates whose listing failed, attachments in
         a state the next run retries, each with its reason, the newest first."""
         c, a = Candidate.__table__, _ATTACHMENTS
-        final = [str(state) for state in FINAL_STATES]
+        failed = c.c.fetch_error.is_not(None)
+        unfinished = a.c.status.not_in([str(state) for state in FINAL_STATES])
+        # An attachment of a candidate Kombo does not know is not retried (nor its candidate).
+        of_known = a.outerjoin(c, a.c.candidate_id == c.c.id)
         with self._conn() as conn:
+            rows, candidate_total = _newest_and_total(
+                conn,
+                select(c.c.id, c.c.fetch_error, c.c.not_found_at.is_(None)).where(failed),
+                c,
+                failed,
+                (c.c.last_fetched_at.desc(), c.c.id),
+                limit,
+            )
             candidates = [
-                FailedCandidate(cid, error or "", not_found is None)
-                for cid, error, not_found in conn.execute(
-                    select(c.c.id, c.c.fetch_error, c.c.not_found_at)
-                    .where(c.c.fetch_error.is_not(None))
-                    .order_by(c.c.last_fetched_at.desc(), c.c.id)
-                    .limit(limit)
-                )
+                FailedCandidate(cid, error or "", bool(retried)) for cid, error, retried in rows
             ]
-            candidate_total = conn.execute(
-                select(func.count()).select_from(c).where(c.c.fetch_error.is_not(None))
-            ).scalar_one()
-            not_found = set(
-                conn.execute(select(c.c.id).where(c.c.not_found_at.is_not(None))).scalars()
+            rows, attachment_total = _newest_and_total(
+                conn,
+                select(a.c.id, a.c.candidate_id, a.c.status, a.c.error, c.c.not_found_at.is_(None))
+                .select_from(of_known)
+                .where(unfinished),
+                a,
+                unfinished,
+                (a.c.fetched_at.desc(), a.c.id),
+                limit,
             )
             attachments = [
-                FailedAttachment(aid, cid, status, error or "", cid not in not_found)
-                for aid, cid, status, error in conn.execute(
-                    select(a.c.id, a.c.candidate_id, a.c.status, a.c.error)
-                    .where(a.c.status.not_in(final))
-                    .order_by(a.c.fetched_at.desc(), a.c.id)
-                    .limit(limit)
-                )
+                FailedAttachment(aid, cid, st, err or "", bool(r)) for aid, cid, st, err, r in rows
             ]
-            attachment_total = conn.execute(
-                select(func.count()).select_from(a).where(a.c.status.not_in(final))
-            ).scalar_one()
         return Failures(candidates, candidate_total, attachments, attachment_total)
 
     # -- attachments -------------------------------------------------------------------------
@@ -1236,6 +1236,20 @@ def _index_doc(row: Sequence[Any]) -> IndexDoc:
 
 
 _Item = TypeVar("_Item")
+
+
+def _newest_and_total(
+    conn: Connection,
+    rows: Select[Any],
+    table: Any,
+    where: Any,
+    newest: tuple[Any, ...],
+    limit: int,
+) -> tuple[list[Any], int]:
+    """The first ``limit`` rows of ``rows`` in ``newest`` order, and how many match in all."""
+    listed = list(conn.execute(rows.order_by(*newest).limit(limit)))
+    total = conn.execute(select(func.count()).select_from(table).where(where)).scalar_one()
+    return listed, int(total)
 
 
 def _chunks(items: list[_Item], size: int) -> Iterator[list[_Item]]:

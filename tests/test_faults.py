@@ -166,15 +166,21 @@ def test_an_ingest_on_a_full_disk_stops_with_one_line(cli, sandbox: SandboxServe
     assert statuses[0] == "succeeded"
 
 
+def _ingest_until_the_disk_fills(cli, sandbox: SandboxServer, disk: Path) -> CliResult:  # type: ignore[no-untyped-def]
+    """A first ingest on ``disk``, then the disk filled to leave room to begin a second run
+    but not for every file, and that second run's result."""
+    env = {**sandbox.env(), "PIPELINE_DATA_DIR": str(disk / "data")}
+    ids = _ids(sandbox)
+    assert cli("ingest", *ids[:3], env=env).code == 0
+    fill(disk, leave=192 * 1024)
+    return cli("ingest", *ids[3:], env=env)  # type: ignore[no-any-return]
+
+
 def test_a_disk_that_fills_during_an_ingest_stops_it_with_one_line(
     cli, sandbox: SandboxServer
 ) -> None:  # type: ignore[no-untyped-def]
     with tmpfs("3m") as disk:
-        env = {**sandbox.env(), "PIPELINE_DATA_DIR": str(disk / "data")}
-        ids = _ids(sandbox)
-        assert cli("ingest", *ids[:3], env=env).code == 0
-        fill(disk, leave=192 * 1024)  # room to begin the run, not for every file
-        result = cli("ingest", *ids[3:], env=env)
+        result = _ingest_until_the_disk_fills(cli, sandbox, disk)
         assert result.code != 0
         assert "Traceback" not in result.err
         assert "no space left" in result.err and str(disk) in result.err
@@ -184,11 +190,7 @@ def test_an_ingest_on_a_full_disk_exits_2_and_is_recorded_failed(
     cli, sandbox: SandboxServer
 ) -> None:  # type: ignore[no-untyped-def]
     with tmpfs("3m") as disk:
-        env = {**sandbox.env(), "PIPELINE_DATA_DIR": str(disk / "data")}
-        ids = _ids(sandbox)
-        assert cli("ingest", *ids[:3], env=env).code == 0
-        fill(disk, leave=192 * 1024)  # room to begin the run, not for every file
-        result = cli("ingest", *ids[3:], env=env)
+        result = _ingest_until_the_disk_fills(cli, sandbox, disk)
         one_line(result)
         assert result.code == 2
         shutil.rmtree(disk / "filler")  # room again, to read what the run left

@@ -164,6 +164,18 @@ def test_the_fatal_line_is_json_under_log_format_json(cli, sandbox) -> None:  # 
     assert "cannot reach Kombo" in lines[-1]["message"]
 
 
+def _last_run(tmp_path: Path) -> dict[str, object]:
+    """The newest run as ``status --json`` shows it, read by a process of its own."""
+    status = subprocess.run(
+        [sys.executable, "-m", "pipeline", "status", "--json"],
+        env={**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(status.stdout)["runs"][0]  # type: ignore[no-any-return]
+
+
 def test_sigterm_stops_a_run_as_ctrl_c_with_143(sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     sandbox.add_fault(kind="slow", seconds=1.5, times=None)
     process = _pipeline(sandbox, tmp_path, "ingest", "--concurrency", "2", *_ids(sandbox))
@@ -173,14 +185,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_with_143(sandbox, tmp_path: Path) -> None
     assert process.returncode == 143, err
     _no_traceback(err)
     assert out.strip().splitlines()[-1].startswith("ingest interrupted")
-    status = subprocess.run(
-        [sys.executable, "-m", "pipeline", "status", "--json"],
-        env={**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "data")},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert json.loads(status.stdout)["runs"][0]["status"] == "interrupted"
+    assert _last_run(tmp_path)["status"] == "interrupted"
 
 
 def test_the_run_budget_stops_a_run_cleanly(sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -200,14 +205,7 @@ def test_the_run_budget_stops_a_run_cleanly(sandbox, tmp_path: Path) -> None:  #
     _no_traceback(err)
     assert "run budget of 0.05 minutes (--max-run-minutes) is spent" in err
     assert out.strip().splitlines()[-1].startswith("ingest interrupted")
-    status = subprocess.run(
-        [sys.executable, "-m", "pipeline", "status", "--json"],
-        env={**os.environ, "PIPELINE_DATA_DIR": str(tmp_path / "data")},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    run = json.loads(status.stdout)["runs"][0]
+    run = _last_run(tmp_path)
     assert run["status"] == "interrupted"
 
 
