@@ -81,8 +81,8 @@ def ignore_stop_signals() -> None:
     """In a child: Ctrl-C (which reaches the whole process group) and SIGTERM (which
     ``systemctl stop`` sends to every process of the unit) are the parent's to act on; it
     stops its children itself, and none prints a traceback of its own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for number in STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
 
 
 STOP_SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
@@ -102,10 +102,7 @@ def stop_signals_blocked() -> Iterator[None]:
 
 # The first thing a child runs, before it imports its stage (what it ignores, the signals
 # blocked since its start are discarded for).
-_PROLOGUE = (
-    "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
-    "signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-)
+_PROLOGUE = "from pipeline.child import ignore_stop_signals; ignore_stop_signals(); "
 
 Entry = Callable[[int], None]
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .child import keep_secret
 from .errors import InvalidCandidateIdError, UsageError
 
 REGION_BASE_URLS = {
@@ -29,6 +30,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
+        keep_secret(value)  # nor in any child process's environment, whatever holds it
 
     def reveal(self) -> str:
         return self._value

@@ -27,8 +27,8 @@ import httpx
 
 from . import __version__, child
 from .config import KomboSettings, Secret
-from .errors import DownloadError, LinkExpiredError, PipelineError, TooLargeError, UsageError
-from .fetch import data_url_problem, environment_proxy
+from .errors import DownloadError, LinkExpiredError, PipelineError, TooLargeError
+from .fetch import data_url_problem, environment_proxy, tls_context
 from .filestore import LocalFileStore
 from .retry import async_retrying
 
@@ -290,13 +290,7 @@ class AsyncDownloader:
     def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
         self.settings = settings
         self.store = store
-        try:
-            self._ssl = httpx.create_ssl_context()  # reads SSL_CERT_FILE and SSL_CERT_DIR
-        except (OSError, ssl.SSLError) as exc:
-            raise UsageError(
-                "the CA certificates named by SSL_CERT_FILE or SSL_CERT_DIR cannot be read: "
-                f"{exc.strerror or exc}"
-            ) from exc
+        self._ssl = tls_context()
         self._idle: dict[_Route, list[_Connection]] = {}
         self._routes: dict[tuple[str, str, int], _Route] = {}
         self._user_agent = f"kombo-cv-pipeline/{__version__}".encode()
@@ -677,7 +671,6 @@ class DownloadProcess:
 
     def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
         store.ensure()
-        child.keep_secret(settings.api_key.reveal())
         # Downloads need no credentials: the child gets the key neither in its settings nor in
         # its environment. Not the extraction forkserver: its warm-up for the parsers takes a
         # second.

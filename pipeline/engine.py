@@ -322,15 +322,13 @@ class RunInProgress:
     """One run's state, from its first listing to its last index commit: made for the run,
     dropped after it."""
 
-    def __init__(
-        self, engine: RunEngine, summary: RunSummary, client: KomboClient | None = None
-    ) -> None:
+    def __init__(self, engine: RunEngine, summary: RunSummary, client: KomboClient) -> None:
         self.kombo = engine.kombo
         self.store = engine.workspace.store
         self.files = engine.workspace.files
         self.progress = engine.progress
         self.summary = summary
-        self.client = client if client is not None else KomboClient(self.kombo)
+        self.client = client
         # Until Kombo has answered once, a call that cannot reach it stops the run: every
         # other call would fail the same way after the same retries.
         self.kombo_answered = False

@@ -85,10 +85,10 @@ def _database_message(exc: BaseException, database: str | None) -> str | None:
 
 def _safe_url(url: str) -> str:
     try:
-        from sqlalchemy.engine import make_url
+        from .database import _safe_url as without_password
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+        return without_password(url)
+    except Exception:  # not a URL SQLAlchemy can read: at least no user or password
         return url.split("@")[-1]
 
 

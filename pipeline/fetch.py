@@ -416,17 +416,22 @@ def environment_proxy(url: str) -> str | None:
     return None
 
 
-def _connection_pool(
-    base_url: str, backend: _Deadlines, *, connections: int
-) -> httpcore.ConnectionPool:
-    # SSL_CERT_FILE and SSL_CERT_DIR are read here (httpx's trust_env behaviour).
+def tls_context() -> ssl.SSLContext:
+    """httpx's TLS context (certifi's roots, or SSL_CERT_FILE and SSL_CERT_DIR as httpx's
+    trust_env reads them), for the API client and the downloads alike."""
     try:
-        ssl_context = httpx.create_ssl_context()
+        return httpx.create_ssl_context()
     except (OSError, ssl.SSLError) as exc:
         raise UsageError(
             "the CA certificates named by SSL_CERT_FILE or SSL_CERT_DIR cannot be read: "
             f"{exc.strerror or exc}"
         ) from exc
+
+
+def _connection_pool(
+    base_url: str, backend: _Deadlines, *, connections: int
+) -> httpcore.ConnectionPool:
+    ssl_context = tls_context()
     common: dict[str, Any] = {
         "ssl_context": ssl_context,
         "max_connections": connections,

@@ -3,12 +3,11 @@ with the parsers imported and the language model loaded."""
 
 from __future__ import annotations
 
-import signal
+from ..child import ignore_stop_signals
 
 # The forkserver's first own line: it and the workers it forks (which inherit what it ignores)
 # leave Ctrl-C and SIGTERM to the parent, which stops them. Its start blocked both until now.
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.signal(signal.SIGTERM, signal.SIG_IGN)
+ignore_stop_signals()
 
 from . import load_parsers  # noqa: E402
 from .language import detect_language, load_model  # noqa: E402
