@@ -224,16 +224,7 @@ class App:
 
         workspace = self.workspace
         with workspace.lock():
-            count = workspace.reindex(self._progress or no_progress)
-            missing = self.store.live_hashes() - set(self.files.hashes())
-            owners = self.store.refetch_files(missing)
-            if owners:
-                log.warning(
-                    "%d stored files are missing: the next run fetches them again (candidates %s)",
-                    len(missing),
-                    ", ".join(owners[:5]) + (" ..." if len(owners) > 5 else ""),
-                )
-            return count
+            return workspace.reindex(self._progress or no_progress)
 
     # -- read-only --------------------------------------------------------------------------------
 

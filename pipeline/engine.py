@@ -271,12 +271,16 @@ class Workspace:
                 batch.reconcile(candidate_id, sha256)
             batch.flush()
 
-    def collect_garbage(self) -> None:
+    def collect_garbage(self) -> set[str]:
+        """Remove stored files and texts nothing refers to; the hashes of live files that
+        are missing from the store (one walk of the store serves both)."""
         keep = self.store.live_hashes()
-        removed = sum(self.files.delete(h) for h in list(self.files.hashes()) if h not in keep)
+        stored = set(self.files.hashes())
+        removed = sum(self.files.delete(h) for h in stored - keep)
         texts = self.store.drop_texts_except(keep)
         if removed or texts:
             log.info("removed %d stored files and %d texts nothing refers to", removed, texts)
+        return keep - stored
 
     def erase(self, candidate_ids: Iterable[str], reason: str) -> int:
         """Erase candidates completely: rows, text, index documents and files."""
@@ -311,7 +315,16 @@ class Workspace:
         progress("documents", 0, None)
         count = self.index.rebuild(counted(self.store.index_docs(only_pending=False)))
         self.store.mark_indexed(list(self.store.attachment_ids([AttachmentState.PENDING])))
-        self.collect_garbage()
+        missing = self.collect_garbage()
+        # A stored file that went missing cannot be rebuilt from the database: its candidates
+        # are marked so that the next run fetches it again.
+        owners = self.store.refetch_files(missing)
+        if owners:
+            log.warning(
+                "%d stored files are missing: the next run fetches them again (candidates %s)",
+                len(missing),
+                ", ".join(owners[:5]) + (" ..." if len(owners) > 5 else ""),
+            )
         return count
 
 
