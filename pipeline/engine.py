@@ -890,23 +890,20 @@ class _IndexBatch:
                 self.delete(other.attachment_id)
                 self._covered.add(other.attachment_id)
 
-    def _take(self) -> tuple[list[IndexDoc], list[str], list[str]] | None:
-        """What the batch holds: (documents, deletions, rows they make indexed), emptied."""
+    def flush(self) -> None:
+        """Send what the batch holds (documents, deletions, the rows they make indexed),
+        emptied, to :meth:`_send`."""
         if self._reconcile:
             self._resolve()
         if not self.size and not self._covered:
-            return None
+            return
         taken = (list(self._docs.values()), list(self._deletions), [*self._docs, *self._covered])
         self._docs.clear()
         self._deletions.clear()
         self._covered.clear()
-        return taken
+        self._send(*taken)
 
-    def flush(self) -> None:
-        taken = self._take()
-        if taken is None:
-            return
-        docs, deletions, done = taken
+    def _send(self, docs: list[IndexDoc], deletions: list[str], done: list[str]) -> None:
         started = time.thread_time()
         self._index.write(docs, deletions)
         self.cpu += time.thread_time() - started
@@ -927,11 +924,7 @@ class _WriterProcessBatch(_IndexBatch):
         # batches sent to the writer process: (its future, the rows it makes indexed)
         self._sent: list[tuple[Future[float], list[str]]] = []
 
-    def flush(self) -> None:
-        taken = self._take()
-        if taken is None:
-            return
-        docs, deletions, done = taken
+    def _send(self, docs: list[IndexDoc], deletions: list[str], done: list[str]) -> None:
         if self._writer is None:
             self._writer = IndexWriterProcess(self._index.directory)
         self._sent.append((self._writer.submit(docs, deletions), done))
