@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .engine import ExtractLimits, Progress, RunEngine, RunSummary, Workspace
     from .extract.pool import Extractor
     from .filestore import LocalFileStore
-    from .search import CandidateHit, SearchIndex, SearchResults
+    from .search import CandidateHit, PostgresSearchIndex, SearchIndex, SearchResults
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +122,22 @@ class App:
         return reading_store(self.data.database_url)
 
     @cached_property
-    def index(self) -> SearchIndex:
+    def index(self) -> SearchIndex | PostgresSearchIndex:
+        if self.data.search == "postgres":
+            from .search import PostgresSearchIndex
+
+            return PostgresSearchIndex(self.reader.engine, self._search_integration())
         from .search import SearchIndex
 
         return SearchIndex(self.data.index_dir)
+
+    def _search_integration(self) -> str:
+        """Whose rows the PostgreSQL search reads and writes: Kombo's integration, else the
+        one the database holds (until integrations are registered: issue 15)."""
+        if self.kombo is not None:
+            return self.kombo.integration_id
+        held = self.reader.integration_ids()
+        return held[0] if len(held) == 1 else ""
 
     @cached_property
     def files(self) -> LocalFileStore:

@@ -971,6 +971,13 @@ class Store:
         with self.session() as s:
             return set(s.scalars(select(Attachment.id).where(Attachment.status.in_(statuses))))
 
+    def integration_ids(self) -> list[str]:
+        """The integrations the candidates belong to, in byte order (the PostgreSQL search
+        keys its rows by one; issue 15's registry supersedes this)."""
+        with self.session() as s:
+            found = s.scalars(select(Candidate.integration_id).distinct())
+            return sorted(found)
+
     def counts_by_status(self) -> dict[str, int]:
         with self.session() as s:
             rows = s.execute(select(Attachment.status, func.count()).group_by(Attachment.status))
