@@ -254,6 +254,8 @@ class App:
     def search_engine(self) -> str:
         """Which paths search runs on in this process: the fast ones, or the fallback and
         why (``status`` and ``check`` say it; see ``pipeline.search.engine_paths``)."""
+        if self.data.search == "postgres":
+            return "postgres (PostgreSQL text search in the database)"
         from .search import engine_paths
 
         return engine_paths()

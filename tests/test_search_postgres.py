@@ -6,6 +6,7 @@ apart by integration, escaped snippets, totals, NULs)."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from datetime import UTC, datetime
@@ -218,3 +219,34 @@ def _make_schema(url: str) -> bool:
         return True
     finally:
         made.dispose()
+
+
+def test_forget_and_reindex_on_postgres(cli, sandbox, postgres_url: str, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every writing command keeps the search table right: a run fills it, a forgotten
+    candidate is no longer found (nor counted), reindex rebuilds the same answers."""
+    env = {**_env(postgres_url, tmp_path / "data"), **sandbox.env()}
+    world = sandbox.world
+    assert cli("ingest", *world.candidates, env=env).code == 0
+    assert not (tmp_path / "data" / "index").exists()  # no Whoosh index was made
+
+    def found(query: str) -> set[str]:
+        result = cli("search", query, "--json", "--limit", "100")
+        assert result.code == 0, result.err
+        return {hit["candidate_id"] for hit in json.loads(result.out)["hits"]}
+
+    pythonistas = found("Python")
+    assert pythonistas == world.with_skill("Python")
+    gone = sorted(pythonistas)[0]
+    assert cli("forget", gone).code == 0
+    assert found("Python") == pythonistas - {gone}
+    with sqlalchemy.create_engine(postgres_url).connect() as conn:
+        left = conn.exec_driver_sql(
+            "SELECT count(*) FROM search_documents WHERE candidate_id = %(c)s", {"c": gone}
+        ).scalar_one()
+    assert left == 0
+    assert cli("reindex").code == 0
+    assert found("Python") == pythonistas - {gone}
+    status = cli("status")
+    assert "postgres" in status.out, status.out
+    check = cli("check")
+    assert check.code == 0, check.out + check.err
