@@ -90,6 +90,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
+def on_each_database(cli, database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:  # type: ignore[no-untyped-def]
+    """The ``cli`` fixture's commands on each deployment: SQLite with Whoosh in the data
+    directory, and PostgreSQL for the records and the search (marked ``postgres``)."""
+    if database_url.startswith("postgresql"):
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
+        monkeypatch.setenv("PIPELINE_SEARCH", "postgres")
+    return database_url
+
+
+@pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Run ``python -m pipeline ARGS`` in-process with a clean environment."""
     for name in (
