@@ -11,20 +11,36 @@ settings and opens what a command needs when it first needs it:
   only when it is behind, whichever command opens it: a data directory made by an older
   version keeps working with no step by hand, and is brought forward once;
 - commands that write (ingest, nightly, forget, purge, reindex) take the writer lock.
+
+Every method acts on ONE integration (:attr:`App.integration`): the one named (or the
+Kombo settings' own), else the only one registered; several registered and none named, or
+an unknown one named to a read command, is an :class:`~pipeline.errors.IntegrationChoiceError`
+naming the registered ids. Its records come from a store scoped to it, its index, files
+and writer lock from its own folder (:meth:`pipeline.config.DataSettings.integration`), so
+nothing of another integration is within reach of the method.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .config import DataSettings, KomboSettings
-from .database import WATERMARK, ExportSelection, Failures, Run, Store, reading_store, utcnow
-from .errors import IndexDamagedError, PipelineError
+from .config import (
+    DataSettings,
+    IntegrationPaths,
+    KomboSettings,
+    registered_ids,
+    validate_integration_id,
+)
+from .database import ExportSelection, Failures, Run, Store, reading_store, utcnow
+from .errors import IndexDamagedError, IntegrationChoiceError, PipelineError
 from .filestore import private_folder, private_umask
 from .states import AttachmentState
 
@@ -46,6 +62,9 @@ REPAIRS = {
     ),
     "stored files nothing refers to": "run `pipeline reindex` (it removes them)",
 }
+
+# What a read command on a data directory with no integration registered acts on: nothing.
+NO_INTEGRATION = ""
 
 # forget and purge wait this long for a run in progress to finish.
 ERASE_LOCK_TIMEOUT = 600.0
@@ -81,16 +100,18 @@ class StatusReport:
     runs: list[Run]  # the most recent first
     search_engine: str  # which paths search runs on: "fast (...)" or "fallback: ..."
     failures: Failures  # what failed, why, and whether the next run retries it
+    integration_id: str = ""
 
 
 class App:
-    """One data directory (and, for runs, one Kombo integration); use as a context manager."""
+    """One integration of a data directory; use as a context manager."""
 
     def __init__(
         self,
         data: DataSettings,
         kombo: KomboSettings | None = None,
         *,
+        integration_id: str | None = None,
         extract: ExtractLimits | None = None,
         extractor: Extractor | None = None,
         progress: Progress | None = None,
@@ -98,7 +119,10 @@ class App:
     ) -> None:
         self.data = data
         self.max_run_minutes = max_run_minutes
+        if kombo is not None and integration_id and integration_id != kombo.integration_id:
+            kombo = dataclasses.replace(kombo, integration_id=integration_id)
         self.kombo = kombo
+        self._named = integration_id or (kombo.integration_id if kombo is not None else None)
         self._extract = extract
         self._extractor = extractor
         self._progress = progress
@@ -108,54 +132,119 @@ class App:
     # -- what commands open, when they first need it -------------------------------------------
 
     @cached_property
-    def store(self) -> Store:
+    def database(self) -> Store:
+        """The whole database, for writing (the registry; records through :attr:`store`)."""
         private_folder(self.data.data_dir)  # the clone's data/ ships 0755
         store = Store(self.data.database_url)
         store.ensure_schema()
+        adopt_legacy_folders(self.data, store)
         return store
 
     @cached_property
-    def reader(self) -> Store:
+    def reading_database(self) -> Store:
         """The database for read-only commands: read-only SQLite, no lock, no migration."""
+        if "database" in self.__dict__:
+            return self.database
+        store = reading_store(self.data.database_url)
+        if not store.read_only:  # it was behind and has been brought forward
+            adopt_legacy_folders(self.data, store)
+        return store
+
+    @cached_property
+    def integration(self) -> str:
+        """The one integration every method acts on (see the module's docstring)."""
+        named = self._named
+        if named is not None:
+            validate_integration_id(named, self._registered())
+            if self.kombo is not None:
+                # A command that calls Kombo with an id not yet registered registers it.
+                if self.database.register_integration(named):
+                    log.info("integration %s registered", named)
+                    adopt_legacy_folders(self.data, self.database)
+                return named
+            if self.reading_database.integration(named) is None:
+                raise IntegrationChoiceError(
+                    f"unknown integration {named!r}{registered_ids(self._registered())}"
+                )
+            return named
+        registered = self._registered()
+        if len(registered) == 1:
+            return registered[0]
+        if not registered:
+            # A fresh data directory: read commands answer as for an empty integration
+            # (0 hits, nothing to export); commands that write refuse (:meth:`_writing`).
+            return NO_INTEGRATION
+        raise IntegrationChoiceError(
+            "several integrations are registered: name one with --integration-id "
+            f"(or KOMBO_INTEGRATION_ID){registered_ids(registered)}"
+        )
+
+    def _writing(self) -> Workspace:
+        """The workspace of a command that writes without calling Kombo (forget, purge,
+        reindex): it needs a registered integration."""
+        if self.integration == NO_INTEGRATION:
+            raise IntegrationChoiceError(
+                "no integration is registered: run `pipeline integrations add ID` or a run "
+                "with --integration-id"
+            )
+        return self.workspace
+
+    def _registered(self) -> list[str]:
+        database = self.__dict__.get("database") or self.reading_database
+        return [i.integration_id for i in database.integrations()]
+
+    @property
+    def paths(self) -> IntegrationPaths:
+        """Where this integration's index, files and writer lock live."""
+        return self.data.integration(self.integration)
+
+    @cached_property
+    def store(self) -> Store:
+        """This integration's records, for writing."""
+        return self.database.for_integration(self.integration)
+
+    @cached_property
+    def reader(self) -> Store:
+        """This integration's records, for read-only commands."""
         if "store" in self.__dict__:
             return self.store
-        return reading_store(self.data.database_url)
+        return self.reading_database.for_integration(self.integration)
 
     @cached_property
     def index(self) -> SearchIndex | PostgresSearchIndex:
         if self.data.search == "postgres":
             from .search import PostgresSearchIndex
 
-            return PostgresSearchIndex(self.reader.engine, self._search_integration())
+            # One table for every integration, each row keyed by its integration.
+            return PostgresSearchIndex(self.reader.engine, self.integration)
         from .search import SearchIndex
 
-        return SearchIndex(self.data.index_dir)
-
-    def _search_integration(self) -> str:
-        """Whose rows the PostgreSQL search reads and writes: Kombo's integration, else the
-        one the database holds (until integrations are registered: issue 15)."""
-        if self.kombo is not None:
-            return self.kombo.integration_id
-        held = self.reader.integration_ids()
-        return held[0] if len(held) == 1 else ""
+        return SearchIndex(self.paths.index_dir)
 
     @cached_property
     def files(self) -> LocalFileStore:
         from .filestore import LocalFileStore
 
-        return LocalFileStore(self.data.files_dir)
+        return LocalFileStore(self.paths.files_dir)
 
     @property
     def workspace(self) -> Workspace:
         from .engine import Workspace
 
-        return Workspace(self.data.data_dir, self.store, self.files, self.index)
+        return Workspace(
+            self.data.data_dir, self.store, self.files, self.index, lock_dir=self.paths.lock_dir
+        )
 
     def close(self) -> None:
-        if "reader" in self.__dict__ and self.reader is not self.__dict__.get("store"):
-            self.reader.close()
-        if "store" in self.__dict__:
-            self.store.close()
+        for name in ("store", "reader"):
+            scoped = self.__dict__.get(name)
+            if scoped is not None:
+                scoped.close()
+        reading = self.__dict__.get("reading_database")
+        if reading is not None and reading is not self.__dict__.get("database"):
+            reading.close()
+        if "database" in self.__dict__:
+            self.database.close()
 
     def __enter__(self) -> App:
         return self
@@ -217,14 +306,14 @@ class App:
 
     def forget(self, candidate_ids: Iterable[str], *, reason: str = "forget") -> int:
         """Erase candidates completely: rows, text, index documents and files."""
-        workspace = self.workspace
+        workspace = self._writing()
         with workspace.lock(wait=True, timeout=ERASE_LOCK_TIMEOUT):
             return workspace.erase(list(candidate_ids), reason)
 
     def purge(self, *, not_seen_days: int) -> int:
         """Erase candidates Kombo has not returned for ``not_seen_days`` days."""
         asked_at = utcnow()  # the days count from the request, not from the lock's turn
-        workspace = self.workspace
+        workspace = self._writing()
         with workspace.lock(wait=True, timeout=ERASE_LOCK_TIMEOUT):
             return workspace.erase_not_seen(not_seen_days, now=asked_at)
 
@@ -234,7 +323,7 @@ class App:
         in the index)."""
         from .engine import no_progress
 
-        workspace = self.workspace
+        workspace = self._writing()
         with workspace.lock():
             return workspace.reindex(self._progress or no_progress)
 
@@ -244,11 +333,12 @@ class App:
         store = self.reader
         return StatusReport(
             attachments=store.counts_by_status(),
-            nightly_watermark=store.get_setting(WATERMARK),
+            nightly_watermark=store.watermark(),
             erasures=store.erasure_count(),
             runs=store.recent_runs(limit),
             search_engine=self.search_engine(),
             failures=store.failures(),
+            integration_id=self.integration,
         )
 
     def search_engine(self) -> str:
@@ -313,14 +403,50 @@ class App:
         match": say so (a fresh data directory, with nothing indexed yet, answers 0 hits)."""
         if not self.index.exists() and self.reader.counts_by_status().get(AttachmentState.INDEXED):
             raise IndexDamagedError(
-                f"search index: {self.data.index_dir} is missing but the database holds "
+                f"search index: {self.paths.index_dir} is missing but the database holds "
                 "indexed documents: run `pipeline reindex`",
-                path=str(self.data.index_dir),
+                path=str(self.paths.index_dir),
             )
 
     def export_records(self, selection: ExportSelection) -> Iterator[dict[str, Any]]:
         """Export records, streamed from the database (write them with :mod:`pipeline.export`)."""
         return self.reader.export_records(selection)
+
+
+def adopt_legacy_folders(data: DataSettings, store: Store) -> None:
+    """A data directory from before integrations kept one index and one file store at its
+    top (``data/index``, ``data/files``): they are moved under the folder of the one
+    integration it holds, once that integration is known (read from the rows, or registered
+    by the first run). With several registered, which owns them cannot be told: they stay,
+    and a warning says so. Skipped while an older version's run holds the old writer lock."""
+    legacy = [p for p in (data.index_dir, data.files_dir) if p.exists()]
+    if not legacy:
+        return
+    registered = [i.integration_id for i in store.integrations()]
+    if len(registered) != 1:
+        if registered:
+            log.warning(
+                "%s and %s predate integrations and several are registered: they stay where "
+                "they are (see docs/operations.md)",
+                data.index_dir,
+                data.files_dir,
+            )
+        return
+    paths = data.integration(registered[0])
+    lock_path = data.data_dir / ".writer.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # an older version is writing: the next command moves them
+        private_folder(paths.root)
+        for old, new in ((data.index_dir, paths.index_dir), (data.files_dir, paths.files_dir)):
+            if old.exists() and not new.exists():
+                os.replace(old, new)
+                log.info("moved %s to %s (integration %s)", old, new, registered[0])
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 __all__ = ["REPAIRS", "App", "CandidatePage", "SearchRequest", "StatusReport"]

@@ -301,6 +301,17 @@ def data_options(func: F) -> F:
     return func
 
 
+def scoped_options(func: F) -> F:
+    """The data options and the integration a read or erase command acts on."""
+    func = click.option(
+        "--integration-id",
+        envvar="KOMBO_INTEGRATION_ID",
+        help="The integration to act on (env KOMBO_INTEGRATION_ID; default: the only "
+        "one registered).",
+    )(func)
+    return data_options(func)
+
+
 # What the command works on, for the error line of a fault that does not say it.
 _CONTEXT: dict[str, str] = {}
 # --search, set by its option's callback (one option on every command, no new parameter).
@@ -595,9 +606,13 @@ def nightly(
     type=click.File("r", encoding="utf-8-sig"),
     help="Read candidate ids from a file ('-' for stdin).",
 )
-@data_options
+@scoped_options
 def forget(
-    candidate_ids: tuple[str, ...], ids_file: Any, data_dir: str | None, database_url: str | None
+    candidate_ids: tuple[str, ...],
+    ids_file: Any,
+    data_dir: str | None,
+    database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Erase candidates completely (GDPR): rows, text, index documents and files.
 
@@ -607,7 +622,7 @@ def forget(
     ids = _collect_ids(candidate_ids, ids_file)
     if not ids:
         raise UsageError("no candidate ids: give them as arguments or with --ids-file")
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         erased = app.forget(ids)
     click.echo(
         f"forget succeeded: {erased} of {len(ids)} candidates erased "
@@ -623,10 +638,12 @@ def forget(
     required=True,
     help="Erase candidates Kombo has not returned for this many days.",
 )
-@data_options
-def purge(not_seen_days: int, data_dir: str | None, database_url: str | None) -> int:
+@scoped_options
+def purge(
+    not_seen_days: int, data_dir: str | None, database_url: str | None, integration_id: str | None
+) -> int:
     """Erase candidates that Kombo has not returned for N days (as forget does)."""
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         erased = app.purge(not_seen_days=not_seen_days)
     click.echo(f"purge succeeded: {erased} candidates not seen for {not_seen_days} days erased")
     return 0
@@ -641,10 +658,16 @@ def purge(not_seen_days: int, data_dir: str | None, database_url: str | None) ->
     help="How many recent runs to show.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@data_options
-def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | None) -> int:
+@scoped_options
+def status(
+    limit: int,
+    as_json: bool,
+    data_dir: str | None,
+    database_url: str | None,
+    integration_id: str | None,
+) -> int:
     """The last runs and the number of attachments in each state."""
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         report = app.status(limit=limit)
     runs, counts = report.runs, report.attachments
     watermark, erasures = report.nightly_watermark, report.erasures
@@ -730,10 +753,10 @@ def _print_failures(failures: Failures) -> None:
 
 
 @cli.command()
-@data_options
-def check(data_dir: str | None, database_url: str | None) -> int:
+@scoped_options
+def check(data_dir: str | None, database_url: str | None, integration_id: str | None) -> int:
     """Compare database, index and file store; report drift and how to repair each (exit 1)."""
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         drift = app.check()
         engine = app.search_engine()
     click.echo(f"search engine: {engine}")
@@ -772,7 +795,7 @@ def check(data_dir: str | None, database_url: str | None) -> int:
     help="One entry per candidate, at the rank of their best document.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@data_options
+@scoped_options
 def search(
     query: str,
     type_: str | None,
@@ -785,6 +808,7 @@ def search(
     as_json: bool,
     data_dir: str | None,
     database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Full-text search over the indexed text, best hits first.
 
@@ -803,7 +827,7 @@ def search(
         offset=offset,
     )
     if by_candidate:
-        with App(_data(data_dir, database_url)) as app:
+        with App(_data(data_dir, database_url), integration_id=integration_id) as app:
             page = app.search_by_candidate(request)
         if as_json:
             click.echo(
@@ -812,7 +836,7 @@ def search(
         else:
             _print_people(page.results, page.people, page.total)
         return 0
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.search(request)
     if as_json:
         click.echo(json.dumps(_results_json(results), ensure_ascii=False))
@@ -826,7 +850,7 @@ def search(
 @click.option("--type", "type_", type=click.Choice(TYPES), help="Only this attachment type.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@data_options
+@scoped_options
 def similar(
     attachment_id: str,
     type_: str | None,
@@ -834,9 +858,10 @@ def similar(
     as_json: bool,
     data_dir: str | None,
     database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Documents of other candidates most like this one (more CVs like this CV)."""
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.similar(attachment_id, type=type_, limit=limit)
     if as_json:
         click.echo(json.dumps(_results_json(results), ensure_ascii=False))
@@ -958,7 +983,7 @@ def _print_results(results: SearchResults, offset: int = 0) -> None:
     help="Only attachments updated at Kombo since this date (UTC).",
 )
 @click.option("--no-text", is_flag=True, help="Leave the extracted text out.")
-@data_options
+@scoped_options
 def export(
     fmt: str,
     output: str | None,
@@ -969,6 +994,7 @@ def export(
     no_text: bool,
     data_dir: str | None,
     database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Write attachment records as JSON lines, CSV or Parquet (schemas/export_record.schema.json).
 
@@ -983,7 +1009,7 @@ def export(
         since=since.replace(tzinfo=UTC) if since else None,
         with_text=not no_text,
     )
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         records = _Progress().wrap(app.export_records(selection), "records")
         if output is None:
             count = WRITERS[fmt](records, sys.stdout, with_text=not no_text)
@@ -1015,8 +1041,8 @@ def _write_stream(fmt: str, records: Any, path: Path, *, with_text: bool) -> int
 
 
 @cli.command()
-@data_options
-def reindex(data_dir: str | None, database_url: str | None) -> int:
+@scoped_options
+def reindex(data_dir: str | None, database_url: str | None, integration_id: str | None) -> int:
     """Rebuild the search index from the database.
 
     From 5,000 documents on, a writer process per core (at most two) shares the work; if one
@@ -1024,7 +1050,9 @@ def reindex(data_dir: str | None, database_url: str | None) -> int:
     """
     progress = _Progress()
     try:
-        with App(_data(data_dir, database_url), progress=progress) as app:
+        with App(
+            _data(data_dir, database_url), integration_id=integration_id, progress=progress
+        ) as app:
             count = app.reindex()
     finally:
         progress.close()

@@ -88,8 +88,8 @@ def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
 
 
 def test_direct_statements_store_and_read_what_sqlalchemy_does(tmp_path: Path) -> None:
-    direct = Store(f"sqlite:///{tmp_path / 'direct.db'}")
-    portable = Store(f"sqlite:///{tmp_path / 'portable.db'}")
+    direct = Store(f"sqlite:///{tmp_path / 'direct.db'}").for_integration("int-1")
+    portable = Store(f"sqlite:///{tmp_path / 'portable.db'}").for_integration("int-1")
     assert direct._direct is not None
     portable._direct = None  # the path every other database takes
     _exercise(direct)
@@ -229,8 +229,8 @@ def _dump(store: Store) -> dict[str, list[tuple[object, ...]]]:
 def test_the_same_records_on_each_database(database_url: str, tmp_path: Path) -> None:
     """A listing, outcomes and fetch errors leave the same rows on SQLite and PostgreSQL,
     and read back the same (times in UTC, JSON as JSON)."""
-    reference = Store(f"sqlite:///{tmp_path / 'reference.db'}")
-    store = Store(database_url)
+    reference = Store(f"sqlite:///{tmp_path / 'reference.db'}").for_integration("int-1")
+    store = Store(database_url).for_integration("int-1")
     _exercise(reference)
     _exercise(store)
     ours = _dump(store)
