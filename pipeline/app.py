@@ -26,9 +26,10 @@ import dataclasses
 import fcntl
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,23 @@ from .config import (
     registered_ids,
     validate_integration_id,
 )
-from .database import ExportSelection, Failures, Run, Store, reading_store, utcnow
-from .errors import IndexDamagedError, IntegrationChoiceError, PipelineError
+from .database import (
+    ExportSelection,
+    Failures,
+    IntegrationState,
+    Run,
+    Store,
+    reading_store,
+    utcnow,
+)
+from .errors import (
+    IndexDamagedError,
+    IntegrationChoiceError,
+    IntegrationError,
+    KomboError,
+    LockedError,
+    PipelineError,
+)
 from .filestore import private_folder, private_umask
 from .states import AttachmentState
 
@@ -65,6 +81,13 @@ REPAIRS = {
 
 # What a read command on a data directory with no integration registered acts on: nothing.
 NO_INTEGRATION = ""
+
+# Kombo deletes a deleted integration's data 14 days after (KOMBO.md): so do we.
+DELETION_GRACE = timedelta(days=14)
+# The reason an integration Kombo answered INTEGRATION.INACTIVE for is paused with starts so;
+# ``nightly --all`` probes such an integration once, and takes it back when it answers.
+PAUSED_BY_KOMBO = "Kombo: "
+PAUSED_BY_HAND = "paused by hand"
 
 # forget and purge wait this long for a run in progress to finish.
 ERASE_LOCK_TIMEOUT = 600.0
@@ -101,6 +124,85 @@ class StatusReport:
     search_engine: str  # which paths search runs on: "fast (...)" or "fallback: ..."
     failures: Failures  # what failed, why, and whether the next run retries it
     integration_id: str = ""
+
+
+@dataclass(frozen=True)
+class IntegrationReport:
+    """One line of ``integrations list``."""
+
+    integration_id: str
+    name: str | None
+    state: str  # active or paused
+    paused_reason: str | None
+    candidates: int
+    attachments: dict[str, int]  # state -> count
+    last_nightly: Run | None
+    deleted_at: datetime | None  # when Kombo reported it deleted
+
+
+@dataclass
+class IntegrationOutcome:
+    """What ``nightly --all`` did with one integration."""
+
+    integration_id: str
+    summary: RunSummary | None = None
+    skipped: str | None = None  # why it did not run (paused, a run going, erased)
+    error: str | None = None  # what stopped it before its run could start
+
+    @property
+    def stopped_code(self) -> str | None:
+        """Kombo's code, when an integration-wide error stopped its run."""
+        fatal = self.summary.fatal if self.summary is not None else None
+        return fatal.code if isinstance(fatal, KomboError) else None
+
+    @property
+    def exit_code(self) -> int:
+        if self.skipped is not None:
+            return 0
+        if self.summary is None:
+            return 1
+        return self.summary.exit_code
+
+    def line(self) -> str:
+        if self.skipped is not None:
+            return f"{self.integration_id}: skipped: {self.skipped}"
+        if self.summary is None:
+            return f"{self.integration_id}: failed: {self.error}"
+        line = f"{self.integration_id}: {self.summary.line()}"
+        fatal = self.summary.fatal
+        if fatal is not None:
+            code = self.stopped_code
+            line += f"; stopped by {code}: {fatal.message}" if code else f"; {fatal.message}"
+        return line
+
+
+@dataclass
+class NightlyAll:
+    """``nightly --all``: one outcome per integration, and the whole."""
+
+    outcomes: list[IntegrationOutcome]
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        ran = [o for o in self.outcomes if o.skipped is None]
+        stopped = [o for o in ran if o.stopped_code is not None]
+        if ran and len(stopped) == len(ran):
+            return 2
+        return 1 if any(o.exit_code for o in ran) else 0
+
+    def line(self) -> str:
+        ran = [o for o in self.outcomes if o.skipped is None]
+        good = sum(1 for o in ran if o.exit_code == 0)
+        stopped = [o for o in ran if o.stopped_code is not None]
+        codes = ", ".join(sorted({o.stopped_code or "" for o in stopped}))
+        failed = len(ran) - good - len(stopped)
+        return (
+            f"nightly --all {'succeeded' if self.exit_code == 0 else 'finished'}: "
+            f"{len(self.outcomes)} integrations: {good} succeeded, {failed} with failures, "
+            f"{len(stopped)} stopped{f' ({codes})' if codes else ''}, "
+            f"{len(self.outcomes) - len(ran)} skipped; {self.seconds:.1f}s"
+        )
 
 
 class App:
@@ -302,6 +404,221 @@ class App:
                 c.id for page in client.candidate_pages() for c in page.candidates if not c.deleted
             ]
 
+    # -- the registry of integrations ---------------------------------------------------------
+
+    def integrations_list(self) -> list[IntegrationReport]:
+        database = self.reading_database
+        reports = []
+        for found in database.integrations():
+            counts = database.for_integration(found.integration_id).integration_counts()
+            reports.append(
+                IntegrationReport(
+                    found.integration_id,
+                    found.name,
+                    found.state,
+                    found.paused_reason,
+                    counts.candidates,
+                    counts.attachments,
+                    counts.last_nightly,
+                    found.deleted_at,
+                )
+            )
+        return reports
+
+    def add_integration(self, integration_id: str, name: str | None = None) -> bool:
+        """Register an integration (or rename it); whether it was new."""
+        validate_integration_id(integration_id)
+        new = self.database.register_integration(integration_id, name)
+        adopt_legacy_folders(self.data, self.database)
+        return new
+
+    def _registered_one(self, integration_id: str) -> str:
+        validate_integration_id(integration_id, self._registered())
+        if self.database.integration(integration_id) is None:
+            raise IntegrationChoiceError(
+                f"unknown integration {integration_id!r}{registered_ids(self._registered())}"
+            )
+        return integration_id
+
+    def remove_integration(
+        self, integration_id: str, *, wait: bool = False, reason: str = "integration removed"
+    ) -> int:
+        """Erase every record, text, index document and file of an integration, keep a
+        record of each candidate's erasure (no personal data), and unregister it. Refused
+        while a run of it holds its writer lock, unless ``wait``. Returns the candidates
+        erased."""
+        import shutil
+
+        from .lock import WriterLock
+
+        self._registered_one(integration_id)
+        paths = self.data.integration(integration_id)
+        store = self.database.for_integration(integration_id)
+        try:
+            lock = WriterLock(paths.lock_dir, wait=wait).__enter__()
+        except LockedError as exc:
+            raise LockedError(
+                f"integration {integration_id}: a run is going ({exc.message}); "
+                "removal refused: try again after it, or pass --wait"
+            ) from None
+        try:
+            before = store.erasure_count()
+            store.erase_integration(reason)
+            erased = store.erasure_count() - before
+            shutil.rmtree(paths.root, ignore_errors=True)
+            self.database.compact()
+        finally:
+            lock.__exit__(None, None, None)
+        log.info("integration %s removed: %d candidates erased", integration_id, erased)
+        return erased
+
+    def pause_integration(self, integration_id: str, reason: str = PAUSED_BY_HAND) -> None:
+        self._registered_one(integration_id)
+        self.database.set_integration_state(integration_id, IntegrationState.PAUSED, reason)
+
+    def resume_integration(self, integration_id: str) -> None:
+        self._registered_one(integration_id)
+        self.database.set_integration_state(integration_id, IntegrationState.ACTIVE)
+        self.database.mark_integration_deleted(integration_id, None)
+
+    def integration_deleted(self, integration_id: str, when: datetime | None = None) -> None:
+        """Kombo reported the integration deleted (its webhook ``integration-deleted``):
+        paused now, erased by ``nightly --all`` once the grace period has passed."""
+        when = when or utcnow()
+        self.database.register_integration(integration_id)
+        self.database.set_integration_state(
+            integration_id,
+            IntegrationState.PAUSED,
+            f"{PAUSED_BY_KOMBO}deleted at Kombo on {when.date().isoformat()}: erased "
+            f"{DELETION_GRACE.days} days later",
+        )
+        self.database.mark_integration_deleted(integration_id, when)
+
+    def integration_state_changed(self, integration_id: str, state: str) -> None:
+        """Kombo's ``integration-state-changed``: INACTIVE or INVALID pauses, ACTIVE takes
+        back an integration Kombo had paused (not one paused by hand)."""
+        found = self.database.integration(integration_id)
+        if state.upper() == "ACTIVE":
+            reason = found.paused_reason if found is not None else None
+            if found is not None and reason and reason.startswith(PAUSED_BY_KOMBO):
+                self.database.set_integration_state(integration_id, IntegrationState.ACTIVE)
+            return
+        self.database.register_integration(integration_id)
+        self.database.set_integration_state(
+            integration_id,
+            IntegrationState.PAUSED,
+            f"{PAUSED_BY_KOMBO}integration state {state.upper()}",
+        )
+
+    def nightly_all(
+        self,
+        *,
+        full: bool = False,
+        parallel: int | None = None,
+        downloads_in_flight: int | None = None,
+        wait_for_lock: bool = False,
+        on_done: Callable[[IntegrationOutcome], None] | None = None,
+    ) -> NightlyAll:
+        """A nightly run of every active integration, several at once (at most ``parallel``,
+        by default one per core), each within its own Kombo limit, the downloads in flight
+        shared out (``downloads_in_flight`` in all). An integration-wide error stops that
+        integration alone; INTEGRATION.INACTIVE pauses it. Integrations Kombo paused are
+        probed with one call first and taken back when they answer; those paused by hand are
+        skipped; those Kombo deleted are erased once the grace period has passed."""
+        import time
+
+        if self.kombo is None:
+            raise PipelineError("nightly --all needs Kombo settings")
+        started = time.perf_counter()
+        outcomes: list[IntegrationOutcome] = []
+        runnable: list[str] = []
+        now = utcnow()
+        for found in self.database.integrations():
+            iid = found.integration_id
+            if found.deleted_at is not None and now - found.deleted_at >= DELETION_GRACE:
+                try:
+                    erased = self.remove_integration(iid, reason="deleted at Kombo")
+                    skipped = (
+                        f"erased ({erased} candidates): deleted at Kombo "
+                        f"{(now - found.deleted_at).days} days ago"
+                    )
+                except LockedError as exc:
+                    skipped = exc.message
+                outcomes.append(IntegrationOutcome(iid, skipped=skipped))
+            elif found.state == IntegrationState.ACTIVE:
+                runnable.append(iid)
+            elif found.deleted_at is None and (found.paused_reason or "").startswith(
+                PAUSED_BY_KOMBO
+            ):
+                answer = self._probe(iid)
+                if answer is None:
+                    log.info("integration %s answers again: taken back", iid)
+                    self.database.set_integration_state(iid, IntegrationState.ACTIVE)
+                    runnable.append(iid)
+                else:
+                    outcomes.append(IntegrationOutcome(iid, skipped=f"paused: {answer}"))
+            else:
+                outcomes.append(IntegrationOutcome(iid, skipped=f"paused: {found.paused_reason}"))
+        for outcome in outcomes:
+            if on_done is not None:
+                on_done(outcome)
+        workers = max(1, min(len(runnable), parallel or (os.cpu_count() or 1)))
+        total = downloads_in_flight or self.kombo.download_concurrency * workers
+        per_run = max(1, total // workers)
+
+        kombo = self.kombo
+
+        def one(iid: str) -> IntegrationOutcome:
+            settings = dataclasses.replace(
+                kombo,
+                integration_id=iid,
+                download_concurrency=min(kombo.download_concurrency, per_run),
+            )
+            try:
+                with App(
+                    self.data,
+                    settings,
+                    extract=self._extract,
+                    max_run_minutes=self.max_run_minutes,
+                ) as app:
+                    summary = app.nightly(full=full, wait_for_lock=wait_for_lock)
+            except LockedError as exc:
+                outcome = IntegrationOutcome(iid, skipped=exc.message)
+            except PipelineError as exc:
+                outcome = IntegrationOutcome(iid, error=exc.message)
+            else:
+                outcome = IntegrationOutcome(iid, summary)
+                if outcome.stopped_code == "INTEGRATION.INACTIVE":
+                    assert summary.fatal is not None
+                    self.database.set_integration_state(
+                        iid,
+                        IntegrationState.PAUSED,
+                        f"{PAUSED_BY_KOMBO}INTEGRATION.INACTIVE: {summary.fatal.message}",
+                    )
+            if on_done is not None:
+                on_done(outcome)
+            return outcome
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="integration") as pool:
+            outcomes += list(pool.map(one, runnable))
+        return NightlyAll(outcomes, time.perf_counter() - started)
+
+    def _probe(self, integration_id: str) -> str | None:
+        """One cheap call (a page of one candidate) for an integration Kombo paused: None
+        when it answers, else what it answered."""
+        from .fetch import KomboClient
+
+        assert self.kombo is not None
+        settings = dataclasses.replace(self.kombo, integration_id=integration_id)
+        try:
+            with KomboClient(settings) as client:
+                next(iter(client.candidate_pages(page_size=1)), None)
+        except IntegrationError as exc:
+            return f"{exc.code}: {exc.message}" if exc.code else exc.message
+        except PipelineError as exc:
+            return exc.message
+        return None
+
     # -- erasure and repair -----------------------------------------------------------------------
 
     def forget(self, candidate_ids: Iterable[str], *, reason: str = "forget") -> int:
@@ -449,4 +766,13 @@ def adopt_legacy_folders(data: DataSettings, store: Store) -> None:
         os.close(fd)  # closing drops the lock
 
 
-__all__ = ["REPAIRS", "App", "CandidatePage", "SearchRequest", "StatusReport"]
+__all__ = [
+    "REPAIRS",
+    "App",
+    "CandidatePage",
+    "IntegrationOutcome",
+    "IntegrationReport",
+    "NightlyAll",
+    "SearchRequest",
+    "StatusReport",
+]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
-from .app import REPAIRS, App, SearchRequest
+from .app import REPAIRS, App, SearchRequest, StatusReport
 from .config import (
     DEFAULT_CONCURRENCY,
     DataSettings,
@@ -325,7 +325,7 @@ def _data(data_dir: str | None, database_url: str | None) -> DataSettings:
     return data
 
 
-def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
+def _kombo(kwargs: dict[str, Any], *, any_integration: bool = False) -> KomboSettings:
     api_key = kwargs.get("api_key")
     key_file = kwargs.get("api_key_file")
     if key_file is not None:
@@ -346,6 +346,7 @@ def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
     max_mb = kwargs.get("max_file_mb")
     settings = resolve_kombo(
         options,
+        any_integration=any_integration,
         concurrency=kwargs.get("concurrency"),
         read_timeout=kwargs.get("timeout"),
         download_concurrency=kwargs.get("download_concurrency"),
@@ -565,6 +566,23 @@ def ingest(
     help="Run over these candidate ids ('-' for stdin) instead of asking Kombo.",
 )
 @click.option("--wait", is_flag=True, help="Wait for a run in progress instead of exiting.")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Every active integration, several at once (one summary line each, then the whole).",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    help="With --all: integrations run at once (default: one per core).",
+)
+@click.option(
+    "--downloads-in-flight",
+    type=click.IntRange(1, 1024),
+    help="With --all: downloads in flight over all integrations (default: 16 per integration "
+    "running).",
+)
 @kombo_options
 @data_options
 @extract_options
@@ -572,6 +590,9 @@ def nightly(
     full: bool,
     ids_file: Any,
     wait: bool,
+    every: bool,
+    parallel: int | None,
+    downloads_in_flight: int | None,
     data_dir: str | None,
     database_url: str | None,
     extract_timeout: float,
@@ -584,13 +605,28 @@ def nightly(
     (every candidate with --full, or the given ones with --ids-file), following the cursor.
     One run writes at a time: a second exits with a message, or waits with --wait.
     """
+    if every and (ids_file is not None or kombo.get("integration_id")):
+        raise UsageError(
+            "--all runs every active integration: leave --integration-id and --ids-file out"
+        )
     given = _collect_ids((), ids_file) if ids_file is not None else None
-    settings = _kombo(kombo)
+    settings = _kombo(kombo, any_integration=every)
     data = _data(data_dir, database_url)
     from .engine import ExtractLimits
 
     limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
     budget = kombo.get("max_run_minutes")
+    if every:
+        with App(data, settings, extract=limits, max_run_minutes=budget) as app:
+            done = app.nightly_all(
+                full=full,
+                parallel=parallel,
+                downloads_in_flight=downloads_in_flight,
+                wait_for_lock=wait,
+                on_done=lambda outcome: click.echo(outcome.line()),
+            )
+        click.echo(done.line())
+        return done.exit_code
 
     def run(progress: _Progress) -> RunSummary:
         with App(data, settings, extract=limits, progress=progress, max_run_minutes=budget) as app:
@@ -658,6 +694,9 @@ def purge(
     help="How many recent runs to show.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@click.option(
+    "--all", "every", is_flag=True, help="Every registered integration, one after another."
+)
 @scoped_options
 def status(
     limit: int,
@@ -665,56 +704,85 @@ def status(
     data_dir: str | None,
     database_url: str | None,
     integration_id: str | None,
+    every: bool,
 ) -> int:
-    """The last runs and the number of attachments in each state."""
-    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
+    """The last runs and the number of attachments in each state (of one integration, or
+    of each with --all)."""
+    data = _data(data_dir, database_url)
+    if every:
+        # KOMBO_INTEGRATION_ID, set for the runs of one, does not narrow --all.
+        reports = []
+        with App(data) as registry:
+            ids = [i.integration_id for i in registry.integrations_list()]
+        for iid in ids:
+            with App(data, integration_id=iid) as app:
+                reports.append(app.status(limit=limit))
+        if as_json:
+            click.echo(json.dumps({"integrations": [_status_json(r) for r in reports]}))
+            return 0
+        for report in reports:
+            click.echo(f"integration {report.integration_id}:")
+            _print_status(report)
+        return 0
+    with App(data, integration_id=integration_id) as app:
         report = app.status(limit=limit)
+    if as_json:
+        click.echo(json.dumps(_status_json(report)))
+        return 0
+    _print_status(report)
+    return 0
+
+
+def _status_json(report: StatusReport) -> dict[str, Any]:
     runs, counts = report.runs, report.attachments
     watermark, erasures = report.nightly_watermark, report.erasures
     failures = report.failures
-    if as_json:
-        payload = {
-            "attachments": counts,
-            "nightly_watermark": watermark,
-            "erasures": erasures,
-            "search_engine": report.search_engine,
-            "runs": [
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "status": r.status,
-                    "started_at": r.started_at.isoformat(),
-                    "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                    "counts": r.counts,
-                    "errors": len(r.errors),
-                    "warnings": r.warnings,
-                    "summary": r.summary,
-                }
-                for r in runs
-            ],
-            "failed_candidates": [
-                {
-                    "candidate_id": f.candidate_id,
-                    "reason": f.reason,
-                    "retried_by_next_run": f.retried,
-                }
-                for f in failures.candidates
-            ],
-            "failed_candidates_total": failures.candidate_total,
-            "failed_attachments": [
-                {
-                    "attachment_id": f.attachment_id,
-                    "candidate_id": f.candidate_id,
-                    "status": f.status,
-                    "reason": f.reason,
-                    "retried_by_next_run": f.retried,
-                }
-                for f in failures.attachments
-            ],
-            "failed_attachments_total": failures.attachment_total,
-        }
-        click.echo(json.dumps(payload))
-        return 0
+    return {
+        "integration_id": report.integration_id or None,
+        "attachments": counts,
+        "nightly_watermark": watermark,
+        "erasures": erasures,
+        "search_engine": report.search_engine,
+        "runs": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "status": r.status,
+                "started_at": r.started_at.isoformat(),
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "counts": r.counts,
+                "errors": len(r.errors),
+                "warnings": r.warnings,
+                "summary": r.summary,
+            }
+            for r in runs
+        ],
+        "failed_candidates": [
+            {
+                "candidate_id": f.candidate_id,
+                "reason": f.reason,
+                "retried_by_next_run": f.retried,
+            }
+            for f in failures.candidates
+        ],
+        "failed_candidates_total": failures.candidate_total,
+        "failed_attachments": [
+            {
+                "attachment_id": f.attachment_id,
+                "candidate_id": f.candidate_id,
+                "status": f.status,
+                "reason": f.reason,
+                "retried_by_next_run": f.retried,
+            }
+            for f in failures.attachments
+        ],
+        "failed_attachments_total": failures.attachment_total,
+    }
+
+
+def _print_status(report: StatusReport) -> None:
+    runs, counts = report.runs, report.attachments
+    watermark, erasures = report.nightly_watermark, report.erasures
     total = sum(counts.values())
     click.echo(f"attachments: {total}" + "".join(f", {n} {s}" for s, n in sorted(counts.items())))
     click.echo(f"nightly watermark: {watermark or 'none (the next nightly run lists everyone)'}")
@@ -727,8 +795,7 @@ def status(
             f"{'' if took is None else f'{took:7.1f}s'}  {len(r.errors)} errors, "
             f"{len(r.warnings)} warnings"
         )
-    _print_failures(failures)
-    return 0
+    _print_failures(report.failures)
 
 
 def _print_failures(failures: Failures) -> None:
@@ -753,13 +820,35 @@ def _print_failures(failures: Failures) -> None:
 
 
 @cli.command()
+@click.option("--all", "every", is_flag=True, help="Every registered integration.")
 @scoped_options
-def check(data_dir: str | None, database_url: str | None, integration_id: str | None) -> int:
-    """Compare database, index and file store; report drift and how to repair each (exit 1)."""
-    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
-        drift = app.check()
-        engine = app.search_engine()
-    click.echo(f"search engine: {engine}")
+def check(
+    data_dir: str | None, database_url: str | None, integration_id: str | None, every: bool
+) -> int:
+    """Compare database, index and file store; report drift and how to repair each (exit 1).
+    With --all, of every integration."""
+    data = _data(data_dir, database_url)
+    if every:
+        # KOMBO_INTEGRATION_ID, set for the runs of one, does not narrow --all.
+        with App(data) as registry:
+            ids = [i.integration_id for i in registry.integrations_list()]
+    else:
+        ids = [integration_id or ""]
+    found = 0
+    for iid in ids:
+        with App(data, integration_id=iid or None) as app:
+            drift = app.check()
+            engine = app.search_engine()
+        if every:
+            click.echo(f"integration {iid}:")
+        if iid == ids[0]:
+            click.echo(f"search engine: {engine}")
+        found += _print_drift(drift)
+    click.echo("check succeeded: no drift" if not found else f"check found drift in {found} places")
+    return 1 if found else 0
+
+
+def _print_drift(drift: dict[str, list[str]]) -> int:
     found = sum(len(v) for v in drift.values())
     for what, items in drift.items():
         if items:
@@ -767,8 +856,7 @@ def check(data_dir: str | None, database_url: str | None, integration_id: str | 
                 f"{what}: {len(items)} ({', '.join(items[:5])}{' ...' if len(items) > 5 else ''})"
                 f"; repair: {REPAIRS.get(what, 'run `pipeline reindex`')}"
             )
-    click.echo("check succeeded: no drift" if not found else f"check found drift in {found} places")
-    return 1 if found else 0
+    return found
 
 
 @cli.command()
@@ -829,17 +917,21 @@ def search(
     if by_candidate:
         with App(_data(data_dir, database_url), integration_id=integration_id) as app:
             page = app.search_by_candidate(request)
+            scope = app.integration
         if as_json:
             click.echo(
-                json.dumps(_people_json(page.results, page.people, page.total), ensure_ascii=False)
+                json.dumps(
+                    _people_json(page.results, page.people, page.total, scope), ensure_ascii=False
+                )
             )
         else:
             _print_people(page.results, page.people, page.total)
         return 0
     with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.search(request)
+        scope = app.integration
     if as_json:
-        click.echo(json.dumps(_results_json(results), ensure_ascii=False))
+        click.echo(json.dumps(_results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results, offset)
     return 0
@@ -863,15 +955,17 @@ def similar(
     """Documents of other candidates most like this one (more CVs like this CV)."""
     with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.similar(attachment_id, type=type_, limit=limit)
+        scope = app.integration
     if as_json:
-        click.echo(json.dumps(_results_json(results), ensure_ascii=False))
+        click.echo(json.dumps(_results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results)
     return 0
 
 
-def _hit_json(h: SearchHit) -> dict[str, Any]:
+def _hit_json(h: SearchHit, integration_id: str) -> dict[str, Any]:
     return {
+        "integration_id": integration_id or None,
         "attachment_id": h.attachment_id,
         "candidate_id": h.candidate_id,
         "application_id": h.application_id,
@@ -883,18 +977,20 @@ def _hit_json(h: SearchHit) -> dict[str, Any]:
     }
 
 
-def _results_json(results: SearchResults) -> dict[str, Any]:
+def _results_json(results: SearchResults, integration_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "query": results.query,
         "total": results.total,
-        "hits": [_hit_json(h) for h in results.hits],
+        "hits": [_hit_json(h, integration_id) for h in results.hits],
     }
     if results.did_you_mean:
         payload["did_you_mean"] = results.did_you_mean
     return payload
 
 
-def _people_json(results: SearchResults, people: list[CandidateHit], total: int) -> dict[str, Any]:
+def _people_json(
+    results: SearchResults, people: list[CandidateHit], total: int, integration_id: str
+) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "query": results.query,
         "total": total,
@@ -902,7 +998,7 @@ def _people_json(results: SearchResults, people: list[CandidateHit], total: int)
             {
                 "candidate_id": p.candidate_id,
                 "score": p.score,
-                "hits": [_hit_json(h) for h in p.hits],
+                "hits": [_hit_json(h, integration_id) for h in p.hits],
             }
             for p in people
         ],
@@ -1057,6 +1153,124 @@ def reindex(data_dir: str | None, database_url: str | None, integration_id: str 
     finally:
         progress.close()
     click.echo(f"reindex succeeded: {count} documents indexed")
+    return 0
+
+
+# -- integrations -----------------------------------------------------------------------------
+
+
+@cli.group()
+def integrations() -> None:
+    """The integrations this deployment serves: add, list, remove, pause, resume."""
+
+
+@integrations.command("add")
+@click.argument("integration_id")
+@click.option("--name", help="A name to show for it (the customer's, say).")
+@data_options
+def integrations_add(
+    integration_id: str, name: str | None, data_dir: str | None, database_url: str | None
+) -> int:
+    """Register an integration (a run with an unregistered id registers it too)."""
+    with App(_data(data_dir, database_url)) as app:
+        new = app.add_integration(integration_id, name)
+    click.echo(f"integration {integration_id} {'registered' if new else 'was registered already'}")
+    return 0
+
+
+@integrations.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@data_options
+def integrations_list(as_json: bool, data_dir: str | None, database_url: str | None) -> int:
+    """Each integration: id, name, state, candidates, attachments, last nightly run."""
+    with App(_data(data_dir, database_url)) as app:
+        reports = app.integrations_list()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "integrations": [
+                        {
+                            "integration_id": r.integration_id,
+                            "name": r.name,
+                            "state": r.state,
+                            "paused_reason": r.paused_reason,
+                            "candidates": r.candidates,
+                            "attachments": r.attachments,
+                            "deleted_at": r.deleted_at.isoformat() if r.deleted_at else None,
+                            "last_nightly": None
+                            if r.last_nightly is None
+                            else {
+                                "started_at": r.last_nightly.started_at.isoformat(),
+                                "status": r.last_nightly.status,
+                                "summary": r.last_nightly.summary,
+                            },
+                        }
+                        for r in reports
+                    ]
+                },
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    if not reports:
+        click.echo("no integration is registered")
+    for r in reports:
+        state = r.state if r.paused_reason is None else f"{r.state} ({r.paused_reason})"
+        total = sum(r.attachments.values())
+        last = (
+            "never"
+            if r.last_nightly is None
+            else f"{r.last_nightly.started_at:%Y-%m-%d %H:%M}Z {r.last_nightly.status}"
+        )
+        click.echo(
+            f"{r.integration_id}  {r.name or '-'}  {state}  {r.candidates} candidates, "
+            f"{total} attachments"
+            + "".join(f", {n} {s}" for s, n in sorted(r.attachments.items()))
+            + f"; last nightly: {last}"
+        )
+    return 0
+
+
+@integrations.command("remove")
+@click.argument("integration_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--wait", is_flag=True, help="Wait for a run of it to finish instead of refusing.")
+@data_options
+def integrations_remove(
+    integration_id: str, yes: bool, wait: bool, data_dir: str | None, database_url: str | None
+) -> int:
+    """Erase every record, text, index document and file of an integration and unregister
+    it (a record of each candidate's erasure is kept, without personal data)."""
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"erase everything of integration {integration_id}?", abort=True)
+    with App(_data(data_dir, database_url)) as app:
+        erased = app.remove_integration(integration_id, wait=wait)
+    click.echo(
+        f"integrations remove succeeded: {integration_id} removed, {erased} candidates erased"
+    )
+    return 0
+
+
+@integrations.command("pause")
+@click.argument("integration_id")
+@data_options
+def integrations_pause(integration_id: str, data_dir: str | None, database_url: str | None) -> int:
+    """Skip an integration in `nightly --all` until it is resumed."""
+    with App(_data(data_dir, database_url)) as app:
+        app.pause_integration(integration_id)
+    click.echo(f"integration {integration_id} paused")
+    return 0
+
+
+@integrations.command("resume")
+@click.argument("integration_id")
+@data_options
+def integrations_resume(integration_id: str, data_dir: str | None, database_url: str | None) -> int:
+    """Take an integration back into `nightly --all` (paused by hand or by Kombo)."""
+    with App(_data(data_dir, database_url)) as app:
+        app.resume_integration(integration_id)
+    click.echo(f"integration {integration_id} resumed")
     return 0
 
 

@@ -217,9 +217,15 @@ def resolve_base_url(options: Options, env: Mapping[str, str]) -> str:
 
 
 def resolve_kombo(
-    options: Options, env: Mapping[str, str] | None = None, **overrides: object
+    options: Options,
+    env: Mapping[str, str] | None = None,
+    *,
+    any_integration: bool = False,
+    **overrides: object,
 ) -> KomboSettings:
-    """Settings for commands that call Kombo; raises UsageError naming what to set."""
+    """Settings for commands that call Kombo; raises UsageError naming what to set.
+    ``any_integration``: for ``nightly --all``, which gives each run its integration (the
+    integration id is then not needed, and left empty)."""
     env = os.environ if env is None else env
     base_url = resolve_base_url(options, env)
     api_key = _pick(options.api_key, env, "KOMBO_API_KEY")
@@ -228,9 +234,12 @@ def resolve_kombo(
     if any(ch in api_key for ch in "\r\n") or api_key != api_key.strip():
         raise UsageError("malformed API key (whitespace or line breaks): check KOMBO_API_KEY")
     integration_id = _pick(options.integration_id, env, "KOMBO_INTEGRATION_ID")
-    if integration_id is None or not integration_id.strip():
+    if any_integration:
+        integration_id = ""
+    elif integration_id is None or not integration_id.strip():
         raise UsageError("no integration id: set KOMBO_INTEGRATION_ID or pass --integration-id")
-    validate_integration_id(integration_id.strip())
+    else:
+        validate_integration_id(integration_id.strip())
     tuning: dict[str, object] = {}
     delay = env.get("PIPELINE_RETRY_BASE_DELAY")
     if delay:

@@ -279,7 +279,7 @@ def test_a_corrupt_database_is_one_terminal_line(
         assert result.code != 0, args
         assert words in line and str(database) in line, (args, line)
     with pytest.raises(DatabaseCorruptError) as caught:
-        Store(f"sqlite:///{database}").counts_by_status()
+        Store(f"sqlite:///{database}").for_integration(sandbox.integration_id).counts_by_status()
     assert not is_transient(caught.value)
 
 

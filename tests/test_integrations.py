@@ -133,3 +133,155 @@ def test_integration_folders_are_safe_and_distinct() -> None:
     assert all(":" not in n and "/" not in n for n in names)
     data = DataSettings(Path("/d"), "sqlite:////d/pipeline.db")
     assert data.integration("workday:Ab").index_dir.parent.parent == Path("/d/integrations")
+
+
+# -- several integrations from one sandbox, run by nightly --all ------------------------------
+
+SECOND = "greenhouse:Bx7Second0000000000000"
+FAILING = "lever:Cx9Failing00000000000000"
+
+
+def _ids_of(records: list[dict[str, object]], key: str) -> set[object]:
+    return {r[key] for r in records}
+
+
+def _export(cli, integration_id: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    done = cli("export", "--status", "all", "--integration-id", integration_id)
+    assert done.code == 0, done.err
+    return [json.loads(line) for line in done.out.splitlines()]
+
+
+def test_nightly_all_keeps_each_integration_apart(  # type: ignore[no-untyped-def]
+    cli, sandbox, world_template, tmp_path: Path
+) -> None:
+    from pipeline.sandbox.generator import World
+
+    first = sandbox.integration_id
+    twin = World(candidates=len(sandbox.world.candidates), seed=7)
+    twin._bodies = dict(world_template._bodies)  # identical candidates and bytes
+    sandbox.add_integration(SECOND, twin)
+    failing = sandbox.add_integration(FAILING, candidates=2, seed=11, error="INTEGRATION.INACTIVE")
+    # A Kombo answer of the first integration that names another integration's candidate.
+    victim, stranger = sorted(sandbox.world.candidates)[0], sorted(failing.world.candidates)[0]
+    sandbox.add_fault(kind="foreign", match=victim, times=None, value=stranger)
+    for iid, name in ((first, "Acme"), (SECOND, "Bolt"), (FAILING, "Crux")):
+        assert cli("integrations", "add", iid, "--name", name).code == 0
+
+    ran = cli("nightly", "--all", env=sandbox.env())
+    assert ran.code == 1, ran.out + ran.err
+    lines = ran.out.splitlines()
+    assert len(lines) == 4, ran.out
+    (stopped,) = [line for line in lines if line.startswith(FAILING)]
+    assert "stopped by INTEGRATION.INACTIVE" in stopped
+    assert lines[-1].startswith("nightly --all finished: 3 integrations: 1 succeeded, 1 with")
+    listed = json.loads(cli("integrations", "list", "--json").out)["integrations"]
+    by_id = {i["integration_id"]: i for i in listed}
+    assert by_id[FAILING]["state"] == "paused"
+    assert "INTEGRATION.INACTIVE" in by_id[FAILING]["paused_reason"]
+    assert by_id[first]["candidates"] == by_id[SECOND]["candidates"] == len(twin.candidates)
+
+    # The foreign answer failed its candidate; nothing was recorded under the wrong one.
+    mine, theirs = _export(cli, first), _export(cli, SECOND)
+    assert stranger not in _ids_of(mine, "candidate_id") | _ids_of(theirs, "candidate_id")
+    assert victim not in _ids_of(mine, "candidate_id") and victim in _ids_of(theirs, "candidate_id")
+    assert _ids_of(mine, "integration_id") == {first}
+    assert _ids_of(theirs, "integration_id") == {SECOND}
+
+    # Identical documents, two records each: erase one candidate under the second only.
+    someone = sorted(_ids_of(mine, "candidate_id"))[1]
+    assert cli("forget", str(someone), "--integration-id", SECOND).code == 0
+    theirs = _export(cli, SECOND)
+    assert someone not in _ids_of(theirs, "candidate_id")
+    assert someone in _ids_of(_export(cli, first), "candidate_id")
+    cv = next(r for r in mine if r["candidate_id"] == someone and r["status"] == "indexed")
+    words = str(cv["text"]).split()[:3]
+    for iid, expected in ((first, True), (SECOND, False)):
+        found = json.loads(
+            cli(
+                "search",
+                " ".join(words),
+                "--candidate",
+                str(someone),
+                "--json",
+                "--integration-id",
+                iid,
+            ).out
+        )
+        assert bool(found["hits"]) is expected
+        assert all(h["integration_id"] == iid for h in found["hits"])
+        similar = cli("similar", str(cv["attachment_id"]), "--json", "--integration-id", iid)
+        if expected:
+            hits = json.loads(similar.out)["hits"]
+            assert hits and all(h["integration_id"] == iid for h in hits)
+        else:
+            assert similar.code != 0 or not json.loads(similar.out)["hits"]
+    status = {
+        s["integration_id"]: s
+        for s in json.loads(cli("status", "--all", "--json").out)["integrations"]
+    }
+    assert status[first]["erasures"] == 0 and status[SECOND]["erasures"] == 1
+    for iid in (first, SECOND):  # each counts its own records, and only those
+        assert sum(status[iid]["attachments"].values()) == len(_export(cli, iid))
+    # The same bytes under two integrations are two files.
+    data = tmp_path / "data"
+    files = {
+        iid: {
+            p.name: p
+            for p in (data / "integrations" / integration_folder(iid) / "files").rglob("*")
+            if p.is_file()
+        }
+        for iid in (first, SECOND)
+    }
+    shared = set(files[first]) & set(files[SECOND])
+    assert shared and all(not files[first][h].samefile(files[SECOND][h]) for h in shared)
+    assert cli("check", "--all").code == 0
+
+    # Still inactive: skipped with one line (one probing call). Answering again: taken back.
+    again = cli("nightly", "--all", env=sandbox.env())
+    assert f"{FAILING}: skipped: paused: INTEGRATION.INACTIVE" in again.out, again.out
+    failing.set_error(None)
+    back = cli("nightly", "--all", env=sandbox.env())
+    line = next(line for line in back.out.splitlines() if line.startswith(FAILING))
+    assert "nightly succeeded: 2 candidates" in line, back.out
+    several = cli("search", "the", env={"KOMBO_INTEGRATION_ID": ""})
+    assert several.code == 2 and FAILING in several.err  # several registered, none named
+
+
+def test_removing_an_integration_erases_it_alone(cli, sandbox, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.lock import WriterLock
+
+    sandbox.add_integration(SECOND, candidates=3, seed=5)
+    env = sandbox.env()
+    ids = sorted(sandbox.world.candidates)[:3]
+    assert cli("ingest", *ids, env=env).code == 0
+    second = sorted(sandbox.integration(SECOND).world.candidates)
+    assert cli("ingest", *second, env={**env, "KOMBO_INTEGRATION_ID": SECOND}).code in (0, 1)
+    data = tmp_path / "data"
+    folder = data / "integrations" / integration_folder(SECOND)
+    held = WriterLock(folder).__enter__()
+    try:
+        refused = cli("integrations", "remove", SECOND, "--yes")
+        assert refused.code == 2 and "a run is going" in refused.err and "--wait" in refused.err
+    finally:
+        held.__exit__(None, None, None)
+    removed = cli("integrations", "remove", SECOND, "--yes")
+    assert removed.code == 0, removed.err
+    assert f"{len(second)} candidates erased" in removed.out
+    assert not folder.exists()
+    listed = json.loads(cli("integrations", "list", "--json").out)["integrations"]
+    assert [i["integration_id"] for i in listed] == [sandbox.integration_id]
+    db = sqlite3.connect(data / "pipeline.db")
+    for table in ("candidates", "attachments", "texts", "runs"):
+        (left,) = db.execute(
+            f"SELECT count(*) FROM {table} WHERE integration_id = ?", (SECOND,)
+        ).fetchone()
+        assert left == 0, table
+    erasures = db.execute(
+        "SELECT candidate_id, reason FROM erasures WHERE integration_id = ?", (SECOND,)
+    ).fetchall()
+    db.close()
+    assert sorted(c for c, _ in erasures) == second
+    assert {r for _, r in erasures} == {"integration removed"}
+    assert len(_export(cli, sandbox.integration_id)) > 0  # the other one is whole
+    unknown = cli("integrations", "remove", SECOND, "--yes")
+    assert unknown.code == 2 and sandbox.integration_id in unknown.err
