@@ -465,6 +465,10 @@ class App:
             before = store.erasure_count()
             store.erase_integration(reason)
             erased = store.erasure_count() - before
+            if self.data.search == "postgres":
+                from .search import PostgresSearchIndex
+
+                PostgresSearchIndex(self.database.engine, integration_id).erase_all()
             shutil.rmtree(paths.root, ignore_errors=True)
             self.database.compact()
         finally:

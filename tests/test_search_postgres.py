@@ -250,3 +250,27 @@ def test_forget_and_reindex_on_postgres(cli, sandbox, postgres_url: str, tmp_pat
     assert "postgres" in status.out, status.out
     check = cli("check")
     assert check.code == 0, check.out + check.err
+
+
+def test_removing_an_integration_removes_its_search_rows(  # type: ignore[no-untyped-def]
+    cli, sandbox, postgres_url: str, tmp_path: Path
+) -> None:
+    second = "int:second"
+    sandbox.add_integration(second, candidates=3, seed=5)
+    env = {**_env(postgres_url, tmp_path / "data"), **sandbox.env()}
+    assert cli("ingest", *sorted(sandbox.world.candidates)[:3], env=env).code == 0
+    theirs = sorted(sandbox.integration(second).world.candidates)
+    assert cli("ingest", *theirs, env={**env, "KOMBO_INTEGRATION_ID": second}).code in (0, 1)
+    engine = sqlalchemy.create_engine(postgres_url)
+
+    def rows(table: str) -> dict[str, int]:
+        with engine.connect() as conn:
+            found = conn.exec_driver_sql(
+                f"SELECT integration_id, count(*) FROM {table} GROUP BY integration_id"
+            )
+            return dict(found.all())
+
+    assert set(rows("search_documents")) == {sandbox.integration_id, second}
+    assert cli("integrations", "remove", second, "--yes").code == 0
+    assert set(rows("search_documents")) == set(rows("search_words")) == {sandbox.integration_id}
+    engine.dispose()

@@ -364,6 +364,23 @@ class PostgresSearchIndex:
                 {**key, "words": [w for w, n in changed if n < 0]},
             )
 
+    def erase_all(self) -> int:
+        """Delete every row of this integration (``integrations remove``), space reclaimed
+        at once; the documents deleted."""
+        if not self.exists():
+            return 0
+        with self.engine.begin() as conn:
+            deleted = conn.exec_driver_sql(
+                "DELETE FROM search_documents WHERE integration_id = %(i)s",
+                {"i": self.integration_id},
+            ).rowcount
+            conn.exec_driver_sql(
+                "DELETE FROM search_words WHERE integration_id = %(i)s",
+                {"i": self.integration_id},
+            )
+        self.vacuum()
+        return int(deleted or 0)
+
     def vacuum(self) -> None:
         """Reclaim the space of deleted rows now (VACUUM cannot run in a transaction)."""
         with self.engine.connect() as conn:
