@@ -722,6 +722,17 @@ class App:
     def _index_expected(self) -> None:
         """No index where the database says documents were indexed is damage, not "no
         match": say so (a fresh data directory, with nothing indexed yet, answers 0 hits)."""
+        if self.data.search == "postgres":
+            # Switched to the PostgreSQL search without a reindex: its table is empty.
+            if not self.index.doc_count() and self.reader.counts_by_status().get(
+                AttachmentState.INDEXED
+            ):
+                raise IndexDamagedError(
+                    "search index: the PostgreSQL search holds none of this integration's "
+                    "indexed documents: run `pipeline reindex` (once, after switching to "
+                    "PIPELINE_SEARCH=postgres)"
+                )
+            return
         if not self.index.exists() and self.reader.counts_by_status().get(AttachmentState.INDEXED):
             raise IndexDamagedError(
                 f"search index: {self.paths.index_dir} is missing but the database holds "

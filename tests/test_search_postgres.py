@@ -274,3 +274,15 @@ def test_removing_an_integration_removes_its_search_rows(  # type: ignore[no-unt
     assert cli("integrations", "remove", second, "--yes").code == 0
     assert set(rows("search_documents")) == set(rows("search_words")) == {sandbox.integration_id}
     engine.dispose()
+
+
+def test_switching_to_the_postgres_search_asks_for_a_reindex(  # type: ignore[no-untyped-def]
+    cli, sandbox, postgres_url: str, tmp_path: Path
+) -> None:
+    env = _env(postgres_url, tmp_path / "data")
+    whoosh = {**env, **sandbox.env(), "PIPELINE_SEARCH": "whoosh"}
+    assert cli("ingest", *sorted(sandbox.world.candidates)[:3], env=whoosh).code == 0
+    switched = cli("search", "Python", env={"PIPELINE_SEARCH": "postgres"})
+    assert switched.code == 2 and "run `pipeline reindex`" in switched.err
+    assert cli("reindex").code == 0
+    assert cli("search", "Python").code == 0
