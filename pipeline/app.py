@@ -537,7 +537,12 @@ class App:
         outcomes: list[IntegrationOutcome] = []
         runnable: list[str] = []
         now = utcnow()
-        for found in self.database.integrations():
+        registered = self.database.integrations()
+        if not registered:
+            raise IntegrationChoiceError(
+                "nightly --all: no integration is registered: `pipeline integrations add ID`"
+            )
+        for found in registered:
             iid = found.integration_id
             if found.deleted_at is not None and now - found.deleted_at >= DELETION_GRACE:
                 try:

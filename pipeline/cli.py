@@ -1301,6 +1301,20 @@ def integrations_resume(integration_id: str, data_dir: str | None, database_url:
     type=click.Path(file_okay=False),
     help="Keep rendered documents here between runs, and render them all before serving.",
 )
+@click.option(
+    "--integrations",
+    "integration_count",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Integrations served under the one API key, each with --candidates of its own "
+    "(seed +1 each) and its own concurrency limit.",
+)
+@click.option(
+    "--integration-error",
+    help="Make the last integration answer this integration-wide code on every call "
+    "(INTEGRATION.INACTIVE, INTEGRATION.PERMISSION_MISSING, ...).",
+)
 def sandbox(
     port: int,
     candidates: int,
@@ -1311,6 +1325,8 @@ def sandbox(
     download_latency: float,
     concurrency_limit: int,
     cache_dir: str | None,
+    integration_count: int,
+    integration_error: str | None,
 ) -> int:
     """Serve the built-in Kombo-compatible sandbox on 127.0.0.1 until interrupted."""
     from .sandbox.server import SandboxServer
@@ -1335,10 +1351,26 @@ def sandbox(
                 f"port {port} on 127.0.0.1 is taken: pass another --port (0 picks a free one)"
             ) from None
         raise
-    if cache_dir:
-        click.echo(f"rendering {len(server.world.attachments)} documents into {cache_dir} ...")
-        server.world.warm(processes=os.cpu_count())
+    from .sandbox.generator import World
+
+    last = server.state
+    for number in range(1, integration_count):
+        world = World(
+            candidates=candidates,
+            seed=seed + number,
+            cache_dir=Path(cache_dir) if cache_dir else None,
+        )
+        last = server.add_integration(SANDBOX_TENANT.format(number), world)
+    if integration_error:
+        last.set_error(integration_error)
+    for iid in server.integration_ids:
+        world = server.integration(iid).world
+        if cache_dir:
+            click.echo(f"rendering {len(world.attachments)} documents into {cache_dir} ...")
+            world.warm(processes=os.cpu_count())
     click.echo(f"Kombo sandbox serving {candidates} candidates at {server.base_url}")
+    if integration_count > 1:
+        click.echo(f"  # integrations: {' '.join(server.integration_ids)}")
     click.echo("Point the pipeline at it with:")
     for name, value in server.env().items():
         click.echo(f"  export {name}={value}")
@@ -1370,36 +1402,64 @@ DEMO_QUERIES = ("Python Kubernetes", '"machine learning"', "München", "developp
 def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | None) -> int:
     """Run the whole pipeline against the built-in sandbox and show searches.
 
-    Needs no account and no network: the sandbox runs in this process on 127.0.0.1.
+    Two customers (two integrations of one Kombo account) are ingested into one data
+    directory, each shown its own searches, and one customer's candidate is looked for
+    under the other, which finds nothing. Needs no account and no network: the sandbox runs
+    in this process on 127.0.0.1.
     """
     from .sandbox.server import SandboxServer
 
     base = (Path(data_dir) if data_dir else resolve_data(Options()).data_dir) / "demo"
     _reset_demo_dir(base)
     data = DataSettings(data_dir=base, database_url=f"sqlite:///{base / 'pipeline.db'}")
+    second_size = max(1, candidates // 2)
     with SandboxServer(candidates=candidates, seed=seed) as server:
+        server.add_integration(DEMO_SECOND, candidates=second_size, seed=seed + 1)
         env = server.env()
-        settings = resolve_kombo(
-            Options(
-                api_key=env["KOMBO_API_KEY"],
-                integration_id=env["KOMBO_INTEGRATION_ID"],
-                base_url=env["KOMBO_BASE_URL"],
-            ),
-            env={},
-        )
-        click.echo(f"sandbox: {candidates} candidates at {server.base_url}")
-        with App(data, settings) as app:
-            summary = app.ingest(app.candidate_ids_at_kombo())
-            for query in queries or DEMO_QUERIES:
+        customers = (("Acme", env["KOMBO_INTEGRATION_ID"]), ("Bolt", DEMO_SECOND))
+        summaries = []
+        click.echo(f"sandbox at {server.base_url}: two customers of one Kombo account")
+        for name, integration_id in customers:
+            settings = resolve_kombo(
+                Options(
+                    api_key=env["KOMBO_API_KEY"],
+                    integration_id=integration_id,
+                    base_url=env["KOMBO_BASE_URL"],
+                ),
+                env={},
+            )
+            with App(data, settings) as app:
+                app.add_integration(integration_id, name)
+                summary = app.ingest(app.candidate_ids_at_kombo())
+                summaries.append(summary)
                 click.echo("")
-                _print_results(app.search(SearchRequest(query, limit=3)))
+                click.echo(f"customer {name} ({integration_id}): {summary.candidates} candidates")
+                for query in queries or DEMO_QUERIES:
+                    click.echo("")
+                    _print_results(app.search(SearchRequest(query, limit=3)))
+        someone = sorted(server.world.candidates)[0]
+        seen = []
+        for _, integration_id in customers:
+            with App(data, integration_id=integration_id) as app:
+                hits = app.search(SearchRequest("*", candidate_id=someone, limit=1000)).total
+                seen.append(hits)
     click.echo("")
     click.echo(
-        f"data in {base}; try: PIPELINE_DATA_DIR={base} python -m pipeline search "
-        "'Kubernetes OR Terraform'"
+        f"each sees only its own: Acme's candidate {someone} has {seen[0]} documents found "
+        f"under Acme, {seen[1]} under Bolt"
     )
-    click.echo(summary.line())
-    return summary.exit_code
+    click.echo(
+        f"data in {base}; try: PIPELINE_DATA_DIR={base} python -m pipeline integrations list"
+    )
+    click.echo(f"Bolt: {summaries[1].line()}")
+    click.echo(summaries[0].line())
+    return max(s.exit_code for s in summaries)
+
+
+# The ids of the sandbox command's further integrations.
+SANDBOX_TENANT = "sandbox:Tenant{:04d}xxxxxxxxxxxxx"
+# The demo's second customer.
+DEMO_SECOND = "sandbox:BoLtDemoSecondCustomer2"
 
 
 # The file that marks a folder as the demo's own: only such a folder is ever cleared.

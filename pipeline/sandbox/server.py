@@ -312,8 +312,11 @@ class _Handler(BaseHTTPRequestHandler):
             elif path.startswith("/v1/"):
                 self._api(path[len("/v1") :], query)
             elif path == "/_sandbox/stats":
-                with self.state.lock:
-                    self._json(200, asdict(self.state.stats))
+                # ?integration=ID: that integration's own (each has its own stats)
+                named = (query.get("integration") or [""])[0]
+                state = self.server.tenants.get(named, self.state)
+                with state.lock:
+                    self._json(200, asdict(state.stats))
             else:
                 self._error(404, None, f"No route for GET {path}")
         except (BrokenPipeError, ConnectionResetError):
