@@ -61,6 +61,7 @@ from .download import Downloaded, DownloadProcess
 from .errors import (
     DiskFullError,
     DownloadError,
+    IndexWriteError,
     IntegrationError,
     KomboError,
     LinkExpiredError,
@@ -75,7 +76,7 @@ from .faults import EXIT_INTERRUPTED, RunStopped, as_pipeline_error, exit_code
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
 from .filestore import LocalFileStore, SpaceReserve
 from .lock import WriterLock
-from .search import IndexWriterProcess, SearchIndex
+from .search import IndexWriterProcess, PostgresSearchIndex, SearchIndex
 from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class Workspace:
     directory: Path
     store: Store
     files: LocalFileStore
-    index: SearchIndex
+    index: SearchIndex | PostgresSearchIndex
     lock_dir: Path | None = None
 
     def lock(self, *, wait: bool = False, timeout: float | None = None) -> WriterLock:
@@ -858,7 +859,7 @@ class _IndexBatch:
     # Written here, every batch is a commit: fewer, larger.
     flush_at = INDEX_BATCH
 
-    def __init__(self, index: SearchIndex, store: Store) -> None:
+    def __init__(self, index: SearchIndex | PostgresSearchIndex, store: Store) -> None:
         self._index = index
         self._store = store
         self._docs: dict[str, IndexDoc] = {}
@@ -921,13 +922,19 @@ class _WriterProcessBatch(_IndexBatch):
     # is fed small batches.
     flush_at = INDEX_BATCH // 10
 
-    def __init__(self, index: SearchIndex, store: Store) -> None:
+    def __init__(self, index: SearchIndex | PostgresSearchIndex, store: Store) -> None:
         super().__init__(index, store)
         self._writer: IndexWriterProcess | None = None
         # batches sent to the writer process: (its future, the rows it makes indexed)
         self._sent: list[tuple[Future[float], list[str]]] = []
 
     def _send(self, docs: list[IndexDoc], deletions: list[str], done: list[str]) -> None:
+        if isinstance(self._index, PostgresSearchIndex):
+            # The search index is the database's (issue 19): each batch is a transaction
+            # here, answered as the writer process answers, so a failure leaves its rows
+            # pending the same way.
+            self._sent.append((_written_here(self._index, docs, deletions), done))
+            return
         if self._writer is None:
             self._writer = IndexWriterProcess(self._index.directory)
         self._sent.append((self._writer.submit(docs, deletions), done))
@@ -960,7 +967,24 @@ class _WriterProcessBatch(_IndexBatch):
             for future, _ in self._sent:
                 with contextlib.suppress(Exception):
                     future.result()
-            self.collect(summary)
+        self.collect(summary)
+
+
+def _written_here(
+    index: PostgresSearchIndex, docs: list[IndexDoc], deletions: list[str]
+) -> Future[float]:
+    """A batch written in this thread, as a done future of the CPU seconds it took."""
+    written: Future[float] = Future()
+    started = time.thread_time()
+    try:
+        index.write(docs, deletions)
+    except PipelineError as exc:
+        written.set_exception(exc)
+    except Exception as exc:
+        written.set_exception(IndexWriteError(f"writing the search index failed: {exc}"))
+    else:
+        written.set_result(time.thread_time() - started)
+    return written
 
 
 # -- worker-thread functions: no database, no index ------------------------------------------

@@ -155,7 +155,7 @@ def _export(cli, integration_id: str) -> list[dict[str, object]]:  # type: ignor
 
 
 def test_nightly_all_keeps_each_integration_apart(  # type: ignore[no-untyped-def]
-    cli, sandbox, world_template, tmp_path: Path
+    cli, sandbox, world_template, tmp_path: Path, on_each_database
 ) -> None:
     from pipeline.sandbox.generator import World
 
