@@ -6,8 +6,9 @@ its worker dies (``PR_SET_PDEATHSIG``): a worker killed for its timeout takes it
 Tesseract with it. Images are normalised first: turned upright by their EXIF orientation, made
 grey, scaled to a size Tesseract reads well, and deskewed when they lean.
 
-The languages: the first page is read with English, German, French and Spanish at once; its
-text's language then reads the other pages (with English beside it, which CVs mix in).
+The languages: a quick English pass over a small copy of the first page finds the document's
+language, which then reads every page (with English beside it, which CVs mix in); all four
+(English, German, French, Spanish) when it is none of them.
 ``PIPELINE_OCR=off`` turns OCR off; without Tesseract on PATH a scan ends ``no_text`` with
 the reason :data:`NEEDS_TESSERACT`.
 """
@@ -196,9 +197,9 @@ def parse_tsv(tsv: str) -> OcrPage:
 
 
 def prepare(image: Image.Image) -> Image.Image:
-    """Upright (EXIF orientation), grey, at a size Tesseract reads well, deskewed."""
+    """Upright (EXIF orientation), grey, at a size Tesseract reads well, despeckled, deskewed."""
     from PIL import Image as PILImage
-    from PIL import ImageOps
+    from PIL import ImageFilter, ImageOps
 
     image = ImageOps.exif_transpose(image) or image
     if image.mode in ("RGBA", "LA", "P"):
@@ -212,6 +213,8 @@ def prepare(image: Image.Image) -> Image.Image:
         scale = _TARGET_LONG_SIDE / long_side
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         image = image.resize(size, resample=PILImage.Resampling.BICUBIC)
+    # A scanner's speckle costs Tesseract time (each speck is a candidate letter) and words.
+    image = image.filter(ImageFilter.MedianFilter(3))
     angle = skew_angle(image)
     if abs(angle) >= _SKEW_STEP:
         image = image.rotate(
@@ -256,11 +259,9 @@ def read_images(
 ) -> OcrResult:
     """OCR numbered page images, up to :data:`MAX_PAGES` and within ``budget`` seconds (the
     worker's own limit, less a margin): pages past either are named in ``skipped``."""
-    from .language import detect_language
-
     started = time.monotonic()
     budget = TIME_BUDGET if budget is None else budget
-    languages = _languages(ALL_LANGUAGES)
+    languages: str | None = None
     texts: dict[int, str] = {}
     done: list[int] = []
     skipped: list[int] = []
@@ -271,19 +272,36 @@ def read_images(
             skipped.append(number)
             continue
         timeout = PAGE_TIMEOUT if left is None else min(PAGE_TIMEOUT, left)
-        page = _run_tesseract(_png(prepare(image)), languages, timeout)
+        prepared = prepare(image)
+        if languages is None:
+            languages = _guess_languages(prepared, timeout)
+        page = _run_tesseract(_png(prepared), languages, timeout)
         texts[number] = page.text
         done.append(number)
         count = len(page.text.split())
         if page.confidence is not None and count:
             weighted += page.confidence * count
             words += count
-        if len(done) == 1 and page.text.strip():
-            # The first page's language reads the rest (four models at once cost half again).
-            found = _TESSERACT_LANGUAGE.get(detect_language(page.text) or "")
-            if found is not None:
-                languages = _languages(dict.fromkeys([found, "eng"]))
     return OcrResult(tuple(done), texts, weighted / words if words else None, tuple(skipped))
+
+
+def _guess_languages(page: Image.Image, timeout: float) -> str:
+    """The languages to read a document with: its language (found by a quick English pass
+    over a small copy of its first page) and English, which CVs mix in; all four when the
+    language is none of them. Read with its own language's model first, Tesseract keeps the
+    accents that a model of four drops (Amélie, not Amelie)."""
+    from .language import detect_language
+
+    small = page.copy()
+    small.thumbnail((1200, 1200))
+    try:
+        text = _run_tesseract(_png(small), _languages(["eng"]), min(timeout, 10.0)).text
+    except ExtractionError:
+        text = ""
+    found = _TESSERACT_LANGUAGE.get(detect_language(text) or "") if text.strip() else None
+    if found is None:
+        return _languages(ALL_LANGUAGES)
+    return _languages(dict.fromkeys([found, "eng"]))
 
 
 def note(result: OcrResult, total_pages: int | None = None) -> str:
