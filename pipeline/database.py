@@ -31,6 +31,7 @@ from typing import Any, ClassVar, TypeVar, cast
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -161,6 +162,12 @@ class Attachment(Base):
     fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     extracted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # OCR (issue 17): the pages Tesseract read and its mean word confidence (0-100) over them;
+    # and how often a parser timed out or ran out of memory on these bytes (the third time
+    # makes the attachment ``unreadable``).
+    ocr_pages: Mapped[int | None] = mapped_column(Integer)
+    ocr_confidence: Mapped[float | None] = mapped_column(Float)
+    parse_failures: Mapped[int | None] = mapped_column(Integer)
 
 
 _ATTACHMENTS = Attachment.__table__
@@ -218,6 +225,8 @@ class Outcome:
     page_count: int | None = None
     text: str | None = None
     language: str | None = None
+    ocr_pages: int | None = None
+    ocr_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -265,6 +274,10 @@ class KnownAttachment:
     content_type: str | None
     file_name: str | None
     size_bytes: int | None
+    # the parser (and version) of the last extraction: an ``unreadable`` file is tried again
+    # when that parser is upgraded
+    parser: str | None = None
+    parser_version: str | None = None
 
     def changed_at_kombo(self, item: Any) -> bool:
         """Whether Kombo's listing (a RemoteAttachment) says the file is not the one on
@@ -546,6 +559,8 @@ class Store:
         """Create what is missing (tables, columns, indexes) and record the version."""
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
+        with self.engine.begin() as conn:
+            migrate_unreadable(conn)
         self.set_setting(_SCHEMA_KEY, str(SCHEMA_VERSION))
 
     def _add_missing_columns(self) -> None:
@@ -823,6 +838,8 @@ class Store:
             "char_count": len(text) if text is not None else None,
             "language": outcome.language,
             "indexed_at": None,
+            "ocr_pages": outcome.ocr_pages,
+            "ocr_confidence": outcome.ocr_confidence,
         }
         if sha256 is not None:
             values["sha256"] = sha256
@@ -838,6 +855,19 @@ class Store:
                 self._write(conn, self._upserts.text, [{"sha256": sha256, "text": text}])
             elif conn.execute(_TEXT_EXISTS, {"sha256": sha256}).first() is None:
                 conn.execute(_INSERT_TEXT, {"sha256": sha256, "text": text})
+
+    def count_parse_failure(self, attachment_id: str, sha256: str) -> int:
+        """One more timeout or memory limit of a parser on these bytes of the attachment:
+        the count so far (a count on other bytes starts again at one)."""
+        a = _ATTACHMENTS
+        with self._conn() as conn:
+            row = conn.execute(
+                select(a.c.sha256, a.c.parse_failures).where(a.c.id == attachment_id)
+            ).first()
+            same = row is not None and row[0] == sha256
+            count = (row[1] or 0) + 1 if same and row is not None else 1
+            conn.execute(update(a).where(a.c.id == attachment_id).values(parse_failures=count))
+        return count
 
     def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
         if not attachment_ids:
@@ -1320,6 +1350,26 @@ class PriorExtraction:
     language: str | None = None
 
 
+def migrate_unreadable(conn: Connection) -> int:
+    """Schema step (issue 17): ``failed`` attachments whose error says the bytes could not be
+    read (a parser's own verdict, not the network's or a killed run's) become ``unreadable``,
+    and stop being retried. Idempotent: it touches only such ``failed`` rows, so running it
+    on every ``create()`` changes nothing the second time. Returns the rows moved."""
+    a = _ATTACHMENTS
+    said_unreadable = or_(
+        a.c.error.like("unreadable:%"),
+        a.c.error.like("broken container:%"),
+        a.c.error == "parser gave up: nested too deep",
+        a.c.error == "empty",
+    )
+    moved = conn.execute(
+        update(a)
+        .where(a.c.status == AttachmentState.FAILED.value, said_unreadable)
+        .values(status=AttachmentState.UNREADABLE.value)
+    )
+    return moved.rowcount or 0
+
+
 _REUSABLE = (
     AttachmentState.INDEXED,
     AttachmentState.NO_TEXT,
@@ -1368,6 +1418,8 @@ def _known_statement(count: int) -> Select[Any]:
         _a.c.content_type,
         _a.c.file_name,
         _a.c.size_bytes,
+        _a.c.parser,
+        _a.c.parser_version,
     ).where(where)
 
 

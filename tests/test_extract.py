@@ -92,23 +92,23 @@ def test_a_pdf_labelled_as_text_is_read_as_pdf(tmp_path: Path) -> None:
     assert decide(path, "text/plain", "cv.txt") == PDF
 
 
-def test_empty_file_fails_with_reason(tmp_path: Path) -> None:
+def test_empty_file_is_unreadable_with_reason(tmp_path: Path) -> None:
     result = extract_file(_write(tmp_path, "empty.pdf", b""), "application/pdf", "empty.pdf")
-    assert result.state == AttachmentState.FAILED
-    assert result.error == "empty"
+    assert result.state == AttachmentState.UNREADABLE
+    assert result.error == "unreadable: empty file"
 
 
 def test_corrupt_pdf_fails_alone_with_a_reason(tmp_path: Path) -> None:
     data = render_pdf([Block("para", "Python")])
     broken = data[:40] + b"\x00garbage" * 50
     result = extract_file(_write(tmp_path, "broken.pdf", broken), "application/pdf", "x.pdf")
-    assert result.state in (AttachmentState.FAILED, AttachmentState.NO_TEXT)
+    assert result.state in (AttachmentState.UNREADABLE, AttachmentState.NO_TEXT)
     assert result.error
 
 
 def test_garbage_labelled_docx_fails(tmp_path: Path) -> None:
     result = extract_file(_write(tmp_path, "x.docx", b"PK\x03\x04not a zip at all"), DOCX, "x.docx")
-    assert result.state in (AttachmentState.FAILED, AttachmentState.UNSUPPORTED)
+    assert result.state in (AttachmentState.UNREADABLE, AttachmentState.UNSUPPORTED)
     assert result.error
 
 
@@ -128,17 +128,18 @@ def test_a_package_whose_main_part_is_not_a_word_document_fails(tmp_path: Path) 
             out.writestr(item, body)
     path = _write(tmp_path, "cv.docx", rewritten.getvalue())
     result = extract_file(path, DOCX, "cv.docx")
-    assert result.state == AttachmentState.FAILED
+    assert result.state == AttachmentState.UNREADABLE
     assert result.error is not None and result.error.startswith("not a Word document")
     assert "template.main+xml" in result.error
 
 
-def test_png_is_unsupported(world_template: World, tmp_path: Path) -> None:
+def test_a_tiny_png_has_no_text(world_template: World, tmp_path: Path) -> None:
     photo = next(a for a in world_template.attachments.values() if a.kind == "png")
     path = _write(tmp_path, "photo.png", world_template.body(photo.id))
     result = extract_file(path, "image/png", "photo.png")
-    assert result.state == AttachmentState.UNSUPPORTED
+    assert result.state == AttachmentState.NO_TEXT
     assert result.detected_type == "image/png"
+    assert result.error == "no text: the image is too small to hold any"
 
 
 def test_text_in_other_charsets(tmp_path: Path) -> None:

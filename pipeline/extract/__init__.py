@@ -122,6 +122,12 @@ def _version_of(parser_name: str) -> str | None:
     return f"{parser.version}; {ocr.tesseract_version()}" if extra else parser.version
 
 
+def _no_text_reason(note: str | None, read: ocr.OcrResult | None) -> str:
+    if read is not None:
+        return f"no text: OCR read {len(read.pages)} page(s) and found none"
+    return note or "no text (image-only or empty document)"
+
+
 def extract_file(path: Path, content_type: str | None, file_name: str | None) -> Extraction:
     load_parsers()
     started, cpu = time.perf_counter(), time.process_time()
@@ -197,7 +203,7 @@ def _extract(path: Path, content_type: str | None, file_name: str | None) -> Ext
             **meta,
             page_count=parsed.page_count,
             text="",
-            error=parsed.note or "no text (image-only or empty document)",
+            error=_no_text_reason(parsed.note, read),
             ocr_pages=ocr_pages,
             ocr_confidence=ocr_confidence,
         )

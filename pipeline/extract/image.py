@@ -31,6 +31,10 @@ IMAGE_TYPES = frozenset(
 # A decompression bomb (a tiny file claiming 50 000 x 50 000 pixels) is refused by Pillow
 # past this, and the worker's memory limit holds the rest.
 Image.MAX_IMAGE_PIXELS = 120_000_000
+# Smaller than this on a side, an image holds no line of text (an icon, a tracking pixel, a
+# thumbnail of a face): ``no_text`` without starting Tesseract.
+MIN_SIDE = 48
+TOO_SMALL = "no text: the image is too small to hold any"
 
 
 def _frames(image: Image.Image) -> Iterator[tuple[int, Image.Image]]:
@@ -49,6 +53,8 @@ class ImageParser:
     def parse(self, path: Path) -> Parsed:
         with Image.open(path) as image:
             pages = getattr(image, "n_frames", 1)
+            if min(image.size) < MIN_SIDE:
+                return Parsed(text="", page_count=pages, note=TOO_SMALL)
             reason = ocr.unavailable_reason()
             if reason is not None:
                 return Parsed(text="", page_count=pages, note=reason)
