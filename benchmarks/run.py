@@ -15,7 +15,10 @@ Prints one table and writes it as JSON (``benchmarks/results/run.json``):
   is beside the project, else the sandbox's own PDFs);
 - indexing alone: Whoosh against SQLite FTS5 on the same generated CVs;
 - search: p50 and p95 over a fixed query mix at both index sizes;
-- memory: peak RSS of the pipeline's process for the small and the full end-to-end run.
+- memory: peak RSS of the pipeline's process for the small and the full end-to-end run;
+- OCR (``ocr.py``): Tesseract's pages per second on the sandbox's scans and photos, on one
+  core and on every core, beside pdftotext on their born-digital twins, and OCR's share of
+  a run's CPU when one CV in twenty is a scan.
 
 Each end-to-end run is a process of its own (``--child``), so that its peak RSS is its own.
 The sandbox runs in a process of its own too, its documents rendered once into a cache.
@@ -42,10 +45,17 @@ sys.path.insert(0, str(ROOT))
 import extraction  # noqa: E402
 import fetch_download  # noqa: E402
 import index_search  # noqa: E402
+import ocr  # noqa: E402
 
 SIZES = {
-    "full": {"candidates": 2000, "small": 500, "docs": [10_000, 100_000], "rounds": 5},
-    "quick": {"candidates": 300, "small": 75, "docs": [2_000, 10_000], "rounds": 3},
+    "full": {
+        "candidates": 2000,
+        "small": 500,
+        "docs": [10_000, 100_000],
+        "rounds": 5,
+        "scans": 8,
+    },
+    "quick": {"candidates": 300, "small": 75, "docs": [2_000, 10_000], "rounds": 3, "scans": 4},
 }
 # The end-to-end run is made this many times, each into a new data directory, and the table
 # shows the median run: a single run's ratio swings by a quarter with the machine's spells.
@@ -269,6 +279,17 @@ def table(result: dict) -> list[tuple[str, str, str]]:
                 "p95 < 50 ms at the largest",
             )
         )
+    if "ocr" in result:
+        o = result["ocr"]
+        rows.append(
+            (
+                f"OCR, {o['documents']} scans and photos, {o['pages']} pages",
+                f"{o['ocr_pages_per_s_one_core']} pages/s on one core, "
+                f"{o['ocr_pages_per_s_every_core']} on {o['cores']}; pdftotext "
+                f"{o['pdftotext_pages_per_s_twins']} pages/s on the born-digital twins",
+                f"{o['ocr_share_of_run_cpu_one_in_twenty']:.0%} of a run's CPU at 1 scan in 20",
+            )
+        )
     rows.append(
         (
             f"peak RSS, {e2e['small_candidates']} vs {e2e['candidates']} candidates",
@@ -288,7 +309,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["e2e", "extraction", "index"],
+        choices=["e2e", "extraction", "index", "ocr"],
         help="sections to leave out (their figures from the last run of this size are kept)",
     )
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
@@ -312,7 +333,7 @@ def main() -> None:
         f"Python {platform.python_version()}",
         "targets": TARGETS,
     }
-    for section in ("end_to_end", "extraction", "index"):
+    for section in ("end_to_end", "extraction", "index", "ocr"):
         if section in previous:
             result[section] = previous[section]
     if "e2e" not in args.skip:
@@ -328,6 +349,9 @@ def main() -> None:
         for count in size["docs"]:
             result["index"].append(index_search.measure(count, size["rounds"]))
             print(json.dumps(result["index"][-1]), flush=True)
+    if "ocr" not in args.skip:
+        result["ocr"] = ocr.measure(size["scans"], ocr.RUN_CPU_PER_CANDIDATE)
+        print(json.dumps(result["ocr"]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     if all(section in result for section in ("end_to_end", "extraction", "index")):
