@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING
 
+from ..child import child_environment
 from ..errors import ExtractionError
 
 if TYPE_CHECKING:
@@ -91,7 +92,13 @@ def tesseract_version() -> str | None:
     if path is None:
         return None
     try:
-        done = subprocess.run([path, "--version"], capture_output=True, timeout=10, check=False)
+        done = subprocess.run(
+            [path, "--version"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+            env=child_environment(),  # also asked from the run's own process: keep the key
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     found = re.search(rb"tesseract v?(\d+(?:\.\d+)+)", done.stdout + done.stderr)
@@ -104,7 +111,13 @@ def installed_languages() -> frozenset[str]:
     if path is None:
         return frozenset()
     try:
-        done = subprocess.run([path, "--list-langs"], capture_output=True, timeout=10, check=False)
+        done = subprocess.run(
+            [path, "--list-langs"],
+            capture_output=True,
+            timeout=10,
+            check=False,
+            env=child_environment(),
+        )
     except (OSError, subprocess.TimeoutExpired):
         return frozenset()
     lines = done.stdout.decode("utf-8", "replace").splitlines()[1:]
@@ -139,7 +152,7 @@ def _run_tesseract(png: bytes, languages: str, timeout: float) -> OcrPage:
     if path is None:
         raise ExtractionError(NEEDS_TESSERACT)
     # One thread: the extraction workers already take one core each.
-    env = {**os.environ, "OMP_THREAD_LIMIT": "1"}
+    env = {**child_environment(), "OMP_THREAD_LIMIT": "1"}
     command = [path, "stdin", "stdout", "-l", languages, "--psm", "3", "tsv"]
     try:
         done = subprocess.run(
