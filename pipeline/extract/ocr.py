@@ -342,9 +342,3 @@ def _ranges(numbers: Iterable[int]) -> str:
         if n is not None:
             start = prev = n
     return ", ".join(out)
-
-
-def mean_confidence(text: str) -> float | None:
-    """The confidence an OCR note records ("mean confidence 91"), for reports and tests."""
-    found = re.search(r"mean confidence (\d+)", text or "")
-    return float(found.group(1)) if found else None
