@@ -281,10 +281,12 @@ def read_images(
     weighted, words = 0.0, 0
     for number, image in images:
         left = None if budget is None else budget - (time.monotonic() - started)
-        if len(done) >= MAX_PAGES or (left is not None and left < 2.0):
+        if len(done) >= MAX_PAGES or (done and left is not None and left < 2.0):
             skipped.append(number)
             continue
-        timeout = PAGE_TIMEOUT if left is None else min(PAGE_TIMEOUT, left)
+        # The first page is always tried (its own limit at least a second; the worker's clock
+        # still holds): a document of which no page was read is a timeout, not "no text".
+        timeout = PAGE_TIMEOUT if left is None else min(PAGE_TIMEOUT, max(left, 1.0))
         prepared = prepare(image)
         if languages is None:
             languages = _guess_languages(prepared, timeout)
