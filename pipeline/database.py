@@ -42,6 +42,7 @@ from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -205,6 +206,12 @@ class Attachment(Base):
     fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     extracted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # OCR (issue 17): the pages Tesseract read and its mean word confidence (0-100) over them;
+    # and how often a parser timed out or ran out of memory on these bytes (the third time
+    # makes the attachment ``unreadable``).
+    ocr_pages: Mapped[int | None] = mapped_column(Integer)
+    ocr_confidence: Mapped[float | None] = mapped_column(Float)
+    parse_failures: Mapped[int | None] = mapped_column(Integer)
 
 
 _ATTACHMENTS = Attachment.__table__
@@ -264,6 +271,8 @@ class Outcome:
     page_count: int | None = None
     text: str | None = None
     language: str | None = None
+    ocr_pages: int | None = None
+    ocr_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -311,6 +320,10 @@ class KnownAttachment:
     content_type: str | None
     file_name: str | None
     size_bytes: int | None
+    # the parser (and version) of the last extraction: an ``unreadable`` file is tried again
+    # when that parser is upgraded
+    parser: str | None = None
+    parser_version: str | None = None
 
     def changed_at_kombo(self, item: Any) -> bool:
         """Whether Kombo's listing (a RemoteAttachment) says the file is not the one on
@@ -727,6 +740,8 @@ class Store:
         self._add_missing_columns()
         if rebuilt:
             self._register_found_integrations()
+        with self.engine.begin() as conn:
+            migrate_unreadable(conn)
         self.set_setting(_SCHEMA_KEY, str(SCHEMA_VERSION))
 
     def _key_by_integration(self) -> bool:
@@ -1118,6 +1133,8 @@ class Store:
             "char_count": len(text) if text is not None else None,
             "language": outcome.language,
             "indexed_at": None,
+            "ocr_pages": outcome.ocr_pages,
+            "ocr_confidence": outcome.ocr_confidence,
         }
         if sha256 is not None:
             values["sha256"] = sha256
@@ -1135,6 +1152,26 @@ class Store:
                 self._write(conn, self._upserts.text, [row])
             elif conn.execute(_TEXT_EXISTS, {"iid": iid, "sha256": sha256}).first() is None:
                 conn.execute(_INSERT_TEXT, row)
+
+    @retried
+    def count_parse_failure(self, attachment_id: str, sha256: str) -> int:
+        """One more timeout or memory limit of a parser on these bytes of the attachment:
+        the count so far (a count on other bytes starts again at one)."""
+        a = _ATTACHMENTS
+        with self._conn() as conn:
+            row = conn.execute(
+                select(a.c.sha256, a.c.parse_failures).where(
+                    a.c.integration_id == self._iid, a.c.id == attachment_id
+                )
+            ).first()
+            same = row is not None and row[0] == sha256
+            count = (row[1] or 0) + 1 if same and row is not None else 1
+            conn.execute(
+                update(a)
+                .where(a.c.integration_id == self._iid, a.c.id == attachment_id)
+                .values(parse_failures=count)
+            )
+        return count
 
     @retried
     def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
@@ -1868,6 +1905,26 @@ class PriorExtraction:
     language: str | None = None
 
 
+def migrate_unreadable(conn: Connection) -> int:
+    """Schema step (issue 17): ``failed`` attachments whose error says the bytes could not be
+    read (a parser's own verdict, not the network's or a killed run's) become ``unreadable``,
+    and stop being retried. Idempotent: it touches only such ``failed`` rows, so running it
+    on every ``create()`` changes nothing the second time. Returns the rows moved."""
+    a = _ATTACHMENTS
+    said_unreadable = or_(
+        a.c.error.like("unreadable:%"),
+        a.c.error.like("broken container:%"),
+        a.c.error == "parser gave up: nested too deep",
+        a.c.error == "empty",
+    )
+    moved = conn.execute(
+        update(a)
+        .where(a.c.status == AttachmentState.FAILED.value, said_unreadable)
+        .values(status=AttachmentState.UNREADABLE.value)
+    )
+    return moved.rowcount or 0
+
+
 _REUSABLE = (
     AttachmentState.INDEXED,
     AttachmentState.NO_TEXT,
@@ -1917,6 +1974,8 @@ def _known_statement(count: int) -> Select[Any]:
         _a.c.content_type,
         _a.c.file_name,
         _a.c.size_bytes,
+        _a.c.parser,
+        _a.c.parser_version,
     ).where(where)
 
 
