@@ -21,6 +21,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..errors import QueryError, QueryTooCostly
     from ._doc import IndexDoc
     from ._index import IndexWriter, SearchIndex
     from ._results import CandidateHit, SearchHit, SearchResults, group_by_candidate
@@ -36,6 +37,8 @@ _EXPORTS = {
     "SearchHit": "_results",
     "SearchIndex": "_index",
     "SearchResults": "_results",
+    "QueryError": "..errors",
+    "QueryTooCostly": "..errors",
     "engine_paths": "_whoosh",
     "group_by_candidate": "_results",
 }
@@ -46,6 +49,8 @@ __all__ = [
     "IndexDoc",
     "IndexWriter",
     "IndexWriterProcess",
+    "QueryError",
+    "QueryTooCostly",
     "SearchHit",
     "SearchIndex",
     "SearchResults",
@@ -58,7 +63,9 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pipeline.search' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    return getattr(
+        importlib.import_module(module if module.startswith("..") else f".{module}", __name__), name
+    )
 
 
 def __dir__() -> list[str]:

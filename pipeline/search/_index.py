@@ -33,10 +33,11 @@ from ..errors import (
 )
 from ..filestore import storage_error
 from . import _rebuild
+from ._analysis import ANALYSIS_VERSION
 from ._doc import IndexDoc
-from ._query import _check_syntax, _correct, _filters, _parse
+from ._query import Budget, _check_syntax, _correct, _filters, _parse, check_expansions
 from ._results import SearchHit, SearchResults
-from ._schema import _fields, _schema, index_exists, locked_writer, open_index
+from ._schema import _fields, _schema, analysis_version, index_exists, locked_writer, open_index
 from ._snippets import _escape, _highlighted, _snippet
 from ._whoosh import ranker as _ranker
 
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 # What Whoosh raises reading a TOC or segment that is missing, cut short or overwritten.
 _DAMAGE = (OSError, EOFError, struct.error, zlib.error, pickle.UnpicklingError)
 _REINDEX = "run `pipeline reindex` to rebuild it from the database"
+# Index folders whose older analysis has been warned about in this process.
+_WARNED_OUTDATED: set[Path] = set()
 
 
 @contextmanager
@@ -223,6 +226,24 @@ class SearchIndex:
             raise QueryError(
                 "the search index was built by an older version: run `pipeline reindex`"
             )
+        if self.analysis_outdated() and self.directory not in _WARNED_OUTDATED:
+            _WARNED_OUTDATED.add(self.directory)
+            log.warning("%s", self.outdated_reason())
+
+    def analysis_outdated(self) -> bool:
+        """Whether the index's words were written by an older analysis than this version's
+        (it still answers, as it was written; ``reindex`` brings in what changed)."""
+        return self.exists() and analysis_version(self.directory) < ANALYSIS_VERSION
+
+    def outdated_reason(self) -> str | None:
+        """One line for ``status``/``check`` when the index's analysis is older, else None."""
+        if not self.analysis_outdated():
+            return None
+        return (
+            f"the search index in {self.directory} was written with analysis version "
+            f"{analysis_version(self.directory)} (this version writes {ANALYSIS_VERSION}: "
+            "ß = ss, split elisions, dotted words by their parts): run `pipeline reindex`"
+        )
 
     def search(
         self,
@@ -238,10 +259,13 @@ class SearchIndex:
     ) -> SearchResults:
         """Ranked hits (BM25F) with snippets made from ``texts`` (attachment id -> text).
 
-        Words the index does not hold are spelled again from its own words; when that finds
-        more, those hits come back with ``did_you_mean`` set.
+        Misspelled words are spelled again from the index's own words: the correction is
+        ``did_you_mean`` beside the literal query's hits, and only when the literal query
+        finds nothing are the corrected query's hits returned (``corrected``). A query past
+        the caps raises ``QueryTooCostly``; one that cannot be read, ``QueryError``.
         """
         _check_syntax(query)
+        budget = Budget.start()
         if not self.exists():
             return SearchResults(query, 0, [])
         ix = self._open()
@@ -250,25 +274,22 @@ class SearchIndex:
             filters = _filters(type, candidate_id, language, since)
             with _translated(self.directory, "read it"), ix.searcher() as searcher:
                 parsed = _parse(ix.schema, query)
+                check_expansions(parsed, searcher.reader(), query)
+                budget.check(query)
                 ranker = _ranker(searcher)
                 found, total = _collect(searcher, ranker, parsed, filters, offset + limit)
-                # A word the index does not hold is likely a typo even when its stem matched
-                # a few documents ("Kubernets"): the corrected query wins if it finds as many
-                # or more (the stems of a typo often find the same documents). Snippets are
-                # made only for the page that is returned.
-                corrected = _correct(searcher, ix.schema, query)
-                if corrected is not None:
+                budget.check(query)
+                corrected = _correct(searcher.reader(), ix.schema, query, budget)
+                if corrected is not None and not total:
                     reparsed = _parse(ix.schema, corrected)
                     again, again_total = _collect(
                         searcher, ranker, reparsed, filters, offset + limit
                     )
-                    if again_total >= total and again_total:
+                    if again_total:
                         hits = _page(searcher, reparsed, again[offset:], texts)
-                        return SearchResults(query, again_total, hits, corrected)
-                    if total == 0:
-                        return SearchResults(query, 0, [], corrected)
+                        return SearchResults(query, again_total, hits, corrected, corrected=True)
                 hits = _page(searcher, parsed, found[offset:], texts)
-                return SearchResults(query, total, hits)
+                return SearchResults(query, total, hits, corrected)
         finally:
             ix.close()
 

@@ -1,36 +1,114 @@
-"""Reading a query: its syntax checked, parsed over the fields, widened by stems; filters;
-and a correction of its spelling from the index's own words."""
+"""Reading a query: its syntax and cost checked, parsed over the fields, widened by stems
+and spellings; filters; and a correction of its spelling from the index's own words."""
 
 from __future__ import annotations
 
+import itertools
+import re
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from whoosh.fields import Schema
-from whoosh.qparser import AndGroup, MultifieldParser, QueryParser
-from whoosh.query import ConstantScoreQuery, DateRange, Or, Query, Term
+from whoosh.qparser import AndGroup, MultifieldParser
+from whoosh.query import ConstantScoreQuery, DateRange, FuzzyTerm, MultiTerm, Or, Query, Term
 
-from ..errors import QueryError
-from ._analysis import STEM_MARK, WORD, fold, query_stems
+from ..errors import QueryError, QueryTooCostly
+from ._analysis import FAMILY_MARK, STEM_MARK, family_key, query_stems, umlaut_spellings
 from ._schema import BOOSTS, FIELDS, STEM_BOOST
-from ._whoosh._spelling import WordCorrector
 
 if TYPE_CHECKING:
-    from whoosh.searching import Searcher
+    from whoosh.reading import IndexReader
+
+# What one query may cost. A query of 2,000 characters of unknown words took 17 s, and
+# "[a TO z]" 4 s, at 124 documents, before these caps.
+MAX_QUERY_CHARS = 1_000
+MAX_QUERY_WORDS = 64
+# Words a prefix, wildcard, range or fuzzy term may stand for, each and all together.
+MAX_EXPANSIONS = 1_000
+MAX_QUERY_SECONDS = 2.0
+# Fields a query may name (``type:CV``); anything else is a mistake, not a word to find.
+QUERY_FIELDS = (*FIELDS, "type", "language", "candidate_id", "attachment_id")
+# Other spellings of a word ("Joerg" for "Jörg") weigh as the word; its German word family
+# ("entwickeln" for "Entwicklung") less than its stem.
+FAMILY_BOOST = 0.4
+OPERATORS = ("AND", "OR", "NOT")
+
+# A query's pieces outside quotes: a quoted phrase, a parenthesis, or a run of other text.
+_PIECES = re.compile(r'"[^"]*"(?:~\d+)?|[()]|[^\s()"]+')
+_FIELD = re.compile(r"^[+-]?([A-Za-z_]\w*):(?!//)(.*)$")
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+@dataclass
+class Budget:
+    """A query's time limit: checked between the steps of a search."""
+
+    deadline: float
+
+    @classmethod
+    def start(cls, seconds: float = MAX_QUERY_SECONDS) -> Budget:
+        return cls(time.monotonic() + seconds)
+
+    def check(self, query: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise QueryTooCostly(
+                f"query {_short(query)!r} took more than {MAX_QUERY_SECONDS:g} s: "
+                "make it narrower (fewer words, longer prefixes)"
+            )
+
+
+def _short(query: str) -> str:
+    return query if len(query) <= 60 else query[:57] + "..."
 
 
 def _check_syntax(query: str) -> None:
+    """A query that cannot mean what its writer meant is an error with the reason, not a
+    guess: unbalanced quotes or parentheses, an operator with nothing on one side, a field
+    the index does not have, or a query past the caps."""
     if not query.strip():
         raise QueryError("empty query: give at least one word")
+    if len(query) > MAX_QUERY_CHARS:
+        raise QueryTooCostly(
+            f"query is {len(query):,} characters long: at most {MAX_QUERY_CHARS:,} are read"
+        )
     if query.count('"') % 2:
-        raise QueryError(f"cannot read query {query!r}: a quote is not closed")
+        raise QueryError(f"cannot read query {_short(query)!r}: a quote is not closed")
     depth = 0
     for char in query:
         depth += {"(": 1, ")": -1}.get(char, 0)
         if depth < 0:
             break
     if depth != 0:
-        raise QueryError(f"cannot read query {query!r}: parentheses do not match")
+        raise QueryError(f"cannot read query {_short(query)!r}: parentheses do not match")
+    pieces = _PIECES.findall(query)
+    words = sum(1 for p in pieces if p not in ("(", ")") and p not in OPERATORS)
+    if words > MAX_QUERY_WORDS:
+        raise QueryTooCostly(f"query has {words} words: at most {MAX_QUERY_WORDS} are read")
+    _check_operators(query, pieces)
+    for piece in pieces:
+        field = _FIELD.match(piece)
+        if field and field.group(1) not in QUERY_FIELDS:
+            raise QueryError(
+                f"cannot read query {_short(query)!r}: there is no field {field.group(1)!r} "
+                f"(fields: {', '.join(QUERY_FIELDS)})"
+            )
+
+
+def _check_operators(query: str, pieces: list[str]) -> None:
+    before = "("  # the query's start reads as an opening parenthesis
+    for piece in [*pieces, ")"]:
+        if piece in ("AND", "OR") and before in ("(", "AND", "OR", "NOT"):
+            where = "nothing" if before == "(" else before
+            raise QueryError(
+                f"cannot read query {_short(query)!r}: {piece} has {where} on its left"
+            )
+        if piece == ")" and before in OPERATORS:
+            raise QueryError(
+                f"cannot read query {_short(query)!r}: {before} has nothing on its right"
+            )
+        before = piece
 
 
 def _parse(schema: Schema, query: str) -> Query:
@@ -38,26 +116,78 @@ def _parse(schema: Schema, query: str) -> Query:
     try:
         parsed = parser.parse(query)
     except Exception as exc:  # whoosh's parser raises assorted errors
-        raise QueryError(f"cannot read query {query!r}: {exc}") from exc
-    # The parser folded the words; stems need them as typed (lower-cased, accents kept).
-    typed = {fold(word): word for word in (w.lower() for w in WORD.findall(query))}
-    return _with_stems(parsed, typed)
+        raise QueryError(f"cannot read query {_short(query)!r}: {exc}") from exc
+    # The parser folded the words (with the analysis the index was written with, pickled
+    # in its schema); stems need them as typed (lower-cased, accents kept).
+    analyzer = schema["text"].analyzer
+    typed: dict[str, str] = {}
+    for piece in _LETTERS.findall(query):
+        lowered = piece.lower()
+        for token in analyzer(lowered):
+            typed.setdefault(token.text, lowered)
+    return _widened(_bounded(parsed), typed)
 
 
-def _with_stems(query: Query, typed: dict[str, str]) -> Query:
+def _bounded(query: Query) -> Query:
+    # A fuzzy term keeps its first letter: without it Whoosh measures the distance to every
+    # word of the index.
+    if isinstance(query, FuzzyTerm):
+        query.prefixlength = max(query.prefixlength, 1)
+        query.maxdist = min(query.maxdist, 2)
+        return query
+    if query.is_leaf():
+        return query
+    return query.apply(_bounded)
+
+
+def check_expansions(query: Query, reader: IndexReader, text: str) -> None:
+    """Prefixes, wildcards, ranges and fuzzy terms stand for at most ``MAX_EXPANSIONS``
+    words, each and together (``[a TO z]`` would read every posting list of the index)."""
+    left = MAX_EXPANSIONS
+    for leaf in query.leaves():
+        if not isinstance(leaf, MultiTerm) or not leaf.field():
+            continue
+        if isinstance(leaf, FuzzyTerm) or type(leaf).__name__ in ("Prefix", "Wildcard"):
+            literal = getattr(leaf, "text", "") or ""
+            if type(leaf).__name__ == "Wildcard" and not re.match(r"[^*?]", literal):
+                raise QueryTooCostly(
+                    f"query {_short(text)!r}: a wildcard must begin with a letter "
+                    f"({literal!r} would read every word of the index)"
+                )
+        count = sum(1 for _ in itertools.islice(leaf.expanded_terms(reader), left + 1))
+        left -= count
+        if left < 0:
+            raise QueryTooCostly(
+                f"query {_short(text)!r}: {leaf} stands for more than {MAX_EXPANSIONS:,} "
+                "words of the index: make it longer or narrower"
+            )
+
+
+def _widened(query: Query, typed: dict[str, str]) -> Query:
     """Each word of the text field also matches the documents that share one of its stems
-    (in any stemmed language: the query's own language is unknown)."""
+    (in any stemmed language: the query's own language is unknown), its other spellings
+    (umlauts typed or spelt out), and its German word family."""
     if type(query) is Term and query.fieldname == "text":
         word = query.text
-        stems = query_stems(typed.get(word, word))
+        lowered = typed.get(word, word)
+        stems = query_stems(lowered)
         boost = query.boost * STEM_BOOST
         alternatives: list[Query] = [query]
+        alternatives += [
+            Term("text", s, boost=query.boost) for s in sorted(umlaut_spellings(lowered))
+        ]
         alternatives += [Term("text", STEM_MARK + s, boost=boost) for s in sorted(stems)]
         alternatives += [Term("text", s, boost=boost) for s in sorted(stems) if s != word]
+        key = family_key(word)
+        if key:
+            family = query.boost * FAMILY_BOOST
+            alternatives.append(Term("text", FAMILY_MARK + key, boost=family))
+            if key not in stems and key != word:
+                alternatives.append(Term("text", key, boost=family))
         return Or(alternatives)
     if query.is_leaf():
         return query
-    return query.apply(lambda sub: _with_stems(sub, typed))
+    return query.apply(lambda sub: _widened(sub, typed))
 
 
 def _filters(
@@ -78,19 +208,81 @@ def _filters(
     return filters
 
 
-def _correct(searcher: Searcher, schema: Schema, query: str) -> str | None:
-    """The query spelled with words the index holds ("Kubernets" -> "kubernetes")."""
-    try:
-        plain = QueryParser("text", schema).parse(query)
-        corrected = searcher.correct_query(
-            plain,
-            query,
-            maxdist=2,
-            prefix=1,  # a typo in the first letter is rare; a whole-lexicon scan is not cheap
-            correctors={"text": WordCorrector(searcher.reader(), "text", schema["text"])},
+# -- spelling -------------------------------------------------------------------------------
+
+# A word the index holds is still taken for a typo when a word one edit away is this many
+# times as common (a typo made in one CV, "Pyhton", while forty say "Python"): measured on
+# the shared corpus and the sandbox's CVs, where no correctly typed query word has a
+# neighbour even five times as common that is not a different word.
+RARE_MARGIN = 20
+
+
+def edit_budget(word: str) -> int:
+    """Edits a correction may make: none for words of three letters or fewer ("Go", "R",
+    "SQL" are words, not typos), one up to six letters, two beyond."""
+    if len(word) <= 3:
+        return 0
+    return 1 if len(word) <= 6 else 2
+
+
+def correctable(piece: str) -> bool:
+    """Only plain words are spelled again: not operators, fields, patterns, numbers, or
+    tokens with symbols ("C++", "C#", ".NET", "node.js")."""
+    return piece not in OPERATORS and bool(re.fullmatch(r"[^\W\d_]{4,}", piece))
+
+
+def _correct(reader: IndexReader, schema: Schema, query: str, budget: Budget) -> str | None:
+    """The query with every misspelled word spelled as the index's words are ("Kubernets"
+    -> "kubernetes"), or None when no word needs it."""
+    from rapidfuzz.distance import OSA  # imported when a query has a word to correct
+
+    analyzer = schema["text"].analyzer
+    replacements: dict[str, str] = {}
+    words = itertools.chain.from_iterable(p.strip('"').split() for p in _PIECES.findall(query))
+    for word in words:
+        if not correctable(word) or word.lower() in replacements:
+            continue
+        lowered = word.lower()
+        folded = [t.text for t in analyzer(lowered)]
+        if len(folded) != 1:
+            continue
+        term = folded[0]
+        known = reader.doc_frequency("text", term) + sum(
+            reader.doc_frequency("text", s) for s in umlaut_spellings(lowered)
         )
-    except Exception:  # a suggestion is a nicety: never fail a search for it
+        best = _nearest(reader, term, edit_budget(term) if not known else 1, OSA)
+        budget.check(query)
+        if best is None:
+            continue
+        suggestion, frequency = best
+        if known and frequency < RARE_MARGIN * known:
+            continue
+        replacements[lowered] = suggestion
+    if not replacements:
         return None
-    if corrected.query == plain or not corrected.string.strip():
+    pattern = re.compile(
+        r"(?<![\w.+#])(" + "|".join(map(re.escape, replacements)) + r")(?![\w+#]|\.\w)",
+        re.IGNORECASE,
+    )
+    return pattern.sub(lambda m: replacements[m.group(1).lower()], query)
+
+
+def _nearest(reader: IndexReader, term: str, edits: int, osa: object) -> tuple[str, int] | None:
+    """The index's word nearest to ``term`` within ``edits`` edits (a transposition is one),
+    beginning with the same letter: fewest edits first, then the most documents."""
+    if edits <= 0:
         return None
-    return str(corrected.string)
+    distance = osa.distance  # type: ignore[attr-defined]
+    low, high = len(term) - edits, len(term) + edits
+    found: list[tuple[int, int, str]] = []
+    for btext in reader.expand_prefix("text", term[0]):
+        candidate = btext.decode("utf-8")
+        if not low <= len(candidate) <= high or candidate == term or not candidate.isalpha():
+            continue
+        edited = distance(term, candidate, score_cutoff=edits)
+        if edited <= edits:
+            found.append((edited, -reader.doc_frequency("text", candidate), candidate))
+    if not found:
+        return None
+    edited, frequency, candidate = min(found)
+    return candidate, -frequency
