@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import pickle
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
@@ -35,7 +37,7 @@ from ..filestore import storage_error
 from . import _rebuild
 from ._analysis import ANALYSIS_VERSION
 from ._doc import IndexDoc
-from ._query import Budget, _check_syntax, _correct, _filters, _parse, check_expansions
+from ._query import Budget, _check_syntax, _correct, _filters, _parse, check_expansions, parser
 from ._results import SearchHit, SearchResults
 from ._schema import _fields, _schema, analysis_version, index_exists, locked_writer, open_index
 from ._snippets import _escape, _highlighted, _snippet
@@ -98,6 +100,68 @@ def _cancel(raw: Any) -> None:
         with suppress(Exception):
             if lock is not None:
                 lock.release()
+
+
+# Each thread's open searchers, by index folder (Whoosh's readers seek shared file
+# objects: one searcher is never shared between threads).
+_LOCAL = threading.local()
+_OPEN_LIMIT = 4  # index folders a thread keeps open (one per integration it searches)
+
+
+def _folder_state(directory: Path) -> frozenset[tuple[str, int, int, int]] | None:
+    """Every file of the index folder with its size, inode and modification time: any
+    commit, rebuild, purge or damage changes it. None when there is no folder."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return None
+    state = set()
+    for entry in entries:
+        with suppress(FileNotFoundError):
+            info = entry.stat()
+            state.add((entry.name, info.st_size, info.st_ino, info.st_mtime_ns))
+    return frozenset(state)
+
+
+def _forget(directory: Path) -> None:
+    opened = _LOCAL.__dict__.get("opened", {}).pop(directory, None)
+    if opened is not None:
+        opened.close()
+
+
+class _Opened:
+    """An open index, its searcher and query parser, and the corrections made on it."""
+
+    def __init__(self, state: frozenset[tuple[str, int, int, int]], ix: Any, searcher: Any):
+        self.state = state
+        self.ix = ix
+        self.searcher = searcher
+        self.schema = ix.schema
+        self._parser = parser(self.schema)
+        # Parsed queries and corrections, by query: a server asked the same query again, a
+        # page after the first, pays for neither twice.
+        self._parsed: dict[str, Query] = {}
+        self._corrections: dict[str, str | None] = {}
+
+    def parse(self, query: str) -> Query:
+        if query not in self._parsed:
+            if len(self._parsed) > 1_000:
+                self._parsed.clear()
+            self._parsed[query] = _parse(self.schema, query, self._parser)
+        return self._parsed[query]
+
+    def correct(self, query: str, budget: Budget) -> str | None:
+        if query not in self._corrections:
+            if len(self._corrections) > 1_000:
+                self._corrections.clear()
+            self._corrections[query] = _correct(self.searcher.reader(), self.schema, query, budget)
+        return self._corrections[query]
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.searcher.close()
+        with suppress(Exception):
+            self.ix.close()
 
 
 class IndexWriter:
@@ -266,22 +330,22 @@ class SearchIndex:
         """
         _check_syntax(query)
         budget = Budget.start()
-        if not self.exists():
+        opened = self._opened()
+        if opened is None:
             return SearchResults(query, 0, [])
-        ix = self._open()
+        filters = _filters(type, candidate_id, language, since)
+        searcher = opened.searcher
         try:
-            self._check_schema(ix)
-            filters = _filters(type, candidate_id, language, since)
-            with _translated(self.directory, "read it"), ix.searcher() as searcher:
-                parsed = _parse(ix.schema, query)
+            with _translated(self.directory, "read it"):
+                parsed = opened.parse(query)
                 check_expansions(parsed, searcher.reader(), query)
                 budget.check(query)
                 ranker = _ranker(searcher)
                 found, total = _collect(searcher, ranker, parsed, filters, offset + limit)
                 budget.check(query)
-                corrected = _correct(searcher.reader(), ix.schema, query, budget)
+                corrected = opened.correct(query, budget)
                 if corrected is not None and not total:
-                    reparsed = _parse(ix.schema, corrected)
+                    reparsed = opened.parse(corrected)
                     again, again_total = _collect(
                         searcher, ranker, reparsed, filters, offset + limit
                     )
@@ -290,8 +354,40 @@ class SearchIndex:
                         return SearchResults(query, again_total, hits, corrected, corrected=True)
                 hits = _page(searcher, parsed, found[offset:], texts)
                 return SearchResults(query, total, hits, corrected)
-        finally:
+        except BaseException:
+            # Whatever failed (a damaged segment, a query past its time), the next search
+            # opens the index afresh.
+            _forget(self.directory)
+            raise
+
+    def _opened(self) -> _Opened | None:
+        """This thread's open searcher on the index, reused while no file of the index
+        changed (a search on a small index was mostly opening it: reading the TOC, the
+        segments, the schema), or None when there is no index yet."""
+        self._check_folder()
+        with _translated(self.directory, "read it"):
+            state = _folder_state(self.directory)
+        if state is None:
+            return None
+        cache: dict[Path, _Opened] = _LOCAL.__dict__.setdefault("opened", {})
+        opened = cache.get(self.directory)
+        if opened is not None and opened.state == state:
+            return opened
+        _forget(self.directory)
+        if not self.exists():
+            return None
+        ix = self._open()
+        try:
+            self._check_schema(ix)
+            with _translated(self.directory, "read it"):
+                opened = _Opened(state, ix, ix.searcher())
+        except BaseException:
             ix.close()
+            raise
+        while len(cache) >= _OPEN_LIMIT:  # the oldest goes (a test run opens hundreds)
+            _forget(next(iter(cache)))
+        cache[self.directory] = opened
+        return opened
 
     def similar(
         self,

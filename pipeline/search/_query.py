@@ -111,10 +111,14 @@ def _check_operators(query: str, pieces: list[str]) -> None:
         before = piece
 
 
-def _parse(schema: Schema, query: str) -> Query:
-    parser = MultifieldParser(list(FIELDS), schema, fieldboosts=BOOSTS, group=AndGroup)
+def parser(schema: Schema) -> MultifieldParser:
+    return MultifieldParser(list(FIELDS), schema, fieldboosts=BOOSTS, group=AndGroup)
+
+
+def _parse(schema: Schema, query: str, made: MultifieldParser | None = None) -> Query:
+    parser_ = made or parser(schema)
     try:
-        parsed = parser.parse(query)
+        parsed = parser_.parse(query)
     except Exception as exc:  # whoosh's parser raises assorted errors
         raise QueryError(f"cannot read query {_short(query)!r}: {exc}") from exc
     # The parser folded the words (with the analysis the index was written with, pickled
