@@ -34,7 +34,6 @@ from ..errors import (
     StorageError,
 )
 from ..filestore import storage_error
-from . import _rebuild
 from ._analysis import ANALYSIS_VERSION
 from ._doc import IndexDoc
 from ._query import Budget, _check_syntax, _correct, _filters, _parse, check_expansions, parser
@@ -255,6 +254,10 @@ class SearchIndex:
             log.warning("replacing %s, a file where the index folder belongs", self.directory)
             with _translated(self.directory, "replace it"):
                 self.directory.unlink()
+        # Imported here: a rebuild's writer processes bring the child-process machinery,
+        # which a search does not need.
+        from . import _rebuild
+
         with _translated(self.directory, "rebuild it"):
             added = _rebuild.rebuild(self.directory, docs)
         held = self.doc_count()

@@ -219,6 +219,9 @@ def _filters(
 # the shared corpus and the sandbox's CVs, where no correctly typed query word has a
 # neighbour even five times as common that is not a different word.
 RARE_MARGIN = 20
+# ... and only a word in so few documents: one in more is a word, however common its
+# neighbour ("Java" in four CVs is not a typo of "Jira" in eighty).
+RARE_MOST = 3
 
 
 def edit_budget(word: str) -> int:
@@ -238,8 +241,6 @@ def correctable(piece: str) -> bool:
 def _correct(reader: IndexReader, schema: Schema, query: str, budget: Budget) -> str | None:
     """The query with every misspelled word spelled as the index's words are ("Kubernets"
     -> "kubernetes"), or None when no word needs it."""
-    from rapidfuzz.distance import OSA  # imported when a query has a word to correct
-
     analyzer = schema["text"].analyzer
     replacements: dict[str, str] = {}
     words = itertools.chain.from_iterable(p.strip('"').split() for p in _PIECES.findall(query))
@@ -254,7 +255,9 @@ def _correct(reader: IndexReader, schema: Schema, query: str, budget: Budget) ->
         known = reader.doc_frequency("text", term) + sum(
             reader.doc_frequency("text", s) for s in umlaut_spellings(lowered)
         )
-        best = _nearest(reader, term, edit_budget(term) if not known else 1, OSA)
+        if known > RARE_MOST:
+            continue
+        best = _nearest(reader, term, edit_budget(term) if not known else 1)
         budget.check(query)
         if best is None:
             continue
@@ -271,12 +274,14 @@ def _correct(reader: IndexReader, schema: Schema, query: str, budget: Budget) ->
     return pattern.sub(lambda m: replacements[m.group(1).lower()], query)
 
 
-def _nearest(reader: IndexReader, term: str, edits: int, osa: object) -> tuple[str, int] | None:
+def _nearest(reader: IndexReader, term: str, edits: int) -> tuple[str, int] | None:
     """The index's word nearest to ``term`` within ``edits`` edits (a transposition is one),
     beginning with the same letter: fewest edits first, then the most documents."""
     if edits <= 0:
         return None
-    distance = osa.distance  # type: ignore[attr-defined]
+    from rapidfuzz.distance import OSA  # imported when a query has a word to correct
+
+    distance = OSA.distance
     low, high = len(term) - edits, len(term) + edits
     found: list[tuple[int, int, str]] = []
     for btext in reader.expand_prefix("text", term[0]):
