@@ -148,22 +148,26 @@ PARTS = _WordMap(_parts)
 
 # German suffixes a word family's members end in, longest first: the noun of action
 # ("-ung"), the infinitive and participles, the agent noun ("-er").
-_FAMILY_SUFFIXES = (
-    *("ierungen", "ierung", "ieren", "iert", "ungen", "ung", "eln", "ern"),
-    *("elt", "ert", "en", "er", "el", "et", "t"),
+_FAMILY_SUFFIXES = sorted(
+    (
+        *("ierungen", "ierung", "ieren", "iert", "ungen", "ung", "eln", "ern", "elte", "erte"),
+        *("elt", "ert", "ete", "ten", "te", "en", "er", "el", "et", "e", "t"),
+    ),
+    key=len,
+    reverse=True,
 )
 _CONSONANTS = frozenset("bcdfghjklmnpqrstvwxz")
 
 
 def family_key(folded: str) -> str:
-    """A German word's family key: one suffix off, then a stem's last "l" or "r" after a
-    consonant ("entwickl" -> "entwick", so that "Entwicklung" meets "entwickeln"); "" for
-    words too short to tell. A measured rule (``tests/test_relevance.py``), not a lemmatiser:
-    it only ever adds a weaker match."""
-    if len(folded) < 6 or not folded.isalpha():
+    """A German word's family key: one suffix off (the longest that leaves four letters),
+    then a stem's last "l" or "r" after a consonant ("entwickl" -> "entwick", so that
+    "Entwicklung" meets "entwickeln"); "" for words too short to tell. A measured rule
+    (``tests/test_relevance.py``), not a lemmatiser: it only ever adds a weaker match."""
+    if len(folded) < 5 or not folded.isalpha():
         return ""
     for suffix in _FAMILY_SUFFIXES:
-        if folded.endswith(suffix):
+        if folded.endswith(suffix) and len(folded) - len(suffix) >= 4:
             folded = folded[: -len(suffix)]
             break
     if len(folded) > 4 and folded[-1] in "lr" and folded[-2] in _CONSONANTS:
