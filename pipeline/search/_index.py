@@ -30,6 +30,7 @@ from ..errors import (
     FastPathUnsupportedError,
     IndexBuildError,
     IndexDamagedError,
+    PipelineError,
     QueryError,
     StorageError,
 )
@@ -303,8 +304,12 @@ class SearchIndex:
         return self.exists() and analysis_version(self.directory) < ANALYSIS_VERSION
 
     def outdated_reason(self) -> str | None:
-        """One line for ``status``/``check`` when the index's analysis is older, else None."""
-        if not self.analysis_outdated():
+        """One line for ``status``/``check`` when the index's analysis is older, else None
+        (also when the index cannot be read: that is said by the commands that read it)."""
+        try:
+            if not self.analysis_outdated():
+                return None
+        except PipelineError:
             return None
         return (
             f"the search index in {self.directory} was written with analysis version "
