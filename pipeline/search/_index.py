@@ -102,10 +102,14 @@ def _cancel(raw: Any) -> None:
                 lock.release()
 
 
-# Each thread's open searchers, by index folder (Whoosh's readers seek shared file
-# objects: one searcher is never shared between threads).
-_LOCAL = threading.local()
-_OPEN_LIMIT = 4  # index folders a thread keeps open (one per integration it searches)
+# Open searchers not in use, by index folder: a search takes one (or opens one) and gives it
+# back. One searcher serves one search at a time (Whoosh's readers seek shared file
+# objects); the idle ones are bounded, so a server's threads never hold more open files
+# than its concurrent searches need.
+_IDLE: dict[Path, list[_Opened]] = {}
+_IDLE_LOCK = threading.Lock()
+_IDLE_PER_FOLDER = 2
+_IDLE_FOLDERS = 8  # one per integration searched lately; a test run opens hundreds
 
 
 def _folder_state(directory: Path) -> frozenset[tuple[str, int, int, int]] | None:
@@ -123,10 +127,35 @@ def _folder_state(directory: Path) -> frozenset[tuple[str, int, int, int]] | Non
     return frozenset(state)
 
 
-def _forget(directory: Path) -> None:
-    opened = _LOCAL.__dict__.get("opened", {}).pop(directory, None)
-    if opened is not None:
+def _take(directory: Path, state: frozenset[tuple[str, int, int, int]]) -> _Opened | None:
+    stale = []
+    found = None
+    with _IDLE_LOCK:
+        idle = _IDLE.get(directory, [])
+        while idle and found is None:
+            opened = idle.pop()
+            if opened.state == state:
+                found = opened
+            else:
+                stale.append(opened)
+    for opened in stale:
         opened.close()
+    return found
+
+
+def _give_back(directory: Path, opened: _Opened) -> None:
+    evicted = []
+    with _IDLE_LOCK:
+        idle = _IDLE.pop(directory, [])  # re-inserted last: the most recently used
+        if len(idle) < _IDLE_PER_FOLDER:
+            idle.append(opened)
+        else:
+            evicted.append(opened)
+        _IDLE[directory] = idle
+        while len(_IDLE) > _IDLE_FOLDERS:
+            evicted += _IDLE.pop(next(iter(_IDLE)))
+    for old in evicted:
+        old.close()
 
 
 class _Opened:
@@ -359,43 +388,40 @@ class SearchIndex:
                     )
                     if again_total:
                         hits = _page(searcher, reparsed, again[offset:], texts)
-                        return SearchResults(query, again_total, hits, corrected, corrected=True)
+                        results = SearchResults(query, again_total, hits, corrected, corrected=True)
+                        _give_back(self.directory, opened)
+                        return results
                 hits = _page(searcher, parsed, found[offset:], texts)
-                return SearchResults(query, total, hits, corrected)
         except BaseException:
             # Whatever failed (a damaged segment, a query past its time), the next search
             # opens the index afresh.
-            _forget(self.directory)
+            opened.close()
             raise
+        _give_back(self.directory, opened)
+        return SearchResults(query, total, hits, corrected)
 
     def _opened(self) -> _Opened | None:
-        """This thread's open searcher on the index, reused while no file of the index
-        changed (a search on a small index was mostly opening it: reading the TOC, the
-        segments, the schema), or None when there is no index yet."""
+        """An open searcher on the index, reused while no file of the index changed (a
+        search on a small index was mostly opening it: reading the TOC, the segments, the
+        schema), or None when there is no index yet. Given back by the search."""
         self._check_folder()
         with _translated(self.directory, "read it"):
             state = _folder_state(self.directory)
         if state is None:
             return None
-        cache: dict[Path, _Opened] = _LOCAL.__dict__.setdefault("opened", {})
-        opened = cache.get(self.directory)
-        if opened is not None and opened.state == state:
+        opened = _take(self.directory, state)
+        if opened is not None:
             return opened
-        _forget(self.directory)
         if not self.exists():
             return None
         ix = self._open()
         try:
             self._check_schema(ix)
             with _translated(self.directory, "read it"):
-                opened = _Opened(state, ix, ix.searcher())
+                return _Opened(state, ix, ix.searcher())
         except BaseException:
             ix.close()
             raise
-        while len(cache) >= _OPEN_LIMIT:  # the oldest goes (a test run opens hundreds)
-            _forget(next(iter(cache)))
-        cache[self.directory] = opened
-        return opened
 
     def similar(
         self,

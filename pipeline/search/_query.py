@@ -37,7 +37,9 @@ MAX_QUERY_WORDS = 64
 # Words a prefix, wildcard, range or fuzzy term may stand for, all together: each costs a
 # posting list read (0.2 ms at 124 documents; "[a TO z]" stood for 900 and took 200 ms).
 MAX_EXPANSIONS = 250
-MAX_QUERY_SECONDS = 2.0
+# A last guard, checked before each further step (ranking, each word to correct); generous,
+# so that a loaded machine does not refuse a query the caps above let through.
+MAX_QUERY_SECONDS = 5.0
 # Fields a query may name (``type:CV``); anything else is a mistake, not a word to find.
 QUERY_FIELDS = (*FIELDS, "type", "language", "candidate_id", "attachment_id")
 # Other spellings of a word ("Joerg" for "Jörg") weigh as the word; its German word family
