@@ -37,7 +37,16 @@ from ..errors import (
 from ..filestore import storage_error
 from ._analysis import ANALYSIS_VERSION
 from ._doc import IndexDoc
-from ._query import Budget, _check_syntax, _correct, _filters, _parse, check_expansions, parser
+from ._query import (
+    Budget,
+    Lexicon,
+    _check_syntax,
+    _correct,
+    _filters,
+    _parse,
+    check_expansions,
+    parser,
+)
 from ._results import SearchHit, SearchResults
 from ._schema import _fields, _schema, analysis_version, index_exists, locked_writer, open_index
 from ._snippets import _escape, _highlighted, _snippet
@@ -171,6 +180,7 @@ class _Opened:
         # page after the first, pays for neither twice.
         self._parsed: dict[str, Query] = {}
         self._corrections: dict[str, str | None] = {}
+        self._lexicon = Lexicon(searcher.reader())
 
     def parse(self, query: str) -> Query:
         if query not in self._parsed:
@@ -183,7 +193,9 @@ class _Opened:
         if query not in self._corrections:
             if len(self._corrections) > 1_000:
                 self._corrections.clear()
-            self._corrections[query] = _correct(self.searcher.reader(), self.schema, query, budget)
+            self._corrections[query] = _correct(
+                self.searcher.reader(), self.schema, query, budget, self._lexicon
+            )
         return self._corrections[query]
 
     def close(self) -> None:

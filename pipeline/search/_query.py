@@ -250,9 +250,16 @@ def correctable(piece: str) -> bool:
     return piece not in OPERATORS and bool(re.fullmatch(r"[^\W\d_]{4,}", piece))
 
 
-def _correct(reader: IndexReader, schema: Schema, query: str, budget: Budget) -> str | None:
+def _correct(
+    reader: IndexReader,
+    schema: Schema,
+    query: str,
+    budget: Budget,
+    lexicon: Lexicon | None = None,
+) -> str | None:
     """The query with every misspelled word spelled as the index's words are ("Kubernets"
     -> "kubernetes"), or None when no word needs it."""
+    lexicon = lexicon or Lexicon(reader)
     analyzer = schema["text"].analyzer
     replacements: dict[str, str] = {}
     words = itertools.chain.from_iterable(p.strip('"').split() for p in _PIECES.findall(query))
@@ -269,7 +276,7 @@ def _correct(reader: IndexReader, schema: Schema, query: str, budget: Budget) ->
         )
         if known > RARE_MOST:
             continue
-        best = _nearest(reader, term, edit_budget(term) if not known else 1)
+        best = _nearest(lexicon, term, edit_budget(term) if not known else 1)
         budget.check(query)
         if best is None:
             continue
@@ -288,24 +295,40 @@ def _correct(reader: IndexReader, schema: Schema, query: str, budget: Budget) ->
     return pattern.sub(lambda m: replacements[m.group(1).lower()], query)
 
 
-def _nearest(reader: IndexReader, term: str, edits: int) -> tuple[str, int] | None:
+class Lexicon:
+    """The text field's plain words by first letter, read once per letter (a search's
+    lexicon lives as long as its open searcher: ``_index._Opened``)."""
+
+    def __init__(self, reader: IndexReader) -> None:
+        self.reader = reader
+        self._by_letter: dict[str, list[str]] = {}
+
+    def starting_with(self, letter: str) -> list[str]:
+        if letter not in self._by_letter:
+            words = (b.decode("utf-8") for b in self.reader.expand_prefix("text", letter))
+            self._by_letter[letter] = [w for w in words if w.isalpha()]
+        return self._by_letter[letter]
+
+
+def _nearest(lexicon: Lexicon, term: str, edits: int) -> tuple[str, int] | None:
     """The index's word nearest to ``term`` within ``edits`` edits (a transposition is one),
     beginning with the same letter: fewest edits first, then the most documents."""
     if edits <= 0:
         return None
-    from rapidfuzz.distance import OSA  # imported when a query has a word to correct
+    # Imported when a query has a word to correct; its loop over the words runs in C.
+    from rapidfuzz import process
+    from rapidfuzz.distance import OSA
 
-    distance = OSA.distance
-    low, high = len(term) - edits, len(term) + edits
-    found: list[tuple[int, int, str]] = []
-    for btext in reader.expand_prefix("text", term[0]):
-        candidate = btext.decode("utf-8")
-        if not low <= len(candidate) <= high or candidate == term or not candidate.isalpha():
-            continue
-        edited = distance(term, candidate, score_cutoff=edits)
-        if edited <= edits:
-            found.append((edited, -reader.doc_frequency("text", candidate), candidate))
+    matches = process.extract(
+        term, lexicon.starting_with(term[0]), scorer=OSA.distance, score_cutoff=edits, limit=None
+    )
+    reader = lexicon.reader
+    found = [
+        (edited, -reader.doc_frequency("text", word), word)
+        for word, edited, _place in matches
+        if word != term
+    ]
     if not found:
         return None
-    edited, frequency, candidate = min(found)
+    _edits, frequency, candidate = min(found)
     return candidate, -frequency
