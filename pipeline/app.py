@@ -674,7 +674,9 @@ class App:
             return "postgres (PostgreSQL text search in the database)"
         from .search import engine_paths
 
-        return engine_paths()
+        # An index written by an older analysis answers, and says to run `reindex`.
+        outdated = self.index.outdated_reason()
+        return engine_paths() + (f"; {outdated}" if outdated else "")
 
     def check(self) -> dict[str, list[str]]:
         """Drift between the database, the index and the file store (empty lists: none)."""

@@ -985,6 +985,7 @@ def _results_json(results: SearchResults, integration_id: str) -> dict[str, Any]
     }
     if results.did_you_mean:
         payload["did_you_mean"] = results.did_you_mean
+        payload["corrected"] = results.corrected  # whether the hits are the correction's
     return payload
 
 
@@ -1017,9 +1018,11 @@ def _print_people(results: SearchResults, people: list[CandidateHit], total: int
 
 
 def _print_header(results: SearchResults, total: int, shown: int, noun: str) -> None:
-    if results.did_you_mean and total:
-        # Not "no match": the typed word may match through a stem it shares.
+    if results.did_you_mean and results.corrected:
         click.echo(f'showing results for "{results.did_you_mean}" instead of "{results.query}"')
+    elif results.did_you_mean and total:
+        # The typed query's own hits, the correction beside them.
+        click.echo(f'did you mean "{results.did_you_mean}"?')
     elif results.did_you_mean:
         click.echo(f'no match for "{results.query}"; did you mean "{results.did_you_mean}"?')
     plural = noun + ("es" if noun.endswith("ch") else "s")

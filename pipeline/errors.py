@@ -20,6 +20,8 @@
     │   └── UnavailableError         no converter here reads it (.doc without antiword):
     │                                ``unsupported``, not broken
     ├── QueryError                   a search query the parser cannot read (exit 2)
+    │   └── QueryTooCostly           a query past the caps on length, words, expansions
+    │                                or time (exit 2; the server's 400)
     ├── IndexBuildError              a rebuilt index does not hold every document (exit 1)
     ├── LockedError                  another run holds the writer lock
     ├── FastPathUnsupportedError     an index or query search's fast paths do not read: the
@@ -206,6 +208,11 @@ class UnavailableError(ExtractionError):
 
 class QueryError(PipelineError):
     pass
+
+
+class QueryTooCostly(QueryError):
+    """A query longer, wider (prefixes, wildcards, ranges, fuzzy terms) or slower than search
+    answers: the message names the cap. Not transient: the same query costs the same."""
 
 
 class IndexBuildError(PipelineError):

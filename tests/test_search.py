@@ -58,8 +58,15 @@ def test_did_you_mean(cli, ingested) -> None:  # type: ignore[no-untyped-def]
     corrected = _json(cli, "search", "Kubernets", "--limit", "100")
     assert corrected["did_you_mean"] == "kubernetes"
     assert {h["candidate_id"] for h in corrected["hits"]} == ingested.world.with_skill("Kubernetes")
+    # The typed word found these through the stem it shares: its hits stay, the correction
+    # is offered beside them.
+    assert corrected["corrected"] is False
     table = cli("search", "Kubernets")
-    assert table.out.startswith('showing results for "kubernetes" instead of "Kubernets"')
+    assert table.out.startswith('did you mean "kubernetes"?')
+    # A typo that finds nothing shows the correction's hits, and says so.
+    replaced = cli("search", "Terrafom")
+    assert replaced.out.startswith('showing results for "terraform" instead of "Terrafom"')
+    assert _json(cli, "search", "Terrafom")["corrected"] is True
     nothing = _json(cli, "search", "Xylophonist")
     assert nothing["total"] == 0 and "did_you_mean" not in nothing
 
@@ -90,3 +97,20 @@ def test_similar_finds_other_candidates_with_the_same_skills(cli, ingested) -> N
     assert best.language == me.language or set(best.skills) & set(me.skills)
     missing = cli("similar", "NoSuchAttachment123456789")
     assert missing.code == 2 and "not in the index" in missing.err
+
+
+QUERY_ERRORS = [
+    ("title:python", "there is no field 'title'"),
+    ("AND", "AND has nothing on its left"),
+    ("python AND", "AND has nothing on its right"),
+    ("python OR NOT", "NOT has nothing on its right"),
+    ("x" * 1001, "at most 1,000 are read"),
+    ("*ython", "a wildcard must begin with a letter"),
+]
+
+
+def test_a_query_that_cannot_mean_what_was_meant_is_exit_2_with_the_reason(cli, ingested) -> None:  # type: ignore[no-untyped-def]
+    for query, reason in QUERY_ERRORS:
+        result = cli("search", query)
+        assert result.code == 2, query
+        assert reason in result.err and "Traceback" not in result.err, result.err

@@ -244,6 +244,33 @@ def test_an_index_written_before_the_package_opens_and_takes_writes(tmp_path: Pa
     assert sorted(_ids(index, '"machine learning"', texts)) == ["a1", "a4"]
 
 
+def test_an_index_of_an_older_analysis_answers_and_says_to_reindex(tmp_path: Path) -> None:
+    index = _copy_of_main_index(tmp_path)  # written before ß = ss and the split tokens
+    assert index.analysis_outdated()
+    assert "run `pipeline reindex`" in (index.outdated_reason() or "")
+    # Its own pickled analyzer reads the query as its words were read: still found.
+    assert _ids(index, "münchen", MAIN_TEXTS) == ["a3"]
+    assert _ids(index, "Entwicklung", MAIN_TEXTS) == ["a3"]
+    texts = {**MAIN_TEXTS, "a4": "ASP.NET in der Hauptstraße"}
+    docs = [IndexDoc(i, f"C{i}", None, "CV", "cv.pdf", t, language="de") for i, t in texts.items()]
+    index.rebuild(docs)
+    assert not index.analysis_outdated() and index.outdated_reason() is None
+    assert _ids(index, ".NET", texts) == ["a4"]
+    assert _ids(index, "Hauptstrasse", texts) == ["a4"]
+
+
+def test_expansions_and_lengths_past_the_caps_are_too_costly(tmp_path: Path) -> None:
+    index = SearchIndex(tmp_path / "index")
+    words = " ".join(f"w{n:04d}" for n in range(1_500))
+    index.write([IndexDoc("a1", "C1", None, "CV", "cv.pdf", words, language="en")])
+    texts = {"a1": words}
+    for query in ("w*", "[a TO z]", "w?*", "x" * 1_001, " ".join(["word"] * 65)):
+        with pytest.raises(pipeline.search.QueryTooCostly):
+            _ids(index, query, texts)
+    assert _ids(index, "w00*", texts) == ["a1"]  # 100 words: under the cap
+    assert issubclass(pipeline.search.QueryTooCostly, QueryError)  # the server's 400
+
+
 def test_an_index_naming_a_class_we_do_not_have_asks_for_a_reindex(tmp_path: Path) -> None:
     index = _copy_of_main_index(tmp_path)
     (toc,) = index.directory.glob("*.toc")

@@ -22,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..errors import QueryError, QueryTooCostly
     from ._doc import IndexDoc
     from ._index import IndexWriter, SearchIndex
     from ._postgres import PostgresSearchIndex
@@ -39,6 +40,8 @@ _EXPORTS = {
     "SearchHit": "_results",
     "SearchIndex": "_index",
     "SearchResults": "_results",
+    "QueryError": "..errors",
+    "QueryTooCostly": "..errors",
     "engine_paths": "_whoosh",
     "group_by_candidate": "_results",
 }
@@ -50,6 +53,8 @@ __all__ = [
     "IndexWriter",
     "IndexWriterProcess",
     "PostgresSearchIndex",
+    "QueryError",
+    "QueryTooCostly",
     "SearchHit",
     "SearchIndex",
     "SearchResults",
@@ -62,7 +67,9 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'pipeline.search' has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{module}", __name__), name)
+    return getattr(
+        importlib.import_module(module if module.startswith("..") else f".{module}", __name__), name
+    )
 
 
 def __dir__() -> list[str]:

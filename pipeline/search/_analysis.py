@@ -1,8 +1,13 @@
 """How text becomes terms: the token patterns, accent and case folding, the stems.
 
-The same analysis serves documents (``terms``: a document's words, then its marked stems),
-queries (the schema's analyzers, ``query_stems``) and snippets (``FOLDED``, ``folded_stems``),
-so that a snippet marks exactly the words a query matched.
+The same analysis serves documents (``terms``: a document's words, then the parts of its
+joined words, then its marked stems), queries (the schema's analyzers, ``query_stems``) and
+snippets (``FOLDED``, ``folded_stems``, ``PARTS``), so that a snippet marks exactly the words
+a query matched.
+
+``ANALYSIS_VERSION`` names what a document's words become. An index records the version it
+was written with (``_schema``); an index of an older one keeps answering (its own pickled
+analyzer reads queries as its words were read) and says to run ``pipeline reindex``.
 """
 
 from __future__ import annotations
@@ -19,12 +24,30 @@ from whoosh.support.charset import accent_map
 if TYPE_CHECKING:
     from whoosh.analysis import Analyzer
 
-# Words, plus the shapes skills take: "node.js", "c++", "c#", "ci/cd" stays two words.
-TOKEN_PATTERN = r"\w+(?:[.'’]\w+)*(?:\+\+|#)?"
+# 1: words as \w+ joined by . and ', ß folded to "s". 2: ß = ss, æ/œ/þ spelt out, elisions
+# split, e-mail addresses whole, joined words also indexed by their parts, the German
+# word-family key.
+ANALYSIS_VERSION = 2
+
+# French and Italian elided articles and pronouns: "d’Ingénieurs" is "d" and "ingénieurs".
+# Each is a fixed-width lookbehind (Python's re takes no variable-width one), tried only
+# after an apostrophe has matched (before it, they cost three times the whole scan).
+_ELIDED = "c d j l m n s t qu lorsqu puisqu jusqu quelqu dell nell dall sull all un quell quest"
+_NOT_ELIDED = "".join(rf"(?<!\b{article}['’])" for article in _ELIDED.split())
+# Words, plus the shapes skills take: "node.js", "asp.net", "c++", "c#", "16.6.1974"; "ci/cd"
+# stays two words; an apostrophe joins ("o'brien") except after an elided article; an
+# e-mail address is one token ("max.mueller@example.com", continuing a word, so that the
+# scan tries it only where a word meets "@", "+" or "-").
+TOKEN_PATTERN = (
+    rf"(?i:\w+(?:(?:\.|['’]{_NOT_ELIDED})\w+)*"
+    r"(?:\+\+|#|(?:[.+-]+\w+)*@\w[\w-]*(?:\.\w[\w-]*)+)?)"
+)
 # File names break at dots and underscores too: "Lebenslauf_Max_Müller.pdf" is four words,
 # so "Müller" finds it (the text's pattern would keep "müller.pdf" whole, as "node.js").
 FILE_NAME_PATTERN = r"[^\W_]+(?:\+\+|#)?"
 WORD = re.compile(TOKEN_PATTERN)
+# Where a joined word breaks into its parts: "asp.net" -> "asp", "net".
+_JOINS = re.compile(r"[.@'’+-]+")
 
 STEMMED = ("en", "de", "fr", "es")  # languages whose documents are stemmed too
 # Stems live in the text field itself, marked so that no word can be mistaken for one: a
@@ -33,11 +56,31 @@ STEMMED = ("en", "de", "fr", "es")  # languages whose documents are stemmed too
 # write and the terms a query visits; the stems come after the words, so phrase positions
 # stay those of the words.
 STEM_MARK = "~"
+# The German word-family key, marked too: "Entwicklung", "entwickeln" and "Entwickler" all
+# hold "^entwick" (the Snowball stems are "entwickl", "entwickeln" and "entwickl").
+FAMILY_MARK = "^"
+
+# Accents folded, and the letters that stand for two spelt as two, so that "Straße" meets
+# "Strasse" and "Cæsar" meets "Caesar" (Whoosh's accent map folds ß to one "s" and keeps æ).
+FOLD_MAP: dict[int, str] = {
+    **accent_map,
+    ord("ß"): "ss",
+    ord("ẞ"): "ss",
+    ord("æ"): "ae",
+    ord("Æ"): "ae",
+    ord("œ"): "oe",
+    ord("Œ"): "oe",
+    ord("þ"): "th",
+    ord("Þ"): "th",
+}
+# German umlauts as they are typed without them: "Jörg" is also "Joerg".
+_UMLAUTS = {"ä": "ae", "ö": "oe", "ü": "ue"}
+_SPELT_OUT = re.compile("ae|oe|ue")
 
 
 def analyzer(pattern: str = TOKEN_PATTERN) -> Analyzer:
     # Folding accents makes "Müller" find "Muller" and the reverse; case is folded too.
-    return RegexTokenizer(pattern) | LowercaseFilter() | CharsetFilter(accent_map)
+    return RegexTokenizer(pattern) | LowercaseFilter() | CharsetFilter(FOLD_MAP)
 
 
 @cache
@@ -46,7 +89,19 @@ def _stemmer(lang: str) -> Callable[[str], str]:
 
 
 def fold(word: str) -> str:
-    return word.translate(accent_map)
+    return word.translate(FOLD_MAP)
+
+
+def umlaut_spellings(lowered: str) -> set[str]:
+    """The other spellings of a German word typed with or without its umlauts, folded:
+    "jörg" -> {"joerg"}, "joerg" -> {"jorg"} (which is how "Jörg" is indexed)."""
+    spellings = set()
+    if any(u in lowered for u in _UMLAUTS):
+        spellings.add(fold("".join(_UMLAUTS.get(c, c) for c in lowered)))
+    elif _SPELT_OUT.search(lowered):
+        spellings.add(fold(_SPELT_OUT.sub(lambda m: m.group()[0], lowered)))
+    spellings.discard(fold(lowered))
+    return spellings
 
 
 class _WordMap(dict[str, str]):
@@ -71,9 +126,55 @@ class _WordMap(dict[str, str]):
 
 
 # A word as the text field holds it: lowercased, then accents folded. Translating through
-# Whoosh's accent map costs a dictionary miss per unaccented character, so each distinct
-# word is folded once.
+# the fold map costs a dictionary miss per unaccented character, so each distinct word is
+# folded once.
 FOLDED = _WordMap(lambda word: fold(word.lower()))
+
+
+def _parts(word: str) -> str:
+    """A joined word's parts, folded, space-separated ("" for a plain word): "ASP.NET" ->
+    "asp net", "max.mueller@example.com" -> "max.mueller example.com max mueller example
+    com", "16.6.1974" -> "16 6 1974"."""
+    if not _JOINS.search(word) or (word.endswith(("++", "#")) and not _JOINS.search(word[:-2])):
+        return ""
+    folded = FOLDED[word]
+    parts: list[str] = []
+    if "@" in folded:
+        parts += folded.split("@", 1)
+    parts += [p for p in _JOINS.split(folded) if p]
+    unique = dict.fromkeys(p for p in parts if p != folded)
+    return " ".join(unique)
+
+
+PARTS = _WordMap(_parts)
+
+# German suffixes a word family's members end in, longest first: the noun of action
+# ("-ung"), the infinitive and participles, the agent noun ("-er").
+_FAMILY_SUFFIXES = sorted(
+    (
+        *("ierungen", "ierung", "ieren", "iert", "ungen", "ung", "eln", "ern", "elte", "erte"),
+        *("elt", "ert", "ete", "ten", "te", "en", "er", "el", "et", "e", "t"),
+    ),
+    key=len,
+    reverse=True,
+)
+_CONSONANTS = frozenset("bcdfghjklmnpqrstvwxz")
+
+
+def family_key(folded: str) -> str:
+    """A German word's family key: one suffix off (the longest that leaves four letters),
+    then a stem's last "l" or "r" after a consonant ("entwickl" -> "entwick", so that
+    "Entwicklung" meets "entwickeln"); "" for words too short to tell. A measured rule
+    (``tests/test_relevance.py``), not a lemmatiser: it only ever adds a weaker match."""
+    if len(folded) < 5 or not folded.isalpha():
+        return ""
+    for suffix in _FAMILY_SUFFIXES:
+        if folded.endswith(suffix) and len(folded) - len(suffix) >= 4:
+            folded = folded[: -len(suffix)]
+            break
+    if len(folded) > 4 and folded[-1] in "lr" and folded[-2] in _CONSONANTS:
+        folded = folded[:-1]
+    return folded if len(folded) >= 4 else ""
 
 
 @cache
@@ -85,21 +186,57 @@ def folded_stems(lang: str) -> _WordMap:
 
 @cache
 def _marked_stems(lang: str) -> _WordMap:
-    """Word -> its marked stem, or "" where the stem is the folded word itself.
+    """Word -> its marked stem (and for German its marked family key), or "" where the stem
+    is the folded word itself.
 
     Stems are taken before folding (the German and French stemmers know their accented
     suffixes)."""
     stems = folded_stems(lang)
 
     def marked(word: str) -> str:
+        folded = FOLDED[word]
         stemmed = stems[word]
-        return "" if stemmed == FOLDED[word] else STEM_MARK + stemmed
+        made = "" if stemmed == folded else STEM_MARK + stemmed
+        if lang == "de":
+            key = family_key(folded)
+            if key and key != folded:
+                made = f"{made} {FAMILY_MARK}{key}".strip()
+        return made
 
     return _WordMap(marked)
 
 
+# Words that say which language a text is in, whatever markup or table layout surrounds
+# them: LaTeX commands, column labels and names are no language's function words.
+_FUNCTION_WORDS = {
+    "en": "the and of to in with for is on as at by from are this that",
+    "de": "der die das und mit für von zu den im ist auf des dem nicht eine ein als bei",
+    "fr": "le la les et des du un une pour dans est sur avec au aux par en qui",
+    "es": "el la los las y de del que en con para por una un es se al",
+}
+_FUNCTION = {lang: frozenset(words.split()) for lang, words in _FUNCTION_WORDS.items()}
+
+
+def stem_languages(words: list[str], detected: str | None) -> list[str]:
+    """The languages a document's words are stemmed in: the one detected at extraction, and
+    any other whose function words are as common as a quarter of the most common's (a
+    German LaTeX CV detected as English, a CV in two languages)."""
+    languages = [detected] if detected in STEMMED else []
+    lowered = [w.lower() for w in words[:5000] if len(w) <= 4]
+    counts = {
+        lang: sum(map(function.__contains__, lowered)) for lang, function in _FUNCTION.items()
+    }
+    best = max(counts.values(), default=0)
+    if best >= 3:
+        languages += [
+            lang for lang in STEMMED if counts[lang] >= max(3, best / 4) and lang not in languages
+        ]
+    return languages
+
+
 def terms(text: str, language: str | None) -> list[str]:
-    """The text field's terms for a document: its folded words, then the marked stems.
+    """The text field's terms for a document: its folded words, the parts of its joined
+    words, then the marked stems (and German family keys).
 
     Whoosh takes a list of words as already analyzed; one regex scan and a lookup per word
     are many times cheaper than its chain of token generators. The words are what the
@@ -107,9 +244,14 @@ def terms(text: str, language: str | None) -> list[str]:
     """
     words = WORD.findall(text)
     folded = list(map(FOLDED.__getitem__, words))
-    if language not in STEMMED:
-        return folded
-    return folded + list(filter(None, map(_marked_stems(language).__getitem__, words)))
+    joined = " ".join(filter(None, map(PARTS.__getitem__, words)))
+    if joined:
+        folded += joined.split()
+    for lang in stem_languages(words, language):
+        marked = " ".join(filter(None, map(_marked_stems(lang).__getitem__, words)))
+        if marked:
+            folded += marked.split()
+    return folded
 
 
 def query_stems(lowered: str) -> set[str]:

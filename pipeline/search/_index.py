@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import pickle
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
@@ -28,15 +30,25 @@ from ..errors import (
     FastPathUnsupportedError,
     IndexBuildError,
     IndexDamagedError,
+    PipelineError,
     QueryError,
     StorageError,
 )
 from ..filestore import storage_error
-from . import _rebuild
+from ._analysis import ANALYSIS_VERSION
 from ._doc import IndexDoc
-from ._query import _check_syntax, _correct, _filters, _parse
+from ._query import (
+    Budget,
+    Lexicon,
+    _check_syntax,
+    _correct,
+    _filters,
+    _parse,
+    check_expansions,
+    parser,
+)
 from ._results import SearchHit, SearchResults
-from ._schema import _fields, _schema, index_exists, locked_writer, open_index
+from ._schema import _fields, _schema, analysis_version, index_exists, locked_writer, open_index
 from ._snippets import _escape, _highlighted, _snippet
 from ._whoosh import ranker as _ranker
 
@@ -51,6 +63,8 @@ log = logging.getLogger(__name__)
 # What Whoosh raises reading a TOC or segment that is missing, cut short or overwritten.
 _DAMAGE = (OSError, EOFError, struct.error, zlib.error, pickle.UnpicklingError)
 _REINDEX = "run `pipeline reindex` to rebuild it from the database"
+# Index folders whose older analysis has been warned about in this process.
+_WARNED_OUTDATED: set[Path] = set()
 
 
 @contextmanager
@@ -95,6 +109,100 @@ def _cancel(raw: Any) -> None:
         with suppress(Exception):
             if lock is not None:
                 lock.release()
+
+
+# Open searchers not in use, by index folder: a search takes one (or opens one) and gives it
+# back. One searcher serves one search at a time (Whoosh's readers seek shared file
+# objects); the idle ones are bounded, so a server's threads never hold more open files
+# than its concurrent searches need.
+_IDLE: dict[Path, list[_Opened]] = {}
+_IDLE_LOCK = threading.Lock()
+_IDLE_PER_FOLDER = 2
+_IDLE_FOLDERS = 8  # one per integration searched lately; a test run opens hundreds
+
+
+def _folder_state(directory: Path) -> frozenset[tuple[str, int, int, int]] | None:
+    """Every file of the index folder with its size, inode and modification time: any
+    commit, rebuild, purge or damage changes it. None when there is no folder."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return None
+    state = set()
+    for entry in entries:
+        with suppress(FileNotFoundError):
+            info = entry.stat()
+            state.add((entry.name, info.st_size, info.st_ino, info.st_mtime_ns))
+    return frozenset(state)
+
+
+def _take(directory: Path, state: frozenset[tuple[str, int, int, int]]) -> _Opened | None:
+    stale = []
+    found = None
+    with _IDLE_LOCK:
+        idle = _IDLE.get(directory, [])
+        while idle and found is None:
+            opened = idle.pop()
+            if opened.state == state:
+                found = opened
+            else:
+                stale.append(opened)
+    for opened in stale:
+        opened.close()
+    return found
+
+
+def _give_back(directory: Path, opened: _Opened) -> None:
+    evicted = []
+    with _IDLE_LOCK:
+        idle = _IDLE.pop(directory, [])  # re-inserted last: the most recently used
+        if len(idle) < _IDLE_PER_FOLDER:
+            idle.append(opened)
+        else:
+            evicted.append(opened)
+        _IDLE[directory] = idle
+        while len(_IDLE) > _IDLE_FOLDERS:
+            evicted += _IDLE.pop(next(iter(_IDLE)))
+    for old in evicted:
+        old.close()
+
+
+class _Opened:
+    """An open index, its searcher and query parser, and the corrections made on it."""
+
+    def __init__(self, state: frozenset[tuple[str, int, int, int]], ix: Any, searcher: Any):
+        self.state = state
+        self.ix = ix
+        self.searcher = searcher
+        self.schema = ix.schema
+        self._parser = parser(self.schema)
+        # Parsed queries and corrections, by query: a server asked the same query again, a
+        # page after the first, pays for neither twice.
+        self._parsed: dict[str, Query] = {}
+        self._corrections: dict[str, str | None] = {}
+        self._lexicon = Lexicon(searcher.reader())
+
+    def parse(self, query: str) -> Query:
+        if query not in self._parsed:
+            if len(self._parsed) > 1_000:
+                self._parsed.clear()
+            self._parsed[query] = _parse(self.schema, query, self._parser)
+        return self._parsed[query]
+
+    def correct(self, query: str, budget: Budget) -> str | None:
+        if query not in self._corrections:
+            if len(self._corrections) > 1_000:
+                self._corrections.clear()
+            self._corrections[query] = _correct(
+                self.searcher.reader(), self.schema, query, budget, self._lexicon
+            )
+        return self._corrections[query]
+
+    def close(self) -> None:
+        with suppress(Exception):
+            self.searcher.close()
+        with suppress(Exception):
+            self.ix.close()
 
 
 class IndexWriter:
@@ -188,6 +296,10 @@ class SearchIndex:
             log.warning("replacing %s, a file where the index folder belongs", self.directory)
             with _translated(self.directory, "replace it"):
                 self.directory.unlink()
+        # Imported here: a rebuild's writer processes bring the child-process machinery,
+        # which a search does not need.
+        from . import _rebuild
+
         with _translated(self.directory, "rebuild it"):
             added = _rebuild.rebuild(self.directory, docs)
         held = self.doc_count()
@@ -223,6 +335,28 @@ class SearchIndex:
             raise QueryError(
                 "the search index was built by an older version: run `pipeline reindex`"
             )
+        if self.analysis_outdated() and self.directory not in _WARNED_OUTDATED:
+            _WARNED_OUTDATED.add(self.directory)
+            log.warning("%s", self.outdated_reason())
+
+    def analysis_outdated(self) -> bool:
+        """Whether the index's words were written by an older analysis than this version's
+        (it still answers, as it was written; ``reindex`` brings in what changed)."""
+        return self.exists() and analysis_version(self.directory) < ANALYSIS_VERSION
+
+    def outdated_reason(self) -> str | None:
+        """One line for ``status``/``check`` when the index's analysis is older, else None
+        (also when the index cannot be read: that is said by the commands that read it)."""
+        try:
+            if not self.analysis_outdated():
+                return None
+        except PipelineError:
+            return None
+        return (
+            f"the search index in {self.directory} was written with analysis version "
+            f"{analysis_version(self.directory)} (this version writes {ANALYSIS_VERSION}: "
+            "ß = ss, split elisions, dotted words by their parts): run `pipeline reindex`"
+        )
 
     def search(
         self,
@@ -238,39 +372,68 @@ class SearchIndex:
     ) -> SearchResults:
         """Ranked hits (BM25F) with snippets made from ``texts`` (attachment id -> text).
 
-        Words the index does not hold are spelled again from its own words; when that finds
-        more, those hits come back with ``did_you_mean`` set.
+        Misspelled words are spelled again from the index's own words: the correction is
+        ``did_you_mean`` beside the literal query's hits, and only when the literal query
+        finds nothing are the corrected query's hits returned (``corrected``). A query past
+        the caps raises ``QueryTooCostly``; one that cannot be read, ``QueryError``.
         """
         _check_syntax(query)
-        if not self.exists():
+        budget = Budget.start()
+        opened = self._opened()
+        if opened is None:
             return SearchResults(query, 0, [])
-        ix = self._open()
+        filters = _filters(type, candidate_id, language, since)
+        searcher = opened.searcher
         try:
-            self._check_schema(ix)
-            filters = _filters(type, candidate_id, language, since)
-            with _translated(self.directory, "read it"), ix.searcher() as searcher:
-                parsed = _parse(ix.schema, query)
+            with _translated(self.directory, "read it"):
+                parsed = opened.parse(query)
+                check_expansions(parsed, searcher.reader(), query)
+                budget.check(query)
                 ranker = _ranker(searcher)
                 found, total = _collect(searcher, ranker, parsed, filters, offset + limit)
-                # A word the index does not hold is likely a typo even when its stem matched
-                # a few documents ("Kubernets"): the corrected query wins if it finds as many
-                # or more (the stems of a typo often find the same documents). Snippets are
-                # made only for the page that is returned.
-                corrected = _correct(searcher, ix.schema, query)
-                if corrected is not None:
-                    reparsed = _parse(ix.schema, corrected)
+                budget.check(query)
+                corrected = opened.correct(query, budget)
+                if corrected is not None and not total:
+                    reparsed = opened.parse(corrected)
                     again, again_total = _collect(
                         searcher, ranker, reparsed, filters, offset + limit
                     )
-                    if again_total >= total and again_total:
+                    if again_total:
                         hits = _page(searcher, reparsed, again[offset:], texts)
-                        return SearchResults(query, again_total, hits, corrected)
-                    if total == 0:
-                        return SearchResults(query, 0, [], corrected)
+                        results = SearchResults(query, again_total, hits, corrected, corrected=True)
+                        _give_back(self.directory, opened)
+                        return results
                 hits = _page(searcher, parsed, found[offset:], texts)
-                return SearchResults(query, total, hits)
-        finally:
+        except BaseException:
+            # Whatever failed (a damaged segment, a query past its time), the next search
+            # opens the index afresh.
+            opened.close()
+            raise
+        _give_back(self.directory, opened)
+        return SearchResults(query, total, hits, corrected)
+
+    def _opened(self) -> _Opened | None:
+        """An open searcher on the index, reused while no file of the index changed (a
+        search on a small index was mostly opening it: reading the TOC, the segments, the
+        schema), or None when there is no index yet. Given back by the search."""
+        self._check_folder()
+        with _translated(self.directory, "read it"):
+            state = _folder_state(self.directory)
+        if state is None:
+            return None
+        opened = _take(self.directory, state)
+        if opened is not None:
+            return opened
+        if not self.exists():
+            return None
+        ix = self._open()
+        try:
+            self._check_schema(ix)
+            with _translated(self.directory, "read it"):
+                return _Opened(state, ix, ix.searcher())
+        except BaseException:
             ix.close()
+            raise
 
     def similar(
         self,

@@ -1,63 +1,207 @@
-"""Reading a query: its syntax checked, parsed over the fields, widened by stems; filters;
-and a correction of its spelling from the index's own words."""
+"""Reading a query: its syntax and cost checked, parsed over the fields, widened by stems
+and spellings; filters; and a correction of its spelling from the index's own words."""
 
 from __future__ import annotations
 
+import itertools
+import re
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from whoosh.fields import Schema
-from whoosh.qparser import AndGroup, MultifieldParser, QueryParser
-from whoosh.query import ConstantScoreQuery, DateRange, Or, Query, Term
+from whoosh.qparser import AndGroup, MultifieldParser
+from whoosh.query import (
+    ConstantScoreQuery,
+    DateRange,
+    FuzzyTerm,
+    MultiTerm,
+    Or,
+    Query,
+    Term,
+    Wildcard,
+)
 
-from ..errors import QueryError
-from ._analysis import STEM_MARK, WORD, fold, query_stems
+from ..errors import QueryError, QueryTooCostly
+from ._analysis import FAMILY_MARK, STEM_MARK, family_key, query_stems, umlaut_spellings
 from ._schema import BOOSTS, FIELDS, STEM_BOOST
-from ._whoosh._spelling import WordCorrector
 
 if TYPE_CHECKING:
-    from whoosh.searching import Searcher
+    from whoosh.reading import IndexReader
+
+# What one query may cost. A query of 2,000 characters of unknown words took 17 s, and
+# "[a TO z]" 4 s, at 124 documents, before these caps.
+MAX_QUERY_CHARS = 1_000
+MAX_QUERY_WORDS = 64
+# Words a prefix, wildcard, range or fuzzy term may stand for, all together: each costs a
+# posting list read (0.2 ms at 124 documents; "[a TO z]" stood for 900 and took 200 ms).
+MAX_EXPANSIONS = 250
+# A last guard, checked before each further step (ranking, each word to correct); generous,
+# so that a loaded machine does not refuse a query the caps above let through.
+MAX_QUERY_SECONDS = 5.0
+# Fields a query may name (``type:CV``); anything else is a mistake, not a word to find.
+QUERY_FIELDS = (*FIELDS, "type", "language", "candidate_id", "attachment_id")
+# Other spellings of a word ("Joerg" for "Jörg") weigh as the word; its German word family
+# ("entwickeln" for "Entwicklung") less than its stem.
+FAMILY_BOOST = 0.4
+OPERATORS = ("AND", "OR", "NOT")
+
+# A query's pieces outside quotes: a quoted phrase, a parenthesis, or a run of other text.
+_PIECES = re.compile(r'"[^"]*"(?:~\d+)?|[()]|[^\s()"]+')
+_FIELD = re.compile(r"^[+-]?([A-Za-z_]\w*):(?!//)(.*)$")
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+@dataclass
+class Budget:
+    """A query's time limit: checked between the steps of a search."""
+
+    deadline: float
+
+    @classmethod
+    def start(cls, seconds: float = MAX_QUERY_SECONDS) -> Budget:
+        return cls(time.monotonic() + seconds)
+
+    def check(self, query: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise QueryTooCostly(
+                f"query {_short(query)!r} took more than {MAX_QUERY_SECONDS:g} s: "
+                "make it narrower (fewer words, longer prefixes)"
+            )
+
+
+def _short(query: str) -> str:
+    return query if len(query) <= 60 else query[:57] + "..."
 
 
 def _check_syntax(query: str) -> None:
+    """A query that cannot mean what its writer meant is an error with the reason, not a
+    guess: unbalanced quotes or parentheses, an operator with nothing on one side, a field
+    the index does not have, or a query past the caps."""
     if not query.strip():
         raise QueryError("empty query: give at least one word")
+    if len(query) > MAX_QUERY_CHARS:
+        raise QueryTooCostly(
+            f"query is {len(query):,} characters long: at most {MAX_QUERY_CHARS:,} are read"
+        )
     if query.count('"') % 2:
-        raise QueryError(f"cannot read query {query!r}: a quote is not closed")
+        raise QueryError(f"cannot read query {_short(query)!r}: a quote is not closed")
     depth = 0
     for char in query:
         depth += {"(": 1, ")": -1}.get(char, 0)
         if depth < 0:
             break
     if depth != 0:
-        raise QueryError(f"cannot read query {query!r}: parentheses do not match")
+        raise QueryError(f"cannot read query {_short(query)!r}: parentheses do not match")
+    pieces = _PIECES.findall(query)
+    words = sum(1 for p in pieces if p not in ("(", ")") and p not in OPERATORS)
+    if words > MAX_QUERY_WORDS:
+        raise QueryTooCostly(f"query has {words} words: at most {MAX_QUERY_WORDS} are read")
+    _check_operators(query, pieces)
+    for piece in pieces:
+        field = _FIELD.match(piece)
+        if field and field.group(1) not in QUERY_FIELDS:
+            raise QueryError(
+                f"cannot read query {_short(query)!r}: there is no field {field.group(1)!r} "
+                f"(fields: {', '.join(QUERY_FIELDS)})"
+            )
 
 
-def _parse(schema: Schema, query: str) -> Query:
-    parser = MultifieldParser(list(FIELDS), schema, fieldboosts=BOOSTS, group=AndGroup)
+def _check_operators(query: str, pieces: list[str]) -> None:
+    before = "("  # the query's start reads as an opening parenthesis
+    for piece in [*pieces, ")"]:
+        if piece in ("AND", "OR") and before in ("(", "AND", "OR", "NOT"):
+            where = "nothing" if before == "(" else before
+            raise QueryError(
+                f"cannot read query {_short(query)!r}: {piece} has {where} on its left"
+            )
+        if piece == ")" and before in OPERATORS:
+            raise QueryError(
+                f"cannot read query {_short(query)!r}: {before} has nothing on its right"
+            )
+        before = piece
+
+
+def parser(schema: Schema) -> MultifieldParser:
+    return MultifieldParser(list(FIELDS), schema, fieldboosts=BOOSTS, group=AndGroup)
+
+
+def _parse(schema: Schema, query: str, made: MultifieldParser | None = None) -> Query:
+    parser_ = made or parser(schema)
     try:
-        parsed = parser.parse(query)
+        parsed = parser_.parse(query)
     except Exception as exc:  # whoosh's parser raises assorted errors
-        raise QueryError(f"cannot read query {query!r}: {exc}") from exc
-    # The parser folded the words; stems need them as typed (lower-cased, accents kept).
-    typed = {fold(word): word for word in (w.lower() for w in WORD.findall(query))}
-    return _with_stems(parsed, typed)
+        raise QueryError(f"cannot read query {_short(query)!r}: {exc}") from exc
+    # The parser folded the words (with the analysis the index was written with, pickled
+    # in its schema); stems need them as typed (lower-cased, accents kept).
+    analyzer = schema["text"].analyzer
+    typed: dict[str, str] = {}
+    for piece in _LETTERS.findall(query):
+        lowered = piece.lower()
+        for token in analyzer(lowered):
+            typed.setdefault(token.text, lowered)
+    return _widened(_bounded(parsed), typed)
 
 
-def _with_stems(query: Query, typed: dict[str, str]) -> Query:
+def _bounded(query: Query) -> Query:
+    # A fuzzy term keeps its first letter: without it Whoosh measures the distance to every
+    # word of the index.
+    if isinstance(query, FuzzyTerm):
+        query.prefixlength = max(query.prefixlength, 1)
+        query.maxdist = min(query.maxdist, 2)
+        return query
+    if query.is_leaf():
+        return query
+    return query.apply(_bounded)
+
+
+def check_expansions(query: Query, reader: IndexReader, text: str) -> None:
+    """Prefixes, wildcards, ranges and fuzzy terms stand for at most ``MAX_EXPANSIONS``
+    words together (``[a TO z]`` would read every posting list of the index)."""
+    left = MAX_EXPANSIONS
+    for leaf in query.leaves():
+        if not isinstance(leaf, MultiTerm) or not leaf.field():
+            continue
+        if isinstance(leaf, Wildcard) and not re.match(r"[^*?]", leaf.text):
+            raise QueryTooCostly(
+                f"query {_short(text)!r}: a wildcard must begin with a letter "
+                f"({leaf.text!r} would read every word of the index)"
+            )
+        count = sum(1 for _ in itertools.islice(leaf.expanded_terms(reader), left + 1))
+        left -= count
+        if left < 0:
+            raise QueryTooCostly(
+                f"query {_short(text)!r}: {leaf} stands for more than {MAX_EXPANSIONS:,} "
+                "words of the index: make it longer or narrower"
+            )
+
+
+def _widened(query: Query, typed: dict[str, str]) -> Query:
     """Each word of the text field also matches the documents that share one of its stems
-    (in any stemmed language: the query's own language is unknown)."""
+    (in any stemmed language: the query's own language is unknown), its other spellings
+    (umlauts typed or spelt out), and its German word family."""
     if type(query) is Term and query.fieldname == "text":
         word = query.text
-        stems = query_stems(typed.get(word, word))
+        lowered = typed.get(word, word)
+        stems = query_stems(lowered)
         boost = query.boost * STEM_BOOST
         alternatives: list[Query] = [query]
+        alternatives += [
+            Term("text", s, boost=query.boost) for s in sorted(umlaut_spellings(lowered))
+        ]
         alternatives += [Term("text", STEM_MARK + s, boost=boost) for s in sorted(stems)]
         alternatives += [Term("text", s, boost=boost) for s in sorted(stems) if s != word]
+        key = family_key(word)
+        if key:
+            family = query.boost * FAMILY_BOOST
+            alternatives.append(Term("text", FAMILY_MARK + key, boost=family))
+            if key not in stems and key != word:
+                alternatives.append(Term("text", key, boost=family))
         return Or(alternatives)
     if query.is_leaf():
         return query
-    return query.apply(lambda sub: _with_stems(sub, typed))
+    return query.apply(lambda sub: _widened(sub, typed))
 
 
 def _filters(
@@ -78,19 +222,113 @@ def _filters(
     return filters
 
 
-def _correct(searcher: Searcher, schema: Schema, query: str) -> str | None:
-    """The query spelled with words the index holds ("Kubernets" -> "kubernetes")."""
-    try:
-        plain = QueryParser("text", schema).parse(query)
-        corrected = searcher.correct_query(
-            plain,
-            query,
-            maxdist=2,
-            prefix=1,  # a typo in the first letter is rare; a whole-lexicon scan is not cheap
-            correctors={"text": WordCorrector(searcher.reader(), "text", schema["text"])},
+# -- spelling -------------------------------------------------------------------------------
+
+# A word the index holds is still taken for a typo when a word one edit away, and not one of
+# its inflections, is in this many times as many documents (a typo made in three CVs while
+# thousands say "Python"). Measured (benchmarks/README.md, "the correction's margin"): over
+# 142 documents (124 generated CVs and the shared corpus's 18), of the 1,039 words held in at
+# most three documents with a neighbour one edit away, a margin of 20 "corrected" 32, none
+# of them a typo ("term" -> "team", "date" -> "data"); at 100, none.
+RARE_MARGIN = 100
+# ... and only a word in so few documents: one in more is a word, however common its
+# neighbour.
+RARE_MOST = 3
+
+
+def edit_budget(word: str) -> int:
+    """Edits a correction may make: none for words of three letters or fewer ("Go", "R",
+    "SQL" are words, not typos), one up to six letters, two beyond."""
+    if len(word) <= 3:
+        return 0
+    return 1 if len(word) <= 6 else 2
+
+
+def correctable(piece: str) -> bool:
+    """Only plain words are spelled again: not operators, fields, patterns, numbers, or
+    tokens with symbols ("C++", "C#", ".NET", "node.js")."""
+    return piece not in OPERATORS and bool(re.fullmatch(r"[^\W\d_]{4,}", piece))
+
+
+def _correct(
+    reader: IndexReader,
+    schema: Schema,
+    query: str,
+    budget: Budget,
+    lexicon: Lexicon | None = None,
+) -> str | None:
+    """The query with every misspelled word spelled as the index's words are ("Kubernets"
+    -> "kubernetes"), or None when no word needs it."""
+    lexicon = lexicon or Lexicon(reader)
+    analyzer = schema["text"].analyzer
+    replacements: dict[str, str] = {}
+    words = itertools.chain.from_iterable(p.strip('"').split() for p in _PIECES.findall(query))
+    for word in words:
+        if not correctable(word) or word.lower() in replacements:
+            continue
+        lowered = word.lower()
+        folded = [t.text for t in analyzer(lowered)]
+        if len(folded) != 1:
+            continue
+        term = folded[0]
+        known = reader.doc_frequency("text", term) + sum(
+            reader.doc_frequency("text", s) for s in umlaut_spellings(lowered)
         )
-    except Exception:  # a suggestion is a nicety: never fail a search for it
+        if known > RARE_MOST:
+            continue
+        best = _nearest(lexicon, term, edit_budget(term) if not known else 1)
+        budget.check(query)
+        if best is None:
+            continue
+        suggestion, frequency = best
+        if known and (
+            frequency < RARE_MARGIN * known or query_stems(lowered) & query_stems(suggestion)
+        ):
+            continue  # a word of its own, or an inflection ("experts" beside "expert")
+        replacements[lowered] = suggestion
+    if not replacements:
         return None
-    if corrected.query == plain or not corrected.string.strip():
+    pattern = re.compile(
+        r"(?<![\w.+#])(" + "|".join(map(re.escape, replacements)) + r")(?![\w+#]|\.\w)",
+        re.IGNORECASE,
+    )
+    return pattern.sub(lambda m: replacements[m.group(1).lower()], query)
+
+
+class Lexicon:
+    """The text field's plain words by first letter, read once per letter (a search's
+    lexicon lives as long as its open searcher: ``_index._Opened``)."""
+
+    def __init__(self, reader: IndexReader) -> None:
+        self.reader = reader
+        self._by_letter: dict[str, list[str]] = {}
+
+    def starting_with(self, letter: str) -> list[str]:
+        if letter not in self._by_letter:
+            words = (b.decode("utf-8") for b in self.reader.expand_prefix("text", letter))
+            self._by_letter[letter] = [w for w in words if w.isalpha()]
+        return self._by_letter[letter]
+
+
+def _nearest(lexicon: Lexicon, term: str, edits: int) -> tuple[str, int] | None:
+    """The index's word nearest to ``term`` within ``edits`` edits (a transposition is one),
+    beginning with the same letter: fewest edits first, then the most documents."""
+    if edits <= 0:
         return None
-    return str(corrected.string)
+    # Imported when a query has a word to correct; its loop over the words runs in C.
+    from rapidfuzz import process
+    from rapidfuzz.distance import OSA
+
+    matches = process.extract(
+        term, lexicon.starting_with(term[0]), scorer=OSA.distance, score_cutoff=edits, limit=None
+    )
+    reader = lexicon.reader
+    found = [
+        (edited, -reader.doc_frequency("text", word), word)
+        for word, edited, _place in matches
+        if word != term
+    ]
+    if not found:
+        return None
+    _edits, frequency, candidate = min(found)
+    return candidate, -frequency

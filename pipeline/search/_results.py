@@ -22,9 +22,11 @@ class SearchResults:
     query: str
     total: int
     hits: list[SearchHit]
-    # When a word of the query is not in the index and its correction finds at least as much:
-    # the corrected spelling, whose hits these are (or the suggestion, when nothing matched).
+    # The query with its misspelled words corrected, shown beside the literal query's hits
+    # ("did you mean"); when the literal query found nothing, the hits are the corrected
+    # query's, and ``corrected`` says so.
     did_you_mean: str | None = None
+    corrected: bool = False
 
 
 @dataclass(frozen=True)

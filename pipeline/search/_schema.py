@@ -15,12 +15,15 @@ from whoosh.fields import DATETIME, ID, STORED, TEXT, Schema
 
 from ..errors import IndexDamagedError, QueryError
 from ..filestore import tighten
-from ._analysis import FILE_NAME_PATTERN, analyzer, terms
+from ._analysis import ANALYSIS_VERSION, FILE_NAME_PATTERN, analyzer, terms
 from ._doc import IndexDoc
 from ._whoosh import segment_writer
 from ._whoosh._positions import WordPositions
 
 INDEX_NAME = "attachments"
+# Which analysis an index's words were written with (``_analysis.ANALYSIS_VERSION``); an
+# index without the file was written by version 1.
+ANALYSIS_FILE = "ANALYSIS_VERSION"
 FIELDS = ("text", "file_name", "candidate_title")
 # A match in the file name ("Lebenslauf Müller") weighs double, one in the candidate's
 # current job title one and a half; a match through a shared stem weighs 0.6 of an exact one.
@@ -105,7 +108,19 @@ def open_index(directory: Path) -> whoosh_index.Index:
         with _toc_read(directory):
             return whoosh_index.open_dir(str(directory), indexname=INDEX_NAME)
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return whoosh_index.create_in(str(directory), _schema(), indexname=INDEX_NAME)
+    created = whoosh_index.create_in(str(directory), _schema(), indexname=INDEX_NAME)
+    marker = directory / ANALYSIS_FILE
+    marker.write_text(f"{ANALYSIS_VERSION}\n", encoding="ascii")
+    tighten(marker, 0o600)
+    return created
+
+
+def analysis_version(directory: Path) -> int:
+    """The analysis an existing index was written with (1: before the marker existed)."""
+    try:
+        return int((directory / ANALYSIS_FILE).read_text(encoding="ascii").strip() or 1)
+    except (FileNotFoundError, ValueError):
+        return 1
 
 
 def locked_writer(ix: whoosh_index.Index) -> Any:

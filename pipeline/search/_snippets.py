@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from whoosh.query import Query
 
-from ._analysis import FOLDED, STEM_MARK, STEMMED, WORD, folded_stems
+from ._analysis import FOLDED, PARTS, STEM_MARK, STEMMED, WORD, folded_stems
 
 if TYPE_CHECKING:
     from whoosh.searching import Searcher
@@ -46,6 +46,11 @@ def _snippet(body: str, words: frozenset[str], stems: frozenset[str], language: 
     tokens = WORD.findall(body)
     folded = list(map(FOLDED.__getitem__, tokens))
     hits = list(map(words.__contains__, folded))
+    # A joined word matched by one of its parts: ".NET" marks "ASP.NET".
+    parts = list(map(PARTS.__getitem__, tokens))
+    for place, joined in enumerate(parts):
+        if joined and not hits[place]:
+            hits[place] = any(part in words for part in joined.split())
     if stems and language in STEMMED:
         stem_of = folded_stems(language)
         # A stem begins as its word does (Snowball changes endings): only words that begin
