@@ -128,13 +128,15 @@ def test_existing_failed_rows_that_could_not_be_read_become_unreadable(tmp_path:
                 (attachment_id,),
             )
     db.close()
+    scoped = store.for_integration("int-1")
     for attachment_id, error in reasons.items():
-        store.save_outcome(attachment_id, Outcome(AttachmentState.FAILED, error))
+        scoped.save_outcome(attachment_id, Outcome(AttachmentState.FAILED, error))
     store.set_setting("schema_version", "1")  # as a database from before this step
 
     assert store.ensure_schema()
-    statuses = store.counts_by_status()
+    statuses = scoped.counts_by_status()
     assert statuses == {"unreadable": 2, "failed": 2}
     store.create()  # the step runs on every create(): a second time changes nothing
-    assert store.counts_by_status() == statuses
+    assert scoped.counts_by_status() == statuses
+    scoped.close()
     store.close()
