@@ -499,7 +499,13 @@ class Store:
             # SQLite creates its -wal and -shm files with the database file's mode: made 0600
             # here, before the first connection, they are private too.
             private_folder(path.parent)
-            private_file(path)
+            # Only a missing file is created: opening and closing one that this process has
+            # open already would drop every POSIX lock the process holds on it, SQLite's
+            # own connections' included (a long-lived server opens several stores).
+            if path.exists():
+                tighten(path, 0o600)
+            else:
+                private_file(path)
             for suffix in ("-wal", "-shm"):
                 tighten(path.with_name(path.name + suffix), 0o600)
         self.engine = create_engine(database_url, **options)
