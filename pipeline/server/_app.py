@@ -71,7 +71,7 @@ class Server:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
-        self.metrics = Metrics(lambda: self.tenancy.store)
+        self.metrics = Metrics(lambda: self.tenancy.store, self.runs.in_flight)
         self.runs.on_finished = self._run_finished
 
     def _run_finished(self, integration_id: str, code: int) -> None:

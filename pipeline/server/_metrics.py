@@ -20,10 +20,19 @@ log = logging.getLogger(__name__)
 
 
 class _DatabaseCollector(Collector):
-    def __init__(self, store: Callable[[], Store]) -> None:
+    def __init__(self, store: Callable[[], Store], in_flight: Callable[[], dict[str, int]]) -> None:
         self._store = store
+        self._in_flight = in_flight
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        going = GaugeMetricFamily(
+            "pipeline_server_runs_in_flight",
+            "Runs the server has going or waiting, per integration (at most 2).",
+            labels=["integration_id"],
+        )
+        for integration_id, count in self._in_flight().items():
+            going.add_metric([integration_id], count)
+        yield going
         attachments = GaugeMetricFamily(
             "pipeline_attachments",
             "Attachments on record, per integration and state.",
@@ -45,7 +54,7 @@ class _DatabaseCollector(Collector):
 
 
 class Metrics:
-    def __init__(self, store: Callable[[], Store]) -> None:
+    def __init__(self, store: Callable[[], Store], in_flight: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "pipeline_http_requests",
@@ -72,7 +81,7 @@ class Metrics:
             ["integration_id", "exit_code"],
             registry=self.registry,
         )
-        self.registry.register(_DatabaseCollector(store))
+        self.registry.register(_DatabaseCollector(store, in_flight))
 
 
 __all__ = ["Metrics"]

@@ -87,10 +87,12 @@ class RunCoordinator:
                 return "queued"
             return "coalesced"
 
-    def busy(self, integration_id: str) -> bool:
+    def in_flight(self) -> dict[str, int]:
+        """Per integration: runs going or waiting (0, 1 or 2)."""
         with self._lock:
-            slot = self._slots.get(integration_id)
-            return slot is not None and slot.thread is not None
+            return {
+                iid: (slot.thread is not None) + slot.waiting for iid, slot in self._slots.items()
+            }
 
     def _loop(self, integration_id: str, slot: _Slot) -> None:
         while True:
