@@ -12,6 +12,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from pipeline.sandbox.server import SandboxServer
 from pipeline.server import new_token
 
 WEBHOOK_SECRET = "whsec-test-0123456789"
+OTHER_INTEGRATION = "other:4Yq9WkQb7mT2nXc8"
 # A CV that tries to run script in the recruiters' page: shown as text, never run.
 HOSTILE_TEXT = (
     b"Hostile Applicant\nSenior zebrafish engineer <script>window.pwned=1;"
@@ -151,3 +154,31 @@ def wait_for(check: Any, timeout: float = 60, every: float = 0.1) -> Any:
         if value or time.monotonic() > deadline:
             return value
         time.sleep(every)
+
+
+@contextmanager
+def served_world(candidates: int = 12) -> Iterator[dict[str, Any]]:
+    """A sandbox world ingested (one CV replaced by a hostile one), a read, an admin and
+    another integration's token, and ``pipeline serve`` over it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = data_settings(Path(tmp) / "data")
+        world = World(candidates=candidates, seed=7)
+        with SandboxServer(world) as sandbox:
+            hostile = hostile_attachment(world)
+            sandbox.add_fault(kind="replace", target="files", match=hostile, body=HOSTILE_TEXT,
+                              times=None)  # fmt: skip
+            ingest(sandbox, data)
+            integration = sandbox.integration_id
+            tokens = {
+                "read": token(data, integration, "reader"),
+                "admin": token(data, integration, "admin", admin=True),
+                "other": token(data, OTHER_INTEGRATION, "other-reader", admin=True),
+            }
+            served = serve(data)
+            try:
+                yield {"data": data, "sandbox": sandbox, "server": served, "tokens": tokens,
+                       "integration": integration, "hostile": hostile}  # fmt: skip
+            finally:
+                assert served.stop() == 0, served.log()

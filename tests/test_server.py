@@ -13,27 +13,13 @@ import time
 import urllib.parse
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pipeline.cli import main
-from pipeline.sandbox.generator import World
-from pipeline.sandbox.server import SandboxServer
 from pipeline.schemas import validator
-from tests.serving import (
-    HOSTILE_TEXT,
-    Served,
-    data_settings,
-    hostile_attachment,
-    http,
-    ingest,
-    serve,
-    token,
-)
-
-OTHER_INTEGRATION = "other:4Yq9WkQb7mT2nXc8"
+from tests.serving import HOSTILE_TEXT, Served, http, served_world
 
 
 def _pipeline(*args: str) -> tuple[int, str, str]:
@@ -57,29 +43,8 @@ def _cli(*args: str) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def world() -> Iterator[dict[str, Any]]:
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "data"
-        data = data_settings(root)
-        sandbox_world = World(candidates=12, seed=7)
-        with SandboxServer(sandbox_world) as sandbox:
-            hostile = hostile_attachment(sandbox_world)
-            sandbox.add_fault(kind="replace", target="files", match=hostile, body=HOSTILE_TEXT,
-                              times=None)  # fmt: skip
-            ingest(sandbox, data)
-            integration = sandbox.integration_id
-            tokens = {
-                "read": token(data, integration, "reader"),
-                "admin": token(data, integration, "admin", admin=True),
-                "other": token(data, OTHER_INTEGRATION, "other-reader", admin=True),
-            }
-            served = serve(data)
-            try:
-                yield {"data": data, "sandbox": sandbox, "server": served, "tokens": tokens,
-                       "integration": integration, "hostile": hostile}  # fmt: skip
-            finally:
-                assert served.stop() == 0, served.log()
+    with served_world() as served:
+        yield served
 
 
 def _get(w: dict[str, Any], path: str, who: str | None = "read", **params: Any) -> Any:

@@ -248,7 +248,9 @@ async def signin(request: Request) -> Response:
 async def signout(request: Request) -> Response:
     form = await request.form()
     signed = _signed_in(request)
-    if signed is not None and _csrf_ok(signed[0].csrf, form.get("csrf")):
+    if signed is not None:
+        if not _csrf_ok(signed[0].csrf, form.get("csrf")):
+            raise ApiError(403, "forbidden", "the form's CSRF token does not match")
         server_of(request).sessions.end(request.cookies.get(SESSION_COOKIE))
     response = RedirectResponse("/", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
