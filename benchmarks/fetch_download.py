@@ -132,10 +132,16 @@ def open_engine(settings: KomboSettings, data: DataSettings, *, extract: bool) -
     """A run engine over a data directory opened as a run finds it (before the clock
     starts): the whole pipeline, or only its fetch and download stages."""
     data.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    store = Store(data.database_url)
-    store.ensure_schema()
+    database = Store(data.database_url)
+    database.ensure_schema()
+    store = database.for_integration(settings.integration_id)
+    paths = data.integration(settings.integration_id)
     workspace = Workspace(
-        data.data_dir, store, LocalFileStore(data.files_dir), SearchIndex(data.index_dir)
+        data.data_dir,
+        store,
+        LocalFileStore(paths.files_dir),
+        SearchIndex(paths.index_dir),
+        lock_dir=paths.lock_dir,
     )
     if extract:
         return RunEngine(settings, workspace)

@@ -15,7 +15,9 @@ Prints one table and writes it as JSON (``benchmarks/results/run.json``):
   is beside the project, else the sandbox's own PDFs);
 - indexing alone: Whoosh against SQLite FTS5 on the same generated CVs;
 - search: p50 and p95 over a fixed query mix at both index sizes;
-- memory: peak RSS of the pipeline's process for the small and the full end-to-end run.
+- memory: peak RSS of the pipeline's process for the small and the full end-to-end run;
+- integrations: ``nightly --all`` over 20 integrations x 100 candidates beside one of 2,000
+  (``benchmarks/integrations.py``; quick: 5 x 40 beside 1 x 200).
 
 Each end-to-end run is a process of its own (``--child``), so that its peak RSS is its own.
 The sandbox runs in a process of its own too, its documents rendered once into a cache.
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 import extraction  # noqa: E402
 import fetch_download  # noqa: E402
 import index_search  # noqa: E402
+import integrations  # noqa: E402
 
 SIZES = {
     "full": {"candidates": 2000, "small": 500, "docs": [10_000, 100_000], "rounds": 5},
@@ -269,6 +272,18 @@ def table(result: dict) -> list[tuple[str, str, str]]:
                 "p95 < 50 ms at the largest",
             )
         )
+    for name in ("many", "one"):
+        run = result.get("integrations", {}).get(name)
+        if run is not None:
+            rows.append(
+                (
+                    f"nightly{' --all' if name == 'many' else ''}, {run['integrations']} x "
+                    f"{run['candidates_each']} candidates",
+                    f"{run['wall_s']} s (network floor {run['network_floor_s']} s, CPU floor "
+                    f"{run['cpu_floor_s']} s)",
+                    f"{run['over_floor']} (<= 1.3)",
+                )
+            )
     rows.append(
         (
             f"peak RSS, {e2e['small_candidates']} vs {e2e['candidates']} candidates",
@@ -288,7 +303,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["e2e", "extraction", "index"],
+        choices=["e2e", "extraction", "index", "integrations"],
         help="sections to leave out (their figures from the last run of this size are kept)",
     )
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
@@ -312,7 +327,7 @@ def main() -> None:
         f"Python {platform.python_version()}",
         "targets": TARGETS,
     }
-    for section in ("end_to_end", "extraction", "index"):
+    for section in ("end_to_end", "extraction", "index", "integrations"):
         if section in previous:
             result[section] = previous[section]
     if "e2e" not in args.skip:
@@ -328,6 +343,10 @@ def main() -> None:
         for count in size["docs"]:
             result["index"].append(index_search.measure(count, size["rounds"]))
             print(json.dumps(result["index"][-1]), flush=True)
+    if "integrations" not in args.skip:
+        sized = integrations.SIZES["quick" if args.quick else "full"]
+        result["integrations"] = integrations.measure(sized, args.cache)
+        print(json.dumps(result["integrations"]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     if all(section in result for section in ("end_to_end", "extraction", "index")):

@@ -11,20 +11,52 @@ settings and opens what a command needs when it first needs it:
   only when it is behind, whichever command opens it: a data directory made by an older
   version keeps working with no step by hand, and is brought forward once;
 - commands that write (ingest, nightly, forget, purge, reindex) take the writer lock.
+
+Every method acts on ONE integration (:attr:`App.integration`): the one named (or the
+Kombo settings' own), else the only one registered; several registered and none named, or
+an unknown one named to a read command, is an :class:`~pipeline.errors.IntegrationChoiceError`
+naming the registered ids. Its records come from a store scoped to it, its index, files
+and writer lock from its own folder (:meth:`pipeline.config.DataSettings.integration`), so
+nothing of another integration is within reach of the method.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import logging
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from .config import DataSettings, KomboSettings
-from .database import WATERMARK, ExportSelection, Failures, Run, Store, reading_store, utcnow
-from .errors import IndexDamagedError, PipelineError
+from .config import (
+    DataSettings,
+    IntegrationPaths,
+    KomboSettings,
+    registered_ids,
+    validate_integration_id,
+)
+from .database import (
+    ExportSelection,
+    Failures,
+    IntegrationState,
+    Run,
+    Store,
+    reading_store,
+    utcnow,
+)
+from .errors import (
+    IndexDamagedError,
+    IntegrationChoiceError,
+    IntegrationError,
+    KomboError,
+    LockedError,
+    PipelineError,
+)
 from .filestore import private_folder, private_umask
 from .states import AttachmentState
 
@@ -46,6 +78,16 @@ REPAIRS = {
     ),
     "stored files nothing refers to": "run `pipeline reindex` (it removes them)",
 }
+
+# What a read command on a data directory with no integration registered acts on: nothing.
+NO_INTEGRATION = ""
+
+# Kombo deletes a deleted integration's data 14 days after (KOMBO.md): so do we.
+DELETION_GRACE = timedelta(days=14)
+# The reason an integration Kombo answered INTEGRATION.INACTIVE for is paused with starts so;
+# ``nightly --all`` probes such an integration once, and takes it back when it answers.
+PAUSED_BY_KOMBO = "Kombo: "
+PAUSED_BY_HAND = "paused by hand"
 
 # forget and purge wait this long for a run in progress to finish.
 ERASE_LOCK_TIMEOUT = 600.0
@@ -81,16 +123,97 @@ class StatusReport:
     runs: list[Run]  # the most recent first
     search_engine: str  # which paths search runs on: "fast (...)" or "fallback: ..."
     failures: Failures  # what failed, why, and whether the next run retries it
+    integration_id: str = ""
+
+
+@dataclass(frozen=True)
+class IntegrationReport:
+    """One line of ``integrations list``."""
+
+    integration_id: str
+    name: str | None
+    state: str  # active or paused
+    paused_reason: str | None
+    candidates: int
+    attachments: dict[str, int]  # state -> count
+    last_nightly: Run | None
+    deleted_at: datetime | None  # when Kombo reported it deleted
+
+
+@dataclass
+class IntegrationOutcome:
+    """What ``nightly --all`` did with one integration."""
+
+    integration_id: str
+    summary: RunSummary | None = None
+    skipped: str | None = None  # why it did not run (paused, a run going, erased)
+    error: str | None = None  # what stopped it before its run could start
+
+    @property
+    def stopped_code(self) -> str | None:
+        """Kombo's code, when an integration-wide error stopped its run."""
+        fatal = self.summary.fatal if self.summary is not None else None
+        return fatal.code if isinstance(fatal, KomboError) else None
+
+    @property
+    def exit_code(self) -> int:
+        if self.skipped is not None:
+            return 0
+        if self.summary is None:
+            return 1
+        return self.summary.exit_code
+
+    def line(self) -> str:
+        if self.skipped is not None:
+            return f"{self.integration_id}: skipped: {self.skipped}"
+        if self.summary is None:
+            return f"{self.integration_id}: failed: {self.error}"
+        line = f"{self.integration_id}: {self.summary.line()}"
+        fatal = self.summary.fatal
+        if fatal is not None:
+            code = self.stopped_code
+            line += f"; stopped by {code}: {fatal.message}" if code else f"; {fatal.message}"
+        return line
+
+
+@dataclass
+class NightlyAll:
+    """``nightly --all``: one outcome per integration, and the whole."""
+
+    outcomes: list[IntegrationOutcome]
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        ran = [o for o in self.outcomes if o.skipped is None]
+        stopped = [o for o in ran if o.stopped_code is not None]
+        if ran and len(stopped) == len(ran):
+            return 2
+        return 1 if any(o.exit_code for o in ran) else 0
+
+    def line(self) -> str:
+        ran = [o for o in self.outcomes if o.skipped is None]
+        good = sum(1 for o in ran if o.exit_code == 0)
+        stopped = [o for o in ran if o.stopped_code is not None]
+        codes = ", ".join(sorted({o.stopped_code or "" for o in stopped}))
+        failed = len(ran) - good - len(stopped)
+        return (
+            f"nightly --all {'succeeded' if self.exit_code == 0 else 'finished'}: "
+            f"{len(self.outcomes)} integrations: {good} succeeded, {failed} with failures, "
+            f"{len(stopped)} stopped{f' ({codes})' if codes else ''}, "
+            f"{len(self.outcomes) - len(ran)} skipped; {self.seconds:.1f}s"
+        )
 
 
 class App:
-    """One data directory (and, for runs, one Kombo integration); use as a context manager."""
+    """One integration of a data directory; use as a context manager."""
 
     def __init__(
         self,
         data: DataSettings,
         kombo: KomboSettings | None = None,
         *,
+        integration_id: str | None = None,
         extract: ExtractLimits | None = None,
         extractor: Extractor | None = None,
         progress: Progress | None = None,
@@ -98,7 +221,10 @@ class App:
     ) -> None:
         self.data = data
         self.max_run_minutes = max_run_minutes
+        if kombo is not None and integration_id and integration_id != kombo.integration_id:
+            kombo = dataclasses.replace(kombo, integration_id=integration_id)
         self.kombo = kombo
+        self._named = integration_id or (kombo.integration_id if kombo is not None else None)
         self._extract = extract
         self._extractor = extractor
         self._progress = progress
@@ -108,42 +234,114 @@ class App:
     # -- what commands open, when they first need it -------------------------------------------
 
     @cached_property
-    def store(self) -> Store:
+    def database(self) -> Store:
+        """The whole database, for writing (the registry; records through :attr:`store`)."""
         private_folder(self.data.data_dir)  # the clone's data/ ships 0755
         store = Store(self.data.database_url)
         store.ensure_schema()
+        adopt_legacy_folders(self.data, store)
         return store
 
     @cached_property
-    def reader(self) -> Store:
+    def reading_database(self) -> Store:
         """The database for read-only commands: read-only SQLite, no lock, no migration."""
+        if "database" in self.__dict__:
+            return self.database
+        store = reading_store(self.data.database_url)
+        if not store.read_only:  # it was behind and has been brought forward
+            adopt_legacy_folders(self.data, store)
+        return store
+
+    @cached_property
+    def integration(self) -> str:
+        """The one integration every method acts on (see the module's docstring)."""
+        named = self._named
+        if named is not None:
+            validate_integration_id(named, self._registered())
+            if self.kombo is not None:
+                # A command that calls Kombo with an id not yet registered registers it.
+                if self.database.register_integration(named):
+                    log.info("integration %s registered", named)
+                    adopt_legacy_folders(self.data, self.database)
+                return named
+            if self.reading_database.integration(named) is None:
+                raise IntegrationChoiceError(
+                    f"unknown integration {named!r}{registered_ids(self._registered())}"
+                )
+            return named
+        registered = self._registered()
+        if len(registered) == 1:
+            return registered[0]
+        if not registered:
+            # A fresh data directory: read commands answer as for an empty integration
+            # (0 hits, nothing to export); commands that write refuse (:meth:`_writing`).
+            return NO_INTEGRATION
+        raise IntegrationChoiceError(
+            "several integrations are registered: name one with --integration-id "
+            f"(or KOMBO_INTEGRATION_ID){registered_ids(registered)}"
+        )
+
+    def _writing(self) -> Workspace:
+        """The workspace of a command that writes without calling Kombo (forget, purge,
+        reindex): it needs a registered integration."""
+        if self.integration == NO_INTEGRATION:
+            raise IntegrationChoiceError(
+                "no integration is registered: run `pipeline integrations add ID` or a run "
+                "with --integration-id"
+            )
+        return self.workspace
+
+    def _registered(self) -> list[str]:
+        database = self.__dict__.get("database") or self.reading_database
+        return [i.integration_id for i in database.integrations()]
+
+    @property
+    def paths(self) -> IntegrationPaths:
+        """Where this integration's index, files and writer lock live."""
+        return self.data.integration(self.integration)
+
+    @cached_property
+    def store(self) -> Store:
+        """This integration's records, for writing."""
+        return self.database.for_integration(self.integration)
+
+    @cached_property
+    def reader(self) -> Store:
+        """This integration's records, for read-only commands."""
         if "store" in self.__dict__:
             return self.store
-        return reading_store(self.data.database_url)
+        return self.reading_database.for_integration(self.integration)
 
     @cached_property
     def index(self) -> SearchIndex:
         from .search import SearchIndex
 
-        return SearchIndex(self.data.index_dir)
+        return SearchIndex(self.paths.index_dir)
 
     @cached_property
     def files(self) -> LocalFileStore:
         from .filestore import LocalFileStore
 
-        return LocalFileStore(self.data.files_dir)
+        return LocalFileStore(self.paths.files_dir)
 
     @property
     def workspace(self) -> Workspace:
         from .engine import Workspace
 
-        return Workspace(self.data.data_dir, self.store, self.files, self.index)
+        return Workspace(
+            self.data.data_dir, self.store, self.files, self.index, lock_dir=self.paths.lock_dir
+        )
 
     def close(self) -> None:
-        if "reader" in self.__dict__ and self.reader is not self.__dict__.get("store"):
-            self.reader.close()
-        if "store" in self.__dict__:
-            self.store.close()
+        for name in ("store", "reader"):
+            scoped = self.__dict__.get(name)
+            if scoped is not None:
+                scoped.close()
+        reading = self.__dict__.get("reading_database")
+        if reading is not None and reading is not self.__dict__.get("database"):
+            reading.close()
+        if "database" in self.__dict__:
+            self.database.close()
 
     def __enter__(self) -> App:
         return self
@@ -201,18 +399,233 @@ class App:
                 c.id for page in client.candidate_pages() for c in page.candidates if not c.deleted
             ]
 
+    # -- the registry of integrations ---------------------------------------------------------
+
+    def integrations_list(self) -> list[IntegrationReport]:
+        database = self.reading_database
+        reports = []
+        for found in database.integrations():
+            counts = database.for_integration(found.integration_id).integration_counts()
+            reports.append(
+                IntegrationReport(
+                    found.integration_id,
+                    found.name,
+                    found.state,
+                    found.paused_reason,
+                    counts.candidates,
+                    counts.attachments,
+                    counts.last_nightly,
+                    found.deleted_at,
+                )
+            )
+        return reports
+
+    def add_integration(self, integration_id: str, name: str | None = None) -> bool:
+        """Register an integration (or rename it); whether it was new."""
+        validate_integration_id(integration_id)
+        new = self.database.register_integration(integration_id, name)
+        adopt_legacy_folders(self.data, self.database)
+        return new
+
+    def _registered_one(self, integration_id: str) -> str:
+        validate_integration_id(integration_id, self._registered())
+        if self.database.integration(integration_id) is None:
+            raise IntegrationChoiceError(
+                f"unknown integration {integration_id!r}{registered_ids(self._registered())}"
+            )
+        return integration_id
+
+    def remove_integration(
+        self, integration_id: str, *, wait: bool = False, reason: str = "integration removed"
+    ) -> int:
+        """Erase every record, text, index document and file of an integration, keep a
+        record of each candidate's erasure (no personal data), and unregister it. Refused
+        while a run of it holds its writer lock, unless ``wait``. Returns the candidates
+        erased."""
+        import shutil
+
+        from .lock import WriterLock
+
+        self._registered_one(integration_id)
+        paths = self.data.integration(integration_id)
+        store = self.database.for_integration(integration_id)
+        try:
+            lock = WriterLock(paths.lock_dir, wait=wait).__enter__()
+        except LockedError as exc:
+            raise LockedError(
+                f"integration {integration_id}: a run is going ({exc.message}); "
+                "removal refused: try again after it, or pass --wait"
+            ) from None
+        try:
+            before = store.erasure_count()
+            store.erase_integration(reason)
+            erased = store.erasure_count() - before
+            shutil.rmtree(paths.root, ignore_errors=True)
+            self.database.compact()
+        finally:
+            lock.__exit__(None, None, None)
+        log.info("integration %s removed: %d candidates erased", integration_id, erased)
+        return erased
+
+    def pause_integration(self, integration_id: str, reason: str = PAUSED_BY_HAND) -> None:
+        self._registered_one(integration_id)
+        self.database.set_integration_state(integration_id, IntegrationState.PAUSED, reason)
+
+    def resume_integration(self, integration_id: str) -> None:
+        self._registered_one(integration_id)
+        self.database.set_integration_state(integration_id, IntegrationState.ACTIVE)
+        self.database.mark_integration_deleted(integration_id, None)
+
+    def integration_deleted(self, integration_id: str, when: datetime | None = None) -> None:
+        """Kombo reported the integration deleted (its webhook ``integration-deleted``):
+        paused now, erased by ``nightly --all`` once the grace period has passed."""
+        when = when or utcnow()
+        self.database.register_integration(integration_id)
+        self.database.set_integration_state(
+            integration_id,
+            IntegrationState.PAUSED,
+            f"{PAUSED_BY_KOMBO}deleted at Kombo on {when.date().isoformat()}: erased "
+            f"{DELETION_GRACE.days} days later",
+        )
+        self.database.mark_integration_deleted(integration_id, when)
+
+    def integration_state_changed(self, integration_id: str, state: str) -> None:
+        """Kombo's ``integration-state-changed``: INACTIVE or INVALID pauses, ACTIVE takes
+        back an integration Kombo had paused (not one paused by hand)."""
+        found = self.database.integration(integration_id)
+        if state.upper() == "ACTIVE":
+            reason = found.paused_reason if found is not None else None
+            if found is not None and reason and reason.startswith(PAUSED_BY_KOMBO):
+                self.database.set_integration_state(integration_id, IntegrationState.ACTIVE)
+            return
+        self.database.register_integration(integration_id)
+        self.database.set_integration_state(
+            integration_id,
+            IntegrationState.PAUSED,
+            f"{PAUSED_BY_KOMBO}integration state {state.upper()}",
+        )
+
+    def nightly_all(
+        self,
+        *,
+        full: bool = False,
+        parallel: int | None = None,
+        downloads_in_flight: int | None = None,
+        wait_for_lock: bool = False,
+        on_done: Callable[[IntegrationOutcome], None] | None = None,
+    ) -> NightlyAll:
+        """A nightly run of every active integration, several at once (at most ``parallel``,
+        by default one per core), each within its own Kombo limit, the downloads in flight
+        shared out (``downloads_in_flight`` in all). An integration-wide error stops that
+        integration alone; INTEGRATION.INACTIVE pauses it. Integrations Kombo paused are
+        probed with one call first and taken back when they answer; those paused by hand are
+        skipped; those Kombo deleted are erased once the grace period has passed."""
+        import time
+
+        if self.kombo is None:
+            raise PipelineError("nightly --all needs Kombo settings")
+        started = time.perf_counter()
+        outcomes: list[IntegrationOutcome] = []
+        runnable: list[str] = []
+        now = utcnow()
+        for found in self.database.integrations():
+            iid = found.integration_id
+            if found.deleted_at is not None and now - found.deleted_at >= DELETION_GRACE:
+                try:
+                    erased = self.remove_integration(iid, reason="deleted at Kombo")
+                    skipped = (
+                        f"erased ({erased} candidates): deleted at Kombo "
+                        f"{(now - found.deleted_at).days} days ago"
+                    )
+                except LockedError as exc:
+                    skipped = exc.message
+                outcomes.append(IntegrationOutcome(iid, skipped=skipped))
+            elif found.state == IntegrationState.ACTIVE:
+                runnable.append(iid)
+            elif found.deleted_at is None and (found.paused_reason or "").startswith(
+                PAUSED_BY_KOMBO
+            ):
+                answer = self._probe(iid)
+                if answer is None:
+                    log.info("integration %s answers again: taken back", iid)
+                    self.database.set_integration_state(iid, IntegrationState.ACTIVE)
+                    runnable.append(iid)
+                else:
+                    outcomes.append(IntegrationOutcome(iid, skipped=f"paused: {answer}"))
+            else:
+                outcomes.append(IntegrationOutcome(iid, skipped=f"paused: {found.paused_reason}"))
+        for outcome in outcomes:
+            if on_done is not None:
+                on_done(outcome)
+        workers = max(1, min(len(runnable), parallel or (os.cpu_count() or 1)))
+        total = downloads_in_flight or self.kombo.download_concurrency * workers
+        per_run = max(1, total // workers)
+
+        kombo = self.kombo
+
+        def one(iid: str) -> IntegrationOutcome:
+            settings = dataclasses.replace(
+                kombo,
+                integration_id=iid,
+                download_concurrency=min(kombo.download_concurrency, per_run),
+            )
+            try:
+                with App(
+                    self.data,
+                    settings,
+                    extract=self._extract,
+                    max_run_minutes=self.max_run_minutes,
+                ) as app:
+                    summary = app.nightly(full=full, wait_for_lock=wait_for_lock)
+            except LockedError as exc:
+                outcome = IntegrationOutcome(iid, skipped=exc.message)
+            except PipelineError as exc:
+                outcome = IntegrationOutcome(iid, error=exc.message)
+            else:
+                outcome = IntegrationOutcome(iid, summary)
+                if outcome.stopped_code == "INTEGRATION.INACTIVE":
+                    assert summary.fatal is not None
+                    self.database.set_integration_state(
+                        iid,
+                        IntegrationState.PAUSED,
+                        f"{PAUSED_BY_KOMBO}INTEGRATION.INACTIVE: {summary.fatal.message}",
+                    )
+            if on_done is not None:
+                on_done(outcome)
+            return outcome
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="integration") as pool:
+            outcomes += list(pool.map(one, runnable))
+        return NightlyAll(outcomes, time.perf_counter() - started)
+
+    def _probe(self, integration_id: str) -> str | None:
+        """One cheap call (a page of one candidate) for an integration Kombo paused: None
+        when it answers, else what it answered."""
+        from .fetch import KomboClient
+
+        assert self.kombo is not None
+        settings = dataclasses.replace(self.kombo, integration_id=integration_id)
+        try:
+            with KomboClient(settings) as client:
+                next(iter(client.candidate_pages(page_size=1)), None)
+        except IntegrationError as exc:
+            return f"{exc.code}: {exc.message}" if exc.code else exc.message
+        except PipelineError as exc:
+            return exc.message
+        return None
+
     # -- erasure and repair -----------------------------------------------------------------------
 
     def forget(self, candidate_ids: Iterable[str], *, reason: str = "forget") -> int:
         """Erase candidates completely: rows, text, index documents and files."""
-        workspace = self.workspace
+        workspace = self._writing()
         with workspace.lock(wait=True, timeout=ERASE_LOCK_TIMEOUT):
             return workspace.erase(list(candidate_ids), reason)
 
     def purge(self, *, not_seen_days: int) -> int:
         """Erase candidates Kombo has not returned for ``not_seen_days`` days."""
         asked_at = utcnow()  # the days count from the request, not from the lock's turn
-        workspace = self.workspace
+        workspace = self._writing()
         with workspace.lock(wait=True, timeout=ERASE_LOCK_TIMEOUT):
             return workspace.erase_not_seen(not_seen_days, now=asked_at)
 
@@ -222,7 +635,7 @@ class App:
         in the index)."""
         from .engine import no_progress
 
-        workspace = self.workspace
+        workspace = self._writing()
         with workspace.lock():
             return workspace.reindex(self._progress or no_progress)
 
@@ -232,11 +645,12 @@ class App:
         store = self.reader
         return StatusReport(
             attachments=store.counts_by_status(),
-            nightly_watermark=store.get_setting(WATERMARK),
+            nightly_watermark=store.watermark(),
             erasures=store.erasure_count(),
             runs=store.recent_runs(limit),
             search_engine=self.search_engine(),
             failures=store.failures(),
+            integration_id=self.integration,
         )
 
     def search_engine(self) -> str:
@@ -299,9 +713,9 @@ class App:
         match": say so (a fresh data directory, with nothing indexed yet, answers 0 hits)."""
         if not self.index.exists() and self.reader.counts_by_status().get(AttachmentState.INDEXED):
             raise IndexDamagedError(
-                f"search index: {self.data.index_dir} is missing but the database holds "
+                f"search index: {self.paths.index_dir} is missing but the database holds "
                 "indexed documents: run `pipeline reindex`",
-                path=str(self.data.index_dir),
+                path=str(self.paths.index_dir),
             )
 
     def export_records(self, selection: ExportSelection) -> Iterator[dict[str, Any]]:
@@ -309,4 +723,49 @@ class App:
         return self.reader.export_records(selection)
 
 
-__all__ = ["REPAIRS", "App", "CandidatePage", "SearchRequest", "StatusReport"]
+def adopt_legacy_folders(data: DataSettings, store: Store) -> None:
+    """A data directory from before integrations kept one index and one file store at its
+    top (``data/index``, ``data/files``): they are moved under the folder of the one
+    integration it holds, once that integration is known (read from the rows, or registered
+    by the first run). With several registered, which owns them cannot be told: they stay,
+    and a warning says so. Skipped while an older version's run holds the old writer lock."""
+    legacy = [p for p in (data.index_dir, data.files_dir) if p.exists()]
+    if not legacy:
+        return
+    registered = [i.integration_id for i in store.integrations()]
+    if len(registered) != 1:
+        if registered:
+            log.warning(
+                "%s and %s predate integrations and several are registered: they stay where "
+                "they are (see docs/operations.md)",
+                data.index_dir,
+                data.files_dir,
+            )
+        return
+    paths = data.integration(registered[0])
+    lock_path = data.data_dir / ".writer.lock"
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return  # an older version is writing: the next command moves them
+        private_folder(paths.root)
+        for old, new in ((data.index_dir, paths.index_dir), (data.files_dir, paths.files_dir)):
+            if old.exists() and not new.exists():
+                os.replace(old, new)
+                log.info("moved %s to %s (integration %s)", old, new, registered[0])
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
+__all__ = [
+    "REPAIRS",
+    "App",
+    "CandidatePage",
+    "IntegrationOutcome",
+    "IntegrationReport",
+    "NightlyAll",
+    "SearchRequest",
+    "StatusReport",
+]

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
-from .app import REPAIRS, App, SearchRequest
+from .app import REPAIRS, App, SearchRequest, StatusReport
 from .config import (
     DEFAULT_CONCURRENCY,
     DataSettings,
@@ -292,6 +292,17 @@ def data_options(func: F) -> F:
     return func
 
 
+def scoped_options(func: F) -> F:
+    """The data options and the integration a read or erase command acts on."""
+    func = click.option(
+        "--integration-id",
+        envvar="KOMBO_INTEGRATION_ID",
+        help="The integration to act on (env KOMBO_INTEGRATION_ID; default: the only "
+        "one registered).",
+    )(func)
+    return data_options(func)
+
+
 # What the command works on, for the error line of a fault that does not say it.
 _CONTEXT: dict[str, str] = {}
 
@@ -302,7 +313,7 @@ def _data(data_dir: str | None, database_url: str | None) -> DataSettings:
     return data
 
 
-def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
+def _kombo(kwargs: dict[str, Any], *, any_integration: bool = False) -> KomboSettings:
     api_key = kwargs.get("api_key")
     key_file = kwargs.get("api_key_file")
     if key_file is not None:
@@ -323,6 +334,7 @@ def _kombo(kwargs: dict[str, Any]) -> KomboSettings:
     max_mb = kwargs.get("max_file_mb")
     settings = resolve_kombo(
         options,
+        any_integration=any_integration,
         concurrency=kwargs.get("concurrency"),
         read_timeout=kwargs.get("timeout"),
         download_concurrency=kwargs.get("download_concurrency"),
@@ -542,6 +554,23 @@ def ingest(
     help="Run over these candidate ids ('-' for stdin) instead of asking Kombo.",
 )
 @click.option("--wait", is_flag=True, help="Wait for a run in progress instead of exiting.")
+@click.option(
+    "--all",
+    "every",
+    is_flag=True,
+    help="Every active integration, several at once (one summary line each, then the whole).",
+)
+@click.option(
+    "--parallel",
+    type=click.IntRange(1, 64),
+    help="With --all: integrations run at once (default: one per core).",
+)
+@click.option(
+    "--downloads-in-flight",
+    type=click.IntRange(1, 1024),
+    help="With --all: downloads in flight over all integrations (default: 16 per integration "
+    "running).",
+)
 @kombo_options
 @data_options
 @extract_options
@@ -549,6 +578,9 @@ def nightly(
     full: bool,
     ids_file: Any,
     wait: bool,
+    every: bool,
+    parallel: int | None,
+    downloads_in_flight: int | None,
     data_dir: str | None,
     database_url: str | None,
     extract_timeout: float,
@@ -561,13 +593,28 @@ def nightly(
     (every candidate with --full, or the given ones with --ids-file), following the cursor.
     One run writes at a time: a second exits with a message, or waits with --wait.
     """
+    if every and (ids_file is not None or kombo.get("integration_id")):
+        raise UsageError(
+            "--all runs every active integration: leave --integration-id and --ids-file out"
+        )
     given = _collect_ids((), ids_file) if ids_file is not None else None
-    settings = _kombo(kombo)
+    settings = _kombo(kombo, any_integration=every)
     data = _data(data_dir, database_url)
     from .engine import ExtractLimits
 
     limits = ExtractLimits(timeout=extract_timeout, memory_mb=extract_memory_mb)
     budget = kombo.get("max_run_minutes")
+    if every:
+        with App(data, settings, extract=limits, max_run_minutes=budget) as app:
+            done = app.nightly_all(
+                full=full,
+                parallel=parallel,
+                downloads_in_flight=downloads_in_flight,
+                wait_for_lock=wait,
+                on_done=lambda outcome: click.echo(outcome.line()),
+            )
+        click.echo(done.line())
+        return done.exit_code
 
     def run(progress: _Progress) -> RunSummary:
         with App(data, settings, extract=limits, progress=progress, max_run_minutes=budget) as app:
@@ -583,9 +630,13 @@ def nightly(
     type=click.File("r", encoding="utf-8-sig"),
     help="Read candidate ids from a file ('-' for stdin).",
 )
-@data_options
+@scoped_options
 def forget(
-    candidate_ids: tuple[str, ...], ids_file: Any, data_dir: str | None, database_url: str | None
+    candidate_ids: tuple[str, ...],
+    ids_file: Any,
+    data_dir: str | None,
+    database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Erase candidates completely (GDPR): rows, text, index documents and files.
 
@@ -595,7 +646,7 @@ def forget(
     ids = _collect_ids(candidate_ids, ids_file)
     if not ids:
         raise UsageError("no candidate ids: give them as arguments or with --ids-file")
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         erased = app.forget(ids)
     click.echo(
         f"forget succeeded: {erased} of {len(ids)} candidates erased "
@@ -611,10 +662,12 @@ def forget(
     required=True,
     help="Erase candidates Kombo has not returned for this many days.",
 )
-@data_options
-def purge(not_seen_days: int, data_dir: str | None, database_url: str | None) -> int:
+@scoped_options
+def purge(
+    not_seen_days: int, data_dir: str | None, database_url: str | None, integration_id: str | None
+) -> int:
     """Erase candidates that Kombo has not returned for N days (as forget does)."""
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         erased = app.purge(not_seen_days=not_seen_days)
     click.echo(f"purge succeeded: {erased} candidates not seen for {not_seen_days} days erased")
     return 0
@@ -629,57 +682,95 @@ def purge(not_seen_days: int, data_dir: str | None, database_url: str | None) ->
     help="How many recent runs to show.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@data_options
-def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | None) -> int:
-    """The last runs and the number of attachments in each state."""
-    with App(_data(data_dir, database_url)) as app:
+@click.option(
+    "--all", "every", is_flag=True, help="Every registered integration, one after another."
+)
+@scoped_options
+def status(
+    limit: int,
+    as_json: bool,
+    data_dir: str | None,
+    database_url: str | None,
+    integration_id: str | None,
+    every: bool,
+) -> int:
+    """The last runs and the number of attachments in each state (of one integration, or
+    of each with --all)."""
+    data = _data(data_dir, database_url)
+    if every:
+        # KOMBO_INTEGRATION_ID, set for the runs of one, does not narrow --all.
+        reports = []
+        with App(data) as registry:
+            ids = [i.integration_id for i in registry.integrations_list()]
+        for iid in ids:
+            with App(data, integration_id=iid) as app:
+                reports.append(app.status(limit=limit))
+        if as_json:
+            click.echo(json.dumps({"integrations": [_status_json(r) for r in reports]}))
+            return 0
+        for report in reports:
+            click.echo(f"integration {report.integration_id}:")
+            _print_status(report)
+        return 0
+    with App(data, integration_id=integration_id) as app:
         report = app.status(limit=limit)
+    if as_json:
+        click.echo(json.dumps(_status_json(report)))
+        return 0
+    _print_status(report)
+    return 0
+
+
+def _status_json(report: StatusReport) -> dict[str, Any]:
     runs, counts = report.runs, report.attachments
     watermark, erasures = report.nightly_watermark, report.erasures
     failures = report.failures
-    if as_json:
-        payload = {
-            "attachments": counts,
-            "nightly_watermark": watermark,
-            "erasures": erasures,
-            "search_engine": report.search_engine,
-            "runs": [
-                {
-                    "id": r.id,
-                    "kind": r.kind,
-                    "status": r.status,
-                    "started_at": r.started_at.isoformat(),
-                    "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                    "counts": r.counts,
-                    "errors": len(r.errors),
-                    "warnings": r.warnings,
-                    "summary": r.summary,
-                }
-                for r in runs
-            ],
-            "failed_candidates": [
-                {
-                    "candidate_id": f.candidate_id,
-                    "reason": f.reason,
-                    "retried_by_next_run": f.retried,
-                }
-                for f in failures.candidates
-            ],
-            "failed_candidates_total": failures.candidate_total,
-            "failed_attachments": [
-                {
-                    "attachment_id": f.attachment_id,
-                    "candidate_id": f.candidate_id,
-                    "status": f.status,
-                    "reason": f.reason,
-                    "retried_by_next_run": f.retried,
-                }
-                for f in failures.attachments
-            ],
-            "failed_attachments_total": failures.attachment_total,
-        }
-        click.echo(json.dumps(payload))
-        return 0
+    return {
+        "integration_id": report.integration_id or None,
+        "attachments": counts,
+        "nightly_watermark": watermark,
+        "erasures": erasures,
+        "search_engine": report.search_engine,
+        "runs": [
+            {
+                "id": r.id,
+                "kind": r.kind,
+                "status": r.status,
+                "started_at": r.started_at.isoformat(),
+                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
+                "counts": r.counts,
+                "errors": len(r.errors),
+                "warnings": r.warnings,
+                "summary": r.summary,
+            }
+            for r in runs
+        ],
+        "failed_candidates": [
+            {
+                "candidate_id": f.candidate_id,
+                "reason": f.reason,
+                "retried_by_next_run": f.retried,
+            }
+            for f in failures.candidates
+        ],
+        "failed_candidates_total": failures.candidate_total,
+        "failed_attachments": [
+            {
+                "attachment_id": f.attachment_id,
+                "candidate_id": f.candidate_id,
+                "status": f.status,
+                "reason": f.reason,
+                "retried_by_next_run": f.retried,
+            }
+            for f in failures.attachments
+        ],
+        "failed_attachments_total": failures.attachment_total,
+    }
+
+
+def _print_status(report: StatusReport) -> None:
+    runs, counts = report.runs, report.attachments
+    watermark, erasures = report.nightly_watermark, report.erasures
     total = sum(counts.values())
     click.echo(f"attachments: {total}" + "".join(f", {n} {s}" for s, n in sorted(counts.items())))
     click.echo(f"nightly watermark: {watermark or 'none (the next nightly run lists everyone)'}")
@@ -692,8 +783,7 @@ def status(limit: int, as_json: bool, data_dir: str | None, database_url: str | 
             f"{'' if took is None else f'{took:7.1f}s'}  {len(r.errors)} errors, "
             f"{len(r.warnings)} warnings"
         )
-    _print_failures(failures)
-    return 0
+    _print_failures(report.failures)
 
 
 def _print_failures(failures: Failures) -> None:
@@ -718,13 +808,35 @@ def _print_failures(failures: Failures) -> None:
 
 
 @cli.command()
-@data_options
-def check(data_dir: str | None, database_url: str | None) -> int:
-    """Compare database, index and file store; report drift and how to repair each (exit 1)."""
-    with App(_data(data_dir, database_url)) as app:
-        drift = app.check()
-        engine = app.search_engine()
-    click.echo(f"search engine: {engine}")
+@click.option("--all", "every", is_flag=True, help="Every registered integration.")
+@scoped_options
+def check(
+    data_dir: str | None, database_url: str | None, integration_id: str | None, every: bool
+) -> int:
+    """Compare database, index and file store; report drift and how to repair each (exit 1).
+    With --all, of every integration."""
+    data = _data(data_dir, database_url)
+    if every:
+        # KOMBO_INTEGRATION_ID, set for the runs of one, does not narrow --all.
+        with App(data) as registry:
+            ids = [i.integration_id for i in registry.integrations_list()]
+    else:
+        ids = [integration_id or ""]
+    found = 0
+    for iid in ids:
+        with App(data, integration_id=iid or None) as app:
+            drift = app.check()
+            engine = app.search_engine()
+        if every:
+            click.echo(f"integration {iid}:")
+        if iid == ids[0]:
+            click.echo(f"search engine: {engine}")
+        found += _print_drift(drift)
+    click.echo("check succeeded: no drift" if not found else f"check found drift in {found} places")
+    return 1 if found else 0
+
+
+def _print_drift(drift: dict[str, list[str]]) -> int:
     found = sum(len(v) for v in drift.values())
     for what, items in drift.items():
         if items:
@@ -732,8 +844,7 @@ def check(data_dir: str | None, database_url: str | None) -> int:
                 f"{what}: {len(items)} ({', '.join(items[:5])}{' ...' if len(items) > 5 else ''})"
                 f"; repair: {REPAIRS.get(what, 'run `pipeline reindex`')}"
             )
-    click.echo("check succeeded: no drift" if not found else f"check found drift in {found} places")
-    return 1 if found else 0
+    return found
 
 
 @cli.command()
@@ -760,7 +871,7 @@ def check(data_dir: str | None, database_url: str | None) -> int:
     help="One entry per candidate, at the rank of their best document.",
 )
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@data_options
+@scoped_options
 def search(
     query: str,
     type_: str | None,
@@ -773,6 +884,7 @@ def search(
     as_json: bool,
     data_dir: str | None,
     database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Full-text search over the indexed text, best hits first.
 
@@ -791,19 +903,23 @@ def search(
         offset=offset,
     )
     if by_candidate:
-        with App(_data(data_dir, database_url)) as app:
+        with App(_data(data_dir, database_url), integration_id=integration_id) as app:
             page = app.search_by_candidate(request)
+            scope = app.integration
         if as_json:
             click.echo(
-                json.dumps(_people_json(page.results, page.people, page.total), ensure_ascii=False)
+                json.dumps(
+                    _people_json(page.results, page.people, page.total, scope), ensure_ascii=False
+                )
             )
         else:
             _print_people(page.results, page.people, page.total)
         return 0
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.search(request)
+        scope = app.integration
     if as_json:
-        click.echo(json.dumps(_results_json(results), ensure_ascii=False))
+        click.echo(json.dumps(_results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results, offset)
     return 0
@@ -814,7 +930,7 @@ def search(
 @click.option("--type", "type_", type=click.Choice(TYPES), help="Only this attachment type.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
-@data_options
+@scoped_options
 def similar(
     attachment_id: str,
     type_: str | None,
@@ -822,19 +938,22 @@ def similar(
     as_json: bool,
     data_dir: str | None,
     database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Documents of other candidates most like this one (more CVs like this CV)."""
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.similar(attachment_id, type=type_, limit=limit)
+        scope = app.integration
     if as_json:
-        click.echo(json.dumps(_results_json(results), ensure_ascii=False))
+        click.echo(json.dumps(_results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results)
     return 0
 
 
-def _hit_json(h: SearchHit) -> dict[str, Any]:
+def _hit_json(h: SearchHit, integration_id: str) -> dict[str, Any]:
     return {
+        "integration_id": integration_id or None,
         "attachment_id": h.attachment_id,
         "candidate_id": h.candidate_id,
         "application_id": h.application_id,
@@ -846,18 +965,20 @@ def _hit_json(h: SearchHit) -> dict[str, Any]:
     }
 
 
-def _results_json(results: SearchResults) -> dict[str, Any]:
+def _results_json(results: SearchResults, integration_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "query": results.query,
         "total": results.total,
-        "hits": [_hit_json(h) for h in results.hits],
+        "hits": [_hit_json(h, integration_id) for h in results.hits],
     }
     if results.did_you_mean:
         payload["did_you_mean"] = results.did_you_mean
     return payload
 
 
-def _people_json(results: SearchResults, people: list[CandidateHit], total: int) -> dict[str, Any]:
+def _people_json(
+    results: SearchResults, people: list[CandidateHit], total: int, integration_id: str
+) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "query": results.query,
         "total": total,
@@ -865,7 +986,7 @@ def _people_json(results: SearchResults, people: list[CandidateHit], total: int)
             {
                 "candidate_id": p.candidate_id,
                 "score": p.score,
-                "hits": [_hit_json(h) for h in p.hits],
+                "hits": [_hit_json(h, integration_id) for h in p.hits],
             }
             for p in people
         ],
@@ -946,7 +1067,7 @@ def _print_results(results: SearchResults, offset: int = 0) -> None:
     help="Only attachments updated at Kombo since this date (UTC).",
 )
 @click.option("--no-text", is_flag=True, help="Leave the extracted text out.")
-@data_options
+@scoped_options
 def export(
     fmt: str,
     output: str | None,
@@ -957,6 +1078,7 @@ def export(
     no_text: bool,
     data_dir: str | None,
     database_url: str | None,
+    integration_id: str | None,
 ) -> int:
     """Write attachment records as JSON lines, CSV or Parquet (schemas/export_record.schema.json).
 
@@ -971,7 +1093,7 @@ def export(
         since=since.replace(tzinfo=UTC) if since else None,
         with_text=not no_text,
     )
-    with App(_data(data_dir, database_url)) as app:
+    with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         records = _Progress().wrap(app.export_records(selection), "records")
         if output is None:
             count = WRITERS[fmt](records, sys.stdout, with_text=not no_text)
@@ -1003,8 +1125,8 @@ def _write_stream(fmt: str, records: Any, path: Path, *, with_text: bool) -> int
 
 
 @cli.command()
-@data_options
-def reindex(data_dir: str | None, database_url: str | None) -> int:
+@scoped_options
+def reindex(data_dir: str | None, database_url: str | None, integration_id: str | None) -> int:
     """Rebuild the search index from the database.
 
     From 5,000 documents on, a writer process per core (at most two) shares the work; if one
@@ -1012,11 +1134,131 @@ def reindex(data_dir: str | None, database_url: str | None) -> int:
     """
     progress = _Progress()
     try:
-        with App(_data(data_dir, database_url), progress=progress) as app:
+        with App(
+            _data(data_dir, database_url), integration_id=integration_id, progress=progress
+        ) as app:
             count = app.reindex()
     finally:
         progress.close()
     click.echo(f"reindex succeeded: {count} documents indexed")
+    return 0
+
+
+# -- integrations -----------------------------------------------------------------------------
+
+
+@cli.group()
+def integrations() -> None:
+    """The integrations this deployment serves: add, list, remove, pause, resume."""
+
+
+@integrations.command("add")
+@click.argument("integration_id")
+@click.option("--name", help="A name to show for it (the customer's, say).")
+@data_options
+def integrations_add(
+    integration_id: str, name: str | None, data_dir: str | None, database_url: str | None
+) -> int:
+    """Register an integration (a run with an unregistered id registers it too)."""
+    with App(_data(data_dir, database_url)) as app:
+        new = app.add_integration(integration_id, name)
+    click.echo(f"integration {integration_id} {'registered' if new else 'was registered already'}")
+    return 0
+
+
+@integrations.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@data_options
+def integrations_list(as_json: bool, data_dir: str | None, database_url: str | None) -> int:
+    """Each integration: id, name, state, candidates, attachments, last nightly run."""
+    with App(_data(data_dir, database_url)) as app:
+        reports = app.integrations_list()
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "integrations": [
+                        {
+                            "integration_id": r.integration_id,
+                            "name": r.name,
+                            "state": r.state,
+                            "paused_reason": r.paused_reason,
+                            "candidates": r.candidates,
+                            "attachments": r.attachments,
+                            "deleted_at": r.deleted_at.isoformat() if r.deleted_at else None,
+                            "last_nightly": None
+                            if r.last_nightly is None
+                            else {
+                                "started_at": r.last_nightly.started_at.isoformat(),
+                                "status": r.last_nightly.status,
+                                "summary": r.last_nightly.summary,
+                            },
+                        }
+                        for r in reports
+                    ]
+                },
+                ensure_ascii=False,
+            )
+        )
+        return 0
+    if not reports:
+        click.echo("no integration is registered")
+    for r in reports:
+        state = r.state if r.paused_reason is None else f"{r.state} ({r.paused_reason})"
+        total = sum(r.attachments.values())
+        last = (
+            "never"
+            if r.last_nightly is None
+            else f"{r.last_nightly.started_at:%Y-%m-%d %H:%M}Z {r.last_nightly.status}"
+        )
+        click.echo(
+            f"{r.integration_id}  {r.name or '-'}  {state}  {r.candidates} candidates, "
+            f"{total} attachments"
+            + "".join(f", {n} {s}" for s, n in sorted(r.attachments.items()))
+            + f"; last nightly: {last}"
+        )
+    return 0
+
+
+@integrations.command("remove")
+@click.argument("integration_id")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--wait", is_flag=True, help="Wait for a run of it to finish instead of refusing.")
+@data_options
+def integrations_remove(
+    integration_id: str, yes: bool, wait: bool, data_dir: str | None, database_url: str | None
+) -> int:
+    """Erase every record, text, index document and file of an integration and unregister
+    it (a record of each candidate's erasure is kept, without personal data)."""
+    if not yes and sys.stdin.isatty():
+        click.confirm(f"erase everything of integration {integration_id}?", abort=True)
+    with App(_data(data_dir, database_url)) as app:
+        erased = app.remove_integration(integration_id, wait=wait)
+    click.echo(
+        f"integrations remove succeeded: {integration_id} removed, {erased} candidates erased"
+    )
+    return 0
+
+
+@integrations.command("pause")
+@click.argument("integration_id")
+@data_options
+def integrations_pause(integration_id: str, data_dir: str | None, database_url: str | None) -> int:
+    """Skip an integration in `nightly --all` until it is resumed."""
+    with App(_data(data_dir, database_url)) as app:
+        app.pause_integration(integration_id)
+    click.echo(f"integration {integration_id} paused")
+    return 0
+
+
+@integrations.command("resume")
+@click.argument("integration_id")
+@data_options
+def integrations_resume(integration_id: str, data_dir: str | None, database_url: str | None) -> int:
+    """Take an integration back into `nightly --all` (paused by hand or by Kombo)."""
+    with App(_data(data_dir, database_url)) as app:
+        app.resume_integration(integration_id)
+    click.echo(f"integration {integration_id} resumed")
     return 0
 
 
@@ -1047,6 +1289,20 @@ def reindex(data_dir: str | None, database_url: str | None) -> int:
     type=click.Path(file_okay=False),
     help="Keep rendered documents here between runs, and render them all before serving.",
 )
+@click.option(
+    "--integrations",
+    "integration_count",
+    type=click.IntRange(1, 1000),
+    default=1,
+    show_default=True,
+    help="Integrations served under the one API key, each with --candidates of its own "
+    "(seed +1 each) and its own concurrency limit.",
+)
+@click.option(
+    "--integration-error",
+    help="Make the last integration answer this integration-wide code on every call "
+    "(INTEGRATION.INACTIVE, INTEGRATION.PERMISSION_MISSING, ...).",
+)
 def sandbox(
     port: int,
     candidates: int,
@@ -1057,6 +1313,8 @@ def sandbox(
     download_latency: float,
     concurrency_limit: int,
     cache_dir: str | None,
+    integration_count: int,
+    integration_error: str | None,
 ) -> int:
     """Serve the built-in Kombo-compatible sandbox on 127.0.0.1 until interrupted."""
     from .sandbox.server import SandboxServer
@@ -1081,10 +1339,26 @@ def sandbox(
                 f"port {port} on 127.0.0.1 is taken: pass another --port (0 picks a free one)"
             ) from None
         raise
-    if cache_dir:
-        click.echo(f"rendering {len(server.world.attachments)} documents into {cache_dir} ...")
-        server.world.warm(processes=os.cpu_count())
+    from .sandbox.generator import World
+
+    last = server.state
+    for number in range(1, integration_count):
+        world = World(
+            candidates=candidates,
+            seed=seed + number,
+            cache_dir=Path(cache_dir) if cache_dir else None,
+        )
+        last = server.add_integration(SANDBOX_TENANT.format(number), world)
+    if integration_error:
+        last.set_error(integration_error)
+    for iid in server.integration_ids:
+        world = server.integration(iid).world
+        if cache_dir:
+            click.echo(f"rendering {len(world.attachments)} documents into {cache_dir} ...")
+            world.warm(processes=os.cpu_count())
     click.echo(f"Kombo sandbox serving {candidates} candidates at {server.base_url}")
+    if integration_count > 1:
+        click.echo(f"  # integrations: {' '.join(server.integration_ids)}")
     click.echo("Point the pipeline at it with:")
     for name, value in server.env().items():
         click.echo(f"  export {name}={value}")
@@ -1116,36 +1390,64 @@ DEMO_QUERIES = ("Python Kubernetes", '"machine learning"', "München", "developp
 def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | None) -> int:
     """Run the whole pipeline against the built-in sandbox and show searches.
 
-    Needs no account and no network: the sandbox runs in this process on 127.0.0.1.
+    Two customers (two integrations of one Kombo account) are ingested into one data
+    directory, each shown its own searches, and one customer's candidate is looked for
+    under the other, which finds nothing. Needs no account and no network: the sandbox runs
+    in this process on 127.0.0.1.
     """
     from .sandbox.server import SandboxServer
 
     base = (Path(data_dir) if data_dir else resolve_data(Options()).data_dir) / "demo"
     _reset_demo_dir(base)
     data = DataSettings(data_dir=base, database_url=f"sqlite:///{base / 'pipeline.db'}")
+    second_size = max(1, candidates // 2)
     with SandboxServer(candidates=candidates, seed=seed) as server:
+        server.add_integration(DEMO_SECOND, candidates=second_size, seed=seed + 1)
         env = server.env()
-        settings = resolve_kombo(
-            Options(
-                api_key=env["KOMBO_API_KEY"],
-                integration_id=env["KOMBO_INTEGRATION_ID"],
-                base_url=env["KOMBO_BASE_URL"],
-            ),
-            env={},
-        )
-        click.echo(f"sandbox: {candidates} candidates at {server.base_url}")
-        with App(data, settings) as app:
-            summary = app.ingest(app.candidate_ids_at_kombo())
-            for query in queries or DEMO_QUERIES:
+        customers = (("Acme", env["KOMBO_INTEGRATION_ID"]), ("Bolt", DEMO_SECOND))
+        summaries = []
+        click.echo(f"sandbox at {server.base_url}: two customers of one Kombo account")
+        for name, integration_id in customers:
+            settings = resolve_kombo(
+                Options(
+                    api_key=env["KOMBO_API_KEY"],
+                    integration_id=integration_id,
+                    base_url=env["KOMBO_BASE_URL"],
+                ),
+                env={},
+            )
+            with App(data, settings) as app:
+                app.add_integration(integration_id, name)
+                summary = app.ingest(app.candidate_ids_at_kombo())
+                summaries.append(summary)
                 click.echo("")
-                _print_results(app.search(SearchRequest(query, limit=3)))
+                click.echo(f"customer {name} ({integration_id}): {summary.candidates} candidates")
+                for query in queries or DEMO_QUERIES:
+                    click.echo("")
+                    _print_results(app.search(SearchRequest(query, limit=3)))
+        someone = sorted(server.world.candidates)[0]
+        seen = []
+        for _, integration_id in customers:
+            with App(data, integration_id=integration_id) as app:
+                hits = app.search(SearchRequest("*", candidate_id=someone, limit=1000)).total
+                seen.append(hits)
     click.echo("")
     click.echo(
-        f"data in {base}; try: PIPELINE_DATA_DIR={base} python -m pipeline search "
-        "'Kubernetes OR Terraform'"
+        f"each sees only its own: Acme's candidate {someone} has {seen[0]} documents found "
+        f"under Acme, {seen[1]} under Bolt"
     )
-    click.echo(summary.line())
-    return summary.exit_code
+    click.echo(
+        f"data in {base}; try: PIPELINE_DATA_DIR={base} python -m pipeline integrations list"
+    )
+    click.echo(f"Bolt: {summaries[1].line()}")
+    click.echo(summaries[0].line())
+    return max(s.exit_code for s in summaries)
+
+
+# The ids of the sandbox command's further integrations.
+SANDBOX_TENANT = "sandbox:Tenant{:04d}xxxxxxxxxxxxx"
+# The demo's second customer.
+DEMO_SECOND = "sandbox:BoLtDemoSecondCustomer2"
 
 
 # The file that marks a folder as the demo's own: only such a folder is ever cleared.

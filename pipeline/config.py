@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -10,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from .child import keep_secret
-from .errors import InvalidCandidateIdError, UsageError
+from .errors import IntegrationChoiceError, InvalidCandidateIdError, UsageError
 
 REGION_BASE_URLS = {
     "eu": "https://api.kombo.dev/v1",
@@ -67,17 +68,78 @@ class KomboSettings:
 
 
 @dataclass(frozen=True)
+class IntegrationPaths:
+    """Where one integration's own things live in the data directory."""
+
+    integration_id: str
+    root: Path  # data/integrations/<folder>
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def files_dir(self) -> Path:
+        return self.root / "files"
+
+    @property
+    def lock_dir(self) -> Path:
+        """The folder of its writer lock (``.writer.lock``)."""
+        return self.root
+
+
+@dataclass(frozen=True)
 class DataSettings:
     data_dir: Path
     database_url: str
 
     @property
     def index_dir(self) -> Path:
+        """Where the one index of a data directory from before integrations lay."""
         return self.data_dir / "index"
 
     @property
     def files_dir(self) -> Path:
+        """Where the one file store of a data directory from before integrations lay."""
         return self.data_dir / "files"
+
+    def integration(self, integration_id: str) -> IntegrationPaths:
+        root = self.data_dir / "integrations" / integration_folder(integration_id)
+        return IntegrationPaths(integration_id, root)
+
+
+# Kombo's integration ids are "<tool>:<id>" (workday:HWUTwvyx2wLoSUHphiWVrp28); other shapes
+# pass as long as they are safe in a header and a log line.
+_INTEGRATION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,199}")
+
+
+def validate_integration_id(integration_id: str, registered: list[str] | None = None) -> str:
+    """Return the id unchanged, or raise IntegrationChoiceError naming the registered."""
+    if _INTEGRATION_ID.fullmatch(integration_id):
+        return integration_id
+    shown = integration_id.encode("unicode_escape").decode("ascii")[:80]
+    raise IntegrationChoiceError(
+        f"malformed integration id {shown!r}: letters, digits and . _ : @ + - only, "
+        f"at most 200{registered_ids(registered)}"
+    )
+
+
+def registered_ids(registered: list[str] | None) -> str:
+    """The tail of a message that names the registered integrations."""
+    if registered is None:
+        return ""
+    if not registered:
+        return " (no integration is registered: `pipeline integrations add ID`)"
+    return " (registered: " + ", ".join(registered) + ")"
+
+
+def integration_folder(integration_id: str) -> str:
+    """A folder name for an integration: safe on every filesystem (no ':'), readable, and
+    collision-free (a hash of the exact id: ids that differ only in case or in a character
+    replaced here get different folders)."""
+    readable = re.sub(r"[^A-Za-z0-9_-]+", "-", integration_id)[:60].strip("-") or "integration"
+    digest = hashlib.sha256(integration_id.encode()).hexdigest()[:12]
+    return f"{readable}-{digest}"
 
 
 @dataclass(frozen=True)
@@ -137,9 +199,15 @@ def resolve_base_url(options: Options, env: Mapping[str, str]) -> str:
 
 
 def resolve_kombo(
-    options: Options, env: Mapping[str, str] | None = None, **overrides: object
+    options: Options,
+    env: Mapping[str, str] | None = None,
+    *,
+    any_integration: bool = False,
+    **overrides: object,
 ) -> KomboSettings:
-    """Settings for commands that call Kombo; raises UsageError naming what to set."""
+    """Settings for commands that call Kombo; raises UsageError naming what to set.
+    ``any_integration``: for ``nightly --all``, which gives each run its integration (the
+    integration id is then not needed, and left empty)."""
     env = os.environ if env is None else env
     base_url = resolve_base_url(options, env)
     api_key = _pick(options.api_key, env, "KOMBO_API_KEY")
@@ -148,8 +216,12 @@ def resolve_kombo(
     if any(ch in api_key for ch in "\r\n") or api_key != api_key.strip():
         raise UsageError("malformed API key (whitespace or line breaks): check KOMBO_API_KEY")
     integration_id = _pick(options.integration_id, env, "KOMBO_INTEGRATION_ID")
-    if integration_id is None or not integration_id.strip():
+    if any_integration:
+        integration_id = ""
+    elif integration_id is None or not integration_id.strip():
         raise UsageError("no integration id: set KOMBO_INTEGRATION_ID or pass --integration-id")
+    else:
+        validate_integration_id(integration_id.strip())
     tuning: dict[str, object] = {}
     delay = env.get("PIPELINE_RETRY_BASE_DELAY")
     if delay:

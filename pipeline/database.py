@@ -6,15 +6,23 @@ SQLAlchemy 2.0 models; SQLite by default (WAL, foreign keys on), any SQLAlchemy 
 Only the pipeline's writer thread calls the mutating methods, each in its own transaction,
 so a killed process leaves whole rows or none.
 
+Every record is keyed by its integration (``integration_id`` is part of each primary key):
+the same candidate id, attachment id or bytes under two integrations are two rows. A
+:class:`Store` is opened for the whole database and scoped to one integration with
+:meth:`Store.for_integration`; every record method of a scoped store reads and writes only
+that integration's rows (an unscoped store only reaches the registry and the settings).
+
 The schema carries its version (:data:`SCHEMA_VERSION`, in the settings row
 ``schema_version``): :meth:`Store.ensure_schema` reads that one row and migrates only when
 the database is behind (a database made before the version existed reads as 0). Migrations
 are additive (new tables, columns and indexes), so an older database is brought forward in
-place, with no step by hand.
+place, with no step by hand; version 3 rebuilds the three tables whose primary key gained
+``integration_id`` (copied through a temporary table, in one transaction).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -31,7 +39,7 @@ from typing import Any, ClassVar, TypeVar, cast
 from sqlalchemy import (
     JSON,
     DateTime,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     String,
@@ -71,7 +79,9 @@ log = logging.getLogger(__name__)
 # Bump when a release adds tables, columns or indexes (``Store.create`` adds them in place).
 # 1: the tables of 0.1.0 with every column added since.
 # 2: candidates.not_found_at (a candidate Kombo said it does not know).
-SCHEMA_VERSION = 2
+# 3: integrations: the registry table; integration_id in the primary keys of candidates,
+#    attachments and texts, a column of runs and erasures; the watermark per integration.
+SCHEMA_VERSION = 3
 _SCHEMA_KEY = "schema_version"
 # Why a candidate is fetched again though nothing changed at Kombo (``Store.refetch_files``).
 MISSING_FILE_REASON = "a stored file went missing: the next run fetches it again"
@@ -105,11 +115,33 @@ class Base(DeclarativeBase):
     __table__: ClassVar[Table]
 
 
+class IntegrationState:
+    ACTIVE = "active"
+    PAUSED = "paused"
+
+
+class Integration(Base):
+    """The registry: one row per Kombo integration this deployment serves."""
+
+    __tablename__ = "integrations"
+
+    integration_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str | None] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(20), default=IntegrationState.ACTIVE)
+    # Why it is paused: "INTEGRATION.INACTIVE: ..." from Kombo, or "paused by hand".
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # When the last complete nightly run of this integration began (ISO 8601).
+    nightly_watermark: Mapped[str | None] = mapped_column(Text)
+    # When Kombo reported the integration deleted: its data is erased 14 days later.
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class Candidate(Base):
     __tablename__ = "candidates"
 
+    integration_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    integration_id: Mapped[str] = mapped_column(String(200))
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime())
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     last_fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -127,6 +159,7 @@ class ExtractedText(Base):
 
     __tablename__ = "texts"
 
+    integration_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     text: Mapped[str] = mapped_column(Text)
 
@@ -134,13 +167,19 @@ class ExtractedText(Base):
 class Attachment(Base):
     __tablename__ = "attachments"
     # Export and the index walk attachments in this order: an index, so no sort in memory.
-    __table_args__ = (Index("ix_attachments_candidate_order", "candidate_id", "id"),)
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    integration_id: Mapped[str] = mapped_column(String(200))
-    candidate_id: Mapped[str] = mapped_column(
-        String(64), ForeignKey("candidates.id", ondelete="CASCADE"), index=True
+    __table_args__ = (
+        Index("ix_attachments_integration_order", "integration_id", "candidate_id", "id"),
+        Index("ix_attachments_integration_status", "integration_id", "status"),
+        ForeignKeyConstraint(
+            ["integration_id", "candidate_id"],
+            ["candidates.integration_id", "candidates.id"],
+            ondelete="CASCADE",
+        ),
     )
+
+    integration_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    candidate_id: Mapped[str] = mapped_column(String(64), index=True)
     application_id: Mapped[str | None] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(20), index=True)
     remote_id: Mapped[str | None] = mapped_column(Text)
@@ -171,6 +210,7 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    integration_id: Mapped[str | None] = mapped_column(String(200), index=True)
     kind: Mapped[str] = mapped_column(String(20))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
@@ -187,6 +227,7 @@ class Erasure(Base):
     __tablename__ = "erasures"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    integration_id: Mapped[str | None] = mapped_column(String(200), index=True)
     candidate_id: Mapped[str] = mapped_column(String(64), index=True)
     erased_at: Mapped[datetime] = mapped_column(UTCDateTime())
     reason: Mapped[str] = mapped_column(String(100))
@@ -518,6 +559,36 @@ class Store:
         self._upserts = _upserts(self.engine.dialect.name)
         sqlite = self.engine.dialect.name == "sqlite"
         self._direct = _Direct(self.engine.dialect) if sqlite else None
+        # None: the whole database (registry and settings only); else one integration's rows.
+        self.integration_id: str | None = None
+        self._owns_engine = True
+
+    def for_integration(self, integration_id: str) -> Store:
+        """This database, scoped to one integration: every record method reads and writes
+        only its rows. Shares the engine (and the compiled statements); has its own batch
+        connection, so that several integrations' runs write at once."""
+        scoped = copy.copy(self)
+        scoped.integration_id = integration_id
+        scoped._owns_engine = False
+        scoped._batch = None
+        scoped._held = None
+        return scoped
+
+    @property
+    def _iid(self) -> str:
+        if self.integration_id is None:
+            # A programming error, not a user's: records are reached through a scoped store.
+            raise RuntimeError("a record method of a store not scoped to an integration")
+        return self.integration_id
+
+    def _ours(self, integration_id: str) -> str:
+        """The integration a caller says a record is of must be this store's: nothing is
+        ever recorded under another integration than the one the store was opened for."""
+        if integration_id != self._iid:
+            raise RuntimeError(
+                f"a record of integration {integration_id!r} given to the store of {self._iid!r}"
+            )
+        return integration_id
 
     def _handle_error(self, context: ExceptionContext) -> BaseException | None:
         """SQLAlchemy's one hook for every error a statement or a connection attempt meets:
@@ -573,9 +644,86 @@ class Store:
 
     def create(self) -> None:
         """Create what is missing (tables, columns, indexes) and record the version."""
+        rebuilt = self._key_by_integration()
         Base.metadata.create_all(self.engine)
         self._add_missing_columns()
+        if rebuilt:
+            self._register_found_integrations()
         self.set_setting(_SCHEMA_KEY, str(SCHEMA_VERSION))
+
+    def _key_by_integration(self) -> bool:
+        """Version 3: rebuild the tables whose primary key lacks ``integration_id``
+        (candidates, attachments, texts), keeping every row. Each is copied to a temporary
+        table, dropped (with its indexes and constraints, whose names the new table takes)
+        and created anew; texts take the integration of the attachments that point at them.
+        One transaction: a crash leaves the old tables or the new ones."""
+        from sqlalchemy import inspect
+
+        inspector = inspect(self.engine)
+        present = set(inspector.get_table_names())
+        old = [
+            name
+            for name in ("attachments", "texts", "candidates")
+            if name in present
+            and "integration_id"
+            not in inspector.get_pk_constraint(name).get("constrained_columns", [])
+        ]
+        if not old:
+            return False
+        columns = {name: [c["name"] for c in inspector.get_columns(name)] for name in old}
+        with self.engine.begin() as conn:
+            for name in old:  # attachments first: it refers to candidates
+                conn.exec_driver_sql(f'CREATE TABLE "_v2_{name}" AS SELECT * FROM "{name}"')
+                conn.exec_driver_sql(f'DROP TABLE "{name}"')
+            tables = [Base.metadata.tables[name] for name in ("candidates", "attachments", "texts")]
+            Base.metadata.create_all(conn, tables=tables)
+            for name in ("candidates", "attachments"):
+                if name in old:
+                    shared = [c for c in columns[name] if c in Base.metadata.tables[name].c]
+                    names = ", ".join(f'"{c}"' for c in shared)
+                    conn.exec_driver_sql(
+                        f'INSERT INTO "{name}" ({names}) SELECT {names} FROM "_v2_{name}"'
+                    )
+            if "texts" in old:
+                conn.exec_driver_sql(
+                    "INSERT INTO texts (integration_id, sha256, text) "
+                    "SELECT owners.integration_id, t.sha256, t.text FROM _v2_texts t JOIN "
+                    "(SELECT DISTINCT integration_id, sha256 FROM attachments "
+                    "WHERE sha256 IS NOT NULL) owners ON owners.sha256 = t.sha256"
+                )
+            for name in old:
+                conn.exec_driver_sql(f'DROP TABLE "_v2_{name}"')
+        log.info("database: records keyed by integration (%s rebuilt)", ", ".join(old))
+        return True
+
+    def _register_found_integrations(self) -> None:
+        """After the rebuild: the integrations the rows name become registered; where there
+        is one, the runs, erasures and the watermark of before are its own."""
+        c, a, r, e = Candidate.__table__, _ATTACHMENTS, Run.__table__, Erasure.__table__
+        with self.engine.begin() as conn:
+            found = sorted(
+                set(conn.execute(select(c.c.integration_id).distinct()).scalars())
+                | set(conn.execute(select(a.c.integration_id).distinct()).scalars())
+            )
+            for integration_id in found:
+                _insert_integration(conn, integration_id, None)
+            if len(found) != 1:
+                return
+            only = found[0]
+            for table in (r, e):
+                conn.execute(
+                    update(table)
+                    .where(table.c.integration_id.is_(None))
+                    .values(integration_id=only)
+                )
+            watermark = conn.execute(
+                select(Setting.__table__.c.value).where(Setting.__table__.c.key == WATERMARK)
+            ).scalar()
+            if watermark is not None:
+                i = Integration.__table__
+                conn.execute(
+                    update(i).where(i.c.integration_id == only).values(nightly_watermark=watermark)
+                )
 
     def _add_missing_columns(self) -> None:
         """Additive migration: columns a newer version added to a table that already exists."""
@@ -598,7 +746,8 @@ class Store:
         if self._held is not None:
             self._held.close()
             self._held = None
-        self.engine.dispose()
+        if self._owns_engine:
+            self.engine.dispose()
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -671,6 +820,7 @@ class Store:
     ) -> None:
         now = utcnow()
         params = {
+            "iid": self._ours(integration_id),
             "key": candidate_id,
             "last_fetched_at": now,
             "fetch_error": error,
@@ -681,7 +831,7 @@ class Store:
             "id": candidate_id,
             "integration_id": integration_id,
             "first_seen_at": now,
-            **{k: v for k, v in params.items() if k != "key"},
+            **{k: v for k, v in params.items() if k not in ("key", "iid")},
         }
         with self._conn() as conn:
             if self._upserts is not None:
@@ -695,9 +845,10 @@ class Store:
         """Record what GET /ats/candidates says of a candidate (their title, for search)."""
         table = Candidate.__table__
         now = utcnow()
+        ours = table.c.integration_id == self._ours(integration_id)
         with self._conn() as conn:
             updated = conn.execute(
-                update(table).where(table.c.id == candidate_id).values(title=title)
+                update(table).where(ours, table.c.id == candidate_id).values(title=title)
             )
             if not updated.rowcount:
                 conn.execute(
@@ -726,13 +877,17 @@ class Store:
                 owners.update(
                     conn.execute(
                         select(a.c.candidate_id).where(
-                            a.c.sha256.in_(chunk), a.c.status != AttachmentState.DELETED
+                            a.c.integration_id == self._iid,
+                            a.c.sha256.in_(chunk),
+                            a.c.status != AttachmentState.DELETED,
                         )
                     ).scalars()
                 )
             for chunk in _chunks(sorted(owners), 500):
                 conn.execute(
-                    update(c).where(c.c.id.in_(chunk)).values(fetch_error=MISSING_FILE_REASON)
+                    update(c)
+                    .where(c.c.integration_id == self._iid, c.c.id.in_(chunk))
+                    .values(fetch_error=MISSING_FILE_REASON)
                 )
         return sorted(owners)
 
@@ -742,23 +897,35 @@ class Store:
             return list(
                 s.scalars(
                     select(Candidate.id).where(
-                        Candidate.fetch_error.is_not(None), Candidate.not_found_at.is_(None)
+                        Candidate.integration_id == self._iid,
+                        Candidate.fetch_error.is_not(None),
+                        Candidate.not_found_at.is_(None),
                     )
                 )
             )
 
     def not_found_candidates(self) -> set[str]:
         with self.session() as s:
-            return set(s.scalars(select(Candidate.id).where(Candidate.not_found_at.is_not(None))))
+            return set(
+                s.scalars(
+                    select(Candidate.id).where(
+                        Candidate.integration_id == self._iid, Candidate.not_found_at.is_not(None)
+                    )
+                )
+            )
 
     def failures(self, limit: int = 100) -> Failures:
         """What failed and why (``status``): candidates whose listing failed, attachments in
         a state the next run retries, each with its reason, the newest first."""
         c, a = Candidate.__table__, _ATTACHMENTS
-        failed = c.c.fetch_error.is_not(None)
-        unfinished = a.c.status.not_in([str(state) for state in FINAL_STATES])
+        failed = (c.c.integration_id == self._iid) & c.c.fetch_error.is_not(None)
+        unfinished = (a.c.integration_id == self._iid) & a.c.status.not_in(
+            [str(state) for state in FINAL_STATES]
+        )
         # An attachment of a candidate Kombo does not know is not retried (nor its candidate).
-        of_known = a.outerjoin(c, a.c.candidate_id == c.c.id)
+        of_known = a.outerjoin(
+            c, (a.c.candidate_id == c.c.id) & (a.c.integration_id == c.c.integration_id)
+        )
         with self._conn() as conn:
             rows, candidate_total = _newest_and_total(
                 conn,
@@ -793,7 +960,11 @@ class Store:
     ) -> dict[str, KnownAttachment]:
         """The candidate's attachments on record, and any of ``also_ids`` wherever they are."""
         ids = list(also_ids)
-        params = {"candidate_id": candidate_id, **{f"id{n}": i for n, i in enumerate(ids)}}
+        params = {
+            "iid": self._iid,
+            "candidate_id": candidate_id,
+            **{f"id{n}": i for n, i in enumerate(ids)},
+        }
         with self._conn() as conn:
             rows = self._read(conn, _known_statement(len(ids)), params)
         return {row[0]: KnownAttachment(*row) for row in rows}
@@ -810,6 +981,7 @@ class Store:
         New ones start ``pending``; known ones whose file changed at Kombo (or that come back
         after being deleted) go back to ``pending``; the rest keep their state.
         """
+        iid = self._ours(integration_id)
         fresh: list[dict[str, Any]] = []
         seen: list[dict[str, Any]] = []
         reopened: list[dict[str, Any]] = []
@@ -827,9 +999,9 @@ class Store:
                     }
                 )
                 continue
-            seen.append({"key": item.id, **listing})
+            seen.append({"iid": iid, "key": item.id, **listing})
             if previous.changed_at_kombo(item):
-                reopened.append({"key": item.id})
+                reopened.append({"iid": iid, "key": item.id})
         with self._conn() as conn:
             if fresh:
                 self._write(conn, _INSERT_ATTACHMENT, fresh)
@@ -860,13 +1032,15 @@ class Store:
             values["extracted_at"] = now
         statement = _outcome_statement(tuple(values))
         with self._conn() as conn:
-            self._write(conn, statement, [{"key": attachment_id, **values}])
+            iid = self._iid
+            self._write(conn, statement, [{"iid": iid, "key": attachment_id, **values}])
             if not (text and sha256):
                 return
+            row = {"integration_id": iid, "sha256": sha256, "text": text}
             if self._upserts is not None:
-                self._write(conn, self._upserts.text, [{"sha256": sha256, "text": text}])
-            elif conn.execute(_TEXT_EXISTS, {"sha256": sha256}).first() is None:
-                conn.execute(_INSERT_TEXT, {"sha256": sha256, "text": text})
+                self._write(conn, self._upserts.text, [row])
+            elif conn.execute(_TEXT_EXISTS, {"iid": iid, "sha256": sha256}).first() is None:
+                conn.execute(_INSERT_TEXT, row)
 
     def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
         if not attachment_ids:
@@ -875,7 +1049,7 @@ class Store:
             for chunk in _chunks(list(attachment_ids), 500):
                 conn.execute(
                     update(_ATTACHMENTS)
-                    .where(_ATTACHMENTS.c.id.in_(chunk))
+                    .where(_ATTACHMENTS.c.integration_id == self._iid, _ATTACHMENTS.c.id.in_(chunk))
                     .values(
                         status=AttachmentState.DELETED, error="gone from Kombo", indexed_at=None
                     )
@@ -890,7 +1064,11 @@ class Store:
             for chunk in _chunks(list(attachment_ids), 500):
                 conn.execute(
                     update(a)
-                    .where(a.c.id.in_(chunk), a.c.status == AttachmentState.PENDING)
+                    .where(
+                        a.c.integration_id == self._iid,
+                        a.c.id.in_(chunk),
+                        a.c.status == AttachmentState.PENDING,
+                    )
                     .values(status=AttachmentState.INDEXED, indexed_at=now)
                 )
 
@@ -900,8 +1078,11 @@ class Store:
         with self.session() as s:
             rows = s.execute(
                 select(Attachment.id, ExtractedText.text)
-                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
-                .where(Attachment.id.in_(list(attachment_ids)))
+                .join(ExtractedText, _same_text_row())
+                .where(
+                    Attachment.integration_id == self._iid,
+                    Attachment.id.in_(list(attachment_ids)),
+                )
             )
             return {attachment_id: text for attachment_id, text in rows}
 
@@ -930,9 +1111,9 @@ class Store:
                     func.coalesce(Attachment.remote_updated_at, Attachment.fetched_at),
                     Candidate.title,
                 )
-                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
-                .outerjoin(Candidate, Candidate.id == Attachment.candidate_id)
-                .where(Attachment.status.in_(wanted))
+                .join(ExtractedText, _same_text_row())
+                .outerjoin(Candidate, _same_candidate())
+                .where(Attachment.integration_id == self._iid, Attachment.status.in_(wanted))
                 .order_by(Attachment.candidate_id, Attachment.sha256, Attachment.id)
                 .execution_options(yield_per=500)
             )
@@ -949,8 +1130,11 @@ class Store:
         with self.session() as s:
             rows = s.execute(
                 select(Attachment.candidate_id, Attachment.sha256)
-                .join(ExtractedText, ExtractedText.sha256 == Attachment.sha256)
-                .where(Attachment.status == AttachmentState.PENDING)
+                .join(ExtractedText, _same_text_row())
+                .where(
+                    Attachment.integration_id == self._iid,
+                    Attachment.status == AttachmentState.PENDING,
+                )
                 .distinct()
             )
             return [(c, h) for c, h in rows if h is not None]  # always: joined on sha256
@@ -968,6 +1152,7 @@ class Store:
                 rows = conn.execute(
                     _COPIES,
                     {
+                        "iid": self._iid,
                         "candidates": sorted({c for c, _ in chunk}),
                         "hashes": sorted({h for _, h in chunk}),
                     },
@@ -982,7 +1167,7 @@ class Store:
     def known_hashes(self) -> set[str]:
         """Every sha256 on record: a file whose hash is not here was never extracted."""
         with self._conn() as conn:
-            return set(conn.execute(_HASHES).scalars())
+            return set(conn.execute(_HASHES, {"iid": self._iid}).scalars())
 
     def attachment_keys(self, attachment_ids: Sequence[str]) -> list[tuple[str, str]]:
         """(candidate id, sha256) of these attachments, where they have a file."""
@@ -991,18 +1176,30 @@ class Store:
         with self.session() as s:
             rows = s.execute(
                 select(Attachment.candidate_id, Attachment.sha256).where(
-                    Attachment.id.in_(list(attachment_ids)), Attachment.sha256.is_not(None)
+                    Attachment.integration_id == self._iid,
+                    Attachment.id.in_(list(attachment_ids)),
+                    Attachment.sha256.is_not(None),
                 )
             )
             return list({(c, h) for c, h in rows if h is not None})  # always: not None above
 
     def attachment_ids(self, statuses: Sequence[str]) -> set[str]:
         with self.session() as s:
-            return set(s.scalars(select(Attachment.id).where(Attachment.status.in_(statuses))))
+            return set(
+                s.scalars(
+                    select(Attachment.id).where(
+                        Attachment.integration_id == self._iid, Attachment.status.in_(statuses)
+                    )
+                )
+            )
 
     def counts_by_status(self) -> dict[str, int]:
         with self.session() as s:
-            rows = s.execute(select(Attachment.status, func.count()).group_by(Attachment.status))
+            rows = s.execute(
+                select(Attachment.status, func.count())
+                .where(Attachment.integration_id == self._iid)
+                .group_by(Attachment.status)
+            )
             return {status: count for status, count in rows}
 
     def unfinished(self) -> list[tuple[str, str]]:
@@ -1011,7 +1208,7 @@ class Store:
         with self.session() as s:
             rows = s.execute(
                 select(Attachment.id, Attachment.candidate_id).where(
-                    Attachment.status.not_in(final)
+                    Attachment.integration_id == self._iid, Attachment.status.not_in(final)
                 )
             )
             return [(a, c) for a, c in rows]
@@ -1026,18 +1223,19 @@ class Store:
         keeps what another candidate still refers to.
         """
         a, c = _ATTACHMENTS, Candidate.__table__
+        of_a = (a.c.integration_id == self._iid) & (a.c.candidate_id == candidate_id)
+        of_c = (c.c.integration_id == self._iid) & (c.c.id == candidate_id)
         with self._conn() as conn:
-            ids = list(
-                conn.execute(select(a.c.id).where(a.c.candidate_id == candidate_id)).scalars()
-            )
-            known = conn.execute(select(c.c.id).where(c.c.id == candidate_id)).first()
+            ids = list(conn.execute(select(a.c.id).where(of_a)).scalars())
+            known = conn.execute(select(c.c.id).where(of_c)).first()
             if not ids and known is None:
                 return None
-            conn.execute(delete(a).where(a.c.candidate_id == candidate_id))
-            conn.execute(delete(c).where(c.c.id == candidate_id))
+            conn.execute(delete(a).where(of_a))
+            conn.execute(delete(c).where(of_c))
             conn.execute(
                 insert(Erasure.__table__),
                 {
+                    "integration_id": self._iid,
                     "candidate_id": candidate_id,
                     "erased_at": utcnow(),
                     "reason": reason,
@@ -1050,15 +1248,33 @@ class Store:
         c = Candidate.__table__
         with self._conn() as conn:
             seen = func.coalesce(c.c.last_seen_at, c.c.first_seen_at)
-            return list(conn.execute(select(c.c.id).where(seen < cutoff)).scalars())
+            return list(
+                conn.execute(
+                    select(c.c.id).where(c.c.integration_id == self._iid, seen < cutoff)
+                ).scalars()
+            )
 
     def erasure_count(self) -> int:
         with self.session() as s:
-            return s.scalar(select(func.count()).select_from(Erasure)) or 0
+            return (
+                s.scalar(
+                    select(func.count())
+                    .select_from(Erasure)
+                    .where(Erasure.integration_id == self._iid)
+                )
+                or 0
+            )
 
     def erasures(self, limit: int = 20) -> list[Erasure]:
         with self.session() as s:
-            return list(s.scalars(select(Erasure).order_by(Erasure.id.desc()).limit(limit)))
+            return list(
+                s.scalars(
+                    select(Erasure)
+                    .where(Erasure.integration_id == self._iid)
+                    .order_by(Erasure.id.desc())
+                    .limit(limit)
+                )
+            )
 
     def compact(self) -> None:
         """Fold the write-ahead log back and empty it, so no erased page lingers there."""
@@ -1071,6 +1287,7 @@ class Store:
     def begin_run(self, kind: str) -> int:
         with self.session() as s:
             run = Run(
+                integration_id=self._iid,
                 kind=kind,
                 started_at=utcnow(),
                 status=RunStatus.RUNNING.value,
@@ -1102,7 +1319,7 @@ class Store:
                 "CursorResult[Any]",
                 s.execute(
                     update(Run)
-                    .where(Run.status == RunStatus.RUNNING.value)
+                    .where(Run.integration_id == self._iid, Run.status == RunStatus.RUNNING.value)
                     .values(status=RunStatus.KILLED.value, finished_at=utcnow())
                 ),
             )
@@ -1110,14 +1327,21 @@ class Store:
 
     def recent_runs(self, limit: int = 10) -> list[Run]:
         with self.session() as s:
-            return list(s.scalars(select(Run).order_by(Run.id.desc()).limit(limit)))
+            return list(
+                s.scalars(
+                    select(Run)
+                    .where(Run.integration_id == self._iid)
+                    .order_by(Run.id.desc())
+                    .limit(limit)
+                )
+            )
 
     # -- what earlier runs left --------------------------------------------------------------
 
     def prior_extraction(self, sha256: str) -> PriorExtraction | None:
         """The outcome of an earlier extraction of identical bytes, if one is on record."""
         with self._conn() as conn:
-            found = self._read(conn, _PRIOR, {"sha256": sha256})
+            found = self._read(conn, _PRIOR, {"iid": self._iid, "sha256": sha256})
         if not found:
             return None
         status, error, detected_type, parser, parser_version, page_count, text, language = found[0]
@@ -1137,7 +1361,10 @@ class Store:
         with self.session() as s:
             return s.scalars(
                 select(Attachment.candidate_id)
-                .where(Attachment.application_id == application_id)
+                .where(
+                    Attachment.integration_id == self._iid,
+                    Attachment.application_id == application_id,
+                )
                 .limit(1)
             ).first()
 
@@ -1147,6 +1374,7 @@ class Store:
             return set(
                 s.scalars(
                     select(Attachment.sha256).where(
+                        Attachment.integration_id == self._iid,
                         Attachment.sha256.is_not(None),
                         Attachment.status != AttachmentState.DELETED,
                     )
@@ -1156,9 +1384,12 @@ class Store:
     def drop_texts_except(self, keep: set[str]) -> int:
         """Remove extracted texts whose file no live attachment points at any more."""
         with self.session() as s:
-            stale = [h for h in s.scalars(select(ExtractedText.sha256)) if h not in keep]
+            ours = ExtractedText.integration_id == self._iid
+            stale = [
+                h for h in s.scalars(select(ExtractedText.sha256).where(ours)) if h not in keep
+            ]
             for chunk in _chunks(stale, 500):
-                s.execute(delete(ExtractedText).where(ExtractedText.sha256.in_(chunk)))
+                s.execute(delete(ExtractedText).where(ours, ExtractedText.sha256.in_(chunk)))
             return len(stale)
 
     # -- export ------------------------------------------------------------------------------
@@ -1175,9 +1406,13 @@ class Store:
         columns = [a.c[name] for name in _EXPORTED_ATTACHMENT_COLUMNS]
         if with_text:
             columns.append(t.c.text)
-        query = select(*columns)
+        query = select(*columns).where(a.c.integration_id == self._iid)
         if with_text:
-            query = query.select_from(a.outerjoin(t, t.c.sha256 == a.c.sha256))
+            query = query.select_from(
+                a.outerjoin(
+                    t, (t.c.sha256 == a.c.sha256) & (t.c.integration_id == a.c.integration_id)
+                )
+            )
         if selection.type:
             query = query.where(a.c.type == selection.type)
         if selection.status and selection.status != "all":
@@ -1203,6 +1438,120 @@ class Store:
                     has_text = values["status"] in ("indexed", "pending")
                     record["text"] = values["text"] if has_text else None
                 yield record
+
+    # -- the registry of integrations (an unscoped store reaches it) ------------------------
+
+    def integrations(self) -> list[Integration]:
+        with self.session() as s:
+            return list(s.scalars(select(Integration).order_by(Integration.integration_id)))
+
+    def integration(self, integration_id: str) -> Integration | None:
+        with self.session() as s:
+            return s.get(Integration, integration_id)
+
+    def register_integration(self, integration_id: str, name: str | None = None) -> bool:
+        """Register an integration (a name given replaces the one on record); returns
+        whether it was new."""
+        i = Integration.__table__
+        with self._conn() as conn:
+            new = _insert_integration(conn, integration_id, name)
+            if not new and name is not None:
+                conn.execute(
+                    update(i).where(i.c.integration_id == integration_id).values(name=name)
+                )
+        return new
+
+    def set_integration_state(
+        self, integration_id: str, state: str, reason: str | None = None
+    ) -> bool:
+        """Pause (with the reason) or make active; returns whether it is registered."""
+        i = Integration.__table__
+        with self._conn() as conn:
+            result = conn.execute(
+                update(i)
+                .where(i.c.integration_id == integration_id)
+                .values(state=state, paused_reason=reason if state != "active" else None)
+            )
+            return bool(result.rowcount)
+
+    def mark_integration_deleted(self, integration_id: str, when: datetime | None) -> None:
+        """Kombo reported the integration deleted (``when``), or it came back (None)."""
+        i = Integration.__table__
+        with self._conn() as conn:
+            conn.execute(
+                update(i).where(i.c.integration_id == integration_id).values(deleted_at=when)
+            )
+
+    def integration_counts(self) -> IntegrationCounts:
+        """Candidates, attachments by state and the last nightly run of this integration."""
+        with self.session() as s:
+            candidates = s.scalar(
+                select(func.count())
+                .select_from(Candidate)
+                .where(Candidate.integration_id == self._iid)
+            )
+            last = s.scalars(
+                select(Run)
+                .where(Run.integration_id == self._iid, Run.kind == "nightly")
+                .order_by(Run.id.desc())
+                .limit(1)
+            ).first()
+        return IntegrationCounts(int(candidates or 0), self.counts_by_status(), last)
+
+    def erase_integration(self, reason: str) -> list[str]:
+        """Delete every record of this integration (candidates, attachments, texts, runs)
+        and its registry row; keep one erasure record per candidate, without personal data.
+        Returns the attachment ids erased (their index documents and files go with the
+        integration's folder)."""
+        iid = self._iid
+        a, c, t = _ATTACHMENTS, Candidate.__table__, _TEXTS
+        now = utcnow()
+        with self._conn() as conn:
+            ids = list(conn.execute(select(a.c.id).where(a.c.integration_id == iid)).scalars())
+            counts: dict[str, int] = dict(
+                conn.execute(
+                    select(a.c.candidate_id, func.count())
+                    .where(a.c.integration_id == iid)
+                    .group_by(a.c.candidate_id)
+                ).all()
+            )
+            candidates = set(
+                conn.execute(select(c.c.id).where(c.c.integration_id == iid)).scalars()
+            ) | set(counts)
+            conn.execute(delete(a).where(a.c.integration_id == iid))
+            conn.execute(delete(t).where(t.c.integration_id == iid))
+            conn.execute(delete(c).where(c.c.integration_id == iid))
+            conn.execute(delete(Run.__table__).where(Run.__table__.c.integration_id == iid))
+            if candidates:
+                conn.execute(
+                    insert(Erasure.__table__),
+                    [
+                        {
+                            "integration_id": iid,
+                            "candidate_id": candidate_id,
+                            "erased_at": now,
+                            "reason": reason,
+                            "attachments": counts.get(candidate_id, 0),
+                        }
+                        for candidate_id in sorted(candidates)
+                    ],
+                )
+            i = Integration.__table__
+            conn.execute(delete(i).where(i.c.integration_id == iid))
+        return ids
+
+    def watermark(self) -> str | None:
+        """When this integration's last complete nightly run began (ISO 8601), if any."""
+        found = self.integration(self._iid)
+        return found.nightly_watermark if found is not None else None
+
+    def set_watermark(self, value: str) -> None:
+        i = Integration.__table__
+        with self._conn() as conn:
+            _insert_integration(conn, self._iid, None)
+            conn.execute(
+                update(i).where(i.c.integration_id == self._iid).values(nightly_watermark=value)
+            )
 
     # -- settings ----------------------------------------------------------------------------
 
@@ -1279,6 +1628,48 @@ class Store:
         query = select(Run.status, func.count()).group_by(Run.status)
         with self.session() as s:
             return {st: n for st, n in s.execute(query).all()}
+
+
+def _same_text_row() -> Any:
+    """The join of an attachment to its text: same bytes, same integration."""
+    return (ExtractedText.sha256 == Attachment.sha256) & (
+        ExtractedText.integration_id == Attachment.integration_id
+    )
+
+
+def _same_candidate() -> Any:
+    return (Candidate.id == Attachment.candidate_id) & (
+        Candidate.integration_id == Attachment.integration_id
+    )
+
+
+def _insert_integration(conn: Connection, integration_id: str, name: str | None) -> bool:
+    """Register an integration unless it is; returns whether it was new."""
+    i = Integration.__table__
+    if conn.execute(select(i.c.integration_id).where(i.c.integration_id == integration_id)).first():
+        return False
+    conn.execute(
+        insert(i),
+        {
+            "integration_id": integration_id,
+            "name": name,
+            "state": IntegrationState.ACTIVE,
+            "paused_reason": None,
+            "created_at": utcnow(),
+            "nightly_watermark": None,
+            "deleted_at": None,
+        },
+    )
+    return True
+
+
+@dataclass(frozen=True)
+class IntegrationCounts:
+    """What ``integrations list`` shows of one integration besides its registry row."""
+
+    candidates: int
+    attachments: dict[str, int]  # state -> count
+    last_nightly: Run | None
 
 
 def _safe_url(database_url: str) -> str:
@@ -1427,7 +1818,7 @@ _REUSABLE = (
 _a, _t, _c = _ATTACHMENTS, _TEXTS, Candidate.__table__
 _CANDIDATE_SEEN = (
     update(_c)
-    .where(_c.c.id == bindparam("key"))
+    .where(_c.c.integration_id == bindparam("iid"), _c.c.id == bindparam("key"))
     .values(
         last_fetched_at=bindparam("last_fetched_at"),
         fetch_error=bindparam("fetch_error"),
@@ -1437,7 +1828,7 @@ _CANDIDATE_SEEN = (
 )
 _CANDIDATE_FAILED = (
     update(_c)
-    .where(_c.c.id == bindparam("key"))
+    .where(_c.c.integration_id == bindparam("iid"), _c.c.id == bindparam("key"))
     .values(
         last_fetched_at=bindparam("last_fetched_at"),
         fetch_error=bindparam("fetch_error"),
@@ -1453,6 +1844,7 @@ def _known_statement(count: int) -> Select[Any]:
     where = _a.c.candidate_id == bindparam("candidate_id")
     if count:
         where = where | _a.c.id.in_([bindparam(f"id{n}") for n in range(count)])
+    where = (_a.c.integration_id == bindparam("iid")) & where
     return select(
         _a.c.id,
         _a.c.application_id,
@@ -1479,15 +1871,17 @@ _LISTING_COLUMNS = [
 ]
 _LISTED = (
     update(_a)
-    .where(_a.c.id == bindparam("key"))
+    .where(_a.c.integration_id == bindparam("iid"), _a.c.id == bindparam("key"))
     .values({name: bindparam(name) for name in [*_LISTING_COLUMNS, "fetched_at"]})
 )
 _REOPENED = (
     update(_a)
-    .where(_a.c.id == bindparam("key"))
+    .where(_a.c.integration_id == bindparam("iid"), _a.c.id == bindparam("key"))
     .values(status=AttachmentState.PENDING.value, error=None)
 )
-_TEXT_EXISTS = select(_t.c.sha256).where(_t.c.sha256 == bindparam("sha256"))
+_TEXT_EXISTS = select(_t.c.sha256).where(
+    _t.c.integration_id == bindparam("iid"), _t.c.sha256 == bindparam("sha256")
+)
 _INSERT_TEXT = insert(_t)
 
 
@@ -1512,10 +1906,12 @@ def _upserts(dialect: str) -> _Upserts | None:
         from sqlalchemy.dialects.postgresql import insert as dialect_insert  # type: ignore[assignment]  # same API as SQLite's
     else:
         return None
-    text = dialect_insert(_t).on_conflict_do_nothing(index_elements=[_t.c.sha256])
+    text = dialect_insert(_t).on_conflict_do_nothing(
+        index_elements=[_t.c.integration_id, _t.c.sha256]
+    )
     candidate = dialect_insert(_c)
     seen = candidate.on_conflict_do_update(
-        index_elements=[_c.c.id],
+        index_elements=[_c.c.integration_id, _c.c.id],
         set_={
             "last_fetched_at": candidate.excluded.last_fetched_at,
             "fetch_error": candidate.excluded.fetch_error,
@@ -1524,7 +1920,7 @@ def _upserts(dialect: str) -> _Upserts | None:
         },
     )
     failed = candidate.on_conflict_do_update(
-        index_elements=[_c.c.id],
+        index_elements=[_c.c.integration_id, _c.c.id],
         set_={
             "last_fetched_at": candidate.excluded.last_fetched_at,
             "fetch_error": candidate.excluded.fetch_error,
@@ -1538,7 +1934,11 @@ def _upserts(dialect: str) -> _Upserts | None:
 def _outcome_statement(columns: tuple[str, ...]) -> Update:
     """``save_outcome``'s UPDATE for one set of columns, built once (building a statement
     cost as much as running it)."""
-    return update(_a).where(_a.c.id == bindparam("key")).values({c: bindparam(c) for c in columns})
+    return (
+        update(_a)
+        .where(_a.c.integration_id == bindparam("iid"), _a.c.id == bindparam("key"))
+        .values({c: bindparam(c) for c in columns})
+    )
 
 
 _COPIES = (
@@ -1554,9 +1954,10 @@ _COPIES = (
         func.coalesce(_a.c.remote_updated_at, _a.c.fetched_at),
         _c.c.title,
     )
-    .join(_t, _t.c.sha256 == _a.c.sha256)
-    .outerjoin(_c, _c.c.id == _a.c.candidate_id)
+    .join(_t, (_t.c.sha256 == _a.c.sha256) & (_t.c.integration_id == _a.c.integration_id))
+    .outerjoin(_c, (_c.c.id == _a.c.candidate_id) & (_c.c.integration_id == _a.c.integration_id))
     .where(
+        _a.c.integration_id == bindparam("iid"),
         _a.c.candidate_id.in_(bindparam("candidates", expanding=True)),
         _a.c.sha256.in_(bindparam("hashes", expanding=True)),
         _a.c.status.in_([AttachmentState.PENDING.value, AttachmentState.INDEXED.value]),
@@ -1566,7 +1967,11 @@ _COPIES = (
 _SCHEMA_VERSION_QUERY = select(Setting.__table__.c.value).where(
     Setting.__table__.c.key == _SCHEMA_KEY
 )
-_HASHES = select(_a.c.sha256).where(_a.c.sha256.is_not(None)).distinct()
+_HASHES = (
+    select(_a.c.sha256)
+    .where(_a.c.integration_id == bindparam("iid"), _a.c.sha256.is_not(None))
+    .distinct()
+)
 _PRIOR = (
     select(
         _a.c.status,
@@ -1578,8 +1983,9 @@ _PRIOR = (
         _t.c.text,
         _a.c.language,
     )
-    .outerjoin(_t, _t.c.sha256 == _a.c.sha256)
+    .outerjoin(_t, (_t.c.sha256 == _a.c.sha256) & (_t.c.integration_id == _a.c.integration_id))
     .where(
+        _a.c.integration_id == bindparam("iid"),
         _a.c.sha256 == bindparam("sha256"),
         or_(
             *(_a.c.status == state.value for state in _REUSABLE),

@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
 from .config import KomboSettings
-from .database import WATERMARK, FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
+from .database import FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
 from .download import Downloaded, DownloadProcess
 from .errors import (
     DiskFullError,
@@ -239,17 +239,20 @@ def _needs_work(
 
 @dataclass
 class Workspace:
-    """One data directory: its database, file store and search index, and the writing work
-    on them that is not a run (recovery, garbage collection, erasure, rebuild), for whoever
-    holds the writer lock (:meth:`lock`)."""
+    """One integration's world in a data directory: its records (a store scoped to it), its
+    file store and search index, and the writing work on them that is not a run (recovery,
+    garbage collection, erasure, rebuild), for whoever holds its writer lock (:meth:`lock`).
+    ``directory`` is the data directory (the space reserve is shared); ``lock_dir`` the
+    integration's own folder, where its writer lock lives."""
 
     directory: Path
     store: Store
     files: LocalFileStore
     index: SearchIndex
+    lock_dir: Path | None = None
 
     def lock(self, *, wait: bool = False, timeout: float | None = None) -> WriterLock:
-        return WriterLock(self.directory, wait=wait, timeout=timeout)
+        return WriterLock(self.lock_dir or self.directory, wait=wait, timeout=timeout)
 
     def recover(self) -> None:
         """Clean up after a run that died: temporary files, its run row, unindexed text."""
@@ -628,7 +631,7 @@ class RunEngine:
         store = self.workspace.store
         started_at = utcnow()
         given = list(candidate_ids) if candidate_ids is not None else None
-        watermark = None if full else _parse_stamp(store.get_setting(WATERMARK))
+        watermark = None if full else _parse_stamp(store.watermark())
 
         def list_changes(summary: RunSummary, client: KomboClient) -> None:
             if given is not None:
@@ -656,7 +659,7 @@ class RunEngine:
             and summary.fatal is None
             and not summary.candidate_errors
         ):
-            store.set_setting(WATERMARK, started_at.isoformat())
+            store.set_watermark(started_at.isoformat())
         return summary
 
     def run(

@@ -2,7 +2,9 @@
 
     PipelineError                    base; ``transient`` says whether trying again may help
     ├── UsageError                   bad flags, environment or input (exit 2, before any request)
-    │   └── InvalidCandidateIdError  an id that cannot be a Kombo id
+    │   ├── InvalidCandidateIdError  an id that cannot be a Kombo id
+    │   └── IntegrationChoiceError   no integration, an unknown or malformed one, or several
+    │                                registered and none named (names the registered ids)
     ├── KomboError                   Kombo answered with its error envelope (carries code, title,
     │   │                            message, log_url, HTTP status); transient by code
     │   └── IntegrationError         a code that holds for the whole integration: the run stops
@@ -112,6 +114,10 @@ def is_transient(exc: BaseException) -> bool:
 
 class UsageError(PipelineError):
     """Bad configuration or input; reported before any network call (exit 2)."""
+
+
+class IntegrationChoiceError(UsageError):
+    """Which integration a command acts on cannot be told (exit 2, naming the registered)."""
 
 
 class InvalidCandidateIdError(UsageError):

@@ -122,3 +122,14 @@ def similarity(extracted: str, truth: str) -> tuple[float, float, float]:
     precision = common / max(1, sum(got.values()))
     f1 = 2 * recall * precision / max(1e-9, recall + precision)
     return recall, precision, f1
+
+
+def integration_root(data_dir: Path, integration_id: str | None = None) -> Path:
+    """The folder of an integration's index, files and writer lock (``data/integrations/
+    <folder>``): of the one named, or the only one there."""
+    from pipeline.config import DataSettings
+
+    if integration_id is not None:
+        return DataSettings(data_dir, "").integration(integration_id).root
+    (only,) = [p for p in (data_dir / "integrations").iterdir() if p.is_dir()]
+    return only

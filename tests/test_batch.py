@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pipeline.lock import WriterLock
 from pipeline.sandbox.server import SandboxServer
+from tests.helpers import integration_root
 
 
 def _records(cli) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -63,7 +64,7 @@ def test_nightly_ingests_changes_and_erases_deletions(
     assert newcomer.id in {h["candidate_id"] for h in _hits(cli, newcomer.skills[0])}
     assert not _hits(cli, gone.skills[0], "--candidate", gone.id)
     data = tmp_path / "data"
-    assert gone_email not in _all_bytes(data / "index")
+    assert gone_email not in _all_bytes(integration_root(data) / "index")
     assert gone_email not in (data / "pipeline.db").read_bytes()
 
     status = json.loads(cli("status", "--json").out)
@@ -97,14 +98,14 @@ def test_nightly_full_and_ids_file(cli, sandbox: SandboxServer, tmp_path: Path) 
 def test_one_writer_at_a_time(cli, sandbox: SandboxServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = tmp_path / "data"
     data.mkdir()
-    held = WriterLock(data).__enter__()
+    held = WriterLock(integration_root(data, sandbox.integration_id)).__enter__()
     try:
         refused = cli("nightly", env=sandbox.env())
         assert refused.code == 2
         assert "another pipeline run" in refused.err and "--wait" in refused.err
     finally:
         held.__exit__(None, None, None)
-    held = WriterLock(data).__enter__()
+    held = WriterLock(integration_root(data, sandbox.integration_id)).__enter__()
     release = threading.Timer(0.5, held.__exit__, (None, None, None))
     release.start()
     waited = cli("nightly", "--wait", env=sandbox.env())
@@ -130,11 +131,11 @@ def test_forget_leaves_no_trace(cli, sandbox: SandboxServer, tmp_path: Path) -> 
     assert not [r for r in _records(cli) if r["candidate_id"] == victim.id]
     for skill in victim.skills:
         assert victim.id not in {h["candidate_id"] for h in _hits(cli, skill)}
-    stored = {p.name for p in (data / "files").rglob("*") if p.is_file()}
+    stored = {p.name for p in (integration_root(data) / "files").rglob("*") if p.is_file()}
     assert not (victim_files - others) & stored
     assert (victim_files & others) <= stored  # shared bytes stay for the other candidate
     assert email not in (data / "pipeline.db").read_bytes()
-    assert email not in _all_bytes(data / "index")
+    assert email not in _all_bytes(integration_root(data) / "index")
     wal = data / "pipeline.db-wal"
     assert not wal.exists() or email not in wal.read_bytes()
     with sqlite3.connect(data / "pipeline.db") as db:
@@ -170,8 +171,8 @@ def test_check_finds_drift_and_reindex_repairs_it(
     clean = cli("check")
     assert clean.code == 0 and "no drift" in clean.out
     data = tmp_path / "data"
-    shutil.rmtree(data / "index")
-    orphan = data / "files" / "ab" / ("ab" + "0" * 62)
+    shutil.rmtree(integration_root(data) / "index")
+    orphan = integration_root(data) / "files" / "ab" / ("ab" + "0" * 62)
     orphan.parent.mkdir(exist_ok=True)
     orphan.write_bytes(b"left behind")
     drift = cli("check")
@@ -212,7 +213,7 @@ def test_an_index_that_refuses_writes_leaves_documents_pending_and_reindex_repai
     from whoosh import fields, index
 
     # An index from another build, whose schema has none of the fields a run writes.
-    folder = tmp_path / "data" / "index"
+    folder = integration_root(tmp_path / "data", sandbox.integration_id) / "index"
     folder.mkdir(parents=True)
     index.create_in(str(folder), fields.Schema(other=fields.ID()), indexname="attachments")
     result = cli("ingest", *sandbox.world.candidates, env=sandbox.env())

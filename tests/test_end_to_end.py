@@ -10,7 +10,7 @@ import pytest
 from pipeline.sandbox.generator import SKILLS
 from pipeline.sandbox.server import SandboxServer
 from pipeline.schemas import validator
-from tests.helpers import CliResult
+from tests.helpers import CliResult, integration_root
 
 
 def _ids(sandbox: SandboxServer) -> list[str]:
@@ -281,7 +281,7 @@ def test_reindex_rebuilds_search_from_the_database(cli, sandbox, tmp_path: Path)
 
     _ingest(cli, sandbox)
     before = _search(cli, "Kubernetes")
-    shutil.rmtree(tmp_path / "data" / "index")
+    shutil.rmtree(integration_root(tmp_path / "data") / "index")
     # A deleted index is damage, not "no match" (issue 14): one line saying to reindex.
     lost = cli("search", "Kubernetes")
     assert lost.code != 0 and lost.out == ""

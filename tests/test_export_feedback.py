@@ -57,7 +57,13 @@ def _fill(store: Store, count: int) -> None:
         )
         conn.execute(
             ExtractedText.__table__.insert(),
-            [{"sha256": "a" * 64, "text": "Kubernetes and Python in Berlin. " * 40}],
+            [
+                {
+                    "integration_id": "i",
+                    "sha256": "a" * 64,
+                    "text": "Kubernetes and Python in Berlin. " * 40,
+                }
+            ],
         )
         conn.execute(
             Attachment.__table__.insert(),
@@ -88,7 +94,7 @@ _PEAK = """
 import sys
 from pipeline.export import iter_records, write_jsonl
 from pipeline.database import Store
-store = Store(sys.argv[1])
+store = Store(sys.argv[1]).for_integration("i")
 with open("/dev/null", "w") as sink:
     count = write_jsonl(iter_records(store, status="all"), sink)
 # VmHWM, not ru_maxrss: the latter counts the parent's size at fork time.

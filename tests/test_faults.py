@@ -33,7 +33,7 @@ from pipeline.errors import (
 from pipeline.filestore import LocalFileStore
 from pipeline.sandbox.server import SandboxServer
 from pipeline.search import SearchIndex
-from tests.helpers import CliResult, generated_docs
+from tests.helpers import CliResult, generated_docs, integration_root
 
 
 def _mount(*args: str) -> bool:
@@ -279,7 +279,7 @@ def test_a_corrupt_database_is_one_terminal_line(
         assert result.code != 0, args
         assert words in line and str(database) in line, (args, line)
     with pytest.raises(DatabaseCorruptError) as caught:
-        Store(f"sqlite:///{database}").counts_by_status()
+        Store(f"sqlite:///{database}").for_integration(sandbox.integration_id).counts_by_status()
     assert not is_transient(caught.value)
 
 
@@ -301,7 +301,7 @@ def test_a_damaged_index_says_to_reindex_and_reindex_repairs_it(
     assert cli("ingest", *_ids(sandbox)[:6], env=sandbox.env()).code == 0
     before = cli("search", "the", "--json")
     assert before.code == 0
-    index = tmp_path / "data" / "index"
+    index = integration_root(tmp_path / "data") / "index"
     if damage == "deleted":
         shutil.rmtree(index)
     elif damage == "segment missing":
@@ -347,7 +347,7 @@ def test_check_names_each_repair_and_reindex_fetches_a_missing_file_again(
 ) -> None:  # type: ignore[no-untyped-def]
     # A nightly run first: the next one lists only what changed at Kombo since.
     assert cli("nightly", env=sandbox.env()).code == 0
-    files = tmp_path / "data" / "files"
+    files = integration_root(tmp_path / "data") / "files"
     lost = next(p for p in sorted(files.glob("??/*")) if p.is_file())
     lost.unlink()
     check = cli("check")

@@ -13,6 +13,7 @@ from pipeline.errors import INTEGRATION_WIDE_CODES, RETRYABLE_CODES
 from pipeline.fetch import KomboClient
 from pipeline.sandbox.generator import EPOCH, World
 from pipeline.sandbox.server import SandboxServer
+from tests.helpers import integration_root
 
 # Each code with the status Kombo answers it with (setup errors: 409, auth: 401/403).
 _STATUS = {
@@ -135,9 +136,11 @@ def test_a_file_over_the_cap_ends_too_large_with_nothing_on_disk(
     records = _records(cli)
     big = [r for r in records.values() if r["status"] == "too_large"]
     assert big and all(r["sha256"] is None and r["error"] for r in big)
-    stored = {p.name for p in (tmp_path / "data" / "files").rglob("*") if p.is_file()}
+    stored = {
+        p.name for p in (integration_root(tmp_path / "data") / "files").rglob("*") if p.is_file()
+    }
     assert stored == {r["sha256"] for r in records.values() if r["sha256"]}
-    assert not list((tmp_path / "data" / "files" / "tmp").iterdir())
+    assert not list((integration_root(tmp_path / "data") / "files" / "tmp").iterdir())
 
 
 def test_truncated_downloads_are_retried_then_fail(cli, sandbox) -> None:  # type: ignore[no-untyped-def]
@@ -195,7 +198,9 @@ def test_a_changed_cv_is_fetched_again_and_the_old_file_removed(
     record = _records(cli)[cv.id]
     assert record["sha256"] != old_sha
     assert new_skill in record["text"]
-    files = {p.name for p in (tmp_path / "data" / "files").rglob("*") if p.is_file()}
+    files = {
+        p.name for p in (integration_root(tmp_path / "data") / "files").rglob("*") if p.is_file()
+    }
     assert old_sha not in files and record["sha256"] in files
     hits = json.loads(cli("search", new_skill, "--candidate", candidate.id, "--json").out)
     assert cv.id in {h["attachment_id"] for h in hits["hits"]}

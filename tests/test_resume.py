@@ -15,6 +15,7 @@ import pytest
 
 from pipeline.sandbox.generator import World
 from pipeline.sandbox.server import SandboxServer
+from tests.helpers import integration_root
 
 CANDIDATES = 40
 
@@ -105,7 +106,7 @@ def test_a_killed_run_is_finished_by_the_next(
 
     assert resumed == clean
     assert all(status != "pending" for status, *_ in resumed.values())
-    assert not any((data_dir / "files" / "tmp").iterdir())
+    assert not any((integration_root(data_dir) / "files" / "tmp").iterdir())
     with sqlite3.connect(db_path) as db:
         statuses = [s for (s,) in db.execute("select status from runs order by id")]
     assert statuses[-1] == "succeeded"

@@ -88,8 +88,8 @@ def _rows(path: Path) -> dict[str, list[tuple[object, ...]]]:
 
 
 def test_direct_statements_store_and_read_what_sqlalchemy_does(tmp_path: Path) -> None:
-    direct = Store(f"sqlite:///{tmp_path / 'direct.db'}")
-    portable = Store(f"sqlite:///{tmp_path / 'portable.db'}")
+    direct = Store(f"sqlite:///{tmp_path / 'direct.db'}").for_integration("int-1")
+    portable = Store(f"sqlite:///{tmp_path / 'portable.db'}").for_integration("int-1")
     assert direct._direct is not None
     portable._direct = None  # the path every other database takes
     _exercise(direct)

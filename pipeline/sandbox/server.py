@@ -8,6 +8,11 @@ drive a server in another process.
 Knobs: latency per API call and per download, the concurrency limit (more actions in flight
 are refused with 429 PLATFORM.CONCURRENCY_LIMIT_EXCEEDED, as Kombo does), the link lifetime,
 and scripted faults (:class:`Fault`).
+
+Several integrations (:meth:`SandboxServer.add_integration`): one API key, each integration
+its own world (candidates and documents), concurrency limit, faults and stats, chosen by the
+request's ``X-Integration-Id`` as at Kombo; ``error=CODE`` makes one answer an
+integration-wide error (``INTEGRATION.INACTIVE``, ...) on every call until cleared.
 """
 
 from __future__ import annotations
@@ -106,6 +111,8 @@ class Fault:
     hits: int = 0
 
 
+# The ``match`` of an integration-wide error fault (``SandboxState.set_error``): every path.
+_WIDE = "\x00integration-wide"
 _FILE_KINDS = {"truncate", "corrupt", "expired", "redirect", "replace"}
 _ENDLESS_BYTES_PER_SECOND = 32 * 1024 * 1024
 # Kinds that decide an API answer (``slow`` only delays one).
@@ -155,8 +162,12 @@ class SandboxState:
         concurrency_limit: int = 30,
         others_in_flight: int = 0,
         link_ttl: float = 7 * 24 * 3600,
+        tenant: int = 0,
     ) -> None:
         self.world = world
+        # Which of the server's integrations this is (0: the first): its download links say
+        # it, so that a file is looked up in its own world.
+        self.tenant = tenant
         self.api_key = api_key
         self.integration_id = integration_id
         self.latency = latency
@@ -192,7 +203,7 @@ class SandboxState:
                     continue
                 if kinds is not None and fault.kind not in kinds:
                     continue
-                if fault.match is not None and fault.match not in path:
+                if fault.match is not None and fault.match != _WIDE and fault.match not in path:
                     continue
                 if fault.times is not None and fault.hits >= fault.times:
                     continue
@@ -209,7 +220,17 @@ class SandboxState:
     def data_url(self, origin: str, attachment_id: str) -> str:
         expires = int(time.time() + self.link_ttl)
         token = self.sign(attachment_id, expires)
-        return f"{origin}/files/{attachment_id}?expires={expires}&token={token}"
+        link = f"{origin}/files/{attachment_id}?expires={expires}&token={token}"
+        return link + (f"&tenant={self.tenant}" if self.tenant else "")
+
+    def set_error(self, code: str | None) -> None:
+        """Answer every API call of this integration with an integration-wide error
+        (``INTEGRATION.INACTIVE``, ``INTEGRATION.PERMISSION_MISSING``, ...), or stop."""
+        with self.lock:
+            self.faults = [f for f in self.faults if f.match != _WIDE]
+        if code is not None:
+            status = 401 if "AUTHENTICATION" in code else 409 if "SETUP" in code else 403
+            self.add_fault(kind="error", status=status, code=code, times=None, match=_WIDE)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -226,7 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     @property
     def state(self) -> SandboxState:
-        return self.server.state
+        """The integration this request is for (set by ``_api``/``_file``), else the first."""
+        return self.__dict__.get("_tenant") or self.server.state
 
     @property
     def origin(self) -> str:
@@ -280,6 +302,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- routing -----------------------------------------------------------------------------
 
     def do_GET(self) -> None:
+        self._tenant: SandboxState | None = None  # a kept-alive connection's last is not this
         parts = urlsplit(self.path)
         path = parts.path
         query = parse_qs(parts.query)
@@ -289,8 +312,11 @@ class _Handler(BaseHTTPRequestHandler):
             elif path.startswith("/v1/"):
                 self._api(path[len("/v1") :], query)
             elif path == "/_sandbox/stats":
-                with self.state.lock:
-                    self._json(200, asdict(self.state.stats))
+                # ?integration=ID: that integration's own (each has its own stats)
+                named = (query.get("integration") or [""])[0]
+                state = self.server.tenants.get(named, self.state)
+                with state.lock:
+                    self._json(200, asdict(state.stats))
             else:
                 self._error(404, None, f"No route for GET {path}")
         except (BrokenPipeError, ConnectionResetError):
@@ -333,6 +359,9 @@ class _Handler(BaseHTTPRequestHandler):
         if not integration:
             self._error(400, "PLATFORM.INPUT_INVALID", "The X-Integration-Id header is missing.")
             return
+        tenant = self.server.tenants.get(integration)
+        if tenant is not None:
+            self._tenant = state = tenant
         if integration != state.integration_id:
             self._error(
                 404,
@@ -651,6 +680,10 @@ class _Handler(BaseHTTPRequestHandler):
     # -- files -------------------------------------------------------------------------------
 
     def _file(self, attachment_id: str, query: dict[str, list[str]]) -> None:
+        number = (query.get("tenant") or ["0"])[0]
+        for tenant in self.server.tenants.values():
+            if str(tenant.tenant) == number:
+                self._tenant = tenant
         state = self.state
         with state.lock:
             state.stats.file_requests += 1
@@ -789,6 +822,7 @@ class _Server(ThreadingHTTPServer):
     state: SandboxState
 
     def __init__(self, address: tuple[str, int], state: SandboxState | None) -> None:
+        self.tenants: dict[str, SandboxState] = {}  # integration id -> its state
         if state is not None:
             self.state = state
         super().__init__(address, _Handler)
@@ -825,7 +859,46 @@ class SandboxServer:
             self._server.server_close()
             raise
         self._server.state = self.state
+        self._server.tenants[self.state.integration_id] = self.state
+        self._state_options = state_options
         self._thread: threading.Thread | None = None
+
+    def add_integration(
+        self,
+        integration_id: str,
+        world: World | None = None,
+        *,
+        candidates: int = 20,
+        seed: int = 7,
+        error: str | None = None,
+        **state_options: Any,
+    ) -> SandboxState:
+        """Another integration under the same API key: its own world (the same seed gives
+        the same candidate ids and bytes as another's: two customers with identical data),
+        concurrency limit, faults and stats. ``error``: answer every call with that
+        integration-wide code (``SandboxState.set_error``)."""
+        options = {
+            **{k: v for k, v in self._state_options.items() if k != "integration_id"},
+            **state_options,
+        }
+        options.setdefault("api_key", self.state.api_key)
+        state = SandboxState(
+            world or World(candidates=candidates, seed=seed),
+            integration_id=integration_id,
+            tenant=len(self._server.tenants),
+            **options,
+        )
+        if error is not None:
+            state.set_error(error)
+        self._server.tenants[integration_id] = state
+        return state
+
+    def integration(self, integration_id: str) -> SandboxState:
+        return self._server.tenants[integration_id]
+
+    @property
+    def integration_ids(self) -> list[str]:
+        return list(self._server.tenants)
 
     @property
     def port(self) -> int:
