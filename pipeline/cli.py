@@ -1592,6 +1592,12 @@ def tokens_create(
         raise UsageError("--name: up to 100 printable characters")
     store = _tokens_store(data_dir, database_url)
     try:
+        if store.integration(integration_id) is None:
+            _terminal_line(
+                "warning",
+                f"integration {integration_id} is not registered: the token sees nothing "
+                "until it is (`pipeline integrations add`, or a run of it)",
+            )
         made = new_token(store, integration_id=integration_id, name=name, admin=admin)
     finally:
         store.close()

@@ -1605,29 +1605,31 @@ class Store:
                 update(ApiToken).where(ApiToken.token_id == token_id).values(last_used_at=when)
             )
 
-    def integration_ids_on_record(self) -> set[str]:
-        """Every integration id a candidate is recorded under."""
-        with self.session() as s:
-            return set(s.scalars(select(Candidate.integration_id).distinct()))
-
     def attachment_candidate(self, attachment_id: str) -> str | None:
-        """The candidate an attachment belongs to (None: not on record)."""
+        """The candidate an attachment of this store's integration belongs to (None: not
+        on record here)."""
+        query = select(Attachment.candidate_id).where(
+            Attachment.integration_id == self._iid, Attachment.id == attachment_id
+        )
         with self.session() as s:
-            return s.scalar(select(Attachment.candidate_id).where(Attachment.id == attachment_id))
+            return s.scalar(query)
 
     def counts_by_integration_and_status(self) -> dict[tuple[str, str], int]:
-        """Attachments per (integration, state): the server's metrics."""
+        """Attachments per (integration, state), every integration: the server's metrics."""
         query = select(Attachment.integration_id, Attachment.status, func.count()).group_by(
             Attachment.integration_id, Attachment.status
         )
         with self.session() as s:
             return {(i, st): n for i, st, n in s.execute(query).all()}
 
-    def run_counts_by_status(self) -> dict[str, int]:
-        """Runs on record per outcome: the server's metrics."""
-        query = select(Run.status, func.count()).group_by(Run.status)
+    def run_counts_by_status(self) -> dict[tuple[str, str], int]:
+        """Runs on record per (integration, outcome), every integration: the server's
+        metrics ("" for runs older than the integrations registry)."""
+        query = select(Run.integration_id, Run.status, func.count()).group_by(
+            Run.integration_id, Run.status
+        )
         with self.session() as s:
-            return {st: n for st, n in s.execute(query).all()}
+            return {(i or "", st): n for i, st, n in s.execute(query).all()}
 
 
 def _same_text_row() -> Any:

@@ -45,11 +45,12 @@ def hostile_attachment(world: World) -> str:
     return next(a.id for a in candidate.attachments if a.type == "CV" and a.kind == "txt")
 
 
-def ingest(sandbox: SandboxServer, data: DataSettings) -> None:
+def ingest(sandbox: SandboxServer, data: DataSettings, integration_id: str | None = None) -> None:
+    world = sandbox.world if integration_id is None else sandbox.integration(integration_id).world
     settings = resolve_kombo(
         Options(
             api_key=sandbox.api_key,
-            integration_id=sandbox.integration_id,
+            integration_id=integration_id or sandbox.integration_id,
             base_url=sandbox.base_url,
         ),
         env={},
@@ -57,7 +58,7 @@ def ingest(sandbox: SandboxServer, data: DataSettings) -> None:
         retry_max_delay=0.05,
     )
     with App(data, settings) as app:
-        summary = app.ingest([c.id for c in sandbox.world.ordered()])
+        summary = app.ingest([c.id for c in world.ordered()])
     assert summary.exit_code == 0, summary.errors
 
 
@@ -170,6 +171,9 @@ def served_world(candidates: int = 12) -> Iterator[dict[str, Any]]:
             sandbox.add_fault(kind="replace", target="files", match=hostile, body=HOSTILE_TEXT,
                               times=None)  # fmt: skip
             ingest(sandbox, data)
+            # Another customer of the same account, with candidates of its own.
+            sandbox.add_integration(OTHER_INTEGRATION, World(candidates=4, seed=13))
+            ingest(sandbox, data, OTHER_INTEGRATION)
             integration = sandbox.integration_id
             tokens = {
                 "read": token(data, integration, "reader"),

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.serving import HOSTILE_TEXT, served_world
+from tests.serving import HOSTILE_TEXT, OTHER_INTEGRATION, served_world
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -138,8 +138,10 @@ def test_another_integrations_token_sees_none_of_these_candidates(
     _sign_in(page, site["tokens"]["other"])
     _search(page, EVERY_CV)
     ours = {c.id for c in site["sandbox"].world.ordered()}
+    theirs = {c.id for c in site["sandbox"].integration(OTHER_INTEGRATION).world.ordered()}
     shown = set(page.locator("li.candidate").evaluate_all(
         "els => els.map(e => e.dataset.candidate)"))  # fmt: skip
+    assert shown and shown <= theirs  # its own, and none of the first one's
     assert not shown & ours
     assert not any(cid in page.content() for cid in ours)
     # A form posted without its CSRF token is refused.

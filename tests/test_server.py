@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.cli import main
 from pipeline.schemas import validator
-from tests.serving import HOSTILE_TEXT, Served, http, served_world
+from tests.serving import HOSTILE_TEXT, OTHER_INTEGRATION, Served, http, served_world
 
 
 def _pipeline(*args: str) -> tuple[int, str, str]:
@@ -67,8 +67,8 @@ def test_every_api_route_needs_a_token(world: dict[str, Any]) -> None:
 def test_search_answers_the_same_json_as_the_cli(world: dict[str, Any]) -> None:
     answer = _get(world, "/api/v1/search", q="Python", limit=50)
     assert answer.status == 200
-    code, out, _ = _cli("search", "Python", "--json", "--limit", "50",
-                        "--data-dir", str(world["data"].data_dir))  # fmt: skip
+    where = ["--integration-id", world["integration"], "--data-dir", str(world["data"].data_dir)]
+    code, out, _ = _cli("search", "Python", "--json", "--limit", "50", *where)
     assert code == 0
     assert answer.json() == json.loads(out)
     assert answer.json()["total"] > 0
@@ -118,18 +118,40 @@ def test_an_attachment_its_record_text_and_file(world: dict[str, Any]) -> None:
 
 def test_another_integrations_token_sees_nothing_of_this_one(world: dict[str, Any]) -> None:
     hostile = world["hostile"]
-    found = _get(world, "/api/v1/search", who="other", q="Python")
-    assert found.status == 404 or found.json()["total"] == 0
+    ours = {c.id for c in world["sandbox"].world.ordered()}
+    theirs = {c.id for c in world["sandbox"].integration(OTHER_INTEGRATION).world.ordered()}
+    assert theirs and not ours & theirs
+    found = _get(world, "/api/v1/search", who="other", q="Python OR Profile", limit=100).json()
+    assert {h["candidate_id"] for h in found["hits"]} <= theirs
+    assert found["hits"], "the other integration finds its own"
     for path in (f"/api/v1/attachments/{hostile}", f"/api/v1/attachments/{hostile}/text",
                  f"/api/v1/attachments/{hostile}/file", f"/api/v1/similar/{hostile}"):  # fmt: skip
         assert _get(world, path, who="other").status == 404, path
     exported = _get(world, "/api/v1/export", who="other", status="all")
-    assert exported.status == 404 or exported.body == b""
+    records = [json.loads(line) for line in exported.body.decode().splitlines()]
+    assert records and {r["candidate_id"] for r in records} <= theirs
+    assert {r["integration_id"] for r in records} == {OTHER_INTEGRATION}
+    status = _get(world, "/api/v1/status", who="other").json()
+    assert status["integration_id"] == OTHER_INTEGRATION
+    assert sum(status["attachments"].values()) == len(records)
     candidate = world["sandbox"].world.ordered()[0].id
     erase = http(world["server"].url + f"/api/v1/candidates/{candidate}", method="DELETE",
                  token=world["tokens"]["other"])  # fmt: skip
     assert erase.status == 404
-    assert _get(world, "/api/v1/search", q="Python").json()["total"] > 0
+    mine = _get(world, "/api/v1/search", q="Python", limit=100).json()
+    assert mine["total"] > 0 and {h["candidate_id"] for h in mine["hits"]} <= ours
+    assert candidate in {
+        h["candidate_id"]
+        for h in _get(world, "/api/v1/search", q="Profile OR Profil OR Perfil", limit=100).json()[
+            "hits"
+        ]
+    }
+    # A token of an integration that is not registered reaches nothing.
+    code, out, err = _pipeline("tokens", "create", "--integration-id", "nobody:here",
+                               "--data-dir", str(world["data"].data_dir))  # fmt: skip
+    assert code == 0 and "not registered" in err
+    stranger = out.strip().splitlines()[-1]
+    assert http(world["server"].url + "/api/v1/search?q=Python", token=stranger).status == 404
 
 
 def test_status_export_and_erasure_by_scope(world: dict[str, Any]) -> None:
@@ -163,7 +185,9 @@ def test_health_metrics_openapi_and_headers(world: dict[str, Any]) -> None:
     assert f'pipeline_attachments{{integration_id="{world["integration"]}",state="indexed"}}' in (
         metrics
     )
-    assert 'pipeline_runs{outcome="succeeded"}' in metrics
+    assert f'pipeline_runs{{integration_id="{world["integration"]}",outcome="succeeded"}}' in (
+        metrics
+    )
     assert "pipeline_http_requests_total" in metrics
     document = http(url + "/api/v1/openapi.json").json()
     assert document["openapi"].startswith("3.") and "/api/v1/search" in document["paths"]

@@ -151,6 +151,44 @@ def test_unknown_integrations_and_other_events_do_nothing(hooked) -> None:  # ty
     assert 'pipeline_webhooks_total{outcome="bad_signature",type="unknown"}' in metrics
 
 
+def _state(w: dict[str, Any], integration_id: str) -> tuple[str, str | None]:
+    db = sqlite3.connect(w["data"].data_dir / "pipeline.db")
+    try:
+        row = db.execute("SELECT state, paused_reason FROM integrations WHERE integration_id = ?",
+                         (integration_id,)).fetchone()  # fmt: skip
+    finally:
+        db.close()
+    return row[0], row[1]
+
+
+def test_lifecycle_events_pause_resume_and_mark_deleted(hooked) -> None:  # type: ignore[no-untyped-def]
+    integration = hooked["sandbox"].integration_id
+    before = _settled(hooked, 0)
+    inactive = {"id": integration, "state": "INACTIVE", "setup_status": "COMPLETED"}
+    assert _post(hooked, _event("integration-state-changed", inactive)).json()["outcome"] == (
+        "paused"
+    )
+    assert wait_for(lambda: _state(hooked, integration)[0] == "paused", 10)
+    assert "INACTIVE" in str(_state(hooked, integration)[1])
+    # A paused integration is not run by its webhooks either.
+    assert _post(hooked, _changed(integration)).json()["outcome"] == "run_paused"
+    active = {**inactive, "state": "ACTIVE"}
+    assert _post(hooked, _event("integration-state-changed", active)).json()["outcome"] == (
+        "resumed"
+    )
+    assert wait_for(lambda: _state(hooked, integration)[0] == "active", 10)
+    deleted = {"id": integration, "tool": "personio", "end_user": {"organization_name": "Acme"}}
+    assert _post(hooked, _event("integration-deleted", deleted)).json()["outcome"] == "deleted"
+    assert wait_for(lambda: _state(hooked, integration)[0] == "paused", 10)
+    assert "deleted" in str(_state(hooked, integration)[1])
+    time.sleep(0.5)
+    assert _runs(hooked) == before
+    assert _post(hooked, _event("integration-state-changed", active)).json()["outcome"] == (
+        "resumed"
+    )
+    assert wait_for(lambda: _state(hooked, integration)[0] == "active", 10)
+
+
 def test_sigterm_stops_the_server_and_records_the_run_interrupted(hooked) -> None:  # type: ignore[no-untyped-def]
     before = len(_settled(hooked, 0))
     hooked["sandbox"].add_fault(kind="slow", seconds=30, match="/ats/candidates", times=1)

@@ -216,8 +216,10 @@ def search(request: Request) -> Response:
     )  # fmt: skip
     app = server.tenancy.app_for(principal.integration_id)
     if _flag(params.get("by_candidate")):
-        return JSONResponse(people_json(run_search(server, app, wanted, True)))
-    return JSONResponse(results_json(run_search(server, app, wanted, False)))
+        page = run_search(server, app, wanted, True)
+        return JSONResponse(people_json(page, principal.integration_id))
+    results = run_search(server, app, wanted, False)
+    return JSONResponse(results_json(results, principal.integration_id))
 
 
 def similar(request: Request) -> Response:
@@ -233,7 +235,7 @@ def similar(request: Request) -> Response:
         )
     except QueryError as exc:
         raise ApiError(404, "not_found", exc.message) from None
-    return JSONResponse(results_json(results))
+    return JSONResponse(results_json(results, principal.integration_id))
 
 
 def attachment(request: Request) -> Response:
@@ -295,14 +297,11 @@ def erase_candidate(request: Request) -> Response:
     candidate_id = request.path_params["candidate_id"]
     app = server_of(request).tenancy.app_for(principal.integration_id)
     selection = ExportSelection(status="all", candidate_id=candidate_id, with_text=False)
-    records = [
-        r for r in app.export_records(selection) if r["integration_id"] == principal.integration_id
-    ]
-    # Only what this integration holds is erased (another's candidate is "not there").
-    erased = app.forget([candidate_id], reason="api") if records else 0
-    if not erased:
+    attachments = sum(1 for _ in app.export_records(selection))
+    # The App acts on the token's integration: another's candidate is "not there".
+    if not app.forget([candidate_id], reason="api"):
         raise ApiError(404, "not_found", f"no candidate {candidate_id}")
-    return JSONResponse({"candidate_id": candidate_id, "erased": True, "attachments": len(records)})
+    return JSONResponse({"candidate_id": candidate_id, "erased": True, "attachments": attachments})
 
 
 def routes() -> list[Route]:

@@ -179,7 +179,7 @@ def healthz(request: Request) -> Response:
     tenancy = _api.server_of(request).tenancy
     try:
         tenancy.store.schema_version()
-        for integration_id in tenancy.store.integration_ids_on_record() or {""}:
+        for integration_id in tenancy.integration_ids():
             index = tenancy.app_for(integration_id).index
             if index.exists():
                 index.doc_count()

@@ -9,8 +9,9 @@ if TYPE_CHECKING:
     from ..search import SearchHit, SearchResults
 
 
-def hit_json(h: SearchHit) -> dict[str, Any]:
+def hit_json(h: SearchHit, integration_id: str) -> dict[str, Any]:
     return {
+        "integration_id": integration_id or None,
         "attachment_id": h.attachment_id,
         "candidate_id": h.candidate_id,
         "application_id": h.application_id,
@@ -22,18 +23,18 @@ def hit_json(h: SearchHit) -> dict[str, Any]:
     }
 
 
-def results_json(results: SearchResults) -> dict[str, Any]:
+def results_json(results: SearchResults, integration_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "query": results.query,
         "total": results.total,
-        "hits": [hit_json(h) for h in results.hits],
+        "hits": [hit_json(h, integration_id) for h in results.hits],
     }
     if results.did_you_mean:
         payload["did_you_mean"] = results.did_you_mean
     return payload
 
 
-def people_json(page: CandidatePage) -> dict[str, Any]:
+def people_json(page: CandidatePage, integration_id: str) -> dict[str, Any]:
     payload: dict[str, Any] = {
         "query": page.results.query,
         "total": page.total,
@@ -41,7 +42,7 @@ def people_json(page: CandidatePage) -> dict[str, Any]:
             {
                 "candidate_id": p.candidate_id,
                 "score": p.score,
-                "hits": [hit_json(h) for h in p.hits],
+                "hits": [hit_json(h, integration_id) for h in p.hits],
             }
             for p in page.people
         ],

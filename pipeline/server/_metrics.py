@@ -39,14 +39,16 @@ class _DatabaseCollector(Collector):
             labels=["integration_id", "state"],
         )
         runs = GaugeMetricFamily(
-            "pipeline_runs", "Runs on record, per outcome.", labels=["outcome"]
+            "pipeline_runs",
+            "Runs on record, per integration and outcome.",
+            labels=["integration_id", "outcome"],
         )
         try:
             store = self._store()
             for (integration_id, state), count in store.counts_by_integration_and_status().items():
                 attachments.add_metric([integration_id, state], count)
-            for outcome, count in store.run_counts_by_status().items():
-                runs.add_metric([outcome], count)
+            for (integration_id, outcome), count in store.run_counts_by_status().items():
+                runs.add_metric([integration_id, outcome], count)
         except Exception as exc:  # a scrape must answer even when the database does not
             log.warning("metrics: the database could not be read: %s", exc)
         yield attachments

@@ -1,8 +1,10 @@
 """The one place the server turns an integration id into the :class:`~pipeline.app.App`
-that acts on it (and the webhook's lifecycle actions on integrations).
+that acts on it, and the webhook's lifecycle actions on integrations.
 
-Every request is served by the App of its token's integration, so scoping is the App's
-(one index, one set of records per integration), not each route's.
+Every request is served by ``App(data, integration_id=<the token's integration>)``, so
+scoping is the App's (its own index, files and records), not each route's: a token of one
+integration reaches nothing of another by construction. An integration that is not
+registered has nothing to show: 404.
 """
 
 from __future__ import annotations
@@ -10,9 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..app import App
+from ..app import App, adopt_legacy_folders
 from ..config import DataSettings
-from ..database import Store
+from ..database import IntegrationState, Store
+from ..errors import IntegrationChoiceError
 from ._runs import RunCoordinator
 
 log = logging.getLogger(__name__)
@@ -22,37 +25,39 @@ class Tenancy:
     def __init__(self, data: DataSettings, runs: RunCoordinator) -> None:
         self.data = data
         self.runs = runs
-        # The server's own writing store: tokens (last used) and the registry.
+        # The server's own store of the whole database: tokens, the registry, metrics.
+        # ``serve`` writes, so a data directory from before is brought forward here.
         self.store = Store(data.database_url)
         self.store.ensure_schema()
+        adopt_legacy_folders(data, self.store)
         self._apps: dict[str, App] = {}
         self._lock = threading.Lock()
 
     def app_for(self, integration_id: str) -> App:
         """The App of one integration, made once and kept (its database and index open
         lazily; a search opens the index's newest state each time)."""
-        self._guard(integration_id)
-        with self._lock:
-            app = self._apps.get(integration_id)
-            if app is None:
-                app = App(self.data)
-                self._apps[integration_id] = app
-            return app
-
-    def _guard(self, integration_id: str) -> None:
-        """Until the App acts on one integration of several (the integrations registry),
-        a data directory holds one integration's world: a token of any other integration
-        sees nothing of it."""
         from ._api import ApiError
 
-        on_record = self.store.integration_ids_on_record()
-        if on_record and on_record != {integration_id}:
-            raise ApiError(404, "not_found", f"integration {integration_id} has no data here")
+        with self._lock:
+            app = self._apps.get(integration_id)
+        if app is not None:
+            return app
+        app = App(self.data, integration_id=integration_id)
+        try:
+            app.integration  # noqa: B018  # resolved now: an unknown id is "not there"
+        except IntegrationChoiceError:
+            app.close()
+            raise ApiError(
+                404, "not_found", f"integration {integration_id} is not registered here"
+            ) from None
+        with self._lock:
+            kept = self._apps.setdefault(integration_id, app)
+        if kept is not app:
+            app.close()
+        return kept
 
     def integration_ids(self) -> list[str]:
-        found = self.store.integration_ids_on_record()
-        found |= {t.integration_id for t in self.store.api_tokens()}
-        return sorted(found)
+        return [i.integration_id for i in self.store.integrations()]
 
     def forget_app(self, integration_id: str) -> None:
         with self._lock:
@@ -63,20 +68,24 @@ class Tenancy:
     # -- the webhook's lifecycle actions (pipeline.server._webhooks.Lifecycle) -----------------
 
     def registered(self, integration_id: str) -> bool:
-        return integration_id in self.integration_ids()
+        return self.store.integration(integration_id) is not None
 
     def request_run(self, integration_id: str) -> str:
+        found = self.store.integration(integration_id)
+        if found is not None and found.state == IntegrationState.PAUSED:
+            log.info("integration %s is paused (%s): no run", integration_id, found.paused_reason)
+            return "paused"
         return self.runs.request(integration_id)
 
-    def paused(self, integration_id: str, reason: str) -> None:
-        log.warning("integration %s: %s (pausing needs the integrations registry)",
-                    integration_id, reason)  # fmt: skip
-
-    def resumed(self, integration_id: str) -> None:
-        log.info("integration %s is active again at Kombo", integration_id)
+    def state_changed(self, integration_id: str, state: str) -> None:
+        with App(self.data) as app:
+            app.integration_state_changed(integration_id, state)
+        log.info("integration %s: Kombo reports it %s", integration_id, state)
 
     def deleted(self, integration_id: str) -> None:
-        log.warning("integration %s was deleted at Kombo (erasure needs the registry)",
+        with App(self.data) as app:
+            app.integration_deleted(integration_id)
+        log.warning("integration %s was deleted at Kombo: paused, erased after the grace period",
                     integration_id)  # fmt: skip
 
     def close(self) -> None:

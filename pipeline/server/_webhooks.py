@@ -49,8 +49,7 @@ class Lifecycle(Protocol):
 
     def registered(self, integration_id: str) -> bool: ...
     def request_run(self, integration_id: str) -> str: ...
-    def paused(self, integration_id: str, reason: str) -> None: ...
-    def resumed(self, integration_id: str) -> None: ...
+    def state_changed(self, integration_id: str, state: str) -> None: ...
     def deleted(self, integration_id: str) -> None: ...
 
 
@@ -139,14 +138,11 @@ def _act(event_id: str, kind: str, data: dict[str, Any], act: Lifecycle) -> Answ
         _background(lambda: act.deleted(integration_id), "integration-deleted")
         return Answer(200, "deleted", "integration deleted at Kombo: paused, erased after grace")
     state = str(data.get("state") or "").upper()
-    if state == "ACTIVE":
-        _background(lambda: act.resumed(integration_id), "integration-state-changed")
-        return Answer(200, "resumed", "integration active")
-    if state in ("INVALID", "INACTIVE"):
-        reason = f"Kombo reports the integration {state.lower()}"
-        _background(lambda: act.paused(integration_id, reason), "integration-state-changed")
-        return Answer(200, "paused", reason)
-    return Answer(200, "ignored", f"state {state or 'missing'}: nothing to do")
+    if state not in ("ACTIVE", "INVALID", "INACTIVE"):
+        return Answer(200, "ignored", f"state {state or 'missing'}: nothing to do")
+    # INACTIVE or INVALID pauses it; ACTIVE takes back one that Kombo had paused.
+    _background(lambda: act.state_changed(integration_id, state), "integration-state-changed")
+    return Answer(200, "paused" if state != "ACTIVE" else "resumed", f"integration {state}")
 
 
 __all__ = ["MAX_BODY_BYTES", "Answer", "Lifecycle", "SeenEvents", "handle", "signature"]
