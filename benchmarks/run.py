@@ -17,7 +17,9 @@ Prints one table and writes it as JSON (``benchmarks/results/run.json``):
 - search: p50 and p95 over a fixed query mix at both index sizes;
 - memory: peak RSS of the pipeline's process for the small and the full end-to-end run;
 - integrations: ``nightly --all`` over 20 integrations x 100 candidates beside one of 2,000
-  (``benchmarks/integrations.py``; quick: 5 x 40 beside 1 x 200).
+  (``benchmarks/integrations.py``; quick: 5 x 40 beside 1 x 200);
+- the API: search through ``pipeline serve`` with 10 clients at once at the largest index
+  size, requests per second and p50/p95 (``benchmarks/api.py``).
 
 Each end-to-end run is a process of its own (``--child``), so that its peak RSS is its own.
 The sandbox runs in a process of its own too, its documents rendered once into a cache.
@@ -41,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+import api  # noqa: E402
 import extraction  # noqa: E402
 import fetch_download  # noqa: E402
 import index_search  # noqa: E402
@@ -284,6 +287,17 @@ def table(result: dict) -> list[tuple[str, str, str]]:
                     f"{run['over_floor']} (<= 1.3)",
                 )
             )
+    served = result.get("api")
+    if served is not None:
+        rows.append(
+            (
+                f"search through the API at {served['docs']:,} documents, "
+                f"{served['clients']} clients",
+                f"{served['requests_per_s']} requests/s, p50 {served['p50_ms']} ms, "
+                f"p95 {served['p95_ms']} ms (one client: p95 {served['one_client_p95_ms']} ms)",
+                "p95 < 50 ms",
+            )
+        )
     rows.append(
         (
             f"peak RSS, {e2e['small_candidates']} vs {e2e['candidates']} candidates",
@@ -303,7 +317,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["e2e", "extraction", "index", "integrations"],
+        choices=["e2e", "extraction", "index", "integrations", "api"],
         help="sections to leave out (their figures from the last run of this size are kept)",
     )
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
@@ -327,7 +341,7 @@ def main() -> None:
         f"Python {platform.python_version()}",
         "targets": TARGETS,
     }
-    for section in ("end_to_end", "extraction", "index", "integrations"):
+    for section in ("end_to_end", "extraction", "index", "integrations", "api"):
         if section in previous:
             result[section] = previous[section]
     if "e2e" not in args.skip:
@@ -347,6 +361,9 @@ def main() -> None:
         sized = integrations.SIZES["quick" if args.quick else "full"]
         result["integrations"] = integrations.measure(sized, args.cache)
         print(json.dumps(result["integrations"]), flush=True)
+    if "api" not in args.skip:
+        result["api"] = api.measure(size["docs"][-1])
+        print(json.dumps(result["api"]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     if all(section in result for section in ("end_to_end", "extraction", "index")):
