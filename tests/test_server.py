@@ -195,6 +195,11 @@ def test_health_metrics_openapi_and_headers(world: dict[str, Any]) -> None:
     assert "script-src 'self'" in page.headers["content-security-policy"]
     assert page.headers["x-frame-options"] == "DENY"
     assert http(url + "/nosuch").json()["error"]["code"] == "not_found"
+    # --log-format json: one JSON object a line, one line per request (no query string).
+    lines = [json.loads(line) for line in world["server"].lines if line.startswith("{")]
+    requests = [r["message"] for r in lines if r["logger"] == "pipeline.server"]
+    assert any(m.startswith("GET /api/v1/search 200 ") and "token=reader" in m for m in requests)
+    assert not any("q=" in m for m in requests)
 
 
 def test_tokens_are_shown_once_kept_as_hashes_and_revoked(world: dict[str, Any]) -> None:

@@ -44,7 +44,11 @@ class Tenancy:
             return app
         app = App(self.data, integration_id=integration_id)
         try:
-            app.integration  # noqa: B018  # resolved now: an unknown id is "not there"
+            # Resolved now (an unknown id is "not there"), and what requests share opened
+            # once here rather than raced for by the first requests' threads.
+            app.integration  # noqa: B018
+            app.reader  # noqa: B018
+            app.index  # noqa: B018
         except IntegrationChoiceError:
             app.close()
             raise ApiError(
