@@ -96,7 +96,13 @@ class RunCoordinator:
 
     def _loop(self, integration_id: str, slot: _Slot) -> None:
         while True:
-            code = self._run_once(integration_id, slot)
+            try:
+                code = self._run_once(integration_id, slot)
+            except Exception as exc:  # a run that cannot start must not wedge its slot
+                log.error("a run for integration %s could not start: %s", integration_id, exc)
+                with self._lock:
+                    slot.running = None
+                code = -1
             self.on_finished(integration_id, code)
             with self._lock:
                 if not slot.waiting or self._closing:
