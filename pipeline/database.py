@@ -543,10 +543,10 @@ class Store:
             # Only a missing file is created: opening and closing one that this process has
             # open already would drop every POSIX lock the process holds on it, SQLite's
             # own connections' included (a long-lived server opens several stores).
-            if path.exists():
+            if path.exists() and os.access(path, os.W_OK):
                 tighten(path, 0o600)
             else:
-                private_file(path)
+                private_file(path)  # creates it, or fails naming why it cannot be written
             for suffix in ("-wal", "-shm"):
                 tighten(path.with_name(path.name + suffix), 0o600)
         self.engine = create_engine(database_url, **options)

@@ -189,7 +189,8 @@ def test_health_metrics_openapi_and_headers(world: dict[str, Any]) -> None:
         metrics
     )
     assert "pipeline_http_requests_total" in metrics
-    document = http(url + "/api/v1/openapi.json").json()
+    assert http(url + "/api/v1/openapi.json").status == 401
+    document = _get(world, "/api/v1/openapi.json").json()
     assert document["openapi"].startswith("3.") and "/api/v1/search" in document["paths"]
     page = http(url + "/")
     assert "script-src 'self'" in page.headers["content-security-policy"]

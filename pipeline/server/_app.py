@@ -225,6 +225,7 @@ async def webhook(request: Request) -> Response:
 
 
 def openapi(request: Request) -> Response:
+    _api.bearer(request)  # every /api/v1 route checks the token, this one too
     return JSONResponse(openapi_document())
 
 
