@@ -19,7 +19,10 @@ Prints one table and writes it as JSON (``benchmarks/results/run.json``):
 - integrations: ``nightly --all`` over 20 integrations x 100 candidates beside one of 2,000
   (``benchmarks/integrations.py``; quick: 5 x 40 beside 1 x 200);
 - the API: search through ``pipeline serve`` with 10 clients at once at the largest index
-  size, requests per second and p50/p95 (``benchmarks/api.py``).
+  size, requests per second and p50/p95 (``benchmarks/api.py``);
+- OCR (``ocr.py``): Tesseract's pages per second on the sandbox's scans and photos, on one
+  core and on every core, beside pdftotext on their born-digital twins, and OCR's share of
+  a run's CPU when one CV in twenty is a scan.
 
 Each end-to-end run is a process of its own (``--child``), so that its peak RSS is its own.
 The sandbox runs in a process of its own too, its documents rendered once into a cache.
@@ -48,10 +51,17 @@ import extraction  # noqa: E402
 import fetch_download  # noqa: E402
 import index_search  # noqa: E402
 import integrations  # noqa: E402
+import ocr  # noqa: E402
 
 SIZES = {
-    "full": {"candidates": 2000, "small": 500, "docs": [10_000, 100_000], "rounds": 5},
-    "quick": {"candidates": 300, "small": 75, "docs": [2_000, 10_000], "rounds": 3},
+    "full": {
+        "candidates": 2000,
+        "small": 500,
+        "docs": [10_000, 100_000],
+        "rounds": 5,
+        "scans": 8,
+    },
+    "quick": {"candidates": 300, "small": 75, "docs": [2_000, 10_000], "rounds": 3, "scans": 4},
 }
 # The end-to-end run is made this many times, each into a new data directory, and the table
 # shows the median run: a single run's ratio swings by a quarter with the machine's spells.
@@ -298,6 +308,17 @@ def table(result: dict) -> list[tuple[str, str, str]]:
                 "p95 < 50 ms",
             )
         )
+    if "ocr" in result:
+        o = result["ocr"]
+        rows.append(
+            (
+                f"OCR, {o['documents']} scans and photos, {o['pages']} pages",
+                f"{o['ocr_pages_per_s_one_core']} pages/s on one core, "
+                f"{o['ocr_pages_per_s_every_core']} on {o['cores']}; pdftotext "
+                f"{o['pdftotext_pages_per_s_twins']} pages/s on the born-digital twins",
+                f"{o['ocr_share_of_run_cpu_one_in_twenty']:.0%} of a run's CPU at 1 scan in 20",
+            )
+        )
     rows.append(
         (
             f"peak RSS, {e2e['small_candidates']} vs {e2e['candidates']} candidates",
@@ -317,7 +338,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["e2e", "extraction", "index", "integrations", "api"],
+        choices=["e2e", "extraction", "index", "integrations", "api", "ocr"],
         help="sections to leave out (their figures from the last run of this size are kept)",
     )
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
@@ -341,7 +362,7 @@ def main() -> None:
         f"Python {platform.python_version()}",
         "targets": TARGETS,
     }
-    for section in ("end_to_end", "extraction", "index", "integrations", "api"):
+    for section in ("end_to_end", "extraction", "index", "integrations", "api", "ocr"):
         if section in previous:
             result[section] = previous[section]
     if "e2e" not in args.skip:
@@ -364,6 +385,9 @@ def main() -> None:
     if "api" not in args.skip:
         result["api"] = api.measure(size["docs"][-1])
         print(json.dumps(result["api"]), flush=True)
+    if "ocr" not in args.skip:
+        result["ocr"] = ocr.measure(size["scans"], ocr.RUN_CPU_PER_CANDIDATE)
+        print(json.dumps(result["ocr"]), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
     if all(section in result for section in ("end_to_end", "extraction", "index")):

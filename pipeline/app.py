@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from .engine import ExtractLimits, Progress, RunEngine, RunSummary, Workspace
     from .extract.pool import Extractor
     from .filestore import LocalFileStore
-    from .search import CandidateHit, SearchIndex, SearchResults
+    from .search import CandidateHit, PostgresSearchIndex, SearchIndex, SearchResults
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,12 @@ class App:
         return self.reading_database.for_integration(self.integration)
 
     @cached_property
-    def index(self) -> SearchIndex:
+    def index(self) -> SearchIndex | PostgresSearchIndex:
+        if self.data.search == "postgres":
+            from .search import PostgresSearchIndex
+
+            # One table for every integration, each row keyed by its integration.
+            return PostgresSearchIndex(self.reader.engine, self.integration)
         from .search import SearchIndex
 
         return SearchIndex(self.paths.index_dir)
@@ -460,6 +465,10 @@ class App:
             before = store.erasure_count()
             store.erase_integration(reason)
             erased = store.erasure_count() - before
+            if self.data.search == "postgres":
+                from .search import PostgresSearchIndex
+
+                PostgresSearchIndex(self.database.engine, integration_id).erase_all()
             shutil.rmtree(paths.root, ignore_errors=True)
             self.database.compact()
         finally:
@@ -528,7 +537,12 @@ class App:
         outcomes: list[IntegrationOutcome] = []
         runnable: list[str] = []
         now = utcnow()
-        for found in self.database.integrations():
+        registered = self.database.integrations()
+        if not registered:
+            raise IntegrationChoiceError(
+                "nightly --all: no integration is registered: `pipeline integrations add ID`"
+            )
+        for found in registered:
             iid = found.integration_id
             if found.deleted_at is not None and now - found.deleted_at >= DELETION_GRACE:
                 try:
@@ -656,6 +670,8 @@ class App:
     def search_engine(self) -> str:
         """Which paths search runs on in this process: the fast ones, or the fallback and
         why (``status`` and ``check`` say it; see ``pipeline.search.engine_paths``)."""
+        if self.data.search == "postgres":
+            return "postgres (PostgreSQL text search in the database)"
         from .search import engine_paths
 
         return engine_paths()
@@ -711,6 +727,17 @@ class App:
     def _index_expected(self) -> None:
         """No index where the database says documents were indexed is damage, not "no
         match": say so (a fresh data directory, with nothing indexed yet, answers 0 hits)."""
+        if self.data.search == "postgres":
+            # Switched to the PostgreSQL search without a reindex: its table is empty.
+            if not self.index.doc_count() and self.reader.counts_by_status().get(
+                AttachmentState.INDEXED
+            ):
+                raise IndexDamagedError(
+                    "search index: the PostgreSQL search holds none of this integration's "
+                    "indexed documents: run `pipeline reindex` (once, after switching to "
+                    "PIPELINE_SEARCH=postgres)"
+                )
+            return
         if not self.index.exists() and self.reader.counts_by_status().get(AttachmentState.INDEXED):
             raise IndexDamagedError(
                 f"search index: {self.paths.index_dir} is missing but the database holds "

@@ -282,6 +282,15 @@ def kombo_options(func: F) -> F:
 
 def data_options(func: F) -> F:
     func = click.option(
+        "--search",
+        type=click.Choice(["whoosh", "postgres"], case_sensitive=False),
+        expose_value=False,
+        callback=lambda _ctx, _param, value: _SEARCH_FLAG.__setitem__("search", value),
+        help="Search engine: whoosh (an index in the data directory) or postgres (inside "
+        "the PostgreSQL database, shared by every machine; env PIPELINE_SEARCH; default "
+        "whoosh).",
+    )(func)
+    func = click.option(
         "--database-url",
         help="SQLAlchemy URL (env PIPELINE_DATABASE_URL; "
         "default sqlite:///<data dir>/pipeline.db).",
@@ -305,10 +314,13 @@ def scoped_options(func: F) -> F:
 
 # What the command works on, for the error line of a fault that does not say it.
 _CONTEXT: dict[str, str] = {}
+# --search, set by its option's callback (one option on every command, no new parameter).
+_SEARCH_FLAG: dict[str, str | None] = {}
 
 
 def _data(data_dir: str | None, database_url: str | None) -> DataSettings:
-    data = resolve_data(Options(data_dir=data_dir, database_url=database_url))
+    search = _SEARCH_FLAG.get("search")
+    data = resolve_data(Options(data_dir=data_dir, database_url=database_url, search=search))
     _CONTEXT["database"] = data.database_url
     return data
 

@@ -67,6 +67,9 @@ class KomboSettings:
     max_attempts: int = 6
 
 
+SEARCH_ENGINES = ("whoosh", "postgres")
+
+
 @dataclass(frozen=True)
 class IntegrationPaths:
     """Where one integration's own things live in the data directory."""
@@ -92,6 +95,9 @@ class IntegrationPaths:
 class DataSettings:
     data_dir: Path
     database_url: str
+    # The search engine: "whoosh" (an index in the data directory) or "postgres" (a table in
+    # the PostgreSQL database, shared by every machine that uses it).
+    search: str = "whoosh"
 
     @property
     def index_dir(self) -> Path:
@@ -152,6 +158,7 @@ class Options:
     region: str | None = None
     data_dir: str | None = None
     database_url: str | None = None
+    search: str | None = None
 
 
 def _pick(flag: str | None, env: Mapping[str, str], name: str) -> str | None:
@@ -172,7 +179,18 @@ def resolve_data(options: Options, env: Mapping[str, str] | None = None) -> Data
             f"malformed database URL {database_url!r}: set PIPELINE_DATABASE_URL or "
             "--database-url to an SQLAlchemy URL such as sqlite:///data/pipeline.db"
         )
-    return DataSettings(data_dir=data_dir, database_url=database_url)
+    search = (_pick(options.search, env, "PIPELINE_SEARCH") or "whoosh").lower()
+    if search not in SEARCH_ENGINES:
+        raise UsageError(
+            f"unknown search engine {search!r}: set PIPELINE_SEARCH or --search to "
+            "whoosh or postgres"
+        )
+    if search == "postgres" and not database_url.startswith("postgresql"):
+        raise UsageError(
+            "PIPELINE_SEARCH=postgres searches inside a PostgreSQL database: set "
+            "PIPELINE_DATABASE_URL to postgresql+psycopg://... (or search with whoosh)"
+        )
+    return DataSettings(data_dir=data_dir, database_url=database_url, search=search)
 
 
 def resolve_base_url(options: Options, env: Mapping[str, str]) -> str:

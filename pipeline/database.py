@@ -23,22 +23,26 @@ place, with no step by hand; version 3 rebuilds the three tables whose primary k
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 import os
+import random
 import sqlite3
+import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache, lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     ForeignKeyConstraint,
     Index,
     Integer,
@@ -58,9 +62,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, ExceptionContext, make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.sql import Select
 from sqlalchemy.sql.dml import Update
+from sqlalchemy.sql.functions import FunctionElement
 
 from .errors import (
     DatabaseCorruptError,
@@ -200,6 +206,12 @@ class Attachment(Base):
     fetched_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     extracted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     indexed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # OCR (issue 17): the pages Tesseract read and its mean word confidence (0-100) over them;
+    # and how often a parser timed out or ran out of memory on these bytes (the third time
+    # makes the attachment ``unreadable``).
+    ocr_pages: Mapped[int | None] = mapped_column(Integer)
+    ocr_confidence: Mapped[float | None] = mapped_column(Float)
+    parse_failures: Mapped[int | None] = mapped_column(Integer)
 
 
 _ATTACHMENTS = Attachment.__table__
@@ -282,6 +294,8 @@ class Outcome:
     page_count: int | None = None
     text: str | None = None
     language: str | None = None
+    ocr_pages: int | None = None
+    ocr_confidence: float | None = None
 
 
 @dataclass(frozen=True)
@@ -329,6 +343,10 @@ class KnownAttachment:
     content_type: str | None
     file_name: str | None
     size_bytes: int | None
+    # the parser (and version) of the last extraction: an ``unreadable`` file is tried again
+    # when that parser is upgraded
+    parser: str | None = None
+    parser_version: str | None = None
 
     def changed_at_kombo(self, item: Any) -> bool:
         """Whether Kombo's listing (a RemoteAttachment) says the file is not the one on
@@ -520,6 +538,85 @@ def _nearly_full(where: str) -> bool:
     return found.f_bavail * found.f_frsize < 1 << 20
 
 
+# -- PostgreSQL as a first-class store (issue 19) ----------------------------------------------
+# Several processes, on several machines, may share one PostgreSQL database: the schema is
+# made under an advisory lock each takes in turn, rows that may already be there are
+# upserted, a transaction PostgreSQL aborts to break a deadlock is run again, the NULs it
+# refuses are dropped from what comes in, and orders do not depend on its collation.
+
+# The advisory lock the schema's creation and migration are made under ("PIPESCHM").
+SCHEMA_LOCK = 0x5049_5045_5343_484D
+# SQLSTATEs of a transaction PostgreSQL aborted so that another could go on: run it again.
+_RETRIED_STATES = {"40P01": "deadlock detected", "40001": "serialization failure"}
+RETRY_ATTEMPTS = 5
+
+_Params = ParamSpec("_Params")
+_Result = TypeVar("_Result")
+
+
+def _aborted_to_go_on(exc: BaseException) -> str | None:
+    """Why PostgreSQL aborted the transaction for another's sake, or None if it did not."""
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return _RETRIED_STATES.get(state) if isinstance(state, str) else None
+
+
+def retried(method: Callable[_Params, _Result]) -> Callable[_Params, _Result]:
+    """A store method that is one transaction of its own, run again (after a short random
+    wait) when PostgreSQL aborts it to break a deadlock or a serialization conflict.
+
+    Inside a ``batch`` the transaction is the batch's: it is not retried here, the error
+    reaches whoever holds the batch (its writes are lost with the aborted transaction).
+    """
+
+    @functools.wraps(method)
+    def run(*args: _Params.args, **kwargs: _Params.kwargs) -> _Result:
+        store = args[0]
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except DBAPIError as exc:
+                why = _aborted_to_go_on(exc)
+                in_batch = getattr(store, "_batch", None) is not None
+                if why is None or in_batch or attempt == RETRY_ATTEMPTS:
+                    raise
+                log.info("database: %s in %s, trying again", why, method.__name__)
+                time.sleep(random.uniform(0.01, 0.05 * 2**attempt))
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    return run
+
+
+def mend_for_postgres(value: Any) -> Any:
+    """A value as PostgreSQL takes it: NUL characters, which its text type refuses (and
+    which a Kombo string or a parsed document may hold), dropped from strings."""
+    if isinstance(value, str) and "\x00" in value:
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [mend_for_postgres(v) for v in value]
+    if isinstance(value, dict):
+        return {k: mend_for_postgres(v) for k, v in value.items()}
+    return value
+
+
+class bytewise(FunctionElement[str]):
+    """An ORDER BY term compared byte by byte, whatever the database's collation: export
+    order, and which of identical copies is the lowest id, are the same on every database
+    (SQLite compares bytes already; PostgreSQL is told ``COLLATE "C"``)."""
+
+    inherit_cache = True
+    name = "bytewise"
+
+
+@compiles(bytewise)
+def _bytewise_plain(element: bytewise, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(bytewise, "postgresql")
+def _bytewise_postgres(element: bytewise, compiler: Any, **kw: Any) -> str:
+    return f'{compiler.process(element.clauses, **kw)} COLLATE "C"'
+
+
 class Store:
     def __init__(self, database_url: str, *, read_only: bool = False) -> None:
         """``read_only``: open SQLite read-only (``mode=ro``): nothing is written, not even
@@ -559,6 +656,7 @@ class Store:
         self._upserts = _upserts(self.engine.dialect.name)
         sqlite = self.engine.dialect.name == "sqlite"
         self._direct = _Direct(self.engine.dialect) if sqlite else None
+        self._postgres = self.engine.dialect.name == "postgresql"
         # None: the whole database (registry and settings only); else one integration's rows.
         self.integration_id: str | None = None
         self._owns_engine = True
@@ -637,10 +735,32 @@ class Store:
         found = self.schema_version()
         if found >= SCHEMA_VERSION:
             return False
-        self.create()
+        with self._schema_lock():
+            # Another process may have migrated while this one waited for the lock.
+            found = self.schema_version()
+            if found >= SCHEMA_VERSION:
+                return False
+            self.create()
         if found:
             log.info("database schema migrated from version %d to %d", found, SCHEMA_VERSION)
         return True
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """On PostgreSQL, the schema is made by one process at a time: the others wait for
+        this session-level advisory lock (released with its connection if a process dies),
+        then find the schema made."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_lock(%(key)s)", {"key": SCHEMA_LOCK})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql("SELECT pg_advisory_unlock(%(key)s)", {"key": SCHEMA_LOCK})
+                conn.commit()
 
     def create(self) -> None:
         """Create what is missing (tables, columns, indexes) and record the version."""
@@ -649,6 +769,8 @@ class Store:
         self._add_missing_columns()
         if rebuilt:
             self._register_found_integrations()
+        with self.engine.begin() as conn:
+            migrate_unreadable(conn)
         self.set_setting(_SCHEMA_KEY, str(SCHEMA_VERSION))
 
     def _key_by_integration(self) -> bool:
@@ -786,6 +908,8 @@ class Store:
             except sqlite3.Error as exc:  # the direct path bypasses ``handle_error``
                 raise self._direct_error(exc) from exc
         else:
+            if self._postgres:
+                rows = [mend_for_postgres(row) for row in rows]
             conn.execute(statement, rows if len(rows) > 1 else rows[0])
 
     def _read(self, conn: Connection, statement: Any, params: dict[str, Any]) -> list[Any]:
@@ -810,6 +934,7 @@ class Store:
 
     # -- candidates --------------------------------------------------------------------------
 
+    @retried
     def candidate_fetched(
         self,
         candidate_id: str,
@@ -841,12 +966,20 @@ class Store:
             if not conn.execute(statement, params).rowcount:
                 conn.execute(insert(Candidate.__table__), row)
 
+    @retried
     def candidate_listed(self, candidate_id: str, integration_id: str, title: str | None) -> None:
         """Record what GET /ats/candidates says of a candidate (their title, for search)."""
         table = Candidate.__table__
         now = utcnow()
         ours = table.c.integration_id == self._ours(integration_id)
         with self._conn() as conn:
+            if self._postgres:
+                # Another machine may record the same candidate meanwhile: one statement.
+                row = {"id": candidate_id, "integration_id": integration_id}
+                self._write(
+                    conn, _PG_CANDIDATE_LISTED, [{**row, "first_seen_at": now, "title": title}]
+                )
+                return
             updated = conn.execute(
                 update(table).where(ours, table.c.id == candidate_id).values(title=title)
             )
@@ -861,6 +994,7 @@ class Store:
                     },
                 )
 
+    @retried
     def refetch_files(self, hashes: Iterable[str]) -> list[str]:
         """Mark the candidates whose attachments point at these files (gone from the file
         store) so that the next run, ingest or nightly, fetches them again: their
@@ -969,6 +1103,7 @@ class Store:
             rows = self._read(conn, _known_statement(len(ids)), params)
         return {row[0]: KnownAttachment(*row) for row in rows}
 
+    @retried
     def record_listing(
         self,
         integration_id: str,
@@ -1004,12 +1139,15 @@ class Store:
                 reopened.append({"iid": iid, "key": item.id})
         with self._conn() as conn:
             if fresh:
-                self._write(conn, _INSERT_ATTACHMENT, fresh)
+                # On PostgreSQL another machine may have recorded it meanwhile: upserted.
+                fresh_statement = _PG_FRESH_ATTACHMENT if self._postgres else _INSERT_ATTACHMENT
+                self._write(conn, fresh_statement, fresh)
             if seen:
                 self._write(conn, _LISTED, seen)
             if reopened:
                 self._write(conn, _REOPENED, reopened)
 
+    @retried
     def save_outcome(self, attachment_id: str, outcome: Outcome) -> None:
         """Store what download and extraction found, in one transaction."""
         now = utcnow()
@@ -1024,6 +1162,8 @@ class Store:
             "char_count": len(text) if text is not None else None,
             "language": outcome.language,
             "indexed_at": None,
+            "ocr_pages": outcome.ocr_pages,
+            "ocr_confidence": outcome.ocr_confidence,
         }
         if sha256 is not None:
             values["sha256"] = sha256
@@ -1042,6 +1182,27 @@ class Store:
             elif conn.execute(_TEXT_EXISTS, {"iid": iid, "sha256": sha256}).first() is None:
                 conn.execute(_INSERT_TEXT, row)
 
+    @retried
+    def count_parse_failure(self, attachment_id: str, sha256: str) -> int:
+        """One more timeout or memory limit of a parser on these bytes of the attachment:
+        the count so far (a count on other bytes starts again at one)."""
+        a = _ATTACHMENTS
+        with self._conn() as conn:
+            row = conn.execute(
+                select(a.c.sha256, a.c.parse_failures).where(
+                    a.c.integration_id == self._iid, a.c.id == attachment_id
+                )
+            ).first()
+            same = row is not None and row[0] == sha256
+            count = (row[1] or 0) + 1 if same and row is not None else 1
+            conn.execute(
+                update(a)
+                .where(a.c.integration_id == self._iid, a.c.id == attachment_id)
+                .values(parse_failures=count)
+            )
+        return count
+
+    @retried
     def mark_deleted(self, attachment_ids: Sequence[str]) -> None:
         if not attachment_ids:
             return
@@ -1055,6 +1216,7 @@ class Store:
                     )
                 )
 
+    @retried
     def mark_indexed(self, attachment_ids: Sequence[str]) -> None:
         if not attachment_ids:
             return
@@ -1114,7 +1276,9 @@ class Store:
                 .join(ExtractedText, _same_text_row())
                 .outerjoin(Candidate, _same_candidate())
                 .where(Attachment.integration_id == self._iid, Attachment.status.in_(wanted))
-                .order_by(Attachment.candidate_id, Attachment.sha256, Attachment.id)
+                .order_by(
+                    bytewise(Attachment.candidate_id), Attachment.sha256, bytewise(Attachment.id)
+                )
                 .execution_options(yield_per=500)
             )
             last: tuple[str, str | None] | None = None
@@ -1215,6 +1379,7 @@ class Store:
 
     # -- erasure -----------------------------------------------------------------------------
 
+    @retried
     def erase_candidate(self, candidate_id: str, reason: str) -> list[str] | None:
         """Delete the candidate and its attachments; keep a record without personal data.
 
@@ -1284,6 +1449,7 @@ class Store:
 
     # -- runs --------------------------------------------------------------------------------
 
+    @retried
     def begin_run(self, kind: str) -> int:
         with self.session() as s:
             run = Run(
@@ -1299,6 +1465,7 @@ class Store:
             s.flush()
             return run.id
 
+    @retried
     def finish_run(self, run_id: int, finished: FinishedRun) -> None:
         with self.session() as s:
             run = s.get(Run, run_id)
@@ -1310,7 +1477,11 @@ class Store:
             run.errors = finished.errors[:1000]
             run.warnings = finished.warnings[:1000]
             run.summary = finished.summary
+            if self._postgres:
+                run.errors, run.warnings = mend_for_postgres([run.errors, run.warnings])
+                run.summary = mend_for_postgres(run.summary)
 
+    @retried
     def close_abandoned_runs(self) -> int:
         """Runs still 'running' belong to a process that died: say so."""
         with self.session() as s:
@@ -1381,6 +1552,7 @@ class Store:
                 )
             )
 
+    @retried
     def drop_texts_except(self, keep: set[str]) -> int:
         """Remove extracted texts whose file no live attachment points at any more."""
         with self.session() as s:
@@ -1421,7 +1593,7 @@ class Store:
             query = query.where(a.c.candidate_id == selection.candidate_id)
         if selection.since is not None:
             query = query.where(a.c.remote_updated_at >= selection.since)
-        query = query.order_by(a.c.candidate_id, a.c.id)
+        query = query.order_by(bytewise(a.c.candidate_id), bytewise(a.c.id))
         with self.engine.connect() as conn:
             result = conn.execution_options(yield_per=500).execute(query)
             for row in result:
@@ -1443,7 +1615,9 @@ class Store:
 
     def integrations(self) -> list[Integration]:
         with self.session() as s:
-            return list(s.scalars(select(Integration).order_by(Integration.integration_id)))
+            return list(
+                s.scalars(select(Integration).order_by(bytewise(Integration.integration_id)))
+            )
 
     def integration(self, integration_id: str) -> Integration | None:
         with self.session() as s:
@@ -1545,6 +1719,7 @@ class Store:
         found = self.integration(self._iid)
         return found.nightly_watermark if found is not None else None
 
+    @retried
     def set_watermark(self, value: str) -> None:
         i = Integration.__table__
         with self._conn() as conn:
@@ -1560,7 +1735,19 @@ class Store:
             row = s.get(Setting, key)
             return row.value if row else None
 
+    @retried
     def set_setting(self, key: str, value: str) -> None:
+        if self._postgres:
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            table = Setting.__table__
+            statement = pg_insert(table).values(key=key, value=value)
+            statement = statement.on_conflict_do_update(
+                index_elements=[table.c.key], set_={"value": statement.excluded.value}
+            )
+            with self._conn() as conn:
+                conn.execute(statement)
+            return
         with self.session() as s:
             s.merge(Setting(key=key, value=value))
 
@@ -1650,8 +1837,15 @@ def _insert_integration(conn: Connection, integration_id: str, name: str | None)
     i = Integration.__table__
     if conn.execute(select(i.c.integration_id).where(i.c.integration_id == integration_id)).first():
         return False
-    conn.execute(
-        insert(i),
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        # Another machine may register it between the look and the insert.
+        statement: Any = pg_insert(i).on_conflict_do_nothing(index_elements=[i.c.integration_id])
+    else:
+        statement = insert(i)
+    result = conn.execute(
+        statement,
         {
             "integration_id": integration_id,
             "name": name,
@@ -1662,7 +1856,7 @@ def _insert_integration(conn: Connection, integration_id: str, name: str | None)
             "deleted_at": None,
         },
     )
-    return True
+    return bool(result.rowcount)
 
 
 @dataclass(frozen=True)
@@ -1807,6 +2001,26 @@ class PriorExtraction:
     language: str | None = None
 
 
+def migrate_unreadable(conn: Connection) -> int:
+    """Schema step (issue 17): ``failed`` attachments whose error says the bytes could not be
+    read (a parser's own verdict, not the network's or a killed run's) become ``unreadable``,
+    and stop being retried. Idempotent: it touches only such ``failed`` rows, so running it
+    on every ``create()`` changes nothing the second time. Returns the rows moved."""
+    a = _ATTACHMENTS
+    said_unreadable = or_(
+        a.c.error.like("unreadable:%"),
+        a.c.error.like("broken container:%"),
+        a.c.error == "parser gave up: nested too deep",
+        a.c.error == "empty",
+    )
+    moved = conn.execute(
+        update(a)
+        .where(a.c.status == AttachmentState.FAILED.value, said_unreadable)
+        .values(status=AttachmentState.UNREADABLE.value)
+    )
+    return moved.rowcount or 0
+
+
 _REUSABLE = (
     AttachmentState.INDEXED,
     AttachmentState.NO_TEXT,
@@ -1856,6 +2070,8 @@ def _known_statement(count: int) -> Select[Any]:
         _a.c.content_type,
         _a.c.file_name,
         _a.c.size_bytes,
+        _a.c.parser,
+        _a.c.parser_version,
     ).where(where)
 
 
@@ -1881,6 +2097,26 @@ _REOPENED = (
     .where(_a.c.integration_id == bindparam("iid"), _a.c.id == bindparam("key"))
     .values(status=AttachmentState.PENDING.value, error=None)
 )
+
+
+def _pg_statements() -> tuple[Any, Any]:
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    fresh = pg_insert(_a)
+    listed = [*_LISTING_COLUMNS, "fetched_at"]
+    fresh = fresh.on_conflict_do_update(
+        index_elements=[_a.c.integration_id, _a.c.id],
+        set_={name: fresh.excluded[name] for name in listed},
+    )
+    candidate = pg_insert(_c)
+    candidate = candidate.on_conflict_do_update(
+        index_elements=[_c.c.integration_id, _c.c.id], set_={"title": candidate.excluded.title}
+    )
+    return fresh, candidate
+
+
+# An attachment or a candidate another machine may record at the same time (PostgreSQL).
+_PG_FRESH_ATTACHMENT, _PG_CANDIDATE_LISTED = _pg_statements()
 _TEXT_EXISTS = select(_t.c.sha256).where(
     _t.c.integration_id == bindparam("iid"), _t.c.sha256 == bindparam("sha256")
 )
@@ -1964,7 +2200,7 @@ _COPIES = (
         _a.c.sha256.in_(bindparam("hashes", expanding=True)),
         _a.c.status.in_([AttachmentState.PENDING.value, AttachmentState.INDEXED.value]),
     )
-    .order_by(_a.c.id)
+    .order_by(bytewise(_a.c.id))
 )
 _SCHEMA_VERSION_QUERY = select(Setting.__table__.c.value).where(
     Setting.__table__.c.key == _SCHEMA_KEY

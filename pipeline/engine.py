@@ -61,6 +61,7 @@ from .download import Downloaded, DownloadProcess
 from .errors import (
     DiskFullError,
     DownloadError,
+    IndexWriteError,
     IntegrationError,
     KomboError,
     LinkExpiredError,
@@ -69,16 +70,20 @@ from .errors import (
     TooLargeError,
     TransportError,
 )
-from .extract import Extraction
+from .extract import RETRIED_ERRORS, Extraction, parser_upgraded
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Extractor, ProcessExtractor
 from .faults import EXIT_INTERRUPTED, RunStopped, as_pipeline_error, exit_code
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
 from .filestore import LocalFileStore, SpaceReserve
 from .lock import WriterLock
-from .search import IndexWriterProcess, SearchIndex
+from .search import IndexWriterProcess, PostgresSearchIndex, SearchIndex
 from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
 
 log = logging.getLogger(__name__)
+
+# A parser timed out or ran out of memory this many times on the same bytes: the file is
+# ``unreadable`` (what may pass has had its chances).
+UNREADABLE_AFTER = 3
 
 INDEX_BATCH = 500
 
@@ -138,6 +143,8 @@ class RunSummary:
     index_cpu: float = 0.0
     # documents whose index write failed: they stay pending, and the next run indexes them
     index_errors: int = 0
+    # why files ended ``unreadable`` (for the summary line; like ``unsupported``, not an error)
+    unreadable_reasons: Counter[str] = field(default_factory=Counter)
 
     @property
     def exit_code(self) -> int:
@@ -170,7 +177,7 @@ class RunSummary:
     def line(self) -> str:
         done = sum(self.outcomes.values())
         states = ", ".join(
-            f"{self.outcomes.get(s, 0)} {s}"
+            f"{self.outcomes.get(s, 0)} {s}" + self._reasons(s)
             for s in AttachmentState
             if s != AttachmentState.PENDING and (self.outcomes.get(s, 0) or s in _ALWAYS_SHOWN)
         )
@@ -180,6 +187,13 @@ class RunSummary:
             f"{self.unchanged} unchanged; {self.erased} candidates erased; "
             f"{len(self.warnings)} warnings; {self.seconds:.1f}s"
         )
+
+    def _reasons(self, state: AttachmentState) -> str:
+        if state != AttachmentState.UNREADABLE or not self.unreadable_reasons:
+            return ""
+        shown = [reason for reason, _ in self.unreadable_reasons.most_common(3)]
+        more = len(self.unreadable_reasons) - len(shown)
+        return f" ({'; '.join(shown)}{f'; {more} more' if more > 0 else ''})"
 
 
 _ALWAYS_SHOWN = {AttachmentState.INDEXED, AttachmentState.FAILED}
@@ -230,6 +244,10 @@ def _needs_work(
 ) -> bool:
     if known is None or known.status not in FINAL_STATES or known.changed_at_kombo(item):
         return True
+    if known.status == AttachmentState.UNREADABLE and parser_upgraded(
+        known.parser, known.parser_version
+    ):
+        return True  # the parser that could not read it is another version now: try again
     # Unchanged at Kombo: download again only if our copy of the file is gone or torn.
     return known.sha256 is None or not files.exists(known.sha256, known.size_bytes)
 
@@ -248,7 +266,7 @@ class Workspace:
     directory: Path
     store: Store
     files: LocalFileStore
-    index: SearchIndex
+    index: SearchIndex | PostgresSearchIndex
     lock_dir: Path | None = None
 
     def lock(self, *, wait: bool = False, timeout: float | None = None) -> WriterLock:
@@ -540,10 +558,26 @@ class RunInProgress:
     def _record_extraction(self, extracted: _Extracted) -> None:
         extraction = extracted.extraction
         self.summary.extract_cpu += extraction.cpu_seconds
+        if extraction.state == AttachmentState.FAILED and extraction.error in RETRIED_ERRORS:
+            extraction = self._third_time(extracted.item.id, extracted.downloaded, extraction)
         waiting = self.extracting.pop(extracted.downloaded.sha256, [])
         for item, downloaded in [(extracted.item, extracted.downloaded), *waiting]:
             self._save(item, extraction.state, extraction.error, downloaded, extraction)
         self.summary.reused += len(waiting)
+
+    def _third_time(
+        self, attachment_id: str, downloaded: Downloaded, extraction: Extraction
+    ) -> Extraction:
+        """A timeout or memory limit may pass on a quieter machine, so it is ``failed`` and
+        retried; the third on the same bytes is the file's doing: ``unreadable``."""
+        count = self.store.count_parse_failure(attachment_id, downloaded.sha256)
+        if count < UNREADABLE_AFTER:
+            return extraction
+        return replace(
+            extraction,
+            state=AttachmentState.UNREADABLE,
+            error=f"unreadable: {extraction.error} {count} times on these bytes",
+        )
 
     def _save(
         self,
@@ -558,6 +592,10 @@ class RunInProgress:
         if state == AttachmentState.FAILED:
             log.error("attachment %s of candidate %s failed: %s", item.id, item.candidate_id, error)
             summary.errors.append(f"attachment {item.id}: {error}")
+        elif state == AttachmentState.UNREADABLE:
+            log.warning("attachment %s of candidate %s: %s", item.id, item.candidate_id, error)
+            reason = (error or "unreadable").removeprefix("unreadable: ")
+            summary.unreadable_reasons[reason[:80]] += 1
         sha256 = downloaded.sha256 if downloaded else None
         size_bytes = downloaded.size_bytes if downloaded else None
         if extraction is None:
@@ -574,6 +612,8 @@ class RunInProgress:
                 extraction.page_count,
                 extraction.text,
                 extraction.language,
+                extraction.ocr_pages or None,
+                extraction.ocr_confidence,
             )
         self.store.save_outcome(item.id, outcome)
         if state == AttachmentState.PENDING and extraction and extraction.text and downloaded:
@@ -858,7 +898,7 @@ class _IndexBatch:
     # Written here, every batch is a commit: fewer, larger.
     flush_at = INDEX_BATCH
 
-    def __init__(self, index: SearchIndex, store: Store) -> None:
+    def __init__(self, index: SearchIndex | PostgresSearchIndex, store: Store) -> None:
         self._index = index
         self._store = store
         self._docs: dict[str, IndexDoc] = {}
@@ -921,13 +961,19 @@ class _WriterProcessBatch(_IndexBatch):
     # is fed small batches.
     flush_at = INDEX_BATCH // 10
 
-    def __init__(self, index: SearchIndex, store: Store) -> None:
+    def __init__(self, index: SearchIndex | PostgresSearchIndex, store: Store) -> None:
         super().__init__(index, store)
         self._writer: IndexWriterProcess | None = None
         # batches sent to the writer process: (its future, the rows it makes indexed)
         self._sent: list[tuple[Future[float], list[str]]] = []
 
     def _send(self, docs: list[IndexDoc], deletions: list[str], done: list[str]) -> None:
+        if isinstance(self._index, PostgresSearchIndex):
+            # The search index is the database's (issue 19): each batch is a transaction
+            # here, answered as the writer process answers, so a failure leaves its rows
+            # pending the same way.
+            self._sent.append((_written_here(self._index, docs, deletions), done))
+            return
         if self._writer is None:
             self._writer = IndexWriterProcess(self._index.directory)
         self._sent.append((self._writer.submit(docs, deletions), done))
@@ -960,7 +1006,24 @@ class _WriterProcessBatch(_IndexBatch):
             for future, _ in self._sent:
                 with contextlib.suppress(Exception):
                     future.result()
-            self.collect(summary)
+        self.collect(summary)
+
+
+def _written_here(
+    index: PostgresSearchIndex, docs: list[IndexDoc], deletions: list[str]
+) -> Future[float]:
+    """A batch written in this thread, as a done future of the CPU seconds it took."""
+    written: Future[float] = Future()
+    started = time.thread_time()
+    try:
+        index.write(docs, deletions)
+    except PipelineError as exc:
+        written.set_exception(exc)
+    except Exception as exc:
+        written.set_exception(IndexWriteError(f"writing the search index failed: {exc}"))
+    else:
+        written.set_result(time.thread_time() - started)
+    return written
 
 
 # -- worker-thread functions: no database, no index ------------------------------------------

@@ -14,7 +14,8 @@
     ├── DownloadError                a ``data_url`` could not be fetched whole
     │   ├── LinkExpiredError         403/404/410 on ``data_url``: ask Kombo for a fresh link
     │   └── TooLargeError            the body passed the size cap (state ``too_large``)
-    ├── ExtractionError              a parser could not read a file (state ``failed``)
+    ├── ExtractionError              a parser could not read a file (``unreadable``; a timeout
+    │   │                            or memory limit ``failed``)
     │   ├── EncryptedDocumentError   needs a password we do not have (state ``encrypted``)
     │   └── UnavailableError         no converter here reads it (.doc without antiword):
     │                                ``unsupported``, not broken

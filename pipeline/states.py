@@ -14,6 +14,10 @@ class AttachmentState(StrEnum):
     ENCRYPTED = "encrypted"
     UNSUPPORTED = "unsupported"
     TOO_LARGE = "too_large"
+    # The file came whole but no parser here reads it (corrupt, truncated at the source, or a
+    # parser that timed out or ran out of memory on these bytes three times): final until the
+    # attachment changes at Kombo or the parser that failed is upgraded.
+    UNREADABLE = "unreadable"
     FAILED = "failed"
     DELETED = "deleted"
 
@@ -26,6 +30,7 @@ FINAL_STATES = frozenset(
         AttachmentState.ENCRYPTED,
         AttachmentState.UNSUPPORTED,
         AttachmentState.TOO_LARGE,
+        AttachmentState.UNREADABLE,
         AttachmentState.DELETED,
     }
 )

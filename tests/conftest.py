@@ -15,6 +15,7 @@ from pipeline.cli import main
 from pipeline.config import DataSettings, KomboSettings, Options, resolve_kombo
 from pipeline.sandbox.generator import World
 from pipeline.sandbox.server import SandboxServer
+from tests import postgres
 from tests.helpers import CliResult
 
 # Small enough to be quick, large enough to hold every language and file kind.
@@ -59,6 +60,45 @@ def data(tmp_path: Path) -> DataSettings:
     )
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres.Cluster]:
+    """One throwaway PostgreSQL cluster for the session (``tests/postgres.py``); the tests
+    that use it skip, saying why, where no PostgreSQL is installed."""
+    why = postgres.unavailable()
+    if why:
+        pytest.skip(why)
+    cluster = postgres.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: postgres.Cluster) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test: its SQLAlchemy URL."""
+    url = postgres_cluster.database()
+    yield url
+    postgres_cluster.drop(url)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The test's database on each engine: SQLite in the data directory, and a fresh
+    PostgreSQL database (``-m postgres`` selects those; ``-m "not postgres"`` leaves them)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'data' / 'pipeline.db'}"
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def on_each_database(cli, database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:  # type: ignore[no-untyped-def]
+    """The ``cli`` fixture's commands on each deployment: SQLite with Whoosh in the data
+    directory, and PostgreSQL for the records and the search (marked ``postgres``)."""
+    if database_url.startswith("postgresql"):
+        monkeypatch.setenv("PIPELINE_DATABASE_URL", database_url)
+        monkeypatch.setenv("PIPELINE_SEARCH", "postgres")
+    return database_url
+
+
 @pytest.fixture
 def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-untyped-def]
     """Run ``python -m pipeline ARGS`` in-process with a clean environment."""
@@ -69,6 +109,7 @@ def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):  # type: ignore[no-unt
         "KOMBO_REGION",
         "PIPELINE_DATA_DIR",
         "PIPELINE_DATABASE_URL",
+        "PIPELINE_SEARCH",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PIPELINE_RETRY_BASE_DELAY", "0.01")

@@ -73,7 +73,9 @@ def test_nightly_ingests_changes_and_erases_deletions(
     assert status["erasures"] == 1
 
 
-def test_nightly_keeps_its_mark_when_a_run_is_aborted(cli, sandbox: SandboxServer) -> None:  # type: ignore[no-untyped-def]
+def test_nightly_keeps_its_mark_when_a_run_is_aborted(
+    cli, sandbox: SandboxServer, on_each_database
+) -> None:  # type: ignore[no-untyped-def]
     assert cli("nightly", env=sandbox.env()).code == 0
     mark = json.loads(cli("status", "--json").out)["nightly_watermark"]
     aborted = cli("nightly", env={**sandbox.env(), "KOMBO_API_KEY": "wrong"})
@@ -82,7 +84,9 @@ def test_nightly_keeps_its_mark_when_a_run_is_aborted(cli, sandbox: SandboxServe
     assert json.loads(cli("status", "--json").out)["nightly_watermark"] == mark
 
 
-def test_nightly_full_and_ids_file(cli, sandbox: SandboxServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_nightly_full_and_ids_file(
+    cli, sandbox: SandboxServer, tmp_path: Path, on_each_database
+) -> None:  # type: ignore[no-untyped-def]
     ids = [c.id for c in sandbox.world.ordered()][:3]
     ids_file = tmp_path / "ids.txt"
     ids_file.write_text("\n".join(ids))
@@ -183,7 +187,7 @@ def test_check_finds_drift_and_reindex_repairs_it(
     assert not orphan.exists()
 
 
-def test_status_shows_runs_and_states(cli, sandbox: SandboxServer) -> None:  # type: ignore[no-untyped-def]
+def test_status_shows_runs_and_states(cli, sandbox: SandboxServer, on_each_database) -> None:  # type: ignore[no-untyped-def]
     assert cli("ingest", *sandbox.world.candidates, env=sandbox.env()).code == 0
     result = cli("status")
     assert result.code == 0
@@ -192,7 +196,9 @@ def test_status_shows_runs_and_states(cli, sandbox: SandboxServer) -> None:  # t
     assert any(line.startswith("run    1 ingest   succeeded") for line in lines)
 
 
-def test_candidate_title_from_kombo_is_searched(cli, sandbox: SandboxServer) -> None:  # type: ignore[no-untyped-def]
+def test_candidate_title_from_kombo_is_searched(
+    cli, sandbox: SandboxServer, on_each_database
+) -> None:  # type: ignore[no-untyped-def]
     candidate = sandbox.world.ordered()[0]
     for attachment in candidate.attachments:
         sandbox.world.body(attachment.id)  # documents written with the old title

@@ -27,18 +27,20 @@ def _expected(row: dict[str, str]) -> set[str]:
     if upper.startswith("GROUND TRUTH"):
         return {"pending"}  # the truth files themselves; their notes name other files
     if "EMPTY FILE" in upper:
-        return {"failed"}
+        return {"unreadable"}
     if "OWNER PASSWORD ONLY" in upper:
         return {"pending"}
     if "ENCRYPTED" in upper:
         return {"encrypted"}
+    if "IMAGE-ONLY" in upper and shutil.which("tesseract") is not None:
+        return {"no_text", "pending"}  # OCR reads what text the images hold (none, or some)
     if "IMAGE-ONLY" in upper or "NO TEXT CONTENT" in upper or "EXPECT ~NO TEXT" in upper:
         return {"no_text"}
     if "WRONG EXTENSION" in upper:
         return {"unsupported"}
     if "CORRUPT" in upper or "MALFORMED" in upper or "BROKEN" in upper:
         # pypdf recovers some damage and not other: either way a state, never a crash.
-        return {"failed", "pending"}
+        return {"unreadable", "pending"}
     if path.endswith(".doc"):
         if shutil.which("antiword") is None:
             return {"unsupported"}

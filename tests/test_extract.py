@@ -12,6 +12,7 @@ from pipeline.extract.normalise import normalise_text
 from pipeline.sandbox.documents import Block, render_docx, render_pdf, render_text
 from pipeline.sandbox.generator import World
 from pipeline.states import AttachmentState
+from tests.helpers import CORPUS
 
 
 def _write(tmp_path: Path, name: str, data: bytes) -> Path:
@@ -92,23 +93,23 @@ def test_a_pdf_labelled_as_text_is_read_as_pdf(tmp_path: Path) -> None:
     assert decide(path, "text/plain", "cv.txt") == PDF
 
 
-def test_empty_file_fails_with_reason(tmp_path: Path) -> None:
+def test_empty_file_is_unreadable_with_reason(tmp_path: Path) -> None:
     result = extract_file(_write(tmp_path, "empty.pdf", b""), "application/pdf", "empty.pdf")
-    assert result.state == AttachmentState.FAILED
-    assert result.error == "empty"
+    assert result.state == AttachmentState.UNREADABLE
+    assert result.error == "unreadable: empty file"
 
 
 def test_corrupt_pdf_fails_alone_with_a_reason(tmp_path: Path) -> None:
     data = render_pdf([Block("para", "Python")])
     broken = data[:40] + b"\x00garbage" * 50
     result = extract_file(_write(tmp_path, "broken.pdf", broken), "application/pdf", "x.pdf")
-    assert result.state in (AttachmentState.FAILED, AttachmentState.NO_TEXT)
+    assert result.state in (AttachmentState.UNREADABLE, AttachmentState.NO_TEXT)
     assert result.error
 
 
 def test_garbage_labelled_docx_fails(tmp_path: Path) -> None:
     result = extract_file(_write(tmp_path, "x.docx", b"PK\x03\x04not a zip at all"), DOCX, "x.docx")
-    assert result.state in (AttachmentState.FAILED, AttachmentState.UNSUPPORTED)
+    assert result.state in (AttachmentState.UNREADABLE, AttachmentState.UNSUPPORTED)
     assert result.error
 
 
@@ -128,17 +129,18 @@ def test_a_package_whose_main_part_is_not_a_word_document_fails(tmp_path: Path) 
             out.writestr(item, body)
     path = _write(tmp_path, "cv.docx", rewritten.getvalue())
     result = extract_file(path, DOCX, "cv.docx")
-    assert result.state == AttachmentState.FAILED
+    assert result.state == AttachmentState.UNREADABLE
     assert result.error is not None and result.error.startswith("not a Word document")
     assert "template.main+xml" in result.error
 
 
-def test_png_is_unsupported(world_template: World, tmp_path: Path) -> None:
+def test_a_tiny_png_has_no_text(world_template: World, tmp_path: Path) -> None:
     photo = next(a for a in world_template.attachments.values() if a.kind == "png")
     path = _write(tmp_path, "photo.png", world_template.body(photo.id))
     result = extract_file(path, "image/png", "photo.png")
-    assert result.state == AttachmentState.UNSUPPORTED
+    assert result.state == AttachmentState.NO_TEXT
     assert result.detected_type == "image/png"
+    assert result.error == "no text: the image is too small to hold any"
 
 
 def test_text_in_other_charsets(tmp_path: Path) -> None:
@@ -269,3 +271,119 @@ def test_commands_that_parse_nothing_do_not_import_the_parsers() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# -- lessons from files no test had seen (issue 17) --------------------------------------------
+
+
+def _secured_with(tmp_path: Path, handler: bytes) -> Path:
+    """A real encrypted PDF of ours whose /Encrypt names ``handler`` instead of /Standard."""
+    import io
+
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter(clone_from=PdfReader(io.BytesIO(render_pdf([Block("para", "Python")]))))
+    writer.encrypt("a password no one has", algorithm="AES-128")
+    buffer = io.BytesIO()
+    writer.write(buffer)
+    data = buffer.getvalue()
+    assert b"/Filter /Standard" in data
+    return _write(tmp_path, "secured.pdf", data.replace(b"/Filter /Standard", handler, 1))
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [b"/Filter /Adobe.PubSec /SubFilter /adbe.pkcs7.s5", b"/Filter /FOPN_foweb"],
+    ids=["public-key (certificate)", "a vendor's own"],
+)
+def test_a_pdf_secured_by_a_handler_pypdf_lacks_is_encrypted(
+    tmp_path: Path, handler: bytes
+) -> None:
+    result = extract_file(_secured_with(tmp_path, handler), "application/pdf", "cv.pdf")
+    assert result.state == AttachmentState.ENCRYPTED
+    assert result.error is not None and result.error.startswith("encrypted: a security handler")
+
+
+def test_random_bytes_after_a_pdf_header_are_unreadable(tmp_path: Path) -> None:
+    import random
+
+    data = b"%PDF-1.7\n" + random.Random(3).randbytes(20_000)
+    result = extract_file(_write(tmp_path, "cv.pdf", data), "application/pdf", "cv.pdf")
+    assert result.state == AttachmentState.UNREADABLE
+    assert result.parser == "pypdf" and result.parser_version
+    assert result.error is not None and result.error.startswith("unreadable: ")
+
+
+_FRAGMENT = (
+    b"<div class='cv'><style>.cv { color: #333; font-family: Arial }</style>"
+    b"<h2>Lena Fischer</h2><p>Senior <b>Kotlin</b> developer in Leipzig</p></div>\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "file_name"),
+    [("text/html", "cv"), ("text/html; charset=utf-8", None), (None, "cv.htm"), (None, "x.html")],
+)
+def test_an_html_fragment_labelled_html_is_read_as_html(
+    tmp_path: Path, content_type: str | None, file_name: str | None
+) -> None:
+    path = _write(tmp_path, "fragment", _FRAGMENT)
+    result = extract_file(path, content_type, file_name)
+    assert result.detected_type == "text/html"
+    assert result.text == "Lena Fischer\n\nSenior Kotlin developer in Leipzig"
+
+
+def test_plainly_markup_text_is_read_as_html_whatever_its_label(tmp_path: Path) -> None:
+    result = extract_file(_write(tmp_path, "mail.txt", _FRAGMENT), "text/plain", "mail.txt")
+    assert result.detected_type == "text/html"
+    assert "color" not in (result.text or "") and "<" not in (result.text or "")
+    # One angle bracket does not make a text markup.
+    note = _write(tmp_path, "note.txt", b"<b>Python</b> is what I know best, and SQL.\n")
+    assert decide(note, "text/plain", "note.txt") == "text/plain"
+
+
+# Characters the normaliser is meant to rewrite: spacing diacritics (composed onto the letter)
+# and ligatures (spelt out); a raw token holding one is covered by its rewritten form.
+_REWRITTEN = set("\u00a8\u00b4`\u02c6^\u02dc\u00b8\u02c7")
+
+
+def _raw_tokens(text: str) -> set[str]:
+    import re
+    import unicodedata
+
+    return set(re.findall(r"\w+", unicodedata.normalize("NFKC", text).casefold()))
+
+
+@pytest.mark.skipif(not (CORPUS / "MANIFEST.tsv").is_file(), reason="the shared corpus is absent")
+def test_normalisation_never_loses_a_word_pypdf_found_on_the_corpus() -> None:
+    import logging
+    import re
+
+    import pypdf
+
+    lost_by_file = {}
+    logging.disable(logging.WARNING)
+    try:
+        for path in sorted(CORPUS.rglob("*.pdf")):
+            try:
+                reader = pypdf.PdfReader(path)
+                if reader.is_encrypted:
+                    reader.decrypt("")
+                raw = "\n".join(page.extract_text() or "" for page in reader.pages)
+            except Exception:  # files pypdf cannot read have no words to lose
+                continue
+            # Hyphenation is meant to go: "develop-" + "ment" are one word afterwards.
+            pieces = set()
+            for match in re.finditer(r"(\w+)[-\u00ad][ \t]*\n\s*(\w+)", raw):
+                pieces |= _raw_tokens(match.group(1)) | _raw_tokens(match.group(2))
+            rewritten = {
+                token
+                for chunk in re.findall(r"\S*[" + re.escape("".join(_REWRITTEN)) + r"]\S*", raw)
+                for token in _raw_tokens(chunk)
+            }
+            lost = _raw_tokens(raw) - _raw_tokens(normalise_text(raw)) - pieces - rewritten
+            if lost:
+                lost_by_file[path.relative_to(CORPUS).as_posix()] = sorted(lost)[:10]
+    finally:
+        logging.disable(logging.NOTSET)
+    assert not lost_by_file, lost_by_file

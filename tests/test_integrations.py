@@ -112,6 +112,9 @@ def test_which_integration_a_command_acts_on(cli, tmp_path: Path) -> None:  # ty
     # A fresh data directory: read commands answer as for an empty one.
     assert cli("status").code == 0
     assert cli("forget", "cand-1").code == 2
+    kombo = {"KOMBO_API_KEY": "key-of-no-account", "KOMBO_BASE_URL": "http://127.0.0.1:9/v1"}
+    nothing = cli("nightly", "--all", env=kombo)
+    assert nothing.code == 2 and "no integration is registered" in nothing.err
     store.register_integration("personio:AAA", "Acme")
     assert cli("status").code == 0  # the only one
     store.register_integration("greenhouse:BBB", "Bolt")
@@ -152,7 +155,7 @@ def _export(cli, integration_id: str) -> list[dict[str, object]]:  # type: ignor
 
 
 def test_nightly_all_keeps_each_integration_apart(  # type: ignore[no-untyped-def]
-    cli, sandbox, world_template, tmp_path: Path
+    cli, sandbox, world_template, tmp_path: Path, on_each_database
 ) -> None:
     from pipeline.sandbox.generator import World
 

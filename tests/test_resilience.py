@@ -62,7 +62,7 @@ def test_a_run_rides_out_each_retryable_code(cli, sandbox, code: str) -> None:  
     sandbox.add_fault(kind="error", status=status, code=code, times=5)
     result = cli("ingest", *_ids(sandbox), env=sandbox.env())
     assert result.code == 0, result.err
-    assert all(r["status"] in ("indexed", "unsupported") for r in _records(cli).values())
+    assert all(r["status"] in ("indexed", "no_text") for r in _records(cli).values())
 
 
 def test_a_server_slower_than_the_timeout_is_retried(
@@ -245,7 +245,7 @@ def test_application_attachments(cli, sandbox) -> None:  # type: ignore[no-untyp
     assert sandbox.stats.requests["action"] == 2
     records = _records(cli)
     mine = [r for r in records.values() if r["candidate_id"] == candidate.id]
-    assert mine and all(r["status"] in ("indexed", "unsupported") for r in mine)
+    assert mine and all(r["status"] in ("indexed", "no_text") for r in mine)
 
 
 def _download_process_of(parent: int) -> int | None:

@@ -10,6 +10,7 @@ recognised by the labels or by looking like text.
 from __future__ import annotations
 
 import mimetypes
+import re
 import zipfile
 from pathlib import Path
 
@@ -158,18 +159,38 @@ def sniff(path: Path) -> str | None:
     return None
 
 
+# Tags that only HTML uses: text that opens with one and holds several is markup, even with
+# no <html> around it (a job board's e-mail body, an ATS's rich-text field).
+_HTML_TAG = re.compile(
+    rb"<(?:div|p|span|br|table|tr|td|ul|ol|li|h[1-6]|a|b|i|em|strong|font|style|img|meta|"
+    rb"head|title|section|article|header|footer|center|hr)[\s>/]"
+)
+
+
 def _html_or_text(head: bytes) -> str:
-    probe = head.replace(b"\x00", b"")[:2048].lower()
-    return HTML if b"<html" in probe or b"<!doctype html" in probe or b"<body" in probe else TEXT
+    probe = head.replace(b"\x00", b"")[:4096].lower()
+    if b"<html" in probe or b"<!doctype html" in probe or b"<body" in probe:
+        return HTML
+    return HTML if plainly_markup(probe) else TEXT
+
+
+def plainly_markup(probe: bytes) -> bool:
+    """Text that starts with an HTML tag and carries a few more: markup, whatever its label."""
+    stripped = probe.lstrip()
+    return _HTML_TAG.match(stripped) is not None and len(_HTML_TAG.findall(stripped)) >= 3
 
 
 def decide(path: Path, content_type: str | None, file_name: str | None) -> str:
     """The MIME type the pipeline will parse the file as."""
     sniffed = sniff(path)
-    if sniffed is not None:
-        return sniffed
     declared = normalise_content_type(content_type)
     by_name = type_from_name(file_name)
+    if sniffed == TEXT and HTML in (declared, by_name):
+        # Bytes that say only "text" cannot contradict a label of HTML (a fragment opening
+        # with <div> is HTML to whoever sent it as text/html or named it .html).
+        return HTML
+    if sniffed is not None:
+        return sniffed
     for label in (declared, by_name):
         if label and label not in _NEEDS_PROOF:
             # A label naming a binary format the bytes did not confirm is a lie; text-ish

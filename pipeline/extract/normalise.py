@@ -52,7 +52,10 @@ def normalise_text(text: str) -> str:
     )
     text = _ZERO_WIDTH.sub("", text)
     text = _PRIVATE_USE.sub("", text)  # icon fonts (phone, mail glyphs) carry no words
-    text = _CONTROL.sub("", text)
+    # A control character inside a word stands for a glyph the font did not map (a ligature,
+    # a minus sign): a space keeps the pieces pypdf found as words, gluing them makes one
+    # that is no word at all.
+    text = _CONTROL.sub(" ", text)
     text = _SPACES.sub(" ", text)
     text = "\n".join(line.strip() for line in text.split("\n"))
     text = _MANY_BREAKS.sub("\n\n", text)

@@ -3,10 +3,12 @@ back, so the place can change alone.
 
 :class:`ProcessExtractor` is the default: each document is parsed in a worker process (one per
 core) with a wall-clock limit and a memory limit. A parser that hangs or loops is killed when
-its time is up and the attachment ends ``failed`` with "timeout"; one that eats memory hits
-the address-space limit and ends ``failed`` with "memory limit"; a worker that crashes is
-replaced. The run goes on either way. Workers come from a forkserver with the parsers already
-imported, because the parent has threads and forking a threaded process is unsafe.
+its time is up and the attachment ends ``failed`` with "timeout" (Tesseract, its child, dies
+with it); one that eats memory hits the address-space limit and ends ``failed`` with "memory
+limit"; a worker that crashes is replaced. Either names the parser that gave up (the run
+engine makes the third such end on the same bytes ``unreadable``). The run goes on either
+way. Workers come from a forkserver with the parsers already imported, because the parent
+has threads and forking a threaded process is unsafe.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Protocol
 
 from .. import child
 from ..states import AttachmentState
-from . import Extraction, extract_file
+from . import Extraction, extract_file, identify, ocr
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,12 @@ class Extractor(Protocol):
     def close(self, *, cancel: bool = False) -> None: ...
 
 
-def _worker_main(conn: Connection, memory_bytes: int) -> None:
+def _worker_main(conn: Connection, memory_bytes: int, timeout: float = DEFAULT_TIMEOUT) -> None:
     """A worker process: parse what arrives until told to stop."""
     child.ignore_stop_signals()  # the parent kills a worker when the run stops
+    # OCR stops taking pages before the parent's clock kills the worker: the pages read are
+    # kept and the rest named, rather than a timeout with nothing.
+    ocr.TIME_BUDGET = max(timeout * 0.75, 1.0)
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     logging.disable(logging.WARNING)  # pypdf warns on every odd file; the parent logs outcomes
@@ -113,7 +118,9 @@ class _Slot:
         _ensure_forkserver()
         parent, theirs = _context().Pipe()
         process = _context().Process(  # type: ignore[attr-defined]  # typeshed: BaseContext has none
-            target=_worker_main, args=(theirs, self.owner.memory_bytes), daemon=True
+            target=_worker_main,
+            args=(theirs, self.owner.memory_bytes, self.owner.timeout),
+            daemon=True,
         )
         process.start()
         theirs.close()
@@ -172,7 +179,7 @@ class _Slot:
                 Path(path).name,
             )
             self.kill_worker()
-            return Extraction(AttachmentState.FAILED, None, error="timeout")
+            return _gave_up(path, content_type, file_name, "timeout")
         try:
             return conn.recv()
         except (EOFError, OSError):
@@ -180,7 +187,24 @@ class _Slot:
             self.kill_worker()
             # Killed by the kernel for memory, or crashed in C code.
             error = "memory limit" if code in (-9, None) else f"parser crashed (exit {code})"
-            return Extraction(AttachmentState.FAILED, None, error=error)
+            return _gave_up(path, content_type, file_name, error)
+
+
+def _gave_up(path: str, content_type: str | None, file_name: str | None, error: str) -> Extraction:
+    """A parse that never answered, with the parser that gave up on record (so that its
+    upgrade reopens the file)."""
+    try:
+        known = identify(Path(path), content_type, file_name)
+    except Exception:  # naming the parser is a courtesy: the outcome is the timeout
+        log.debug("could not name the parser of %s", Path(path).name, exc_info=True)
+        return Extraction(AttachmentState.FAILED, None, error=error)
+    return Extraction(
+        AttachmentState.FAILED,
+        known.detected_type,
+        known.parser,
+        known.parser_version,
+        error=error,
+    )
 
 
 class ProcessExtractor:

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from .ocr import OcrResult
 
 
 @cache
@@ -21,6 +24,7 @@ class Parsed:
     text: str
     page_count: int | None = None
     note: str | None = None  # something the reader should know, e.g. pages skipped
+    ocr: OcrResult | None = None  # what OCR read, when some pages were images
 
 
 class Parser(Protocol):
@@ -51,6 +55,10 @@ def parser_for(mime: str) -> Parser | None:
         # text/x-tex, text/markdown, text/csv ...: plain text to a recruiter's search.
         parser = _PARSERS.get("text/plain")
     return parser
+
+
+def parser_named(name: str) -> Parser | None:
+    return next((p for p in _PARSERS.values() if p.name == name), None)
 
 
 def supported_types() -> list[str]:

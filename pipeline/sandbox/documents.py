@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from .generator import EPOCH, SandboxAttachment, SandboxCandidate
+from .scans import SCAN_KINDS
+from .scans import render as render_scan
 
 
 @dataclass(frozen=True)
@@ -282,6 +284,9 @@ def render(candidate: SandboxCandidate, attachment: SandboxAttachment) -> bytes:
     blocks = cv_blocks(candidate) if attachment.type == "CV" else letter_blocks(candidate)
     if attachment.kind == "pdf":
         return render_pdf(blocks, attachment.remote_updated_at)
+    if attachment.kind in SCAN_KINDS:  # a scan or photo of the PDF (scans.py)
+        pdf = render_pdf(blocks, attachment.remote_updated_at)
+        return render_scan(attachment.kind, pdf, f"{attachment.id}:{attachment.revision}")
     if attachment.kind == "docx":
         return render_docx(blocks, candidate.full_name, attachment.remote_updated_at)
     return render_text(blocks)

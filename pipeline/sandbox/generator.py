@@ -356,6 +356,8 @@ _LETTER_FORMATS = (
     ("pdf", "application/pdf", ".pdf"),
     ("txt", "text/plain", ".txt"),
 )
+# The kinds of scanned CVs ``World(scans=n)`` adds, in turn (scans.py makes them).
+SCAN_ORDER = ("scan300", "scan200", "photo", "photo-heic")
 _FILE_WORDS = {
     "en": ("CV", "Cover Letter"),
     "de": ("Lebenslauf", "Anschreiben"),
@@ -367,7 +369,14 @@ _FILE_WORDS = {
 class World:
     """All candidates of one sandbox; thread-safe for the server's readers."""
 
-    def __init__(self, candidates: int = 20, seed: int = 7, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        candidates: int = 20,
+        seed: int = 7,
+        cache_dir: Path | None = None,
+        *,
+        scans: int = 0,
+    ) -> None:
         self.seed = seed
         # Rendered bodies kept on disk between sandbox runs (benchmarks): same seed, same bytes.
         self.cache_dir = cache_dir
@@ -378,6 +387,8 @@ class World:
         self._next_index = 0
         for _ in range(candidates):
             self.add_candidate()
+        for number in range(scans):
+            self.add_scanned_candidate(SCAN_ORDER[number % len(SCAN_ORDER)])
 
     # -- building ----------------------------------------------------------------------------
 
@@ -421,6 +432,21 @@ class World:
             self.candidates[candidate.id] = candidate
             for attachment in candidate.attachments:
                 self.attachments[attachment.id] = attachment
+            return candidate
+
+    def add_scanned_candidate(self, kind: str, at: datetime | None = None) -> SandboxCandidate:
+        """A candidate whose CV is a scan or a phone photo (``scans.SCAN_KINDS``) of its PDF."""
+        from .scans import SCAN_KINDS
+
+        content_type, ext = SCAN_KINDS[kind]
+        with self.lock:
+            candidate = self.add_candidate(at)
+            cv = next(a for a in candidate.attachments if a.type == "CV" and not a.same_as)
+            cv.kind, cv.content_type = kind, content_type
+            cv.file_name = cv.file_name.rsplit(".", 1)[0] + ext
+            for copy in candidate.attachments:
+                if copy.same_as == cv.id:
+                    copy.kind, copy.content_type, copy.file_name = kind, content_type, cv.file_name
             return candidate
 
     def _add_attachments(self, c: SandboxCandidate, index: int, rng: random.Random) -> None:

@@ -9,6 +9,7 @@ The public surface is ``__all__``; the modules behind it are private, one concer
     _query      parsing, filters, spelling      _snippets  fragments around the matches
     _index      SearchIndex, the facade         _rebuild   a rebuild, its writer processes
     _writer     IndexWriterProcess, a run's index writes in a child process
+    _postgres   PostgresSearchIndex, the same methods over a PostgreSQL table (issue 19)
     _whoosh/    everything that touches Whoosh's private names, behind the version fence
 
 Names are imported when first used (as ``pipeline`` does), so that ``IndexDoc`` costs
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._doc import IndexDoc
     from ._index import IndexWriter, SearchIndex
+    from ._postgres import PostgresSearchIndex
     from ._results import CandidateHit, SearchHit, SearchResults, group_by_candidate
     from ._whoosh import FAST_VARIABLE, engine_paths
     from ._writer import IndexWriterProcess
@@ -33,6 +35,7 @@ _EXPORTS = {
     "IndexDoc": "_doc",
     "IndexWriter": "_index",
     "IndexWriterProcess": "_writer",
+    "PostgresSearchIndex": "_postgres",
     "SearchHit": "_results",
     "SearchIndex": "_index",
     "SearchResults": "_results",
@@ -46,6 +49,7 @@ __all__ = [
     "IndexDoc",
     "IndexWriter",
     "IndexWriterProcess",
+    "PostgresSearchIndex",
     "SearchHit",
     "SearchIndex",
     "SearchResults",
