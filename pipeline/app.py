@@ -506,6 +506,9 @@ class App:
             reason = found.paused_reason if found is not None else None
             if found is not None and reason and reason.startswith(PAUSED_BY_KOMBO):
                 self.database.set_integration_state(integration_id, IntegrationState.ACTIVE)
+                # Active again: a deletion Kombo reported before no longer stands, so the
+                # grace-period erasure must not come for it.
+                self.database.mark_integration_deleted(integration_id, None)
             return
         self.database.register_integration(integration_id)
         self.database.set_integration_state(

@@ -1448,8 +1448,8 @@ def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | N
                 seen.append(hits)
     click.echo("")
     click.echo(
-        f"each sees only its own: Acme's candidate {someone} has {seen[0]} documents found "
-        f"under Acme, {seen[1]} under Bolt"
+        f"each sees only its own: Acme's candidate {someone} has {seen[0]} "
+        f"document{'' if seen[0] == 1 else 's'} found under Acme, {seen[1]} under Bolt"
     )
     click.echo(
         f"data in {base}; try: PIPELINE_DATA_DIR={base} python -m pipeline integrations list"
