@@ -74,8 +74,8 @@ from .extract import Extraction
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, Extractor, ProcessExtractor
 from .faults import EXIT_INTERRUPTED, RunStopped, as_pipeline_error, exit_code
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
-from .filestore import LocalFileStore, SpaceReserve
-from .lock import WriterLock
+from .filestore import LocalFileStore, SpaceReserve, private_folder, storage_error
+from .lock import IntegrationClaim, WriterLock
 from .search import IndexWriterProcess, PostgresSearchIndex, SearchIndex
 from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
 
@@ -253,10 +253,67 @@ class Workspace:
     lock_dir: Path | None = None
 
     def lock(self, *, wait: bool = False, timeout: float | None = None) -> WriterLock:
-        return WriterLock(self.lock_dir or self.directory, wait=wait, timeout=timeout)
+        """The integration's writer lock; on PostgreSQL also its claim in the database, so
+        that no other machine writes it meanwhile (``pipeline.lock``)."""
+        claim = None
+        if self.store.engine.dialect.name == "postgresql":
+            claim = IntegrationClaim(self.store.engine, self.store._iid, wait=wait, timeout=timeout)
+        return WriterLock(self.lock_dir or self.directory, wait=wait, timeout=timeout, claim=claim)
+
+    # -- erasures another machine made ---------------------------------------------------------
+
+    @property
+    def _erasures_applied_file(self) -> Path:
+        return (self.lock_dir or self.directory) / ".erasures-applied"
+
+    def _erasures_applied(self) -> int:
+        try:
+            return int(self._erasures_applied_file.read_text().strip() or 0)
+        except (OSError, ValueError):
+            return 0  # never applied here: every erasure is looked at once
+
+    def _note_erasures_applied(self, newest: int) -> None:
+        path = self._erasures_applied_file
+        try:
+            private_folder(path.parent)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(str(newest))
+            tmp.replace(path)
+        except OSError as exc:
+            raise storage_error(exc, "cannot record the erasures applied", path.parent) from exc
+
+    def apply_erasures(self) -> int:
+        """Apply to this machine's own copies (its Whoosh index, its stored files) the
+        erasures of this integration made since the last one applied here, by this machine
+        or another sharing the database; with the writer lock held, at the start of every
+        writing command. The database's rows (and the PostgreSQL search's) went with the
+        erasure itself; what is left here is whatever the database no longer has: index
+        documents of attachments without a row, files no live attachment points at.
+        Returns the index documents removed."""
+        newest = self.store.newest_erasure_id()
+        if newest <= self._erasures_applied():
+            return 0
+        removed = 0
+        if not isinstance(self.index, PostgresSearchIndex):
+            stale = self.index.attachment_ids() - self.store.all_attachment_ids()
+            if stale:
+                self.index.write(deletions=sorted(stale), purge=True)
+                removed = len(stale)
+        keep = self.store.live_hashes()
+        files = sum(self.files.delete(h) for h in set(self.files.hashes()) - keep)
+        if removed or files:
+            log.info(
+                "applied erasures made elsewhere: %d index documents and %d files removed",
+                removed,
+                files,
+            )
+        self._note_erasures_applied(newest)
+        return removed
 
     def recover(self) -> None:
-        """Clean up after a run that died: temporary files, its run row, unindexed text."""
+        """Clean up after a run that died: temporary files, its run row, unindexed text;
+        and apply the erasures other machines made (:meth:`apply_erasures`)."""
+        self.apply_erasures()
         swept = self.files.sweep_temporary()
         SpaceReserve(self.directory).ensure()
         killed = self.store.close_abandoned_runs()
@@ -300,6 +357,8 @@ class Workspace:
             self.index.write(deletions=attachment_ids, purge=True)
             self.collect_garbage()
             self.store.compact()
+            # Done here under the claim: no other machine erased meanwhile.
+            self._note_erasures_applied(self.store.newest_erasure_id())
             log.info("erased %d candidates (%s)", len(erased), reason)
         return len(erased)
 
