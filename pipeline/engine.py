@@ -698,15 +698,22 @@ class RunEngine:
                 return
             for page in client.candidate_pages(updated_after=watermark, include_deleted=True):
                 summary.warnings.extend(f"candidate list: {w}" for w in page.warnings)
-                for candidate in page.candidates:
-                    if candidate.deleted:
-                        if self.workspace.erase([candidate.id], "deleted at Kombo"):
-                            summary.erased += 1
-                    else:
-                        store.candidate_listed(
-                            candidate.id, self.kombo.integration_id, candidate.title
-                        )
-                        summary.listed.append(candidate.id)
+                # A page's candidates in one transaction (one per candidate made an unchanged
+                # `nightly --full` three times slower on PostgreSQL); erasures after it, each
+                # committed before its VACUUM and its index purge.
+                deleted = []
+                with store.batch():
+                    for candidate in page.candidates:
+                        if candidate.deleted:
+                            deleted.append(candidate.id)
+                        else:
+                            store.candidate_listed(
+                                candidate.id, self.kombo.integration_id, candidate.title
+                            )
+                            summary.listed.append(candidate.id)
+                for candidate_id in deleted:
+                    if self.workspace.erase([candidate_id], "deleted at Kombo"):
+                        summary.erased += 1
 
         summary = self.run("nightly", given or [], [], before=list_changes)
         # Every candidate listed and ingested (attachment failures are retried by later
