@@ -50,15 +50,16 @@ def _finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
     return process.returncode, out, err
 
 
-def _run(data_dir: Path, url: str, sandbox, *args: str) -> tuple[int, str, str]:  # type: ignore[no-untyped-def]
-    return _finish(_start(data_dir, url, sandbox, *args))
+def _on(cli, machine: Path, url: str, *args: str, env: dict[str, str] | None = None) -> str:  # type: ignore[no-untyped-def]
+    """A command on one machine (in-process: only the two nightly runs need processes)."""
+    env = {**(env or {}), "PIPELINE_DATA_DIR": str(machine), "PIPELINE_DATABASE_URL": url}
+    done = cli(*args, env=env)
+    assert done.code == 0, done.out + done.err
+    return str(done.out)
 
 
-def _export(data_dir: Path, url: str, sandbox, iid: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
-    code, out, err = _run(
-        data_dir, url, sandbox, "export", "--status", "all", "--integration-id", iid
-    )
-    assert code == 0, err
+def _export(cli, machine: Path, url: str, iid: str) -> list[dict[str, object]]:  # type: ignore[no-untyped-def]
+    out = _on(cli, machine, url, "export", "--status", "all", "--integration-id", iid)
     return sorted(
         (json.loads(line) for line in out.splitlines()), key=lambda r: str(r["attachment_id"])
     )
@@ -115,7 +116,7 @@ def test_two_machines_share_the_integrations_and_see_each_others_erasures(  # ty
     expected = set(sandbox.world.candidates)
     reference = None
     for iid in every:
-        seen = [_export(m, postgres_url, sandbox, iid) for m in machines]
+        seen = [_export(cli, m, postgres_url, iid) for m in machines]
         assert seen[0] == seen[1]
         records = seen[0]
         assert {r["candidate_id"] for r in records} == expected
@@ -140,41 +141,31 @@ def test_two_machines_share_the_integrations_and_see_each_others_erasures(  # ty
     iid = OTHERS[0]
     holder = ran_by[iid]
     other = next(m for m in machines if m != holder)
-    records = _export(holder, postgres_url, sandbox, iid)
+    records = _export(cli, holder, postgres_url, iid)
     cv = next(r for r in records if r["status"] == "indexed")
     someone, words = str(cv["candidate_id"]), " ".join(str(cv["text"]).split()[:3])
 
     def found_from(machine: Path) -> list[object]:
-        code, out, err = _run(
-            machine, postgres_url, sandbox, "search", words, "--candidate", someone,
-            "--json", "--integration-id", iid,
-        )  # fmt: skip
-        assert code == 0, err
-        return list(json.loads(out)["hits"])
+        args = ("search", words, "--candidate", someone, "--json", "--integration-id", iid)
+        return list(json.loads(_on(cli, machine, postgres_url, *args))["hits"])
 
     assert found_from(holder) and found_from(other)
-    code, out, err = _run(other, postgres_url, sandbox, "forget", someone, "--integration-id", iid)
-    assert code == 0, out + err
+    _on(cli, other, postgres_url, "forget", someone, "--integration-id", iid)
     assert not found_from(holder) and not found_from(other)
     for machine in machines:
-        assert someone not in {
-            r["candidate_id"] for r in _export(machine, postgres_url, sandbox, iid)
-        }
+        assert someone not in {r["candidate_id"] for r in _export(cli, machine, postgres_url, iid)}
     # ... and the machine that did not erase drops its own copy of the files at its next
     # writing command (here a run that finds nothing new).
     theirs = {str(r["sha256"]) for r in records if r["candidate_id"] == someone and r["sha256"]}
     kept = {str(r["sha256"]) for r in records if r["candidate_id"] != someone and r["sha256"]}
     assert theirs - kept <= _files(holder, iid)
-    code, out, err = _run(holder, postgres_url, sandbox, "nightly", "--integration-id", iid)
-    assert code == 0, out + err
+    kombo = {**sandbox.env(), "KOMBO_INTEGRATION_ID": iid}
+    _on(cli, holder, postgres_url, "nightly", env=kombo)
     assert not (theirs - kept) & _files(holder, iid)
 
     # Files are a cache: the other machine, asked for a full run, fetches what it lacks.
-    code, out, err = _run(
-        other, postgres_url, sandbox, "nightly", "--full", "--integration-id", iid
-    )
-    assert code == 0, out + err
-    again = _export(other, postgres_url, sandbox, iid)
+    _on(cli, other, postgres_url, "nightly", "--full", env=kombo)
+    again = _export(cli, other, postgres_url, iid)
     # Kombo still has the candidate forgotten: a full listing brings it back.
     assert {r["candidate_id"] for r in again} == expected
     assert {str(r["sha256"]) for r in again if r["status"] == "indexed"} <= _files(other, iid)
