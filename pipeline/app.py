@@ -403,7 +403,7 @@ class App:
                 done = self.store.run_since(not_run_after, "nightly")
                 if done is not None:
                     raise LockedError(
-                        f"integration {self.integration}: already run by this pass's time "
+                        f"integration {self.integration}: already run during this pass "
                         f"(run {done.id} on {done.host or 'another machine'}, {done.status})"
                     )
             return engine.nightly(full=full, candidate_ids=candidate_ids)

@@ -169,3 +169,36 @@ def test_two_machines_share_the_integrations_and_see_each_others_erasures(  # ty
     # Kombo still has the candidate forgotten: a full listing brings it back.
     assert {r["candidate_id"] for r in again} == expected
     assert {str(r["sha256"]) for r in again if r["status"] == "indexed"} <= _files(other, iid)
+
+
+def test_an_erasure_reaches_another_machines_whoosh_index(  # type: ignore[no-untyped-def]
+    cli, sandbox, postgres_url: str, tmp_path: Path
+) -> None:
+    """With PIPELINE_SEARCH=whoosh each machine keeps an index of its own: an erasure made on
+    one is hidden from the other's searches at once, and leaves its index at its next
+    writing command."""
+    from pipeline.search import SearchIndex
+
+    whoosh = {"PIPELINE_SEARCH": "whoosh"}
+    ran, erasing = tmp_path / "machine-a", tmp_path / "machine-b"
+    _on(cli, ran, postgres_url, "nightly", env={**sandbox.env(), **whoosh})
+    records = _export(cli, ran, postgres_url, sandbox.integration_id)
+    cv = next(r for r in records if r["status"] == "indexed" and r["type"] == "CV")
+    someone, words = str(cv["candidate_id"]), " ".join(str(cv["text"]).split()[:3])
+    theirs = {str(r["attachment_id"]) for r in records if r["candidate_id"] == someone}
+    index_dir = (
+        DataSettings(data_dir=ran, database_url="").integration(sandbox.integration_id).index_dir
+    )
+
+    def hits() -> list[object]:
+        args = ("search", words, "--candidate", someone, "--json")
+        return list(json.loads(_on(cli, ran, postgres_url, *args, env=whoosh))["hits"])
+
+    assert hits()
+    _on(cli, erasing, postgres_url, "forget", someone, env=whoosh)
+    assert theirs & SearchIndex(index_dir).attachment_ids()  # not applied there yet ...
+    assert not hits()  # ... but not found there either
+    # Its next writing command (a nightly run that finds nothing new) applies it.
+    _on(cli, ran, postgres_url, "nightly", env={**sandbox.env(), **whoosh})
+    assert not theirs & SearchIndex(index_dir).attachment_ids()
+    assert not hits()
