@@ -202,3 +202,12 @@ def test_an_erasure_reaches_another_machines_whoosh_index(  # type: ignore[no-un
     _on(cli, ran, postgres_url, "nightly", env={**sandbox.env(), **whoosh})
     assert not theirs & SearchIndex(index_dir).attachment_ids()
     assert not hits()
+
+    # The integration removed on one machine: the other's folder of it (index, files) goes
+    # at its next `nightly --all` (which then finds none registered).
+    folder = index_dir.parent
+    assert folder.exists()
+    _on(cli, erasing, postgres_url, "integrations", "remove", sandbox.integration_id, "--yes")
+    machine = {"PIPELINE_DATA_DIR": str(ran), "PIPELINE_DATABASE_URL": postgres_url}
+    assert cli("nightly", "--all", env={**sandbox.env(), **whoosh, **machine}).code == 2
+    assert not folder.exists()
