@@ -774,8 +774,8 @@ class App:
     ) -> SearchResults:
         """Documents of other candidates most like this one."""
         self._index_expected()
-        return self.index.similar(
-            attachment_id, texts=self.reader.texts_for, type=type, limit=limit
+        return self._without_erased(
+            self.index.similar(attachment_id, texts=self.reader.texts_for, type=type, limit=limit)
         )
 
     def _index_expected(self) -> None:
