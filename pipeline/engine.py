@@ -379,6 +379,10 @@ class Workspace:
         count = self.index.rebuild(counted(self.store.index_docs(only_pending=False)))
         self.store.mark_indexed(list(self.store.attachment_ids([AttachmentState.PENDING])))
         missing = self.collect_garbage()
+        if self.store.engine.dialect.name != "sqlite":
+            # A shared database: this machine's files are a cache of what any machine
+            # fetched, and one it lacks is no damage (a run that needs it fetches it again).
+            missing = set()
         # A stored file that went missing cannot be rebuilt from the database: its candidates
         # are marked so that the next run fetches it again.
         owners = self.store.refetch_files(missing)

@@ -137,6 +137,13 @@ def test_two_machines_share_the_integrations_and_see_each_others_erasures(  # ty
         assert {r["sha256"] for r in indexed} <= _files(holder, iid)
         assert not _files(other, iid)
 
+    # A rebuild on the machine that lacks an integration's files takes that for the cache
+    # it is: no candidate is marked to be fetched again.
+    lacking = next(m for m in machines if m != ran_by[OTHERS[1]])
+    _on(cli, lacking, postgres_url, "reindex", "--integration-id", OTHERS[1])
+    status = _on(cli, lacking, postgres_url, "status", "--json", "--integration-id", OTHERS[1])
+    assert "went missing" not in status
+
     # A forget on one machine is seen from the other: not found, not exported ...
     iid = OTHERS[0]
     holder = ran_by[iid]
