@@ -235,3 +235,34 @@ def test_a_postgresql_database_searches_in_postgresql_unless_told_otherwise() ->
     kept = {"PIPELINE_DATABASE_URL": url, "PIPELINE_SEARCH": "whoosh"}
     assert resolve_data(Options(), env=kept).search == "whoosh"
     assert resolve_data(Options(), env={}).search == "whoosh"
+
+
+def test_a_live_run_of_another_machine_is_not_marked_killed(  # type: ignore[no-untyped-def]
+    cli, sandbox, postgres_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    iid = sandbox.integration_id
+    env = {**sandbox.env(), "PIPELINE_DATABASE_URL": postgres_url}
+    assert cli("integrations", "add", iid, env=env).code == 0
+    database = Store(postgres_url)
+    store = database.for_integration(iid)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CLAIM, postgres_url, iid], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        live = store.begin_run("nightly")  # the other machine's run, going on
+        refused = cli("nightly", env=env)
+        assert refused.code != 0 and "another pipeline process" in refused.err
+        assert {r.id: r.status for r in store.recent_runs()} == {live: "running"}
+        other.kill()  # it dies mid-run: the claim goes with it
+        other.wait()
+        assert cli("nightly", env=env).code == 0
+        statuses = {r.id: r.status for r in store.recent_runs()}
+        assert statuses.pop(live) == "killed" and set(statuses.values()) == {"succeeded"}
+    finally:
+        other.kill()
+        other.wait()
+        database.close()
