@@ -47,6 +47,7 @@ from .database import (
     Run,
     Store,
     reading_store,
+    sqlite_path,
     utcnow,
 )
 from .errors import (
@@ -388,9 +389,23 @@ class App:
         full: bool = False,
         candidate_ids: Iterable[str] | None = None,
         wait_for_lock: bool = False,
+        not_run_after: int | None = None,
     ) -> RunSummary:
+        """A nightly run of this integration, once it is claimed (its writer lock: on
+        PostgreSQL, held in the database against every machine; LockedError when another
+        process holds it). ``not_run_after``: a run id; if a nightly run of this
+        integration began after it (another machine's pass got there first), LockedError
+        instead of a second run. The server's webhook runs call this too."""
         engine = self._engine()
         with self.workspace.lock(wait=wait_for_lock):
+            if not_run_after is not None:
+                # Claimed, but another machine's pass may have run it since this pass began.
+                done = self.store.run_since(not_run_after, "nightly")
+                if done is not None:
+                    raise LockedError(
+                        f"integration {self.integration}: already run during this pass "
+                        f"(run {done.id} on {done.host or 'another machine'}, {done.status})"
+                    )
             return engine.nightly(full=full, candidate_ids=candidate_ids)
 
     def candidate_ids_at_kombo(self) -> list[str]:
@@ -449,13 +464,16 @@ class App:
         erased."""
         import shutil
 
-        from .lock import WriterLock
+        from .lock import IntegrationClaim, WriterLock
 
         self._registered_one(integration_id)
         paths = self.data.integration(integration_id)
         store = self.database.for_integration(integration_id)
+        claim = None
+        if store.engine.dialect.name == "postgresql":
+            claim = IntegrationClaim(store.engine, integration_id, wait=wait)
         try:
-            lock = WriterLock(paths.lock_dir, wait=wait).__enter__()
+            lock = WriterLock(paths.lock_dir, wait=wait, claim=claim).__enter__()
         except LockedError as exc:
             raise LockedError(
                 f"integration {integration_id}: a run is going ({exc.message}); "
@@ -540,6 +558,10 @@ class App:
         outcomes: list[IntegrationOutcome] = []
         runnable: list[str] = []
         now = utcnow()
+        # Runs begun after this one (by any machine) are this pass's: an integration one of
+        # them ran is not run twice (App.nightly's not_run_after).
+        pass_began = self.database.newest_run_id()
+        self._remove_erased_folders()
         registered = self.database.integrations()
         if not registered:
             raise IntegrationChoiceError(
@@ -593,7 +615,9 @@ class App:
                     extract=self._extract,
                     max_run_minutes=self.max_run_minutes,
                 ) as app:
-                    summary = app.nightly(full=full, wait_for_lock=wait_for_lock)
+                    summary = app.nightly(
+                        full=full, wait_for_lock=wait_for_lock, not_run_after=pass_began
+                    )
             except LockedError as exc:
                 outcome = IntegrationOutcome(iid, skipped=exc.message)
             except PipelineError as exc:
@@ -614,6 +638,17 @@ class App:
         with ThreadPoolExecutor(workers, thread_name_prefix="integration") as pool:
             outcomes += list(pool.map(one, runnable))
         return NightlyAll(outcomes, time.perf_counter() - started)
+
+    def _remove_erased_folders(self) -> None:
+        """Integrations another machine removed (`integrations remove`, or deleted at
+        Kombo): this machine's folder of each (its index and files) goes too."""
+        import shutil
+
+        for iid in self.database.erased_integrations():
+            root = self.data.integration(iid).root
+            if root.exists():
+                shutil.rmtree(root, ignore_errors=True)
+                log.info("integration %s was removed: this machine's folder of it erased", iid)
 
     def _probe(self, integration_id: str) -> str | None:
         """One cheap call (a page of one candidate) for an integration Kombo paused: None
@@ -637,6 +672,7 @@ class App:
         """Erase candidates completely: rows, text, index documents and files."""
         workspace = self._writing()
         with workspace.lock(wait=True, timeout=ERASE_LOCK_TIMEOUT):
+            workspace.apply_erasures()
             return workspace.erase(list(candidate_ids), reason)
 
     def purge(self, *, not_seen_days: int) -> int:
@@ -644,6 +680,7 @@ class App:
         asked_at = utcnow()  # the days count from the request, not from the lock's turn
         workspace = self._writing()
         with workspace.lock(wait=True, timeout=ERASE_LOCK_TIMEOUT):
+            workspace.apply_erasures()
             return workspace.erase_not_seen(not_seen_days, now=asked_at)
 
     def reindex(self) -> int:
@@ -654,6 +691,7 @@ class App:
 
         workspace = self._writing()
         with workspace.lock():
+            workspace.apply_erasures()
             return workspace.reindex(self._progress or no_progress)
 
     # -- read-only --------------------------------------------------------------------------------
@@ -709,7 +747,7 @@ class App:
 
     def _search(self, request: SearchRequest, wanted: int, offset: int) -> SearchResults:
         self._index_expected()
-        return self.index.search(
+        results = self.index.search(
             request.query,
             texts=self.reader.texts_for,
             type=request.type,
@@ -719,14 +757,30 @@ class App:
             limit=min(wanted, 5000),
             offset=offset,
         )
+        return self._without_erased(results)
+
+    def _without_erased(self, results: SearchResults) -> SearchResults:
+        """On a shared database, a machine's own Whoosh index may still hold documents
+        another machine erased (its next writing command removes them): their hits are
+        dropped here, so a read never names an erased candidate. The PostgreSQL search
+        and SQLite (one machine) need no such check."""
+        if self.data.search == "postgres" or sqlite_path(self.data.database_url) is not None:
+            return results
+        ids = [hit.attachment_id for hit in results.hits]
+        present = self.reader.present_attachments(ids) if ids else set()
+        if len(present) == len(set(ids)):
+            return results
+        kept = [hit for hit in results.hits if hit.attachment_id in present]
+        gone = len(results.hits) - len(kept)
+        return dataclasses.replace(results, hits=kept, total=max(0, results.total - gone))
 
     def similar(
         self, attachment_id: str, *, type: str | None = None, limit: int = 10
     ) -> SearchResults:
         """Documents of other candidates most like this one."""
         self._index_expected()
-        return self.index.similar(
-            attachment_id, texts=self.reader.texts_for, type=type, limit=limit
+        return self._without_erased(
+            self.index.similar(attachment_id, texts=self.reader.texts_for, type=type, limit=limit)
         )
 
     def _index_expected(self) -> None:

@@ -179,7 +179,11 @@ def resolve_data(options: Options, env: Mapping[str, str] | None = None) -> Data
             f"malformed database URL {database_url!r}: set PIPELINE_DATABASE_URL or "
             "--database-url to an SQLAlchemy URL such as sqlite:///data/pipeline.db"
         )
-    search = (_pick(options.search, env, "PIPELINE_SEARCH") or "whoosh").lower()
+    # On PostgreSQL the search lives in the database too unless told otherwise: every
+    # machine sharing the database then searches the same documents, and an erasure
+    # reaches them in one place (docs/postgresql.md, "Which search").
+    default_search = "postgres" if database_url.startswith("postgresql") else "whoosh"
+    search = (_pick(options.search, env, "PIPELINE_SEARCH") or default_search).lower()
     if search not in SEARCH_ENGINES:
         raise UsageError(
             f"unknown search engine {search!r}: set PIPELINE_SEARCH or --search to "

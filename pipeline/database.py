@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import socket
 import sqlite3
 import time
 import urllib.parse
@@ -87,7 +88,8 @@ log = logging.getLogger(__name__)
 # 2: candidates.not_found_at (a candidate Kombo said it does not know).
 # 3: integrations: the registry table; integration_id in the primary keys of candidates,
 #    attachments and texts, a column of runs and erasures; the watermark per integration.
-SCHEMA_VERSION = 3
+# 4: runs record the host and process that ran them (issue 19: the sweep per host).
+SCHEMA_VERSION = 4
 _SCHEMA_KEY = "schema_version"
 # Why a candidate is fetched again though nothing changed at Kombo (``Store.refetch_files``).
 MISSING_FILE_REASON = "a stored file went missing: the next run fetches it again"
@@ -231,6 +233,9 @@ class Run(Base):
     errors: Mapped[list[str]] = mapped_column(JSON, default=list)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
     summary: Mapped[str | None] = mapped_column(Text)
+    # Which machine and process ran it: several machines share one database (issue 19).
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
 
 
 class Erasure(Base):
@@ -1442,10 +1447,83 @@ class Store:
             )
 
     def compact(self) -> None:
-        """Fold the write-ahead log back and empty it, so no erased page lingers there."""
+        """Fold the write-ahead log back and empty it, so no erased page lingers there.
+
+        On PostgreSQL: ``VACUUM`` the tables erasure deletes from, so that the dead rows'
+        space (and their TOASTed text) is made free for reuse now rather than at
+        autovacuum's turn (their bytes stay in the WAL and backups: docs/postgresql.md)."""
         if self.engine.dialect.name == "sqlite":
             with self.engine.connect() as conn:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        elif self._postgres:
+            # VACUUM cannot run inside a transaction block.
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.exec_driver_sql("VACUUM attachments, candidates, texts, erasures")
+
+    def newest_erasure_id(self) -> int:
+        """The id of this integration's latest erasure (0: none): each machine applies the
+        erasures past the last one it applied to its own files and index."""
+        e = Erasure.__table__
+        with self._conn() as conn:
+            found = conn.execute(
+                select(func.max(e.c.id)).where(e.c.integration_id == self._iid)
+            ).scalar()
+        return int(found or 0)
+
+    def erased_integrations(self) -> set[str]:
+        """Integrations erased whole (erasure records, no registry row): on the other
+        machines their folders are removed too."""
+        e, i = Erasure.__table__, Integration.__table__
+        with self._conn() as conn:
+            return set(
+                conn.execute(
+                    select(e.c.integration_id)
+                    .distinct()
+                    .where(
+                        e.c.integration_id.is_not(None),
+                        e.c.integration_id.not_in(select(i.c.integration_id)),
+                    )
+                ).scalars()
+            )
+
+    def all_attachment_ids(self) -> set[str]:
+        """Every attachment row of this integration, whatever its state."""
+        a = _ATTACHMENTS
+        with self._conn() as conn:
+            return set(
+                conn.execute(select(a.c.id).where(a.c.integration_id == self._iid)).scalars()
+            )
+
+    def present_attachments(self, attachment_ids: Sequence[str]) -> set[str]:
+        """Which of these attachments still have a row (search hits from an index another
+        machine's erasure has not reached yet are dropped by those that do not)."""
+        a = _ATTACHMENTS
+        found: set[str] = set()
+        with self._conn() as conn:
+            for chunk in _chunks(list(attachment_ids), 500):
+                found.update(
+                    conn.execute(
+                        select(a.c.id).where(a.c.integration_id == self._iid, a.c.id.in_(chunk))
+                    ).scalars()
+                )
+        return found
+
+    def newest_run_id(self) -> int:
+        """The id of the latest run of any integration (0: none): run ids only grow, on
+        every machine, so a later run of an integration has a greater id."""
+        r = Run.__table__
+        with self._conn() as conn:
+            return int(conn.execute(select(func.max(r.c.id))).scalar() or 0)
+
+    def run_since(self, after_id: int, kind: str) -> Run | None:
+        """This integration's first run of ``kind`` with an id past ``after_id``, if any."""
+        with self.session() as s:
+            return s.scalars(
+                select(Run)
+                .where(Run.integration_id == self._iid, Run.kind == kind, Run.id > after_id)
+                .order_by(Run.id)
+                .limit(1)
+            ).first()
 
     # -- runs --------------------------------------------------------------------------------
 
@@ -1454,6 +1532,8 @@ class Store:
         with self.session() as s:
             run = Run(
                 integration_id=self._iid,
+                host=socket.gethostname()[:255],
+                pid=os.getpid(),
                 kind=kind,
                 started_at=utcnow(),
                 status=RunStatus.RUNNING.value,
@@ -1483,7 +1563,12 @@ class Store:
 
     @retried
     def close_abandoned_runs(self) -> int:
-        """Runs still 'running' belong to a process that died: say so."""
+        """Runs of this integration still 'running' belong to a process that died: say so.
+
+        Called only by the holder of the integration's writer lock, which on PostgreSQL is
+        also the integration's claim (:class:`pipeline.lock.IntegrationClaim`) that every
+        machine's runs take: while it is held, no live process on any machine runs this
+        integration, so another machine's live run is never marked killed."""
         with self.session() as s:
             # An UPDATE's result is a CursorResult (execute() is typed for any statement).
             result = cast(

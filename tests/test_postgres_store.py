@@ -10,6 +10,7 @@ import multiprocessing
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy
@@ -179,3 +180,89 @@ def test_a_nul_in_kombos_answers_does_not_stop_a_run(cli, sandbox, postgres_url:
     assert names and not any("\x00" in name for name in names)
     hits = json.loads(cli("search", "Lebenslauf", "--json").out)["hits"]
     assert candidate.id in {hit["candidate_id"] for hit in hits}
+
+
+# -- an integration claimed by one process at a time, on any machine ----------------------------
+
+_HOLD_CLAIM = """
+import sys, time
+import sqlalchemy
+from pipeline.lock import IntegrationClaim
+claim = IntegrationClaim(sqlalchemy.create_engine(sys.argv[1]), sys.argv[2]).__enter__()
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_an_integration_claimed_elsewhere_is_refused_until_its_process_dies(
+    postgres_url: str, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    from pipeline.errors import LockedError
+    from pipeline.lock import IntegrationClaim, WriterLock
+
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CLAIM, postgres_url, "int-1"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    engine = sqlalchemy.create_engine(postgres_url)
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        # Another data directory (another machine): its file lock is free, the claim is not.
+        with pytest.raises(LockedError, match="int-1: another pipeline process"):
+            WriterLock(tmp_path, claim=IntegrationClaim(engine, "int-1")).__enter__()
+        with WriterLock(tmp_path, claim=IntegrationClaim(engine, "int-2")):
+            pass  # another integration is free meanwhile
+        other.kill()  # the process dies holding it: PostgreSQL drops the claim
+        other.wait()
+        taken = IntegrationClaim(engine, "int-1", wait=True, timeout=10)
+        with WriterLock(tmp_path, claim=taken), pytest.raises(LockedError):
+            IntegrationClaim(engine, "int-1").__enter__()  # this process holds it now
+    finally:
+        other.kill()
+        other.wait()
+        engine.dispose()
+
+
+def test_a_postgresql_database_searches_in_postgresql_unless_told_otherwise() -> None:
+    from pipeline.config import Options, resolve_data
+
+    url = "postgresql+psycopg://pipeline@db.internal/cv"
+    assert resolve_data(Options(), env={"PIPELINE_DATABASE_URL": url}).search == "postgres"
+    kept = {"PIPELINE_DATABASE_URL": url, "PIPELINE_SEARCH": "whoosh"}
+    assert resolve_data(Options(), env=kept).search == "whoosh"
+    assert resolve_data(Options(), env={}).search == "whoosh"
+
+
+def test_a_live_run_of_another_machine_is_not_marked_killed(  # type: ignore[no-untyped-def]
+    cli, sandbox, postgres_url: str
+) -> None:
+    import subprocess
+    import sys
+
+    iid = sandbox.integration_id
+    env = {**sandbox.env(), "PIPELINE_DATABASE_URL": postgres_url}
+    assert cli("integrations", "add", iid, env=env).code == 0
+    database = Store(postgres_url)
+    store = database.for_integration(iid)
+    other = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_CLAIM, postgres_url, iid], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline().strip() == "held"
+        live = store.begin_run("nightly")  # the other machine's run, going on
+        refused = cli("nightly", env=env)
+        assert refused.code != 0 and "another pipeline process" in refused.err
+        assert {r.id: r.status for r in store.recent_runs()} == {live: "running"}
+        other.kill()  # it dies mid-run: the claim goes with it
+        other.wait()
+        assert cli("nightly", env=env).code == 0
+        statuses = {r.id: r.status for r in store.recent_runs()}
+        assert statuses.pop(live) == "killed" and set(statuses.values()) == {"succeeded"}
+    finally:
+        other.kill()
+        other.wait()
+        database.close()

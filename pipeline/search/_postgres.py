@@ -459,7 +459,7 @@ class PostgresSearchIndex:
         offset: int = 0,
     ) -> SearchResults:
         """Ranked hits with snippets, an exact total; a query word no document holds is
-        spelled again, and the corrected query wins if it finds as many or more."""
+        spelled again: offered as "did you mean", its hits shown only when the query found none."""
         translation, tsquery = translate(query)
         if not self.exists():
             return SearchResults(query, 0, [])
@@ -472,15 +472,15 @@ class PostgresSearchIndex:
         with self.engine.connect() as conn:
             found, total = self._ranked(conn, tsquery, filters, since, limit, offset)
             corrected = self._correct(conn, query, translation.words)
-            if corrected is not None:
+            # As on Whoosh: the query's own hits are never replaced; the correction is
+            # offered beside them, and its hits are shown only when the query found none.
+            if corrected is not None and total == 0:
                 _, again_query = translate(corrected)
                 again, again_total = self._ranked(conn, again_query, filters, since, limit, offset)
-                if again_total >= total and again_total:
-                    hits = self._page(conn, again, again_query, texts)
-                    return SearchResults(query, again_total, hits, corrected)
-                if total == 0:
-                    return SearchResults(query, 0, [], corrected)
-            return SearchResults(query, total, self._page(conn, found, tsquery, texts))
+                hits = self._page(conn, again, again_query, texts) if again_total else []
+                return SearchResults(query, again_total, hits, corrected, corrected=again_total > 0)
+            page = self._page(conn, found, tsquery, texts)
+            return SearchResults(query, total, page, corrected)
 
     def _ranked(
         self,
