@@ -42,13 +42,14 @@ from .export import FORMATS, WRITERS, write_file
 from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from .faults import EXIT_INTERRUPTED, EXIT_TERMINATED, RunStopped, as_pipeline_error, exit_code
 from .filestore import private_file, private_folder
+from .json_answers import people_json, results_json, status_json
 from .states import AttachmentState, RunStatus
 
 if TYPE_CHECKING:
     # The engine (and with it the download and fetch stages) is imported by the commands
     # that run, only: a read-only command never needs it.
     from .engine import RunSummary
-    from .search import CandidateHit, SearchHit, SearchResults
+    from .search import CandidateHit, SearchResults
 
 log = logging.getLogger("pipeline")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -718,7 +719,7 @@ def status(
             with App(data, integration_id=iid) as app:
                 reports.append(app.status(limit=limit))
         if as_json:
-            click.echo(json.dumps({"integrations": [_status_json(r) for r in reports]}))
+            click.echo(json.dumps({"integrations": [status_json(r) for r in reports]}))
             return 0
         for report in reports:
             click.echo(f"integration {report.integration_id}:")
@@ -727,57 +728,10 @@ def status(
     with App(data, integration_id=integration_id) as app:
         report = app.status(limit=limit)
     if as_json:
-        click.echo(json.dumps(_status_json(report)))
+        click.echo(json.dumps(status_json(report)))
         return 0
     _print_status(report)
     return 0
-
-
-def _status_json(report: StatusReport) -> dict[str, Any]:
-    runs, counts = report.runs, report.attachments
-    watermark, erasures = report.nightly_watermark, report.erasures
-    failures = report.failures
-    return {
-        "integration_id": report.integration_id or None,
-        "attachments": counts,
-        "nightly_watermark": watermark,
-        "erasures": erasures,
-        "search_engine": report.search_engine,
-        "runs": [
-            {
-                "id": r.id,
-                "kind": r.kind,
-                "status": r.status,
-                "started_at": r.started_at.isoformat(),
-                "finished_at": r.finished_at.isoformat() if r.finished_at else None,
-                "counts": r.counts,
-                "errors": len(r.errors),
-                "warnings": r.warnings,
-                "summary": r.summary,
-            }
-            for r in runs
-        ],
-        "failed_candidates": [
-            {
-                "candidate_id": f.candidate_id,
-                "reason": f.reason,
-                "retried_by_next_run": f.retried,
-            }
-            for f in failures.candidates
-        ],
-        "failed_candidates_total": failures.candidate_total,
-        "failed_attachments": [
-            {
-                "attachment_id": f.attachment_id,
-                "candidate_id": f.candidate_id,
-                "status": f.status,
-                "reason": f.reason,
-                "retried_by_next_run": f.retried,
-            }
-            for f in failures.attachments
-        ],
-        "failed_attachments_total": failures.attachment_total,
-    }
 
 
 def _print_status(report: StatusReport) -> None:
@@ -919,11 +873,7 @@ def search(
             page = app.search_by_candidate(request)
             scope = app.integration
         if as_json:
-            click.echo(
-                json.dumps(
-                    _people_json(page.results, page.people, page.total, scope), ensure_ascii=False
-                )
-            )
+            click.echo(json.dumps(people_json(page, scope), ensure_ascii=False))
         else:
             _print_people(page.results, page.people, page.total)
         return 0
@@ -931,7 +881,7 @@ def search(
         results = app.search(request)
         scope = app.integration
     if as_json:
-        click.echo(json.dumps(_results_json(results, scope), ensure_ascii=False))
+        click.echo(json.dumps(results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results, offset)
     return 0
@@ -957,56 +907,10 @@ def similar(
         results = app.similar(attachment_id, type=type_, limit=limit)
         scope = app.integration
     if as_json:
-        click.echo(json.dumps(_results_json(results, scope), ensure_ascii=False))
+        click.echo(json.dumps(results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results)
     return 0
-
-
-def _hit_json(h: SearchHit, integration_id: str) -> dict[str, Any]:
-    return {
-        "integration_id": integration_id or None,
-        "attachment_id": h.attachment_id,
-        "candidate_id": h.candidate_id,
-        "application_id": h.application_id,
-        "type": h.type,
-        "file_name": h.file_name,
-        "score": h.score,
-        "snippet": h.snippet,
-        "language": h.language,
-    }
-
-
-def _results_json(results: SearchResults, integration_id: str) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "query": results.query,
-        "total": results.total,
-        "hits": [_hit_json(h, integration_id) for h in results.hits],
-    }
-    if results.did_you_mean:
-        payload["did_you_mean"] = results.did_you_mean
-        payload["corrected"] = results.corrected  # whether the hits are the correction's
-    return payload
-
-
-def _people_json(
-    results: SearchResults, people: list[CandidateHit], total: int, integration_id: str
-) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "query": results.query,
-        "total": total,
-        "candidates": [
-            {
-                "candidate_id": p.candidate_id,
-                "score": p.score,
-                "hits": [_hit_json(h, integration_id) for h in p.hits],
-            }
-            for p in people
-        ],
-    }
-    if results.did_you_mean:
-        payload["did_you_mean"] = results.did_you_mean
-    return payload
 
 
 def _print_people(results: SearchResults, people: list[CandidateHit], total: int) -> None:

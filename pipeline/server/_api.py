@@ -25,8 +25,8 @@ from starlette.routing import Route
 from ..app import App, SearchRequest
 from ..database import ExportSelection
 from ..errors import QueryError
+from ..json_answers import people_json, results_json, status_json
 from ..states import AttachmentState
-from ._json import people_json, results_json, status_json
 from ._tokens import Principal
 
 if TYPE_CHECKING:
@@ -261,7 +261,7 @@ def status(request: Request) -> Response:
     principal = bearer(request)
     app = server_of(request).tenancy.app_for(principal.integration_id)
     report = app.status(limit=_int(request, "limit", 10, 1, 1000))
-    return JSONResponse(status_json(report, principal.integration_id))
+    return JSONResponse(status_json(report))
 
 
 def export(request: Request) -> Response:

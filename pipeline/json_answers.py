@@ -1,12 +1,14 @@
-"""The JSON the API answers: the same shapes as the CLI's ``--json`` output."""
+"""The JSON shapes of the answers: one definition for `--json` on the command line and the
+server's API (``search``, ``search --by-candidate``, ``similar``, ``status``), so that both say
+the same thing the same way (INTERFACE.md's `search --json`)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..app import CandidatePage, StatusReport
-    from ..search import SearchHit, SearchResults
+    from .app import CandidatePage, StatusReport
+    from .search import SearchHit, SearchResults
 
 
 def hit_json(h: SearchHit, integration_id: str) -> dict[str, Any]:
@@ -23,39 +25,35 @@ def hit_json(h: SearchHit, integration_id: str) -> dict[str, Any]:
     }
 
 
-def results_json(results: SearchResults, integration_id: str) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "query": results.query,
-        "total": results.total,
-        "hits": [hit_json(h, integration_id) for h in results.hits],
-    }
+def _correction(payload: dict[str, Any], results: SearchResults) -> dict[str, Any]:
     if results.did_you_mean:
         payload["did_you_mean"] = results.did_you_mean
+        payload["corrected"] = results.corrected  # whether the hits are the correction's
     return payload
+
+
+def results_json(results: SearchResults, integration_id: str) -> dict[str, Any]:
+    hits = [hit_json(h, integration_id) for h in results.hits]
+    return _correction({"query": results.query, "total": results.total, "hits": hits}, results)
 
 
 def people_json(page: CandidatePage, integration_id: str) -> dict[str, Any]:
-    payload: dict[str, Any] = {
-        "query": page.results.query,
-        "total": page.total,
-        "candidates": [
-            {
-                "candidate_id": p.candidate_id,
-                "score": p.score,
-                "hits": [hit_json(h, integration_id) for h in p.hits],
-            }
-            for p in page.people
-        ],
-    }
-    if page.results.did_you_mean:
-        payload["did_you_mean"] = page.results.did_you_mean
-    return payload
+    people = [
+        {
+            "candidate_id": p.candidate_id,
+            "score": p.score,
+            "hits": [hit_json(h, integration_id) for h in p.hits],
+        }
+        for p in page.people
+    ]
+    payload = {"query": page.results.query, "total": page.total, "candidates": people}
+    return _correction(payload, page.results)
 
 
-def status_json(report: StatusReport, integration_id: str) -> dict[str, Any]:
+def status_json(report: StatusReport) -> dict[str, Any]:
     failures = report.failures
     return {
-        "integration_id": integration_id,
+        "integration_id": report.integration_id or None,
         "attachments": report.attachments,
         "nightly_watermark": report.nightly_watermark,
         "erasures": report.erasures,
@@ -91,6 +89,3 @@ def status_json(report: StatusReport, integration_id: str) -> dict[str, Any]:
         ],
         "failed_attachments_total": failures.attachment_total,
     }
-
-
-__all__ = ["hit_json", "people_json", "results_json", "status_json"]
