@@ -380,6 +380,7 @@ class App:
     ) -> RunSummary:
         engine = self._engine()
         with self.workspace.lock(wait=wait_for_lock):
+            self._rebuild_outdated_index()
             return engine.ingest(candidate_ids, application_ids)
 
     def nightly(
@@ -391,7 +392,27 @@ class App:
     ) -> RunSummary:
         engine = self._engine()
         with self.workspace.lock(wait=wait_for_lock):
+            self._rebuild_outdated_index()
             return engine.nightly(full=full, candidate_ids=candidate_ids)
+
+    def _rebuild_outdated_index(self) -> None:
+        """An index written by an older analysis (its ``ANALYSIS_VERSION``) is rebuilt by the
+        next run, at its start, as ``reindex`` would (the caller holds this integration's
+        writer lock): until then it answers as it was written, and says to reindex."""
+        from .engine import no_progress
+        from .search import SearchIndex
+
+        index = self.index
+        try:
+            outdated = isinstance(index, SearchIndex) and index.analysis_outdated()
+        except PipelineError:
+            return  # an index that cannot be read is the run's to report, as before
+        if outdated:
+            log.warning(
+                "search index of %s: written by an older analysis; rebuilding it before the run",
+                self.integration,
+            )
+            self.workspace.reindex(self._progress or no_progress)
 
     def candidate_ids_at_kombo(self) -> list[str]:
         """Every candidate Kombo lists now (not deleted), in its order."""
@@ -672,10 +693,11 @@ class App:
         why (``status`` and ``check`` say it; see ``pipeline.search.engine_paths``)."""
         if self.data.search == "postgres":
             return "postgres (PostgreSQL text search in the database)"
-        from .search import engine_paths
+        from .search import SearchIndex, engine_paths
 
         # An index written by an older analysis answers, and says to run `reindex`.
-        outdated = self.index.outdated_reason()
+        index = self.index
+        outdated = index.outdated_reason() if isinstance(index, SearchIndex) else None
         return engine_paths() + (f"; {outdated}" if outdated else "")
 
     def check(self) -> dict[str, list[str]]:
