@@ -17,7 +17,9 @@ Prints one table and writes it as JSON (``benchmarks/results/run.json``):
 - search: p50 and p95 over a fixed query mix at both index sizes;
 - memory: peak RSS of the pipeline's process for the small and the full end-to-end run;
 - integrations: ``nightly --all`` over 20 integrations x 100 candidates beside one of 2,000
-  (``benchmarks/integrations.py``; quick: 5 x 40 beside 1 x 200).
+  (``benchmarks/integrations.py``; quick: 5 x 40 beside 1 x 200);
+- the API: search through ``pipeline serve`` with 10 clients at once at the largest index
+  size, requests per second and p50/p95 (``benchmarks/api.py``);
 - OCR (``ocr.py``): Tesseract's pages per second on the sandbox's scans and photos, on one
   core and on every core, beside pdftotext on their born-digital twins, and OCR's share of
   a run's CPU when one CV in twenty is a scan.
@@ -44,6 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+import api  # noqa: E402
 import extraction  # noqa: E402
 import fetch_download  # noqa: E402
 import index_search  # noqa: E402
@@ -294,6 +297,17 @@ def table(result: dict) -> list[tuple[str, str, str]]:
                     f"{run['over_floor']} (<= 1.3)",
                 )
             )
+    served = result.get("api")
+    if served is not None:
+        rows.append(
+            (
+                f"search through the API at {served['docs']:,} documents, "
+                f"{served['clients']} clients",
+                f"{served['requests_per_s']} requests/s, p50 {served['p50_ms']} ms, "
+                f"p95 {served['p95_ms']} ms (one client: p95 {served['one_client_p95_ms']} ms)",
+                "p95 < 50 ms",
+            )
+        )
     if "ocr" in result:
         o = result["ocr"]
         rows.append(
@@ -324,7 +338,7 @@ def main() -> None:
         "--skip",
         nargs="*",
         default=[],
-        choices=["e2e", "extraction", "index", "integrations", "ocr"],
+        choices=["e2e", "extraction", "index", "integrations", "api", "ocr"],
         help="sections to leave out (their figures from the last run of this size are kept)",
     )
     parser.add_argument("--cache", type=Path, default=ROOT / "results" / "sandbox-cache")
@@ -348,7 +362,7 @@ def main() -> None:
         f"Python {platform.python_version()}",
         "targets": TARGETS,
     }
-    for section in ("end_to_end", "extraction", "index", "integrations", "ocr"):
+    for section in ("end_to_end", "extraction", "index", "integrations", "api", "ocr"):
         if section in previous:
             result[section] = previous[section]
     if "e2e" not in args.skip:
@@ -368,6 +382,9 @@ def main() -> None:
         sized = integrations.SIZES["quick" if args.quick else "full"]
         result["integrations"] = integrations.measure(sized, args.cache)
         print(json.dumps(result["integrations"]), flush=True)
+    if "api" not in args.skip:
+        result["api"] = api.measure(size["docs"][-1])
+        print(json.dumps(result["api"]), flush=True)
     if "ocr" not in args.skip:
         result["ocr"] = ocr.measure(size["scans"], ocr.RUN_CPU_PER_CANDIDATE)
         print(json.dumps(result["ocr"]), flush=True)

@@ -1531,6 +1531,193 @@ def _reset_demo_dir(base: Path) -> None:
     marker.write_text("made by `pipeline demo`: demo empties this folder at each run\n")
 
 
+# -- serving: `serve` and `tokens` (pipeline.server; docs/serving.md) --------------------------
+
+
+@cli.command()
+@click.option(
+    "--host",
+    envvar="PIPELINE_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on (env PIPELINE_HOST); put a reverse proxy in front for TLS.",
+)
+@click.option(
+    "--port",
+    envvar="PIPELINE_PORT",
+    type=click.IntRange(0, 65535),
+    default=8000,
+    show_default=True,
+    help="Port (env PIPELINE_PORT; 0 picks a free one, named in the 'serving on' line).",
+)
+@click.option(
+    "--api-key-file",
+    type=click.File("r", encoding="utf-8-sig"),
+    help="Read the Kombo API key for webhook-started runs from this file ('-' for stdin); "
+    "default env KOMBO_API_KEY. Without a key, webhooks start no runs.",
+)
+@click.option("--base-url", help="Kombo's API base URL for runs (env KOMBO_BASE_URL).")
+@click.option("--region", help="eu, us or ca (env KOMBO_REGION; default eu).")
+@click.option(
+    "--forwarded-allow-ips",
+    envvar="PIPELINE_FORWARDED_ALLOW_IPS",
+    default="127.0.0.1",
+    show_default=True,
+    help="Proxies whose X-Forwarded-For/-Proto headers are believed (comma-separated, '*').",
+)
+@data_options
+def serve(
+    host: str,
+    port: int,
+    api_key_file: Any,
+    base_url: str | None,
+    region: str | None,
+    forwarded_allow_ips: str,
+    data_dir: str | None,
+    database_url: str | None,
+) -> int:
+    """Serve the JSON API, the recruiters' search page and Kombo's webhooks.
+
+    Until SIGTERM or Ctrl-C: runs started by webhooks are then stopped and recorded
+    interrupted, as a stopped `nightly` is. KOMBO_WEBHOOK_SECRET checks the webhooks.
+    """
+    from .config import Secret, resolve_base_url
+    from .server import ServeSettings
+    from .server import serve as run_server
+
+    key = api_key_file.read().strip() if api_key_file is not None else None
+    key = key or os.environ.get("KOMBO_API_KEY", "").strip() or None
+    webhook_secret = os.environ.get("KOMBO_WEBHOOK_SECRET", "").strip() or None
+    for secret in (key, webhook_secret):
+        if secret:
+            _REDACT.secrets.append(secret)
+    if webhook_secret is None:
+        log.warning("KOMBO_WEBHOOK_SECRET is not set: every webhook is refused (401)")
+    if not _LOG["quiet"]:  # one line per request (and the server's own) unless -q
+        logging.getLogger("pipeline.server").setLevel(logging.INFO)
+    settings = ServeSettings(
+        data=_data(data_dir, database_url),
+        host=host,
+        port=port,
+        api_key=Secret(key) if key else None,
+        base_url=resolve_base_url(Options(base_url=base_url, region=region), os.environ),
+        webhook_secret=Secret(webhook_secret) if webhook_secret else None,
+        forwarded_allow_ips=forwarded_allow_ips,
+    )
+    run_server(settings, lambda url: click.echo(f"serving on {url}", err=True))
+    return 0
+
+
+@cli.group()
+def tokens() -> None:
+    """API tokens for `pipeline serve`: each belongs to one integration; only a hash is kept."""
+
+
+def _tokens_store(data_dir: str | None, database_url: str | None) -> Any:
+    from .database import Store
+
+    data = _data(data_dir, database_url)
+    private_folder(data.data_dir)
+    store = Store(data.database_url)
+    store.ensure_schema()
+    return store
+
+
+@tokens.command("create")
+@click.option("--integration-id", required=True, help="The integration the token reads.")
+@click.option("--name", help="A name to list and revoke it by (default token-<id>).")
+@click.option("--admin", is_flag=True, help="Also export and erase (default: read only).")
+@data_options
+def tokens_create(
+    integration_id: str,
+    name: str | None,
+    admin: bool,
+    data_dir: str | None,
+    database_url: str | None,
+) -> int:
+    """Make a token; it is printed once, alone on the last line (only its hash is kept)."""
+    from .server import new_token
+
+    integration_id = integration_id.strip()
+    if not integration_id or len(integration_id) > 200 or not integration_id.isprintable():
+        raise UsageError("--integration-id: an integration id, up to 200 printable characters")
+    if name is not None and (not name.strip() or len(name) > 100 or not name.isprintable()):
+        raise UsageError("--name: up to 100 printable characters")
+    store = _tokens_store(data_dir, database_url)
+    try:
+        if store.integration(integration_id) is None:
+            _terminal_line(
+                "warning",
+                f"integration {integration_id} is not registered: the token sees nothing "
+                "until it is (`pipeline integrations add`, or a run of it)",
+            )
+        made = new_token(store, integration_id=integration_id, name=name, admin=admin)
+    finally:
+        store.close()
+    if made is None:
+        raise UsageError(f"a token named {name!r} exists: revoke it or choose another --name")
+    row, token = made
+    click.echo(
+        f"token {row.name} for integration {row.integration_id} ({row.scope}); "
+        "it is shown once: keep it now"
+    )
+    click.echo(token)
+    return 0
+
+
+@tokens.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout.")
+@data_options
+def tokens_list(as_json: bool, data_dir: str | None, database_url: str | None) -> int:
+    """Tokens: name, integration, scope, created, last used (never the token)."""
+    store = _tokens_store(data_dir, database_url)
+    try:
+        rows = store.api_tokens()
+    finally:
+        store.close()
+    listed = [
+        {
+            "name": r.name,
+            "integration_id": r.integration_id,
+            "scope": r.scope,
+            "created_at": r.created_at.isoformat(),
+            "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+        }
+        for r in rows
+    ]
+    if as_json:
+        click.echo(json.dumps({"tokens": listed}, ensure_ascii=False))
+        return 0
+    if not listed:
+        click.echo("no tokens (make one with `pipeline tokens create --integration-id ID`)")
+    for t in listed:
+        click.echo(
+            f"{t['name']}  {t['integration_id']}  {t['scope']}  created {t['created_at']}  "
+            f"last used {t['last_used_at'] or 'never'}"
+        )
+    return 0
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@data_options
+def tokens_revoke(name: str, data_dir: str | None, database_url: str | None) -> int:
+    """Revoke a token by name: every request with it is refused from now on."""
+    store = _tokens_store(data_dir, database_url)
+    try:
+        revoked = store.revoke_api_token(name)
+    finally:
+        store.close()
+    if not revoked:
+        raise UsageError(f"no token named {name!r} (`pipeline tokens list` shows them)")
+    click.echo(f"token {name} revoked")
+    return 0
+
+
+for _command in tokens.commands.values():
+    _command.params.extend(_logging_params())
+
+
 # -v, -q and --log-format after the command too (`pipeline ingest -v ...`), as before it.
 for _command in cli.commands.values():
     _command.params.extend(_logging_params())

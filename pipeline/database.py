@@ -255,6 +255,29 @@ class Setting(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+# -- API tokens (``pipeline tokens``, ``pipeline serve``) ----------------------------------------
+
+
+class ApiToken(Base):
+    """An API token of ``pipeline serve``: it belongs to one integration and is kept as a
+    hash only (the token itself is shown once, when made).
+
+    A token reads ``pk_<token_id>_<secret>``: ``token_id`` finds the row, and the SHA-256
+    of the secret is compared in constant time. The secret is 32 random bytes, so a plain
+    hash is enough (a slow password hash guards guessable secrets, which these are not).
+    """
+
+    __tablename__ = "api_tokens"
+
+    token_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    integration_id: Mapped[str] = mapped_column(String(200), index=True)
+    scope: Mapped[str] = mapped_column(String(10))  # "read" or "admin"
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What download and extraction found for one attachment (``save_outcome``)."""
@@ -614,7 +637,13 @@ class Store:
             # SQLite creates its -wal and -shm files with the database file's mode: made 0600
             # here, before the first connection, they are private too.
             private_folder(path.parent)
-            private_file(path)
+            # Only a missing file is created: opening and closing one that this process has
+            # open already would drop every POSIX lock the process holds on it, SQLite's
+            # own connections' included (a long-lived server opens several stores).
+            if path.exists() and os.access(path, os.W_OK):
+                tighten(path, 0o600)
+            else:
+                private_file(path)  # creates it, or fails naming why it cannot be written
             for suffix in ("-wal", "-shm"):
                 tighten(path.with_name(path.name + suffix), 0o600)
         self.engine = create_engine(database_url, **options)
@@ -1721,6 +1750,73 @@ class Store:
             return
         with self.session() as s:
             s.merge(Setting(key=key, value=value))
+
+    # -- API tokens (``pipeline tokens``, ``pipeline serve``) ------------------------------------
+    # The table is made here when missing (idempotent), so a database at any schema version
+    # gets it without a version bump of its own.
+
+    def _tokens_table(self) -> None:
+        if not getattr(self, "_tokens_ready", False):
+            if not self.read_only:
+                ApiToken.__table__.create(self.engine, checkfirst=True)
+            self._tokens_ready = True
+
+    def add_api_token(self, token: ApiToken) -> bool:
+        """Record a new token; False (nothing written) when its name is taken."""
+        self._tokens_table()
+        with self.session() as s:
+            if s.scalar(select(ApiToken.token_id).where(ApiToken.name == token.name)):
+                return False
+            s.add(token)
+        return True
+
+    def api_tokens(self) -> list[ApiToken]:
+        self._tokens_table()
+        with self.session() as s:
+            return list(s.scalars(select(ApiToken).order_by(ApiToken.created_at)))
+
+    def api_token(self, token_id: str) -> ApiToken | None:
+        self._tokens_table()
+        with self.session() as s:
+            return s.get(ApiToken, token_id)
+
+    def revoke_api_token(self, name: str) -> bool:
+        self._tokens_table()
+        with self.session() as s:
+            result = s.execute(delete(ApiToken).where(ApiToken.name == name))
+            return bool(cast(CursorResult[Any], result).rowcount)
+
+    def touch_api_token(self, token_id: str, when: datetime) -> None:
+        with self.session() as s:
+            s.execute(
+                update(ApiToken).where(ApiToken.token_id == token_id).values(last_used_at=when)
+            )
+
+    def attachment_candidate(self, attachment_id: str) -> str | None:
+        """The candidate an attachment of this store's integration belongs to (None: not
+        on record here)."""
+        query = select(Attachment.candidate_id).where(
+            Attachment.integration_id == self._iid, Attachment.id == attachment_id
+        )
+        with self.session() as s:
+            return s.scalar(query)
+
+    def counts_by_integration_and_status(self) -> dict[tuple[str, str], int]:
+        """Attachments per (integration, state), every integration: the server's metrics."""
+        query = select(Attachment.integration_id, Attachment.status, func.count()).group_by(
+            Attachment.integration_id, Attachment.status
+        )
+        with self.session() as s:
+            return {(i, st): n for i, st, n in s.execute(query).all()}
+
+    def run_counts_by_status(self) -> dict[tuple[str, str], int]:
+        """Runs on record per (integration, outcome), every integration: the server's
+        metrics ("" for runs older than the integrations registry)."""
+        query = select(Run.integration_id, Run.status, func.count()).group_by(
+            Run.integration_id, Run.status
+        )
+        with self.session() as s:
+            return {(i or "", st): n for i, st, n in s.execute(query).all()}
 
 
 def _same_text_row() -> Any:

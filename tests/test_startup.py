@@ -35,7 +35,7 @@ def _imported(args: list[str], data_dir: Path) -> list[str]:
 
 
 def test_help_imports_neither_the_database_nor_the_search_engine(tmp_path: Path) -> None:
-    for args in (["--help"], ["search", "--help"], ["ingest", "--help"], ["export", "--help"]):
+    for args in (["--help"], ["search", "--help"], ["ingest", "--help"], ["serve", "--help"]):
         assert _imported(args, tmp_path / "data") == [], args
 
 

@@ -418,6 +418,13 @@ class PostgresSearchIndex:
 
     # -- reads ----------------------------------------------------------------------------
 
+    def analysis_outdated(self) -> bool:
+        """Never: the analysis is PostgreSQL's own, applied to each row as it is written."""
+        return False
+
+    def outdated_reason(self) -> str | None:
+        return None
+
     def attachment_ids(self) -> set[str]:
         if not self.exists():
             return set()

@@ -1,0 +1,170 @@
+"""Search through the HTTP API at size: requests per second and p50/p95 latency with 10
+clients at once, against a real ``pipeline serve`` over a data directory of N documents
+(one integration; records, texts and index as a run leaves them).
+
+    python benchmarks/api.py                   # 100,000 documents (building them takes minutes)
+    python benchmarks/api.py --docs 10000      # smaller, for a shared machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import http.client
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import insert
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+from index_search import QUERIES, documents  # noqa: E402
+
+from pipeline.config import DataSettings  # noqa: E402
+from pipeline.database import Attachment, Candidate, ExtractedText, Store  # noqa: E402
+from pipeline.search import SearchIndex  # noqa: E402
+from pipeline.server import new_token  # noqa: E402
+
+INTEGRATION = "bench:api"
+CLIENTS = 10
+TARGET_P95_MS = 50.0
+
+
+def build(root: Path, count: int) -> tuple[DataSettings, str, float]:
+    """A data directory holding ``count`` indexed CVs; (its settings, a token, seconds)."""
+    started = time.perf_counter()
+    data = DataSettings(root, f"sqlite:///{root / 'pipeline.db'}")
+    docs = [dataclasses.replace(d, sha256=hashlib.sha256(d.text.encode()).hexdigest())
+            for d in documents(count)]  # fmt: skip
+    store = Store(data.database_url)
+    store.ensure_schema()
+    store.register_integration(INTEGRATION, "benchmark")
+    now = datetime.now(UTC)
+    candidates, attachments, texts = [], [], []
+    for doc in docs:
+        sha = doc.sha256
+        candidates.append({"integration_id": INTEGRATION, "id": doc.candidate_id,
+                           "first_seen_at": now, "title": doc.candidate_title})  # fmt: skip
+        attachments.append({
+            "integration_id": INTEGRATION, "id": doc.attachment_id,
+            "candidate_id": doc.candidate_id, "type": doc.type, "file_name": doc.file_name,
+            "sha256": sha, "status": "indexed", "language": doc.language,
+            "remote_updated_at": now, "indexed_at": now,
+        })  # fmt: skip
+        texts.append({"integration_id": INTEGRATION, "sha256": sha, "text": doc.text})
+    with store.engine.begin() as conn:
+        conn.execute(insert(Candidate.__table__).prefix_with("OR IGNORE"), candidates)
+        conn.execute(insert(ExtractedText.__table__).prefix_with("OR IGNORE"), texts)
+        conn.execute(insert(Attachment.__table__), attachments)
+    SearchIndex(data.integration(INTEGRATION).index_dir).rebuild(docs)
+    made = new_token(store, integration_id=INTEGRATION, name="bench", admin=False)
+    store.close()
+    assert made is not None
+    return data, made[1], time.perf_counter() - started
+
+
+def start(data: DataSettings) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "serve", "--port", "0", "-q",
+         "--data-dir", str(data.data_dir)],
+        stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "serving on http://" in line:
+            return process, line.split("serving on ", 1)[1].strip()
+    raise RuntimeError("the server did not start")
+
+
+def load(url: str, token: str, seconds: float, clients: int = CLIENTS) -> dict:
+    parts = urllib.parse.urlsplit(url)
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def client(offset: int) -> None:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+        headers = {"Authorization": f"Bearer {token}"}
+        mine, n = [], offset
+        while time.monotonic() < stop:
+            query = urllib.parse.quote(QUERIES[n % len(QUERIES)])
+            n += 1
+            began = time.perf_counter()
+            connection.request("GET", f"/api/v1/search?q={query}&limit=10", headers=headers)
+            answer = connection.getresponse()
+            answer.read()
+            mine.append(time.perf_counter() - began)
+            if answer.status != 200:
+                with lock:
+                    errors[0] += 1
+        connection.close()
+        with lock:
+            latencies.extend(mine)
+
+    # Warm up: each query once (the index's first open, the caches), not counted.
+    warm = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    for query in QUERIES:
+        warm.request("GET", f"/api/v1/search?q={urllib.parse.quote(query)}",
+                     headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+        warm.getresponse().read()
+    warm.close()
+    started = time.perf_counter()
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "errors": errors[0],
+        "requests_per_s": round(len(latencies) / wall, 1),
+        "p50_ms": round(statistics.median(latencies) * 1000, 1),
+        "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1] * 1000, 1),
+    }
+
+
+def measure(count: int, seconds: float = 20.0) -> dict:
+    """10 clients at once, and one alone (the server's own cost beside the search's)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        data, token, built_s = build(Path(tmp) / "data", count)
+        process, url = start(data)
+        try:
+            figures = load(url, token, seconds)
+            alone = load(url, token, seconds / 2, clients=1)
+        finally:
+            process.terminate()
+            process.wait(60)
+    return {
+        "docs": count,
+        "build_s": round(built_s, 1),
+        **figures,
+        "one_client_p50_ms": alone["p50_ms"],
+        "one_client_p95_ms": alone["p95_ms"],
+        "target_p95_ms": TARGET_P95_MS,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=100_000)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.docs, args.seconds)))
+
+
+if __name__ == "__main__":
+    main()
