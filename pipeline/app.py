@@ -400,11 +400,9 @@ class App:
         next run, at its start, as ``reindex`` would (the caller holds this integration's
         writer lock): until then it answers as it was written, and says to reindex."""
         from .engine import no_progress
-        from .search import SearchIndex
 
-        index = self.index
         try:
-            outdated = isinstance(index, SearchIndex) and index.analysis_outdated()
+            outdated = self.index.analysis_outdated()  # never on the PostgreSQL search
         except PipelineError:
             return  # an index that cannot be read is the run's to report, as before
         if outdated:
@@ -693,11 +691,10 @@ class App:
         why (``status`` and ``check`` say it; see ``pipeline.search.engine_paths``)."""
         if self.data.search == "postgres":
             return "postgres (PostgreSQL text search in the database)"
-        from .search import SearchIndex, engine_paths
+        from .search import engine_paths
 
         # An index written by an older analysis answers, and says to run `reindex`.
-        index = self.index
-        outdated = index.outdated_reason() if isinstance(index, SearchIndex) else None
+        outdated = self.index.outdated_reason()
         return engine_paths() + (f"; {outdated}" if outdated else "")
 
     def check(self) -> dict[str, list[str]]:
