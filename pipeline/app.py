@@ -406,6 +406,10 @@ class App:
         except PipelineError:
             return  # an index that cannot be read is the run's to report, as before
         if outdated:
+            try:  # an index of another schema is damage, not older words: the run reports it
+                self.index.search("*", texts=lambda ids: dict.fromkeys(ids, ""), limit=1)
+            except PipelineError:
+                return
             log.warning(
                 "search index of %s: written by an older analysis; rebuilding it before the run",
                 self.integration,
