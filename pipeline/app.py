@@ -381,6 +381,7 @@ class App:
     ) -> RunSummary:
         engine = self._engine()
         with self.workspace.lock(wait=wait_for_lock):
+            self._rebuild_outdated_index()
             return engine.ingest(candidate_ids, application_ids)
 
     def nightly(
@@ -406,7 +407,29 @@ class App:
                         f"integration {self.integration}: already run during this pass "
                         f"(run {done.id} on {done.host or 'another machine'}, {done.status})"
                     )
+            self._rebuild_outdated_index()
             return engine.nightly(full=full, candidate_ids=candidate_ids)
+
+    def _rebuild_outdated_index(self) -> None:
+        """An index written by an older analysis (its ``ANALYSIS_VERSION``) is rebuilt by the
+        next run, at its start, as ``reindex`` would (the caller holds this integration's
+        writer lock): until then it answers as it was written, and says to reindex."""
+        from .engine import no_progress
+
+        try:
+            outdated = self.index.analysis_outdated()  # never on the PostgreSQL search
+        except PipelineError:
+            return  # an index that cannot be read is the run's to report, as before
+        if outdated:
+            try:  # an index of another schema is damage, not older words: the run reports it
+                self.index.search("*", texts=lambda ids: dict.fromkeys(ids, ""), limit=1)
+            except PipelineError:
+                return
+            log.warning(
+                "search index of %s: written by an older analysis; rebuilding it before the run",
+                self.integration,
+            )
+            self.workspace.reindex(self._progress or no_progress)
 
     def candidate_ids_at_kombo(self) -> list[str]:
         """Every candidate Kombo lists now (not deleted), in its order."""

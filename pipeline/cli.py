@@ -25,9 +25,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import __version__
-from .app import REPAIRS, App, SearchRequest, StatusReport
 from .config import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_EXTRACT_MEMORY_MB,
+    DEFAULT_EXTRACT_TIMEOUT,
+    EXPORT_FORMATS,
     DataSettings,
     KomboSettings,
     Options,
@@ -36,18 +38,17 @@ from .config import (
     resolve_kombo,
     validate_candidate_id,
 )
-from .database import ExportSelection, Failures
 from .errors import PipelineError, UsageError
-from .export import FORMATS, WRITERS, write_file
-from .extract.pool import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT
 from .faults import EXIT_INTERRUPTED, EXIT_TERMINATED, RunStopped, as_pipeline_error, exit_code
 from .filestore import private_file, private_folder
 from .json_answers import people_json, results_json, status_json
 from .states import AttachmentState, RunStatus
 
 if TYPE_CHECKING:
-    # The engine (and with it the download and fetch stages) is imported by the commands
-    # that run, only: a read-only command never needs it.
+    # Each command imports what it works with: `--help` and a search start without the
+    # database layer (SQLAlchemy), the extractor pool or the run engine (tests/test_startup.py).
+    from .app import StatusReport
+    from .database import Failures
     from .engine import RunSummary
     from .search import CandidateHit, SearchResults
 
@@ -493,14 +494,14 @@ def extract_options(func: F) -> F:
     func = click.option(
         "--extract-memory-mb",
         type=click.IntRange(min=64),
-        default=DEFAULT_MEMORY_MB,
+        default=DEFAULT_EXTRACT_MEMORY_MB,
         show_default=True,
         help="Address space one parsing worker may use.",
     )(func)
     return click.option(
         "--extract-timeout",
         type=click.FloatRange(min=0.01),
-        default=DEFAULT_TIMEOUT,
+        default=DEFAULT_EXTRACT_TIMEOUT,
         show_default=True,
         help="Seconds one document may take to parse before its worker is killed.",
     )(func)
@@ -539,6 +540,8 @@ def ingest(
     Exit 0 when every attachment ended in a final state, 1 when some failed (they are
     retried by the next run), 2 for a usage error or an error of the whole integration.
     """
+    from .app import App
+
     ids = _collect_ids(candidate_ids, ids_file)
     applications = [validate_candidate_id(a) for a in dict.fromkeys(application_ids)]
     if not ids and not applications:
@@ -606,6 +609,8 @@ def nightly(
     (every candidate with --full, or the given ones with --ids-file), following the cursor.
     One run writes at a time: a second exits with a message, or waits with --wait.
     """
+    from .app import App
+
     if every and (ids_file is not None or kombo.get("integration_id")):
         raise UsageError(
             "--all runs every active integration: leave --integration-id and --ids-file out"
@@ -656,6 +661,8 @@ def forget(
     A file that another candidate still refers to stays. A record of each erasure is kept
     with the candidate id and the time only.
     """
+    from .app import App
+
     ids = _collect_ids(candidate_ids, ids_file)
     if not ids:
         raise UsageError("no candidate ids: give them as arguments or with --ids-file")
@@ -680,6 +687,8 @@ def purge(
     not_seen_days: int, data_dir: str | None, database_url: str | None, integration_id: str | None
 ) -> int:
     """Erase candidates that Kombo has not returned for N days (as forget does)."""
+    from .app import App
+
     with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         erased = app.purge(not_seen_days=not_seen_days)
     click.echo(f"purge succeeded: {erased} candidates not seen for {not_seen_days} days erased")
@@ -709,6 +718,8 @@ def status(
 ) -> int:
     """The last runs and the number of attachments in each state (of one integration, or
     of each with --all)."""
+    from .app import App
+
     data = _data(data_dir, database_url)
     if every:
         # KOMBO_INTEGRATION_ID, set for the runs of one, does not narrow --all.
@@ -781,6 +792,8 @@ def check(
 ) -> int:
     """Compare database, index and file store; report drift and how to repair each (exit 1).
     With --all, of every integration."""
+    from .app import App
+
     data = _data(data_dir, database_url)
     if every:
         # KOMBO_INTEGRATION_ID, set for the runs of one, does not narrow --all.
@@ -803,6 +816,8 @@ def check(
 
 
 def _print_drift(drift: dict[str, list[str]]) -> int:
+    from .app import REPAIRS
+
     found = sum(len(v) for v in drift.values())
     for what, items in drift.items():
         if items:
@@ -859,6 +874,8 @@ def search(
     matter, words are matched by their stem in English, German, French and Spanish, and a
     query that finds nothing is spelled again from the index's words ("did you mean").
     """
+    from .app import App, SearchRequest
+
     request = SearchRequest(
         query,
         type=type_,
@@ -903,6 +920,8 @@ def similar(
     integration_id: str | None,
 ) -> int:
     """Documents of other candidates most like this one (more CVs like this CV)."""
+    from .app import App
+
     with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.similar(attachment_id, type=type_, limit=limit)
         scope = app.integration
@@ -960,7 +979,7 @@ def _print_results(results: SearchResults, offset: int = 0) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(FORMATS),
+    type=click.Choice(EXPORT_FORMATS),
     default="jsonl",
     show_default=True,
     help="parquet needs the [parquet] extra and --output.",
@@ -1003,6 +1022,10 @@ def export(
 
     Records stream from the database in batches, so memory stays flat at any size.
     """
+    from .app import App
+    from .database import ExportSelection
+    from .export import WRITERS, write_file
+
     if fmt == "parquet" and output is None:
         raise UsageError("--format parquet writes a file: give --output PATH")
     selection = ExportSelection(
@@ -1036,6 +1059,8 @@ def _write_in_place(path: Path) -> bool:
 
 
 def _write_stream(fmt: str, records: Any, path: Path, *, with_text: bool) -> int:
+    from .export import WRITERS
+
     if fmt == "parquet":
         with path.open("wb") as binary:
             return WRITERS[fmt](records, binary, with_text=with_text)
@@ -1051,6 +1076,8 @@ def reindex(data_dir: str | None, database_url: str | None, integration_id: str 
     From 5,000 documents on, a writer process per core (at most two) shares the work; if one
     fails, the rebuild exits 1 and says to run it again.
     """
+    from .app import App
+
     progress = _Progress()
     try:
         with App(
@@ -1079,6 +1106,8 @@ def integrations_add(
     integration_id: str, name: str | None, data_dir: str | None, database_url: str | None
 ) -> int:
     """Register an integration (a run with an unregistered id registers it too)."""
+    from .app import App
+
     with App(_data(data_dir, database_url)) as app:
         new = app.add_integration(integration_id, name)
     click.echo(f"integration {integration_id} {'registered' if new else 'was registered already'}")
@@ -1090,6 +1119,8 @@ def integrations_add(
 @data_options
 def integrations_list(as_json: bool, data_dir: str | None, database_url: str | None) -> int:
     """Each integration: id, name, state, candidates, attachments, last nightly run."""
+    from .app import App
+
     with App(_data(data_dir, database_url)) as app:
         reports = app.integrations_list()
     if as_json:
@@ -1149,6 +1180,8 @@ def integrations_remove(
 ) -> int:
     """Erase every record, text, index document and file of an integration and unregister
     it (a record of each candidate's erasure is kept, without personal data)."""
+    from .app import App
+
     if not yes and sys.stdin.isatty():
         click.confirm(f"erase everything of integration {integration_id}?", abort=True)
     with App(_data(data_dir, database_url)) as app:
@@ -1164,6 +1197,8 @@ def integrations_remove(
 @data_options
 def integrations_pause(integration_id: str, data_dir: str | None, database_url: str | None) -> int:
     """Skip an integration in `nightly --all` until it is resumed."""
+    from .app import App
+
     with App(_data(data_dir, database_url)) as app:
         app.pause_integration(integration_id)
     click.echo(f"integration {integration_id} paused")
@@ -1175,6 +1210,8 @@ def integrations_pause(integration_id: str, data_dir: str | None, database_url: 
 @data_options
 def integrations_resume(integration_id: str, data_dir: str | None, database_url: str | None) -> int:
     """Take an integration back into `nightly --all` (paused by hand or by Kombo)."""
+    from .app import App
+
     with App(_data(data_dir, database_url)) as app:
         app.resume_integration(integration_id)
     click.echo(f"integration {integration_id} resumed")
@@ -1314,6 +1351,7 @@ def demo(candidates: int, seed: int, queries: tuple[str, ...], data_dir: str | N
     under the other, which finds nothing. Needs no account and no network: the sandbox runs
     in this process on 127.0.0.1.
     """
+    from .app import App, SearchRequest
     from .sandbox.server import SandboxServer
 
     base = (Path(data_dir) if data_dir else resolve_data(Options()).data_dir) / "demo"

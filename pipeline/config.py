@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .child import keep_secret
 from .errors import IntegrationChoiceError, InvalidCandidateIdError, UsageError
 
 REGION_BASE_URLS = {
@@ -22,6 +21,11 @@ DEFAULT_REGION = "eu"
 DEFAULT_DATA_DIR = "./data"
 DEFAULT_MAX_FILE_BYTES = 50 * 1024 * 1024
 DEFAULT_CONCURRENCY = 30  # Kombo's default limit of actions in flight per integration
+# The extractor pool's defaults (pipeline.extract.pool) and export's formats (pipeline.export)
+# live here, where the command line's option defaults read them without importing either.
+DEFAULT_EXTRACT_TIMEOUT = 60.0  # seconds one document may take to parse
+DEFAULT_EXTRACT_MEMORY_MB = 1536  # address space of one parsing worker
+EXPORT_FORMATS = ("jsonl", "csv", "parquet")
 
 
 class Secret:
@@ -30,6 +34,10 @@ class Secret:
     __slots__ = ("_value",)
 
     def __init__(self, value: str) -> None:
+        # Imported here: the child-process module (subprocess, sockets, pickle) is a run's,
+        # and a read-only command, which holds no secret, must not pay for it at start-up.
+        from .child import keep_secret
+
         self._value = value
         keep_secret(value)  # nor in any child process's environment, whatever holds it
 

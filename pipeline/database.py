@@ -982,7 +982,7 @@ class Store:
                 # Another machine may record the same candidate meanwhile: one statement.
                 row = {"id": candidate_id, "integration_id": integration_id}
                 self._write(
-                    conn, _PG_CANDIDATE_LISTED, [{**row, "first_seen_at": now, "title": title}]
+                    conn, _pg_statements()[1], [{**row, "first_seen_at": now, "title": title}]
                 )
                 return
             updated = conn.execute(
@@ -1145,7 +1145,7 @@ class Store:
         with self._conn() as conn:
             if fresh:
                 # On PostgreSQL another machine may have recorded it meanwhile: upserted.
-                fresh_statement = _PG_FRESH_ATTACHMENT if self._postgres else _INSERT_ATTACHMENT
+                fresh_statement = _pg_statements()[0] if self._postgres else _INSERT_ATTACHMENT
                 self._write(conn, fresh_statement, fresh)
             if seen:
                 self._write(conn, _LISTED, seen)
@@ -2184,7 +2184,11 @@ _REOPENED = (
 )
 
 
+@cache
 def _pg_statements() -> tuple[Any, Any]:
+    """An attachment and a candidate another machine may record at the same time (PostgreSQL):
+    built when first needed, since the PostgreSQL dialect costs a SQLite user's every command
+    70 ms to import (benchmarks/README.md, start-up)."""
     from sqlalchemy.dialects.postgresql import insert as pg_insert
 
     fresh = pg_insert(_a)
@@ -2200,8 +2204,6 @@ def _pg_statements() -> tuple[Any, Any]:
     return fresh, candidate
 
 
-# An attachment or a candidate another machine may record at the same time (PostgreSQL).
-_PG_FRESH_ATTACHMENT, _PG_CANDIDATE_LISTED = _pg_statements()
 _TEXT_EXISTS = select(_t.c.sha256).where(
     _t.c.integration_id == bindparam("iid"), _t.c.sha256 == bindparam("sha256")
 )

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
+from .config import EXPORT_FORMATS
 from .database import EXPORT_COLUMNS, ExportSelection, Store
 from .errors import UsageError
 
@@ -87,7 +88,7 @@ def write_parquet(
     return count
 
 
-FORMATS = ("jsonl", "csv", "parquet")
+FORMATS = EXPORT_FORMATS
 WRITERS: dict[str, Callable[..., int]] = {
     "jsonl": write_jsonl,
     "csv": write_csv,

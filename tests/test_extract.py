@@ -262,6 +262,117 @@ def test_without_a_writable_cache_the_language_model_loads_as_usual(
     assert [language.detect_language(t) for t in _LANGUAGE_SAMPLES] == ["en", "de", "fr", "es"]
 
 
+_LICENCE = "\n".join(  # what a CV template's source opens with: English, not the CV's
+    "%\t" + line
+    for line in (
+        "The MIT License (MIT)",
+        "Permission is hereby granted, free of charge, to any person obtaining a copy",
+        "of this software and associated documentation files (the Software), to deal",
+        "in the Software without restriction, including without limitation the rights",
+        "to use, copy, modify, merge, publish, distribute, sublicense, and/or sell",
+        "copies of the Software, and to permit persons to whom the Software is",
+        "furnished to do so, subject to the following conditions: THE SOFTWARE IS",
+        "PROVIDED AS IS, WITHOUT WARRANTY OF ANY KIND, EXPRESS OR IMPLIED, INCLUDING",
+        "BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY AND FITNESS FOR A PURPOSE.",
+    )
+)
+_PREAMBLE = r"""
+\documentclass[10pt,a4paper,german]{article}
+\usepackage[utf8]{inputenc}
+\usepackage{paracol,xcolor,fontawesome5,tabularx}
+\definecolor{maincol}{RGB}{0,90,160}
+\newcommand{\cvsection}[1]{\vspace{8pt}\textcolor{maincol}{\textbf{\large #1}}\par}
+\newcommand{\cvevent}[4]{\textbf{#1} \hfill \textit{#2} \\ #3 \\ \small{#4} \par}
+\newcommand{\cvskill}[3]{\textbf{#1} \hfill #2 \\[-2pt]}
+\setlength{\columnsep}{2.2em}
+"""
+_LATEX_BODY = r"""
+\begin{document}
+\begin{paracol}{2}
+\cvsection{Lebenslauf}
+\cvskill{Softwareentwicklung}{6+ Jahre}{1}
+\cvskill{Cloud Computing}{2+ Jahre}{0.3}
+\cvsection{Berufserfahrung}
+\cvevent{Senior Software Engineer}{2019 -- heute}{Muster GmbH, München}{Entwicklung
+der Plattform für den Handel mit Python und Kubernetes, Leitung eines Teams von vier
+Entwicklern und die Einführung von Continuous Delivery in der Firma.}
+\cvevent{Backend Developer}{2015 -- 2019}{Beispiel AG, Berlin}{Aufbau von Microservices
+mit Go, Betrieb der Datenbanken und Beratung der Kunden bei der Migration in die Cloud.}
+\cvsection{Bildung}
+\begin{tabularx}{\linewidth}{l X}
+2010 -- 2015 & Informatik an der Technischen Universität Berlin \\ \hline
+\end{tabularx}
+\end{paracol}
+\end{document}
+"""
+
+
+def _europass_table() -> str:
+    """A CV laid out as a table: English labels (a Europass-style template), German
+    entries, table rules and cell bars as a text export draws them."""
+    rows = [
+        ("CURRICULUM VITAE", ""),
+        ("Personal information", "Jörg Fürst"),
+        ("Date of birth", "16.6.1974"),
+        ("Work experience", ""),
+        ("Dates", "2019 - 2024"),
+        ("Occupation or position held", "Lead Developer bei der Muster GmbH"),
+        ("Main activities and responsibilities", "Planung und Entwicklung der Plattform"),
+        ("Main activities and responsibilities", "Betrieb der Dienste auf Kubernetes"),
+        ("Dates", "2015 - 2019"),
+        ("Occupation or position held", "Backend Engineer für die Payment Platform"),
+        ("Education and training", "Informatik an der TU Berlin"),
+        ("Mother tongue", "Deutsch"),
+        ("Other languages", "Englisch"),
+        ("Technical skills and competences", "Python, Kubernetes, Docker, AWS"),
+        ("Computer skills and competences", "Git, Jira, Confluence"),
+    ]
+    rule = "+" + "-" * 38 + "+" + "-" * 44 + "+"
+    lines = [rule]
+    for label, entry in rows:
+        lines += [f"| {label:<36} | {entry:<42} |", rule]
+    return "\n".join(lines)
+
+
+def test_a_german_latex_cv_is_german(tmp_path: Path) -> None:
+    import py3langid
+
+    source = _LICENCE + _PREAMBLE + _LATEX_BODY
+    assert py3langid.classify(source)[0] == "en"  # what the markup made of it before
+    path = tmp_path / "lebenslauf.tex"
+    path.write_text(source, encoding="utf-8")
+    assert extract_file(path, "text/x-tex", path.name).language == "de"
+
+
+def test_a_german_cv_laid_out_as_a_table_is_german(tmp_path: Path) -> None:
+    import py3langid
+
+    table = _europass_table()
+    assert py3langid.classify(table)[0] == "en"  # its English labels outweighed it before
+    path = tmp_path / "lebenslauf.txt"
+    path.write_text(table, encoding="utf-8")
+    assert extract_file(path, "text/plain", path.name).language == "de"
+
+
+def test_markup_around_prose_does_not_change_its_language() -> None:
+    from pipeline.extract.language import detect_language
+
+    expected = ["en", "de", "fr", "es"]
+    assert [detect_language(t) for t in _LANGUAGE_SAMPLES] == expected
+    in_latex = [f"\\begin{{itemize}}\\item {t}\\end{{itemize}}" for t in _LANGUAGE_SAMPLES]
+    assert [detect_language(t) for t in in_latex] == expected
+    in_table = [f"+{'-' * 30}+\n| {t} |\n+{'-' * 30}+" for t in _LANGUAGE_SAMPLES]
+    assert [detect_language(t) for t in in_table] == expected
+    # No LaTeX, no comments: a percent sign keeps the rest of its line.
+    assert detect_language("Umsatz um 30% gesteigert, die Leitung der Abteilung mit") == "de"
+
+
+@pytest.mark.skipif(not (CORPUS / "MANIFEST.tsv").is_file(), reason="the shared corpus is absent")
+def test_the_corpus_german_latex_cv_is_german() -> None:
+    path = CORPUS / "modern-latex-cv" / "german" / "lebenslauf.tex"
+    assert extract_file(path, "text/x-tex", path.name).language == "de"
+
+
 def test_commands_that_parse_nothing_do_not_import_the_parsers() -> None:
     # pypdf, python-docx and lxml take 0.2 s to import: `pipeline search` starts without them.
     import subprocess

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -15,7 +16,10 @@ from pathlib import Path
 import pytest
 
 import pipeline.search
+from pipeline.app import App
+from pipeline.config import DataSettings, KomboSettings
 from pipeline.errors import QueryError
+from pipeline.sandbox.server import SandboxServer
 from pipeline.search import IndexDoc, SearchIndex
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,3 +281,32 @@ def test_an_index_naming_a_class_we_do_not_have_asks_for_a_reindex(tmp_path: Pat
     toc.write_bytes(toc.read_bytes().replace(b"pipeline.index", b"pipeline.indey"))
     with pytest.raises(QueryError, match=r"^[^\n]*run `pipeline reindex`$"):
         index.search("python", texts=lambda ids: {})
+
+
+def test_the_next_run_rebuilds_an_index_of_an_older_analysis(
+    sandbox: SandboxServer,
+    settings: KomboSettings,
+    data: DataSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first, second = list(sandbox.world.candidates)[:2]
+    with App(data, settings) as app:
+        app.ingest([first, second])
+        indexed = app.index.doc_count()
+    index_dir = data.integration(settings.integration_id).index_dir
+    shutil.rmtree(index_dir)
+    shutil.copytree(MAIN_INDEX, index_dir)  # written before ß = ss and the split tokens
+    assert SearchIndex(index_dir).analysis_outdated()
+    with caplog.at_level(logging.INFO, logger="pipeline"), App(data, settings) as app:
+        summary = app.ingest([first])
+        rebuilt = [r for r in caplog.records if "older analysis; rebuilding" in r.getMessage()]
+        assert len(rebuilt) == 1 and settings.integration_id in rebuilt[0].getMessage()
+        assert summary.exit_code == 0
+        assert not app.index.analysis_outdated()
+        # Rebuilt from the database: its documents, none of the old index's.
+        assert app.index.doc_count() == indexed
+        assert not {"a1", "a2", "a3"} & app.index.attachment_ids()
+    with caplog.at_level(logging.INFO, logger="pipeline"), App(data, settings) as app:
+        caplog.clear()
+        app.ingest([first])  # current: not rebuilt again
+        assert not [r for r in caplog.records if "rebuilding" in r.getMessage()]

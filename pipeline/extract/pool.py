@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import child
+from ..config import DEFAULT_EXTRACT_MEMORY_MB, DEFAULT_EXTRACT_TIMEOUT
 from ..states import AttachmentState
 from . import Extraction, extract_file, identify, ocr
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = 60.0
-DEFAULT_MEMORY_MB = 1536
+DEFAULT_TIMEOUT = DEFAULT_EXTRACT_TIMEOUT
+DEFAULT_MEMORY_MB = DEFAULT_EXTRACT_MEMORY_MB
 
 
 class Extractor(Protocol):
