@@ -26,6 +26,8 @@ import shutil
 from importlib.metadata import version
 from pathlib import Path
 
+from ..function_words import FUNCTION_WORDS
+
 log = logging.getLogger(__name__)
 
 SAMPLE_CHARS = 20_000  # a CV's opening pages say enough
@@ -80,15 +82,7 @@ _LATEX_PUNCTUATION = re.compile(r"[{}&~$^_#]")
 _TABLE_RULE = re.compile(r"^[ \t]*[-=_+|:.*#~\u2500-\u257f]{3,}[ \t]*$", re.M)
 _CELL_BAR = re.compile(r"[|\u2502\u2503\u2551]")
 
-# The most common short words of each stemmed language; markup, names, dates and skills are
-# none of them. (pipeline.search's stem_languages reads a list like it, for the same reason.)
-_FUNCTION_WORDS = {
-    "en": "the and of to in with for is on as at by from are this that",
-    "de": "der die das und mit für von zu den im ist auf des dem nicht eine ein als bei",
-    "fr": "le la les et des du un une pour dans est sur avec au aux par en qui",
-    "es": "el la los las y de del que en con para por una un es se al",
-}
-_FUNCTION = {lang: frozenset(words.split()) for lang, words in _FUNCTION_WORDS.items()}
+_FUNCTION = FUNCTION_WORDS  # one table: pipeline/function_words.py
 _SHORT_WORD = re.compile(r"\b\w{1,4}\b")
 MIN_FUNCTION_WORDS = 5  # fewer say nothing either way (a table of names and dates)
 # Measured: a Europass-style table (English labels, German entries) has 9 German function

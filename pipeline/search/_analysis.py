@@ -21,6 +21,8 @@ from whoosh.analysis import CharsetFilter, LowercaseFilter, RegexTokenizer
 from whoosh.lang import stemmer_for_language
 from whoosh.support.charset import accent_map
 
+from ..function_words import FUNCTION_WORDS
+
 if TYPE_CHECKING:
     from whoosh.analysis import Analyzer
 
@@ -206,15 +208,7 @@ def _marked_stems(lang: str) -> _WordMap:
     return _WordMap(marked)
 
 
-# Words that say which language a text is in, whatever markup or table layout surrounds
-# them: LaTeX commands, column labels and names are no language's function words.
-_FUNCTION_WORDS = {
-    "en": "the and of to in with for is on as at by from are this that",
-    "de": "der die das und mit für von zu den im ist auf des dem nicht eine ein als bei",
-    "fr": "le la les et des du un une pour dans est sur avec au aux par en qui",
-    "es": "el la los las y de del que en con para por una un es se al",
-}
-_FUNCTION = {lang: frozenset(words.split()) for lang, words in _FUNCTION_WORDS.items()}
+_FUNCTION = FUNCTION_WORDS  # one table: pipeline/function_words.py
 
 
 def stem_languages(words: list[str], detected: str | None) -> list[str]:
