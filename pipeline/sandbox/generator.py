@@ -591,7 +591,9 @@ class World:
         _WARMING = self  # forked workers inherit it: a World with locks does not pickle
         context = multiprocessing.get_context("fork")
         try:
-            with context.Pool(processes) as pool:
+            # The workers take SIGTERM's default back: forked from a command that turns it
+            # into a stopped run, Pool.terminate() printed a traceback per worker.
+            with context.Pool(processes, initializer=_default_sigterm) as pool:
                 pool.map(_render_into_cache, ids, chunksize=16)
         finally:
             _WARMING = None
@@ -617,6 +619,12 @@ class World:
 
 
 _WARMING: World | None = None
+
+
+def _default_sigterm() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _render_into_cache(attachment_id: str) -> None:
