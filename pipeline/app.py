@@ -6,7 +6,9 @@ settings and opens what a command needs when it first needs it:
 
 - read-only commands (search, similar, export, status, check) open the database and the
   index and nothing else: no extractor pool, no HTTP client, no download process (those
-  are one run's, built by :mod:`pipeline.engine` for that run and closed after it);
+  are one run's, built by :mod:`pipeline.engine` for that run and closed after it); search
+  and similar on a SQLite file at this code's schema read it through
+  :mod:`pipeline.sqlite_reader` (the standard library's sqlite3: SQLAlchemy is not imported);
 - the database checks its schema version once when opened (one row read) and migrates
   only when it is behind, whichever command opens it: a data directory made by an older
   version keeps working with no step by hand, and is brought forward once;
@@ -319,8 +321,8 @@ class App:
     def _light(self) -> SQLiteReader | None:
         """The database for search and similar when it is a SQLite file at this code's
         schema and nothing else has opened it: read through the standard library's sqlite3,
-        without SQLAlchemy (:mod:`pipeline.sqlite_reader`), so a search starts in a third of
-        the time. None: the Store's path (:attr:`reader`)."""
+        without SQLAlchemy (:mod:`pipeline.sqlite_reader`): importing it was more than half of
+        a search's start. None: the Store's path (:attr:`reader`)."""
         if self.data.search == "postgres" or {"database", "reading_database"} & set(self.__dict__):
             return None
         from .sqlite_reader import SQLiteReader
