@@ -12,7 +12,7 @@ from __future__ import annotations
 def main() -> None:
     from pipeline.cli import main as command_line
 
-    command_line()
+    command_line(process_exit=True)
 
 
 # The guard matters too: without it every worker would run the command line again.

@@ -6,7 +6,9 @@ settings and opens what a command needs when it first needs it:
 
 - read-only commands (search, similar, export, status, check) open the database and the
   index and nothing else: no extractor pool, no HTTP client, no download process (those
-  are one run's, built by :mod:`pipeline.engine` for that run and closed after it);
+  are one run's, built by :mod:`pipeline.engine` for that run and closed after it); search
+  and similar on a SQLite file at this code's schema read it through
+  :mod:`pipeline.sqlite_reader` (the standard library's sqlite3: SQLAlchemy is not imported);
 - the database checks its schema version once when opened (one row read) and migrates
   only when it is behind, whichever command opens it: a data directory made by an older
   version keeps working with no step by hand, and is brought forward once;
@@ -40,16 +42,6 @@ from .config import (
     registered_ids,
     validate_integration_id,
 )
-from .database import (
-    ExportSelection,
-    Failures,
-    IntegrationState,
-    Run,
-    Store,
-    reading_store,
-    sqlite_path,
-    utcnow,
-)
 from .errors import (
     IndexDamagedError,
     IntegrationChoiceError,
@@ -59,13 +51,17 @@ from .errors import (
     PipelineError,
 )
 from .filestore import private_folder, private_umask
-from .states import AttachmentState
+from .states import AttachmentState, IntegrationState, utcnow
 
 if TYPE_CHECKING:
+    # The database layer (SQLAlchemy) is imported by what opens it: a search on a SQLite file
+    # reads it through pipeline.sqlite_reader, without SQLAlchemy (tests/test_startup.py).
+    from .database import ExportSelection, Failures, Run, Store
     from .engine import ExtractLimits, Progress, RunEngine, RunSummary, Workspace
     from .extract.pool import Extractor
     from .filestore import LocalFileStore
     from .search import CandidateHit, PostgresSearchIndex, SearchIndex, SearchResults
+    from .sqlite_reader import SQLiteReader
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +233,8 @@ class App:
     @cached_property
     def database(self) -> Store:
         """The whole database, for writing (the registry; records through :attr:`store`)."""
+        from .database import Store
+
         private_folder(self.data.data_dir)  # the clone's data/ ships 0755
         store = Store(self.data.database_url)
         store.ensure_schema()
@@ -248,6 +246,8 @@ class App:
         """The database for read-only commands: read-only SQLite, no lock, no migration."""
         if "database" in self.__dict__:
             return self.database
+        from .database import reading_store
+
         store = reading_store(self.data.database_url)
         if not store.read_only:  # it was behind and has been brought forward
             adopt_legacy_folders(self.data, store)
@@ -258,16 +258,17 @@ class App:
         """The one integration every method acts on (see the module's docstring)."""
         named = self._named
         if named is not None:
-            validate_integration_id(named, self._registered())
+            registered = self._registered()
+            validate_integration_id(named, registered)
             if self.kombo is not None:
                 # A command that calls Kombo with an id not yet registered registers it.
                 if self.database.register_integration(named):
                     log.info("integration %s registered", named)
                     adopt_legacy_folders(self.data, self.database)
                 return named
-            if self.reading_database.integration(named) is None:
+            if named not in registered:
                 raise IntegrationChoiceError(
-                    f"unknown integration {named!r}{registered_ids(self._registered())}"
+                    f"unknown integration {named!r}{registered_ids(registered)}"
                 )
             return named
         registered = self._registered()
@@ -293,6 +294,9 @@ class App:
         return self.workspace
 
     def _registered(self) -> list[str]:
+        light = self.__dict__.get("_light")
+        if light is not None and "database" not in self.__dict__:
+            return light.integration_ids()
         database = self.__dict__.get("database") or self.reading_database
         return [i.integration_id for i in database.integrations()]
 
@@ -312,6 +316,27 @@ class App:
         if "store" in self.__dict__:
             return self.store
         return self.reading_database.for_integration(self.integration)
+
+    @cached_property
+    def _light(self) -> SQLiteReader | None:
+        """The database for search and similar when it is a SQLite file at this code's
+        schema and nothing else has opened it: read through the standard library's sqlite3,
+        without SQLAlchemy (:mod:`pipeline.sqlite_reader`): importing it was more than half of
+        a search's start. None: the Store's path (:attr:`reader`)."""
+        if self.data.search == "postgres" or {"database", "reading_database"} & set(self.__dict__):
+            return None
+        from .sqlite_reader import SQLiteReader
+
+        return SQLiteReader.open(self.data.database_url)
+
+    @cached_property
+    def _search_records(self) -> Store | SQLiteReader:
+        """This integration's records for search and similar: texts for the snippets, and
+        the counts that tell a missing index from an empty one."""
+        light = self._light
+        if light is None or "reader" in self.__dict__:
+            return self.reader
+        return light.for_integration(self.integration)
 
     @cached_property
     def index(self) -> SearchIndex | PostgresSearchIndex:
@@ -343,6 +368,9 @@ class App:
             scoped = self.__dict__.get(name)
             if scoped is not None:
                 scoped.close()
+        light = self.__dict__.get("_light")
+        if light is not None:
+            light.close()
         reading = self.__dict__.get("reading_database")
         if reading is not None and reading is not self.__dict__.get("database"):
             reading.close()
@@ -769,10 +797,11 @@ class App:
         return CandidatePage(results, page, len(people))
 
     def _search(self, request: SearchRequest, wanted: int, offset: int) -> SearchResults:
+        records = self._search_records  # first: the integration is chosen through it
         self._index_expected()
         results = self.index.search(
             request.query,
-            texts=self.reader.texts_for,
+            texts=records.texts_for,
             type=request.type,
             candidate_id=request.candidate_id,
             language=request.language,
@@ -787,7 +816,11 @@ class App:
         another machine erased (its next writing command removes them): their hits are
         dropped here, so a read never names an erased candidate. The PostgreSQL search
         and SQLite (one machine) need no such check."""
-        if self.data.search == "postgres" or sqlite_path(self.data.database_url) is not None:
+        if self.data.search == "postgres" or self.__dict__.get("_light") is not None:
+            return results
+        from .database import sqlite_path
+
+        if sqlite_path(self.data.database_url) is not None:
             return results
         ids = [hit.attachment_id for hit in results.hits]
         present = self.reader.present_attachments(ids) if ids else set()
@@ -801,9 +834,10 @@ class App:
         self, attachment_id: str, *, type: str | None = None, limit: int = 10
     ) -> SearchResults:
         """Documents of other candidates most like this one."""
+        records = self._search_records  # first: the integration is chosen through it
         self._index_expected()
         return self._without_erased(
-            self.index.similar(attachment_id, texts=self.reader.texts_for, type=type, limit=limit)
+            self.index.similar(attachment_id, texts=records.texts_for, type=type, limit=limit)
         )
 
     def _index_expected(self) -> None:
@@ -820,7 +854,9 @@ class App:
                     "PIPELINE_SEARCH=postgres)"
                 )
             return
-        if not self.index.exists() and self.reader.counts_by_status().get(AttachmentState.INDEXED):
+        if not self.index.exists() and self._search_records.counts_by_status().get(
+            AttachmentState.INDEXED
+        ):
             raise IndexDamagedError(
                 f"search index: {self.paths.index_dir} is missing but the database holds "
                 "indexed documents: run `pipeline reindex`",

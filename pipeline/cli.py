@@ -6,6 +6,7 @@ Errors reach the terminal here and only here, as one line ``pipeline: error: ...
 from __future__ import annotations
 
 import errno
+import gc
 import html
 import json
 import logging
@@ -893,6 +894,7 @@ def search(
             click.echo(json.dumps(people_json(page, scope), ensure_ascii=False))
         else:
             _print_people(page.results, page.people, page.total)
+        _nothing_left_to_collect()
         return 0
     with App(_data(data_dir, database_url), integration_id=integration_id) as app:
         results = app.search(request)
@@ -901,6 +903,7 @@ def search(
         click.echo(json.dumps(results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results, offset)
+    _nothing_left_to_collect()
     return 0
 
 
@@ -929,6 +932,7 @@ def similar(
         click.echo(json.dumps(results_json(results, scope), ensure_ascii=False))
     else:
         _print_results(results)
+    _nothing_left_to_collect()
     return 0
 
 
@@ -1635,8 +1639,12 @@ def _terminated(signum: int, frame: object) -> None:
     raise RunStopped("terminated (SIGTERM): what finished is kept", EXIT_TERMINATED)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, process_exit: bool = False) -> None:
+    """The command line. ``process_exit``: the process ends with the command (the installed
+    ``pipeline``, ``python -m pipeline``), so a read-only command may skip the last
+    garbage collections (:func:`_nothing_left_to_collect`)."""
     _LOG.update(verbose=0, quiet=False, format="text")
+    _EXIT.clear()
     on_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminated) if on_main_thread else None
     try:
@@ -1644,7 +1652,22 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if process_exit and _EXIT.get("nothing_left"):
+        # Python's shutdown walks every object left (some 30,000 after a search) in full
+        # garbage collections, to free cycles the ending process would free anyway: 50-90 ms
+        # of a search's start-up figures. Frozen objects are not walked. Only after
+        # commands that wrote nothing and closed what they opened (their cycles' finalizers
+        # have nothing left to do).
+        gc.freeze()
     sys.exit(code)
+
+
+# Set by a command after which nothing is left to finalize (see main).
+_EXIT: dict[str, bool] = {}
+
+
+def _nothing_left_to_collect() -> None:
+    _EXIT["nothing_left"] = True
 
 
 def _main(argv: list[str] | None) -> int:

@@ -31,7 +31,6 @@ import random
 import socket
 import sqlite3
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -70,16 +69,14 @@ from sqlalchemy.sql.dml import Update
 from sqlalchemy.sql.functions import FunctionElement
 
 from .errors import (
-    DatabaseCorruptError,
     DatabaseUnavailableError,
     DataDirectoryError,
-    DiskFullError,
     SchemaBehindError,
-    StorageError,
 )
 from .filestore import private_file, private_folder, tighten
 from .search import IndexDoc
-from .states import FINAL_STATES, AttachmentState, RunStatus
+from .sqlite_reader import read_only_uri, storage_fault
+from .states import FINAL_STATES, AttachmentState, IntegrationState, RunStatus, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +92,6 @@ _SCHEMA_KEY = "schema_version"
 MISSING_FILE_REASON = "a stored file went missing: the next run fetches it again"
 # The settings row that holds when the last complete nightly run began.
 WATERMARK = "nightly_watermark"
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -121,11 +114,6 @@ class UTCDateTime(TypeDecorator[datetime]):
 class Base(DeclarativeBase):
     # Every model here is mapped to a Table (DeclarativeBase types it as any FromClause).
     __table__: ClassVar[Table]
-
-
-class IntegrationState:
-    ACTIVE = "active"
-    PAUSED = "paused"
 
 
 class Integration(Base):
@@ -493,56 +481,6 @@ def sqlite_path(database_url: str) -> Path | None:
     return Path(str(url.database))
 
 
-def _read_only_uri(path: Path) -> str:
-    """SQLite's URI for reading ``path`` without writing anything next to it.
-
-    ``mode=ro`` still needs the WAL index (``-shm``) beside the database, which a read-only
-    folder without one cannot give: there, with no write-ahead log left to read (a writer
-    that closed cleanly folds it back and deletes it), ``immutable=1`` reads the file alone.
-    """
-    quoted = urllib.parse.quote(str(path.resolve()))
-    wal = path.with_name(path.name + "-wal")
-    if not os.access(path.parent, os.W_OK) and not wal.exists():
-        return f"file:{quoted}?immutable=1"
-    return f"file:{quoted}?mode=ro"
-
-
-# SQLite's messages for storage faults, in the words its C library uses (sqlite3 gives only
-# the message and, since 3.11, the extended code).
-_SQLITE_FAULTS: tuple[tuple[str, type[StorageError], str], ...] = (
-    ("database or disk is full", DiskFullError, "no space left on the device holding {path}"),
-    ("file is not a database", DatabaseCorruptError, "{path} is not a database"),
-    ("malformed", DatabaseCorruptError, "{path} is damaged (database disk image is malformed)"),
-    ("readonly database", DataDirectoryError, "{path} or its folder is read-only"),
-    ("unable to open database file", DataDirectoryError, "cannot open {path}"),
-    ("disk i/o error", StorageError, "disk I/O error on {path}"),
-)
-
-
-def _translated(exc: BaseException, where: str) -> StorageError | None:
-    """The one-line storage error for a database library's error, or None if it is not
-    one (a constraint, a bug of ours: those keep their own type)."""
-    orig = getattr(exc, "orig", exc)
-    message = str(orig).lower()
-    if "disk i/o error" in message and _nearly_full(where):
-        # SQLite says SQLITE_FULL only where it checks; a write to the WAL or its index
-        # that meets ENOSPC comes back as an I/O error.
-        message = "database or disk is full"
-    for words, cls, text in _SQLITE_FAULTS:
-        if words in message:
-            return cls(f"database: {text.format(path=where)}", path=where)
-    return None
-
-
-def _nearly_full(where: str) -> bool:
-    folder = Path(where).parent
-    try:
-        found = os.statvfs(folder)
-    except (OSError, ValueError):
-        return False
-    return found.f_bavail * found.f_frsize < 1 << 20
-
-
 # -- PostgreSQL as a first-class store (issue 19) ----------------------------------------------
 # Several processes, on several machines, may share one PostgreSQL database: the schema is
 # made under an advisory lock each takes in turn, rows that may already be there are
@@ -636,7 +574,7 @@ class Store:
                 raise DataDirectoryError(
                     f"database: {path} does not exist (a run creates it)", path=str(path)
                 )
-            uri = _read_only_uri(path)
+            uri = read_only_uri(path)
             options["creator"] = lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)
         elif path is not None:
             # SQLite creates its -wal and -shm files with the database file's mode: made 0600
@@ -698,7 +636,7 @@ class Store:
         storage faults become one line naming the database (``raise ... from`` the
         library's error, which SQLAlchemy does with what this returns)."""
         sqlite = self.engine.dialect.name == "sqlite"
-        found = _translated(context.original_exception, self._where)
+        found = storage_fault(context.original_exception, self._where)
         if found is not None:
             return found
         if not sqlite and context.connection is None and not context.is_pre_ping:
@@ -711,14 +649,14 @@ class Store:
         return None
 
     def _direct_error(self, exc: sqlite3.Error) -> BaseException:
-        found = _translated(exc, self._where)
+        found = storage_fault(exc, self._where)
         return exc if found is None else found
 
     def schema_version(self) -> int:
         """The version the database is at: 0 when it predates versions, or is empty."""
         try:
             with self.engine.connect() as conn:
-                value = conn.execute(_SCHEMA_VERSION_QUERY).scalar()
+                value = conn.execute(SEARCH_READS["schema_version"], {"key": _SCHEMA_KEY}).scalar()
         except DBAPIError:  # no settings table yet: a new database
             return 0
         return int(value) if value is not None else 0
@@ -1242,14 +1180,9 @@ class Store:
     def texts_for(self, attachment_ids: Sequence[str]) -> dict[str, str]:
         if not attachment_ids:
             return {}
-        with self.session() as s:
-            rows = s.execute(
-                select(Attachment.id, ExtractedText.text)
-                .join(ExtractedText, _same_text_row())
-                .where(
-                    Attachment.integration_id == self._iid,
-                    Attachment.id.in_(list(attachment_ids)),
-                )
+        with self._conn() as conn:
+            rows = conn.execute(
+                SEARCH_READS["texts"], {"iid": self._iid, "ids": list(attachment_ids)}
             )
             return {attachment_id: text for attachment_id, text in rows}
 
@@ -1363,12 +1296,8 @@ class Store:
             )
 
     def counts_by_status(self) -> dict[str, int]:
-        with self.session() as s:
-            rows = s.execute(
-                select(Attachment.status, func.count())
-                .where(Attachment.integration_id == self._iid)
-                .group_by(Attachment.status)
-            )
+        with self._conn() as conn:
+            rows = conn.execute(SEARCH_READS["counts_by_status"], {"iid": self._iid})
             return {status: count for status, count in rows}
 
     def unfinished(self) -> list[tuple[str, str]]:
@@ -2289,9 +2218,20 @@ _COPIES = (
     )
     .order_by(bytewise(_a.c.id))
 )
-_SCHEMA_VERSION_QUERY = select(Setting.__table__.c.value).where(
-    Setting.__table__.c.key == _SCHEMA_KEY
-)
+# What a search reads, on every database: the Store runs these, and on a SQLite file at this
+# schema `pipeline search` and `similar` run their SQL through the standard library instead
+# (``pipeline.sqlite_reader.STATEMENTS``, compared with these by tests/test_startup.py).
+_i, _s = Integration.__table__, Setting.__table__
+SEARCH_READS: dict[str, Select[Any]] = {
+    "schema_version": select(_s.c.value).where(_s.c.key == bindparam("key")),
+    "integration_ids": select(_i.c.integration_id).order_by(bytewise(_i.c.integration_id)),
+    "texts": select(_a.c.id, _t.c.text)
+    .join(_t, (_t.c.sha256 == _a.c.sha256) & (_t.c.integration_id == _a.c.integration_id))
+    .where(_a.c.integration_id == bindparam("iid"), _a.c.id.in_(bindparam("ids", expanding=True))),
+    "counts_by_status": select(_a.c.status, func.count())
+    .where(_a.c.integration_id == bindparam("iid"))
+    .group_by(_a.c.status),
+}
 _HASHES = (
     select(_a.c.sha256)
     .where(_a.c.integration_id == bindparam("iid"), _a.c.sha256.is_not(None))

@@ -12,6 +12,7 @@ operator to fix (the error classes of its own live in :mod:`pipeline.errors` alo
 from __future__ import annotations
 
 import errno
+import sys
 
 from .errors import PipelineError, is_transient
 
@@ -70,6 +71,10 @@ def _os_message(exc: OSError) -> str:
 
 
 def _database_message(exc: BaseException, database: str | None) -> str | None:
+    # A search's read path runs sqlite3 without SQLAlchemy (not imported here for --help).
+    sqlite3 = sys.modules.get("sqlite3")
+    if sqlite3 is not None and isinstance(exc, sqlite3.Error):
+        return _database_line(str(exc), database)
     try:
         from sqlalchemy.exc import DBAPIError, SQLAlchemyError
     except ImportError:  # pragma: no cover - SQLAlchemy is a dependency
@@ -79,6 +84,10 @@ def _database_message(exc: BaseException, database: str | None) -> str | None:
     # The driver's own words ("database disk image is malformed", "attempt to write a
     # readonly database"), not the statement SQLAlchemy appends.
     cause = str(exc.orig) if isinstance(exc, DBAPIError) and exc.orig is not None else str(exc)
+    return _database_line(cause, database)
+
+
+def _database_line(cause: str, database: str | None) -> str:
     where = f" ({_safe_url(database)})" if database else ""
     return f"database error{where}: {_one_line(cause)}"
 

@@ -1,8 +1,15 @@
-"""Closed sets of states, stored as text: an attachment's (INTERFACE.md) and a run's."""
+"""Closed sets of states, stored as text: an attachment's (INTERFACE.md), a run's and an
+integration's; and ``utcnow``, the clock the rows are stamped with. Imports nothing heavy
+(the application layer and a search use these without the database layer)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from enum import StrEnum
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class AttachmentState(StrEnum):
@@ -49,3 +56,10 @@ class RunStatus(StrEnum):
 
 # Runs that went through every target: the nightly watermark may move past them.
 COMPLETED_RUNS = frozenset({RunStatus.SUCCEEDED, RunStatus.FAILED})
+
+
+class IntegrationState:
+    """An integration's ``state`` in the registry (``integrations`` table)."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"

@@ -286,3 +286,25 @@ def test_switching_to_the_postgres_search_asks_for_a_reindex(  # type: ignore[no
     assert switched.code == 2 and "run `pipeline reindex`" in switched.err
     assert cli("reindex").code == 0
     assert cli("search", "Python").code == 0
+
+
+def test_the_correction_follows_the_whoosh_indexs_policy(engine: sqlalchemy.Engine) -> None:
+    """One policy (``_query.corrected_query``) over each back end's words: distance first,
+    frequency second, the first letter kept, a budget by length, none for symbol tokens,
+    every misspelled word; tests/test_relevance.py checks the same on the Whoosh index."""
+    index = PostgresSearchIndex(engine, "int:a")
+    shipped = relevance.SHIPPED
+    index.write(
+        [IndexDoc(n, f"c-{n}", None, "CV", n, t, language=lang) for n, (t, lang) in shipped.items()]
+    )
+
+    def texts(ids: object) -> dict[str, str]:
+        return {i: shipped[i][0] for i in ids}  # type: ignore[attr-defined]
+
+    # The Levenshtein correction this replaced made ".NET" ".nell" here.
+    for query in ("C++", "C#", ".NET", "Go", "R", "SQL", "Straße", "Joerg", "Fuerst", "python"):
+        assert index.search(query, texts=texts).did_you_mean is None, query
+    typo = index.search("pyhton pyhton", texts=texts)
+    assert (typo.did_you_mean, typo.corrected) == ("python python", True)
+    assert [h.attachment_id for h in typo.hits] == ["python-en"]
+    assert index.search("Kubernets", texts=texts).did_you_mean == "kubernetes"

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import IndexBuildError, QueryError
 from ._analysis import FILE_NAME_PATTERN, FOLDED, WORD
 from ._doc import IndexDoc
-from ._query import _check_syntax
+from ._query import _check_syntax, corrected_query
 from ._results import SearchHit, SearchResults
 from ._snippets import _escape
 
@@ -111,7 +111,6 @@ class _Translation:
 
     def __init__(self) -> None:
         self.filters: dict[str, str] = {}
-        self.words: list[str] = []  # the unfielded words, for spelling
 
     def top(self, query: Query) -> str:
         from whoosh.query import And, Term
@@ -177,8 +176,6 @@ class _Translation:
                     kind = Prefix
                 shape = "prefix" if kind is Prefix else "word"
                 grouped.setdefault((shape, (text,)), set()).add(q.fieldname)
-                if q.fieldname == "text" and shape == "word":
-                    self.words.append(text)
             elif kind is Phrase and q.fieldname in TEXT_FIELDS:
                 words = tuple(str(w) for w in q.words)
                 grouped.setdefault(("phrase", words), set()).add(q.fieldname)
@@ -218,19 +215,43 @@ def translate(query: str) -> tuple[_Translation, str]:
 # -- the index -----------------------------------------------------------------------------
 
 
-def _distance(a: str, b: str, limit: int) -> int:
-    """Levenshtein distance, or limit + 1 once it is certainly more than ``limit``."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        if min(current) > limit:
-            return limit + 1
-        previous = current
-    return previous[-1]
+class _SearchWords:
+    """One integration's ``search_words`` as the spelling correction reads an index
+    (``_query.Words``): the words of a first letter read once, with their counts."""
+
+    def __init__(self, conn: Connection, integration_id: str) -> None:
+        self._conn = conn
+        self._integration_id = integration_id
+        self._counts: dict[str, int] = {}
+        self._by_letter: dict[str, list[str]] = {}
+
+    def frequency(self, word: str) -> int:
+        if word not in self._counts and word[:1] not in self._by_letter:
+            found = self._conn.exec_driver_sql(
+                "SELECT documents FROM search_words WHERE integration_id = %(i)s AND word = %(w)s",
+                {"i": self._integration_id, "w": word},
+            ).scalar()
+            self._counts[word] = int(found or 0)
+        return self._counts.get(word, 0)
+
+    def starting_with(self, letter: str) -> list[str]:
+        if letter not in self._by_letter:
+            rows = self._conn.exec_driver_sql(
+                "SELECT word, documents FROM search_words WHERE integration_id = %(i)s "
+                "AND word LIKE %(start)s",
+                {"i": self._integration_id, "start": _like_prefix(letter)},
+            )
+            words = []
+            for word, documents in rows:
+                self._counts[word] = int(documents)
+                if word.isalpha():
+                    words.append(word)
+            self._by_letter[letter] = words
+        return self._by_letter[letter]
+
+
+def _like_prefix(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 class PostgresSearchIndex:
@@ -471,7 +492,7 @@ class PostgresSearchIndex:
                 filters[name] = value
         with self.engine.connect() as conn:
             found, total = self._ranked(conn, tsquery, filters, since, limit, offset)
-            corrected = self._correct(conn, query, translation.words)
+            corrected = self._correct(conn, query)
             # As on Whoosh: the query's own hits are never replaced; the correction is
             # offered beside them, and its hits are shown only when the query found none.
             if corrected is not None and total == 0:
@@ -570,46 +591,15 @@ class PostgresSearchIndex:
             )
         return hits
 
-    def _correct(self, conn: Connection, query: str, words: list[str]) -> str | None:
-        """The query with each word no document holds replaced by the nearest word that
-        documents hold (edit distance 2 at most, same first letter; the most common first)."""
-        if not words:
-            return None
-        wanted = sorted({w for w in words if w and not any(c in w for c in "*?")})
-        held = {
-            row[0]
-            for row in conn.exec_driver_sql(
-                "SELECT word FROM search_words WHERE integration_id = %(i)s AND word = ANY(%(w)s)",
-                {"i": self.integration_id, "w": wanted},
-            )
-        }
-        replacements = {}
-        for word in wanted:
-            if word in held or len(word) < 3:
-                continue
-            near = conn.exec_driver_sql(
-                "SELECT word, documents FROM search_words WHERE integration_id = %(i)s "
-                "AND word LIKE %(start)s AND length(word) BETWEEN %(short)s AND %(long)s",
-                {
-                    "i": self.integration_id,
-                    "start": word[0].replace("%", "\\%").replace("_", "\\_") + "%",
-                    "short": len(word) - 2,
-                    "long": len(word) + 2,
-                },
-            )
-            scored = [(_distance(word, w, 2), -n, w) for w, n in near]
-            best = min((s for s in scored if s[0] <= 2), default=None)
-            if best is not None:
-                replacements[word] = best[2]
-        if not replacements:
-            return None
+    def _correct(self, conn: Connection, query: str) -> str | None:
+        """The query with each misspelled word spelled as this integration's documents spell
+        it: the Whoosh index's policy (``_query.corrected_query``), over ``search_words``."""
 
-        def swap(match: re.Match[str]) -> str:
-            folded = FOLDED[match.group(0)]
-            return replacements.get(folded, match.group(0))
+        def term_of(lowered: str) -> str | None:
+            found = WORD.findall(lowered)
+            return FOLDED[found[0]] if len(found) == 1 else None
 
-        corrected = WORD.sub(swap, query)
-        return corrected if corrected != query else None
+        return corrected_query(query, _SearchWords(conn, self.integration_id), term_of)
 
     def similar(
         self,

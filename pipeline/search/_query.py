@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from whoosh.fields import Schema
 from whoosh.qparser import AndGroup, MultifieldParser
@@ -259,33 +260,51 @@ def _correct(
 ) -> str | None:
     """The query with every misspelled word spelled as the index's words are ("Kubernets"
     -> "kubernetes"), or None when no word needs it."""
-    lexicon = lexicon or Lexicon(reader)
     analyzer = schema["text"].analyzer
-    replacements: dict[str, str] = {}
-    words = itertools.chain.from_iterable(p.strip('"').split() for p in _PIECES.findall(query))
-    for word in words:
-        if not correctable(word) or word.lower() in replacements:
-            continue
-        lowered = word.lower()
+
+    def term_of(lowered: str) -> str | None:
         folded = [t.text for t in analyzer(lowered)]
-        if len(folded) != 1:
+        return folded[0] if len(folded) == 1 else None
+
+    return corrected_query(query, lexicon or Lexicon(reader), term_of, budget)
+
+
+class Words(Protocol):
+    """What the spelling correction reads of an index: each back end's own (``Lexicon``
+    over Whoosh's terms, the PostgreSQL search's over its ``search_words``)."""
+
+    def frequency(self, word: str) -> int:
+        """How many documents hold the word."""
+        ...
+
+    def starting_with(self, letter: str) -> list[str]:
+        """The plain words (letters only) beginning with the letter."""
+        ...
+
+
+def corrected_query(
+    query: str,
+    words: Words,
+    term_of: Callable[[str], str | None],
+    budget: Budget | None = None,
+) -> str | None:
+    """The correction's one policy, for every back end: the query with each misspelled word
+    replaced, or None. ``term_of`` gives a lower-cased word as the index holds it (None: not
+    one word there)."""
+    replacements: dict[str, str] = {}
+    pieces = itertools.chain.from_iterable(p.strip('"').split() for p in _PIECES.findall(query))
+    for word in pieces:
+        lowered = word.lower()
+        if not correctable(word) or lowered in replacements:
             continue
-        term = folded[0]
-        known = reader.doc_frequency("text", term) + sum(
-            reader.doc_frequency("text", s) for s in umlaut_spellings(lowered)
-        )
-        if known > RARE_MOST:
+        term = term_of(lowered)
+        if term is None:
             continue
-        best = _nearest(lexicon, term, edit_budget(term) if not known else 1)
-        budget.check(query)
-        if best is None:
-            continue
-        suggestion, frequency = best
-        if known and (
-            frequency < RARE_MARGIN * known or query_stems(lowered) & query_stems(suggestion)
-        ):
-            continue  # a word of its own, or an inflection ("experts" beside "expert")
-        replacements[lowered] = suggestion
+        suggestion = _spelled_again(words, term, lowered)
+        if budget is not None:
+            budget.check(query)
+        if suggestion is not None:
+            replacements[lowered] = suggestion
     if not replacements:
         return None
     pattern = re.compile(
@@ -293,6 +312,23 @@ def _correct(
         re.IGNORECASE,
     )
     return pattern.sub(lambda m: replacements[m.group(1).lower()], query)
+
+
+def _spelled_again(words: Words, term: str, lowered: str) -> str | None:
+    """The word a plain query word (``term`` as indexed, ``lowered`` as typed) is taken for
+    a typo of, or None: see docs/search.md, "Spelling"."""
+    known = words.frequency(term) + sum(words.frequency(s) for s in umlaut_spellings(lowered))
+    if known > RARE_MOST:
+        return None
+    best = _nearest(words, term, edit_budget(term) if not known else 1)
+    if best is None:
+        return None
+    suggestion, frequency = best
+    if known and (
+        frequency < RARE_MARGIN * known or query_stems(lowered) & query_stems(suggestion)
+    ):
+        return None  # a word of its own, or an inflection ("experts" beside "expert")
+    return suggestion
 
 
 class Lexicon:
@@ -303,6 +339,9 @@ class Lexicon:
         self.reader = reader
         self._by_letter: dict[str, list[str]] = {}
 
+    def frequency(self, word: str) -> int:
+        return int(self.reader.doc_frequency("text", word))
+
     def starting_with(self, letter: str) -> list[str]:
         if letter not in self._by_letter:
             words = (b.decode("utf-8") for b in self.reader.expand_prefix("text", letter))
@@ -310,7 +349,7 @@ class Lexicon:
         return self._by_letter[letter]
 
 
-def _nearest(lexicon: Lexicon, term: str, edits: int) -> tuple[str, int] | None:
+def _nearest(words: Words, term: str, edits: int) -> tuple[str, int] | None:
     """The index's word nearest to ``term`` within ``edits`` edits (a transposition is one),
     beginning with the same letter: fewest edits first, then the most documents."""
     if edits <= 0:
@@ -320,13 +359,10 @@ def _nearest(lexicon: Lexicon, term: str, edits: int) -> tuple[str, int] | None:
     from rapidfuzz.distance import OSA
 
     matches = process.extract(
-        term, lexicon.starting_with(term[0]), scorer=OSA.distance, score_cutoff=edits, limit=None
+        term, words.starting_with(term[0]), scorer=OSA.distance, score_cutoff=edits, limit=None
     )
-    reader = lexicon.reader
     found = [
-        (edited, -reader.doc_frequency("text", word), word)
-        for word, edited, _place in matches
-        if word != term
+        (edited, -words.frequency(word), word) for word, edited, _place in matches if word != term
     ]
     if not found:
         return None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
     from ._ranker import Ranker
 
 log = logging.getLogger(__name__)
+
+if "numpy" not in sys.modules:
+    # numpy's OpenBLAS starts a thread per core as numpy is imported, for matrix products that
+    # search (the ranker, the segment writer) never makes: 40-80 ms of every search's start on
+    # a 2-core machine. One thread, unless the operator set it (children inherit it).
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 # Releases of whoosh-reloaded whose internals the fast paths are tested on.
 PROVEN_RELEASES = frozenset({"2.7.5"})
