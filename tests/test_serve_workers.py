@@ -112,4 +112,7 @@ def test_a_full_queue_is_429_and_a_dead_worker_503_then_replaced(world: dict[str
     assert _search(world).json() == expected
     assert len(_worker_pids(server)) == 3
     assert not _alive(first)
+    metrics = http(f"{server.url}/metrics").body.decode()
+    assert "pipeline_search_worker_restarts_total 2.0" in metrics
+    assert "pipeline_search_waiting 0.0" in metrics
     assert "Traceback" not in server.log()

@@ -76,6 +76,9 @@ class Server:
     def __post_init__(self) -> None:
         self.metrics = Metrics(lambda: self.tenancy.store, self.runs.in_flight)
         self.runs.on_finished = self._run_finished
+        if self.searches is not None:
+            pool = self.searches
+            self.metrics.watch_searches(pool.waiting, lambda: pool.restarts)
 
     def _run_finished(self, integration_id: str, code: int) -> None:
         self.metrics.server_runs.labels(integration_id, str(code)).inc()

@@ -218,6 +218,7 @@ class SearchPool:
         self._lock = threading.RLock()
         self._waiting: deque[_Waiting] = deque()
         self._closing = False
+        self.restarts = 0  # workers found dead and replaced
         self._workers = [self._start(number) for number in range(workers)]
         self._idle = list(self._workers)
 
@@ -242,6 +243,7 @@ class SearchPool:
         # which its close joins.
         threading.Thread(target=worker.proxy.close, kwargs={"cancel": True}, daemon=True).start()
         fresh = self._start(worker.number)
+        self.restarts += 1
         self._workers[self._workers.index(worker)] = fresh
         return fresh
 
