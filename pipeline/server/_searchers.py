@@ -44,7 +44,7 @@ from typing import Any
 from .. import child
 from ..app import App, SearchRequest
 from ..config import DataSettings
-from ..errors import QueryError, SearchBusyError, SearchWorkerError, StorageError
+from ..errors import PipelineError, QueryError, SearchBusyError, SearchWorkerError
 from ..json_answers import people_json, results_json
 
 log = logging.getLogger(__name__)
@@ -160,9 +160,11 @@ def serve_searches(fd: int) -> None:
                 app = apps[job.integration_id] = App(data, integration_id=job.integration_id)
             reply = child.answer_message(key, answer(app, job))
         except Exception as exc:
-            if isinstance(exc, StorageError) or not isinstance(exc, QueryError):
-                # Whatever broke, the next search of this integration opens it afresh (an
-                # unknown integration is not kept either).
+            if not isinstance(exc, PipelineError):  # a bug: the server answers 500
+                log.error("a search failed: %s: %s", type(exc).__name__, exc)
+            if not isinstance(exc, QueryError):
+                # Whatever broke (a damaged index, the database), the next search of this
+                # integration opens it afresh; an unknown integration is not kept either.
                 broken = apps.pop(job.integration_id, None)
                 if broken is not None:
                     with contextlib.suppress(Exception):
@@ -277,12 +279,12 @@ class SearchPool:
         return future
 
     def _take_idle(self) -> _Worker | None:
-        while self._idle:
-            worker = self._idle.pop()
-            if not worker.dead:
-                return worker
-            return self._replace(worker)
-        return None
+        """An idle worker, alive: one that died while idle is replaced first, so that the
+        search given to it is answered."""
+        if not self._idle:
+            return None
+        worker = self._idle.pop()
+        return self._replace(worker) if worker.dead else worker
 
     def _give(self, worker: _Worker, job: SearchJob, future: Future[Any]) -> None:
         """Send ``job`` to ``worker`` (with the lock held); its answer settles ``future``."""
