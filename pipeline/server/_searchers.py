@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib
 import json
 import logging
 import os
@@ -145,6 +146,8 @@ def serve_searches(fd: int) -> None:
 
     logging.getLogger().handlers[:] = [_ForwardLogs(send)]
     logging.getLogger().setLevel(logging.WARNING)
+    # The search stage (Whoosh, numpy) imported now, while no search waits for it.
+    importlib.import_module("pipeline.search")
     apps: dict[str, App] = {}
     while True:
         try:
