@@ -4,15 +4,23 @@ clients at once, against a real ``pipeline serve`` over a data directory of N do
 
     python benchmarks/api.py                   # 100,000 documents (building them takes minutes)
     python benchmarks/api.py --docs 10000      # smaller, for a shared machine
+    python benchmarks/api.py --search-workers 0   # searches on the server's threads, as before
+
+Beside the latencies it prints the CPU each request cost (Linux: from /proc), split between
+the server process, its search workers and the benchmark's own clients, and the floor that
+puts under the 10 clients' latency: a closed loop of C clients on K cores waits at least
+C x (CPU per request) / K per request, however the work is spread.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import http.client
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -73,10 +81,10 @@ def build(root: Path, count: int) -> tuple[DataSettings, str, float]:
     return data, made[1], time.perf_counter() - started
 
 
-def start(data: DataSettings) -> tuple[subprocess.Popen[str], str]:
+def start(data: DataSettings, *args: str) -> tuple[subprocess.Popen[str], str]:
     process = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "serve", "--port", "0", "-q",
-         "--data-dir", str(data.data_dir)],
+         "--data-dir", str(data.data_dir), *args],
         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     assert process.stderr is not None
@@ -86,12 +94,31 @@ def start(data: DataSettings) -> tuple[subprocess.Popen[str], str]:
     raise RuntimeError("the server did not start")
 
 
-def load(url: str, token: str, seconds: float, clients: int = CLIENTS) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """A process's CPU time so far (user + system), from /proc; 0 where there is none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    """The server's child processes (its search workers), from /proc."""
+    found: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def load(url: str, token: str, seconds: float, clients: int = CLIENTS, server: int = 0) -> dict:
+    """``clients`` at once for ``seconds`` after one warm-up round; with ``server`` (its
+    pid), the CPU per request of the server, its children and these clients."""
     parts = urllib.parse.urlsplit(url)
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    stop = time.monotonic() + seconds
 
     def client(offset: int) -> None:
         connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
@@ -119,15 +146,19 @@ def load(url: str, token: str, seconds: float, clients: int = CLIENTS) -> dict:
                      headers={"Authorization": f"Bearer {token}"})  # fmt: skip
         warm.getresponse().read()
     warm.close()
+    workers = children(server) if server else []
+    cpu_before = [cpu_seconds(server), sum(map(cpu_seconds, workers)), time.process_time()]
     started = time.perf_counter()
+    stop = time.monotonic() + seconds
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     wall = time.perf_counter() - started
+    cpu_after = [cpu_seconds(server), sum(map(cpu_seconds, workers)), time.process_time()]
     latencies.sort()
-    return {
+    figures = {
         "clients": clients,
         "requests": len(latencies),
         "errors": errors[0],
@@ -135,26 +166,51 @@ def load(url: str, token: str, seconds: float, clients: int = CLIENTS) -> dict:
         "p50_ms": round(statistics.median(latencies) * 1000, 1),
         "p95_ms": round(latencies[int(len(latencies) * 0.95) - 1] * 1000, 1),
     }
+    if server:
+        spent = [
+            (b - a) * 1000 / len(latencies) for a, b in zip(cpu_before, cpu_after, strict=True)
+        ]
+        figures["cpu_ms_per_request"] = {
+            "server": round(spent[0], 2),
+            "search_workers": round(spent[1], 2),
+            "clients": round(spent[2], 2),
+            "total": round(sum(spent), 2),
+        }
+    return figures
 
 
-def measure(count: int, seconds: float = 20.0) -> dict:
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def measure(count: int, seconds: float = 20.0, search_workers: int | None = None) -> dict:
     """10 clients at once, and one alone (the server's own cost beside the search's)."""
+    args = () if search_workers is None else ("--search-workers", str(search_workers))
     with tempfile.TemporaryDirectory() as tmp:
         data, token, built_s = build(Path(tmp) / "data", count)
-        process, url = start(data)
+        process, url = start(data, *args)
         try:
-            figures = load(url, token, seconds)
+            figures = load(url, token, seconds, server=process.pid)
             alone = load(url, token, seconds / 2, clients=1)
         finally:
             process.terminate()
             process.wait(60)
+    spent = figures.get("cpu_ms_per_request", {}).get("total", 0.0)
     return {
         "docs": count,
         "build_s": round(built_s, 1),
+        "search_workers": "default" if search_workers is None else search_workers,
         **figures,
         "one_client_p50_ms": alone["p50_ms"],
         "one_client_p95_ms": alone["p95_ms"],
+        "cores": cores(),
+        # A closed loop of CLIENTS on these cores cannot wait less than this on average.
+        "closed_loop_floor_ms": round(CLIENTS * spent / cores(), 1),
         "target_p95_ms": TARGET_P95_MS,
+        "load_average": round(os.getloadavg()[0], 2),
     }
 
 
@@ -162,8 +218,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--search-workers", type=int, default=None)
     args = parser.parse_args()
-    print(json.dumps(measure(args.docs, args.seconds)))
+    print(json.dumps(measure(args.docs, args.seconds, args.search_workers)))
 
 
 if __name__ == "__main__":

@@ -1473,6 +1473,22 @@ def _reset_demo_dir(base: Path) -> None:
     show_default=True,
     help="Proxies whose X-Forwarded-For/-Proto headers are believed (comma-separated, '*').",
 )
+@click.option(
+    "--search-workers",
+    envvar="PIPELINE_SEARCH_WORKERS",
+    type=click.IntRange(0, 256),
+    default=None,
+    help="Search worker processes (env PIPELINE_SEARCH_WORKERS; default one per core; 0: "
+    "search on the server's own threads).",
+)
+@click.option(
+    "--search-queue",
+    envvar="PIPELINE_SEARCH_QUEUE",
+    type=click.IntRange(0, 100_000),
+    default=None,
+    help="Searches that may wait for a worker before more are answered 429 (env "
+    "PIPELINE_SEARCH_QUEUE; default 16 per worker).",
+)
 @data_options
 def serve(
     host: str,
@@ -1481,6 +1497,8 @@ def serve(
     base_url: str | None,
     region: str | None,
     forwarded_allow_ips: str,
+    search_workers: int | None,
+    search_queue: int | None,
     data_dir: str | None,
     database_url: str | None,
 ) -> int:
@@ -1511,6 +1529,8 @@ def serve(
         base_url=resolve_base_url(Options(base_url=base_url, region=region), os.environ),
         webhook_secret=Secret(webhook_secret) if webhook_secret else None,
         forwarded_allow_ips=forwarded_allow_ips,
+        search_workers=search_workers,
+        search_queue=search_queue,
     )
     run_server(settings, lambda url: click.echo(f"serving on {url}", err=True))
     return 0

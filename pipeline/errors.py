@@ -28,6 +28,10 @@
     │                                ranker's signal to search through Whoosh's own matchers
     ├── IndexWriteError              the index writer process failed a batch or is gone; the
     │                                rows stay pending (transient)
+    ├── SearchWorkerError            ``serve``'s search worker process died on a search or
+    │   │                            took past its time (the server's 503; transient)
+    │   └── SearchBusyError          more searches wait than ``serve``'s queue holds (the
+    │                                server's 429 with Retry-After; transient)
     └── StorageError                 the data directory, database or index cannot be used;
         │                            names what and where (``path``)
         ├── DiskFullError            ENOSPC from SQLite, the file store or the index writer
@@ -259,6 +263,18 @@ class IndexWriteError(PipelineError):
     rows stay pending and the next run indexes them (transient)."""
 
     transient = True
+
+
+class SearchWorkerError(PipelineError):
+    """``pipeline serve``'s search worker process died on a search, or took past its time
+    (it is replaced; the request is answered 503). Transient: the next search is served."""
+
+    transient = True
+
+
+class SearchBusyError(SearchWorkerError):
+    """More searches wait for ``serve``'s search workers than its queue holds: answered 429
+    with Retry-After at once rather than queued without bound."""
 
 
 class StorageError(PipelineError):

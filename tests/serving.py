@@ -158,9 +158,11 @@ def wait_for(check: Any, timeout: float = 60, every: float = 0.1) -> Any:
 
 
 @contextmanager
-def served_world(candidates: int = 12) -> Iterator[dict[str, Any]]:
+def served_world(
+    candidates: int = 12, *serve_args: str, env: dict[str, str] | None = None
+) -> Iterator[dict[str, Any]]:
     """A sandbox world ingested (one CV replaced by a hostile one), a read, an admin and
-    another integration's token, and ``pipeline serve`` over it."""
+    another integration's token, and ``pipeline serve [serve_args]`` over it."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,7 +182,7 @@ def served_world(candidates: int = 12) -> Iterator[dict[str, Any]]:
                 "admin": token(data, integration, "admin", admin=True),
                 "other": token(data, OTHER_INTEGRATION, "other-reader", admin=True),
             }
-            served = serve(data)
+            served = serve(data, env, *serve_args)
             try:
                 yield {"data": data, "sandbox": sandbox, "server": served, "tokens": tokens,
                        "integration": integration, "hostile": hostile}  # fmt: skip

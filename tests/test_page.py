@@ -112,6 +112,22 @@ def test_sign_in_search_page_and_find_more_like_this(page: Any, site: dict[str, 
     assert not page.errors
 
 
+def test_a_misspelt_query_offers_the_correction_and_clicking_it_searches_it(
+    page: Any, site: dict[str, Any]
+) -> None:
+    _sign_in(page, site["tokens"]["read"])
+    _search(page, "Pythn")
+    suggestion = page.locator(".did-you-mean a")
+    assert suggestion.inner_text().lower() == "python"
+    with page.expect_navigation():
+        suggestion.click()
+    assert page.input_value("#q").lower() == "python"
+    assert page.locator(".did-you-mean").count() == 0
+    assert page.locator("li.candidate").count() > 0
+    assert all("python" in t.lower() for t in page.locator(".snippet mark").all_inner_texts())
+    assert not page.errors
+
+
 def test_the_original_file_downloads_and_hostile_markup_shows_as_text(
     page: Any, site: dict[str, Any]
 ) -> None:

@@ -9,10 +9,36 @@ events), ``_runs`` (coalesced runs), ``_tenancy`` (integration id -> App), ``_to
 
 from __future__ import annotations
 
-from ._app import Server, create_app
-from ._serve import ServeSettings, build_server, serve
-from ._tokens import Principal, new_token, verify
-from ._webhooks import signature
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._app import Server, create_app
+    from ._serve import ServeSettings, build_server, serve
+    from ._tokens import Principal, new_token, verify
+    from ._webhooks import signature
+
+# Imported when first asked for: a search worker process imports ``._searchers`` alone,
+# without Starlette, uvicorn, Jinja2 and Prometheus' client (most of a second at its start,
+# which a search waits for when a worker is replaced).
+_WHERE = {
+    "Server": "._app",
+    "create_app": "._app",
+    "ServeSettings": "._serve",
+    "build_server": "._serve",
+    "serve": "._serve",
+    "Principal": "._tokens",
+    "new_token": "._tokens",
+    "verify": "._tokens",
+    "signature": "._webhooks",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name], __name__), name)
+
 
 __all__ = [
     "Principal",

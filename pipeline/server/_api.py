@@ -3,15 +3,18 @@ of the token's integration; what belongs to another integration is 404, as if no
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
 import unicodedata
 import urllib.parse
 from collections.abc import Iterator
+from concurrent.futures import TimeoutError as FutureTimeout
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import (
     FileResponse,
@@ -24,9 +27,16 @@ from starlette.routing import Route
 
 from ..app import App, SearchRequest
 from ..database import ExportSelection
-from ..errors import QueryError
-from ..json_answers import people_json, results_json, status_json
+from ..errors import (
+    IntegrationChoiceError,
+    PipelineError,
+    QueryError,
+    SearchBusyError,
+    SearchWorkerError,
+)
+from ..json_answers import status_json
 from ..states import AttachmentState
+from ._searchers import RETRY_AFTER_SECONDS, SEARCH_TIMEOUT_SECONDS, SearchJob, answer
 from ._tokens import Principal
 
 if TYPE_CHECKING:
@@ -43,13 +53,20 @@ MAX_OFFSET = 10_000
 class ApiError(Exception):
     """An answer other than success: ``{"error": {"code", "message"}}`` with ``status``."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.headers = headers
 
 
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
 
 
 def server_of(request: Request) -> Server:
@@ -57,15 +74,29 @@ def server_of(request: Request) -> Server:
     return server
 
 
-def bearer(request: Request) -> Principal:
-    """The request's token, checked (401 without one or with a wrong one)."""
+def _bearer_text(request: Request) -> str:
     header = request.headers.get("authorization", "")
     scheme, _, text = header.partition(" ")
     if scheme.lower() != "bearer" or not text.strip():
         raise ApiError(401, "unauthorized", "send Authorization: Bearer TOKEN")
-    principal = server_of(request).authenticate(text.strip())
+    return text.strip()
+
+
+def bearer(request: Request) -> Principal:
+    """The request's token, checked (401 without one or with a wrong one)."""
+    principal = server_of(request).authenticate(_bearer_text(request))
     if principal is None:
         raise ApiError(401, "unauthorized", "unknown or revoked token")
+    request.state.principal = principal
+    return principal
+
+
+async def bearer_async(request: Request) -> Principal:
+    """:func:`bearer` for a route on the event loop: a token verified in the last seconds
+    is checked there; any other reads the database on a thread."""
+    principal = server_of(request).recently_verified(_bearer_text(request))
+    if principal is None:
+        return await run_in_threadpool(bearer, request)
     request.state.principal = principal
     return principal
 
@@ -135,14 +166,71 @@ def query_error(exc: QueryError) -> ApiError:
     return ApiError(400, code, exc.message)
 
 
-def run_search(server: Server, app: App, request: SearchRequest, by_candidate: bool) -> Any:
+def _search_failed(exc: Exception, job: SearchJob) -> ApiError | None:
+    """The answer to a search that failed, or None for an error the app's handlers answer
+    (a damaged index: 503; a bug: 500)."""
+    if isinstance(exc, QueryError):
+        # A similar's attachment that is not there (or not this integration's) is 404.
+        return ApiError(404, "not_found", exc.message) if job.similar_to else query_error(exc)
+    if isinstance(exc, IntegrationChoiceError):
+        return ApiError(
+            404, "not_found", f"integration {job.integration_id} is not registered here"
+        )
+    if isinstance(exc, SearchBusyError):
+        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+        return ApiError(429, "too_many_searches", exc.message, headers)
+    if isinstance(exc, SearchWorkerError):
+        return ApiError(503, "unavailable", exc.message)
+    return None
+
+
+def _in_process(server: Server, job: SearchJob) -> Any:
+    return answer(server.tenancy.app_for(job.integration_id), job)
+
+
+async def searched(server: Server, job: SearchJob) -> Any:
+    """``job``'s answer from a search worker (``--search-workers 0``: from a thread of
+    this process); its errors as the API answers them."""
     started = time.perf_counter()
+    pool = server.searches
     try:
-        if by_candidate:
-            return app.search_by_candidate(request)
-        return app.search(request)
-    except QueryError as exc:
-        raise query_error(exc) from None
+        if pool is None:
+            return await run_in_threadpool(_in_process, server, job)
+        future = pool.submit(job)
+        try:
+            return await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), SEARCH_TIMEOUT_SECONDS
+            )
+        except TimeoutError:
+            pool.abandon(future)
+            raise SearchWorkerError("the search took too long") from None
+    except PipelineError as exc:
+        failed = _search_failed(exc, job)
+        if failed is None:
+            raise
+        raise failed from None
+    finally:
+        server.metrics.search_seconds.observe(time.perf_counter() - started)
+
+
+def searched_blocking(server: Server, job: SearchJob) -> Any:
+    """:func:`searched` for a route on a thread (the page)."""
+    started = time.perf_counter()
+    pool = server.searches
+    try:
+        if pool is None:
+            return _in_process(server, job)
+        future = pool.submit(job)
+        try:
+            return future.result(timeout=SEARCH_TIMEOUT_SECONDS)
+        except FutureTimeout:
+            pool.abandon(future)
+            raise SearchWorkerError("the search took too long") from None
+    except PipelineError as exc:
+        failed = _search_failed(exc, job)
+        if failed is None:
+            raise
+        raise failed from None
     finally:
         server.metrics.search_seconds.observe(time.perf_counter() - started)
 
@@ -204,9 +292,13 @@ def text_of(app: App, record: dict[str, Any]) -> str:
 # -- routes -------------------------------------------------------------------------------------
 
 
-def search(request: Request) -> Response:
-    principal = bearer(request)
-    server = server_of(request)
+# Search and similar run on the event loop: what they do here is parsing and checking, and
+# the search itself is a worker process's (pipeline.server._searchers), whose JSON bytes are
+# the answer as they come.
+
+
+async def search(request: Request) -> Response:
+    principal = await bearer_async(request)
     params = request.query_params
     base = search_request(params)
     wanted = SearchRequest(
@@ -214,28 +306,23 @@ def search(request: Request) -> Response:
         limit=_int(request, "limit", 10, 1, MAX_LIMIT),
         offset=_int(request, "offset", 0, 0, MAX_OFFSET),
     )  # fmt: skip
-    app = server.tenancy.app_for(principal.integration_id)
-    if _flag(params.get("by_candidate")):
-        page = run_search(server, app, wanted, True)
-        return JSONResponse(people_json(page, principal.integration_id))
-    results = run_search(server, app, wanted, False)
-    return JSONResponse(results_json(results, principal.integration_id))
+    job = SearchJob(
+        principal.integration_id, wanted, by_candidate=_flag(params.get("by_candidate"))
+    )
+    body = await searched(server_of(request), job)
+    return Response(body, media_type="application/json")
 
 
-def similar(request: Request) -> Response:
-    principal = bearer(request)
-    app = server_of(request).tenancy.app_for(principal.integration_id)
-    attachment_id = request.path_params["attachment_id"]
-    record_of(app, principal, attachment_id)
-    try:
-        results = app.similar(
-            attachment_id,
-            type=_type(request.query_params.get("type")),
-            limit=_int(request, "limit", 10, 1, MAX_LIMIT),
-        )
-    except QueryError as exc:
-        raise ApiError(404, "not_found", exc.message) from None
-    return JSONResponse(results_json(results, principal.integration_id))
+async def similar(request: Request) -> Response:
+    principal = await bearer_async(request)
+    job = SearchJob(
+        principal.integration_id,
+        similar_to=request.path_params["attachment_id"],
+        type=_type(request.query_params.get("type")),
+        limit=_int(request, "limit", 10, 1, MAX_LIMIT),
+    )
+    body = await searched(server_of(request), job)
+    return Response(body, media_type="application/json")
 
 
 def attachment(request: Request) -> Response:
@@ -317,4 +404,11 @@ def routes() -> list[Route]:
     ]
 
 
-__all__ = ["MAX_QUERY_CHARS", "ApiError", "error_response", "routes"]
+__all__ = [
+    "MAX_QUERY_CHARS",
+    "ApiError",
+    "error_response",
+    "routes",
+    "searched",
+    "searched_blocking",
+]

@@ -31,6 +31,7 @@ from ._api import ApiError, error_response
 from ._metrics import Metrics
 from ._openapi import openapi_document
 from ._runs import RunCoordinator
+from ._searchers import SearchPool
 from ._tenancy import Tenancy
 from ._tokens import Principal, verify
 from ._webhooks import MAX_BODY_BYTES, SeenEvents, handle
@@ -63,6 +64,8 @@ class Server:
     tenancy: Tenancy
     runs: RunCoordinator
     webhook_secret: bytes | None
+    # The search worker processes; None: searches run on this process's threads.
+    searches: SearchPool | None = None
     metrics: Metrics = field(init=False)
     sessions: _page.Sessions = field(default_factory=_page.Sessions)
     seen_events: SeenEvents = field(default_factory=SeenEvents)
@@ -73,9 +76,24 @@ class Server:
     def __post_init__(self) -> None:
         self.metrics = Metrics(lambda: self.tenancy.store, self.runs.in_flight)
         self.runs.on_finished = self._run_finished
+        if self.searches is not None:
+            pool = self.searches
+            self.metrics.watch_searches(pool.waiting, lambda: pool.restarts)
 
     def _run_finished(self, integration_id: str, code: int) -> None:
         self.metrics.server_runs.labels(integration_id, str(code)).inc()
+
+    def recently_verified(self, text: str) -> Principal | None:
+        """The token's principal if it was verified in the last TOKEN_CACHE_SECONDS (no
+        database read), else None: then :meth:`authenticate` says."""
+        key = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            cached = self._verified.get(key)
+        if cached is None or cached[1] <= now:
+            return None
+        self._touch(cached[0].token_id, now)
+        return cached[0]
 
     def authenticate(self, text: str) -> Principal | None:
         key = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()
@@ -120,6 +138,8 @@ class Server:
 
     def close(self) -> None:
         self.runs.shutdown()
+        if self.searches is not None:
+            self.searches.close()
         self.tenancy.close()
 
 
@@ -234,7 +254,7 @@ def openapi(request: Request) -> Response:
 
 async def _api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message)
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

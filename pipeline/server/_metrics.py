@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from ..database import Store
@@ -55,6 +55,24 @@ class _DatabaseCollector(Collector):
         yield runs
 
 
+class _SearchPoolCollector(Collector):
+    def __init__(self, waiting: Callable[[], int], restarts: Callable[[], int]) -> None:
+        self._waiting = waiting
+        self._restarts = restarts
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily(
+            "pipeline_search_waiting",
+            "Searches waiting for a search worker (past --search-queue: 429).",
+            value=self._waiting(),
+        )
+        yield CounterMetricFamily(
+            "pipeline_search_worker_restarts",
+            "Search workers found dead and replaced.",
+            value=self._restarts(),
+        )
+
+
 class Metrics:
     def __init__(self, store: Callable[[], Store], in_flight: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
@@ -84,6 +102,10 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_DatabaseCollector(store, in_flight))
+
+    def watch_searches(self, waiting: Callable[[], int], restarts: Callable[[], int]) -> None:
+        """The search workers' queue and restarts, read at each scrape."""
+        self.registry.register(_SearchPoolCollector(waiting, restarts))
 
 
 __all__ = ["Metrics"]

@@ -30,18 +30,17 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from ..app import SearchRequest
-from ..errors import QueryError
 from ._api import (
     MAX_OFFSET,
     TYPES,
     ApiError,
     download,
-    query_error,
     record_of,
-    run_search,
     search_request,
+    searched_blocking,
     server_of,
 )
+from ._searchers import SearchJob
 from ._tokens import Principal
 
 if TYPE_CHECKING:
@@ -185,8 +184,8 @@ def _search(server: Server, principal: Principal, params: Any) -> dict[str, Any]
         base.query, base.type, base.candidate_id, base.language, base.since,
         limit=PAGE_SIZE, offset=offset,
     )  # fmt: skip
-    app = server.tenancy.app_for(principal.integration_id)
-    result = run_search(server, app, request, True)
+    job = SearchJob(principal.integration_id, request, by_candidate=True, as_json=False)
+    result = searched_blocking(server, job)
     keep = {k: params.get(k) for k in ("q", "type", "language", "since") if params.get(k)}
 
     def link(**changes: Any) -> str:
@@ -210,10 +209,10 @@ def _similar(server: Server, principal: Principal, attachment_id: str) -> dict[s
 
     app = server.tenancy.app_for(principal.integration_id)
     record = record_of(app, principal, attachment_id)
-    try:
-        results = app.similar(attachment_id, limit=PAGE_SIZE * 3)
-    except QueryError as exc:
-        raise query_error(exc) from None
+    job = SearchJob(
+        principal.integration_id, similar_to=attachment_id, limit=PAGE_SIZE * 3, as_json=False
+    )
+    results = searched_blocking(server, job)
     people = group_by_candidate(results.hits)[:PAGE_SIZE]
     return {
         "people": people,

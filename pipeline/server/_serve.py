@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import importlib.util
 import logging
 import signal
 import socket
@@ -22,6 +23,7 @@ from ..config import DataSettings, Secret
 from ..errors import UsageError
 from ._app import Server, create_app
 from ._runs import RunCoordinator, RunnerSettings
+from ._searchers import SearchPool, default_workers
 from ._tenancy import Tenancy
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,10 @@ class ServeSettings:
     # Proxies whose X-Forwarded-For/-Proto are believed (uvicorn's forwarded_allow_ips).
     forwarded_allow_ips: str = "127.0.0.1"
     run_args: tuple[str, ...] = ()
+    # Search worker processes (None: one per core; 0: searches on the server's threads) and
+    # how many searches may wait for them (None: QUEUE_PER_WORKER per worker).
+    search_workers: int | None = None
+    search_queue: int | None = None
 
 
 def build_server(settings: ServeSettings) -> Server:
@@ -45,7 +51,23 @@ def build_server(settings: ServeSettings) -> Server:
         RunnerSettings(settings.data, settings.api_key, settings.base_url, settings.run_args)
     )
     secret = settings.webhook_secret.reveal().encode() if settings.webhook_secret else None
-    return Server(tenancy=Tenancy(settings.data, runs), runs=runs, webhook_secret=secret)
+    tenancy = Tenancy(settings.data, runs)  # brings the schema forward before workers read
+    workers = default_workers() if settings.search_workers is None else settings.search_workers
+    searches = SearchPool(settings.data, workers, settings.search_queue) if workers > 0 else None
+    return Server(tenancy=tenancy, runs=runs, webhook_secret=secret, searches=searches)
+
+
+def _importable(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def event_loop_and_http() -> tuple[str, str]:
+    """uvloop and httptools where installed (pyproject's dependencies; both are compiled:
+    an answer's parsing and writing, and the loop's own work, cost a fraction of asyncio's
+    and h11's pure Python), else the standard library's loop and h11."""
+    loop = "uvloop" if _importable("uvloop") else "asyncio"
+    http = "httptools" if _importable("httptools") else "h11"
+    return loop, http
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -84,8 +106,16 @@ def serve(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
     """Serve until told to stop; ``on_ready(url)`` once connections are accepted."""
     sock = _bind(settings.host, settings.port)
     server = build_server(settings)
+    loop, http = event_loop_and_http()
+    log.info(
+        "%s; HTTP: %s, event loop: %s",
+        f"{server.searches.size} search worker(s)" if server.searches else "searches in-process",
+        http, loop,
+    )  # fmt: skip
     config = uvicorn.Config(
         create_app(server),
+        loop=loop,
+        http=http,
         log_config=None,
         access_log=False,  # one line per request is the app's own (pipeline.server)
         lifespan="on",
@@ -103,7 +133,8 @@ def serve(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, signal.SIG_IGN)
     try:
-        asyncio.run(runner.serve(sockets=[sock]))
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as event_loop:
+            event_loop.run(runner.serve(sockets=[sock]))
     finally:
         sock.close()
         for sig, handler in previous.items():
@@ -111,4 +142,4 @@ def serve(settings: ServeSettings, on_ready: Callable[[str], None]) -> None:
     log.info("server stopped")
 
 
-__all__ = ["ServeSettings", "build_server", "serve"]
+__all__ = ["ServeSettings", "build_server", "event_loop_and_http", "serve"]
