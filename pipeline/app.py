@@ -62,7 +62,7 @@ from .filestore import private_folder, private_umask
 from .states import AttachmentState
 
 if TYPE_CHECKING:
-    from .engine import ExtractLimits, Progress, RunEngine, RunSummary, Workspace
+    from .engine import ExtractLimits, Progress, RunEngine, RunSummary, SharedStages, Workspace
     from .extract.pool import Extractor
     from .filestore import LocalFileStore
     from .search import CandidateHit, PostgresSearchIndex, SearchIndex, SearchResults
@@ -219,8 +219,11 @@ class App:
         extractor: Extractor | None = None,
         progress: Progress | None = None,
         max_run_minutes: float | None = None,
+        shared: SharedStages | None = None,
     ) -> None:
         self.data = data
+        # nightly --all's download process and extraction workers, which its runs share
+        self._shared = shared
         self.max_run_minutes = max_run_minutes
         if kombo is not None and integration_id and integration_id != kombo.integration_id:
             kombo = dataclasses.replace(kombo, integration_id=integration_id)
@@ -368,6 +371,7 @@ class App:
             new_extractor=None if given is None else lambda: given,
             progress=self._progress or no_progress,
             max_run_minutes=self.max_run_minutes,
+            shared=self._shared,
         )
 
     # -- runs -----------------------------------------------------------------------------------
@@ -624,6 +628,7 @@ class App:
         per_run = max(1, total // workers)
 
         kombo = self.kombo
+        shared: SharedStages | None = None
 
         def one(iid: str) -> IntegrationOutcome:
             settings = dataclasses.replace(
@@ -637,6 +642,7 @@ class App:
                     settings,
                     extract=self._extract,
                     max_run_minutes=self.max_run_minutes,
+                    shared=shared,
                 ) as app:
                     summary = app.nightly(
                         full=full, wait_for_lock=wait_for_lock, not_run_after=pass_began
@@ -658,8 +664,23 @@ class App:
                 on_done(outcome)
             return outcome
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="integration") as pool:
-            outcomes += list(pool.map(one, runnable))
+        if runnable:
+            from .engine import ExtractLimits, SharedStages
+
+            # One download process and one pool of extraction workers for the whole pass
+            # (engine.SharedStages): per integration they cost more CPU than twenty small
+            # integrations' work.
+            shared = SharedStages(
+                kombo, downloads_in_flight=total, extract=self._extract or ExtractLimits()
+            )
+        cancel = True
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="integration") as pool:
+                outcomes += list(pool.map(one, runnable))
+            cancel = False
+        finally:
+            if shared is not None:
+                shared.close(cancel=cancel)
         return NightlyAll(outcomes, time.perf_counter() - started)
 
     def _remove_erased_folders(self) -> None:
