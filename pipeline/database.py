@@ -1235,7 +1235,11 @@ class Store:
                     .where(
                         a.c.integration_id == self._iid,
                         a.c.id.in_(chunk),
-                        a.c.status == AttachmentState.PENDING,
+                        # Status through a function: no index can serve it, so SQLite looks
+                        # the ids up by the primary key. On the bare column its planner (no
+                        # statistics on a new database) walked every pending row of the
+                        # integration for each batch: a first run's rows are all pending.
+                        func.coalesce(a.c.status, "") == AttachmentState.PENDING,
                     )
                     .values(status=AttachmentState.INDEXED, indexed_at=now)
                 )
