@@ -1324,7 +1324,7 @@ class Store:
         with self._conn() as conn:
             for chunk in _chunks(sorted(wanted), 500):
                 rows = conn.execute(
-                    _COPIES,
+                    _copies_statement(),
                     {
                         "iid": self._iid,
                         "candidates": sorted({c for c, _ in chunk}),
@@ -1336,6 +1336,8 @@ class Store:
                     key = (doc.candidate_id, doc.sha256 or "")
                     if key in wanted:
                         found.setdefault(key, []).append(doc)
+        for copies in found.values():  # the lowest id first (code points order as UTF-8 does)
+            copies.sort(key=lambda doc: doc.attachment_id)
         return found
 
     def known_hashes(self) -> set[str]:
@@ -2168,6 +2170,27 @@ def _known_statement(count: int) -> Any:
         return of_candidate
     named = select(*columns).where(ours & _a.c.id.in_([bindparam(f"id{n}") for n in range(count)]))
     return union(of_candidate, named)
+
+
+@lru_cache(maxsize=1)
+def _copies_statement() -> Select[Any]:
+    """``content_copies``' query: ``_COPIES``' columns and joins, looked up by the batch's
+    candidates. ``_COPIES`` itself (its ORDER BY id, its status test on the bare column) led
+    SQLite's planner to walk every attachment of the integration for each index batch; here
+    the status test is kept off any index and the copies are sorted by ``content_copies``
+    (by id as bytes, as the ORDER BY did)."""
+    return (
+        select(*_COPIES.selected_columns)
+        .select_from(_COPIES.get_final_froms()[0])
+        .where(
+            _a.c.integration_id == bindparam("iid"),
+            _a.c.candidate_id.in_(bindparam("candidates", expanding=True)),
+            _a.c.sha256.in_(bindparam("hashes", expanding=True)),
+            func.coalesce(_a.c.status, "").in_(
+                [AttachmentState.PENDING.value, AttachmentState.INDEXED.value]
+            ),
+        )
+    )
 
 
 _INSERT_ATTACHMENT = insert(_a)
