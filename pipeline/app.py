@@ -222,7 +222,8 @@ class App:
         shared: SharedStages | None = None,
     ) -> None:
         self.data = data
-        # nightly --all's download process and extraction workers, which its runs share
+        # nightly --all's download process, extraction workers and index writer, which its
+        # runs share (engine.SharedStages)
         self._shared = shared
         self.max_run_minutes = max_run_minutes
         if kombo is not None and integration_id and integration_id != kombo.integration_id:
@@ -667,9 +668,9 @@ class App:
         if runnable:
             from .engine import ExtractLimits, SharedStages
 
-            # One download process and one pool of extraction workers for the whole pass
-            # (engine.SharedStages): per integration they cost more CPU than twenty small
-            # integrations' work.
+            # One download process, one pool of extraction workers and one index writer for
+            # the whole pass (engine.SharedStages): one set per integration cost more CPU
+            # than twenty small integrations' own work.
             shared = SharedStages(
                 kombo, downloads_in_flight=total, extract=self._extract or ExtractLimits()
             )

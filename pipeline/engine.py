@@ -718,8 +718,8 @@ class RunEngine:
         self.max_run_minutes = max_run_minutes
         self.workspace = workspace
         self.extract = extract
-        # Runs of several integrations at once share their download process and extraction
-        # workers (nightly --all); None: each run starts its own.
+        # Runs of several integrations at once share their download process, extraction
+        # workers and index writer (nightly --all); None: each run starts its own.
         self.shared = shared
         # Each run starts its own extractor (a run closes it at its end): by default worker
         # processes within the limits.
@@ -922,8 +922,9 @@ _EXTRACT_WINDOW = 256
 
 
 class SharedStages:
-    """The download process and extraction workers of a pass over several integrations at
-    once (``nightly --all``), started once for the pass and shared by its runs.
+    """The download process, extraction workers and index writer process of a pass over
+    several integrations at once (``nightly --all``), started once for the pass and shared
+    by its runs.
 
     Each run had started its own: a download process (an interpreter and its imports, half
     a second of CPU), extraction workers forked per run, and each such set competed with
