@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     # The database layer (SQLAlchemy) is imported by what opens it: a search on a SQLite file
     # reads it through pipeline.sqlite_reader, without SQLAlchemy (tests/test_startup.py).
     from .database import ExportSelection, Failures, Run, Store
-    from .engine import ExtractLimits, Progress, RunEngine, RunSummary, Workspace
+    from .engine import ExtractLimits, Progress, RunEngine, RunSummary, SharedStages, Workspace
     from .extract.pool import Extractor
     from .filestore import LocalFileStore
     from .search import CandidateHit, PostgresSearchIndex, SearchIndex, SearchResults
@@ -215,8 +215,12 @@ class App:
         extractor: Extractor | None = None,
         progress: Progress | None = None,
         max_run_minutes: float | None = None,
+        shared: SharedStages | None = None,
     ) -> None:
         self.data = data
+        # nightly --all's download process, extraction workers and index writer, which its
+        # runs share (engine.SharedStages)
+        self._shared = shared
         self.max_run_minutes = max_run_minutes
         if kombo is not None and integration_id and integration_id != kombo.integration_id:
             kombo = dataclasses.replace(kombo, integration_id=integration_id)
@@ -396,6 +400,7 @@ class App:
             new_extractor=None if given is None else lambda: given,
             progress=self._progress or no_progress,
             max_run_minutes=self.max_run_minutes,
+            shared=self._shared,
         )
 
     # -- runs -----------------------------------------------------------------------------------
@@ -652,6 +657,7 @@ class App:
         per_run = max(1, total // workers)
 
         kombo = self.kombo
+        shared: SharedStages | None = None
 
         def one(iid: str) -> IntegrationOutcome:
             settings = dataclasses.replace(
@@ -665,6 +671,7 @@ class App:
                     settings,
                     extract=self._extract,
                     max_run_minutes=self.max_run_minutes,
+                    shared=shared,
                 ) as app:
                     summary = app.nightly(
                         full=full, wait_for_lock=wait_for_lock, not_run_after=pass_began
@@ -686,8 +693,23 @@ class App:
                 on_done(outcome)
             return outcome
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="integration") as pool:
-            outcomes += list(pool.map(one, runnable))
+        if runnable:
+            from .engine import ExtractLimits, SharedStages
+
+            # One download process, one pool of extraction workers and one index writer for
+            # the whole pass (engine.SharedStages): one set per integration cost more CPU
+            # than twenty small integrations' own work.
+            shared = SharedStages(
+                kombo, downloads_in_flight=total, extract=self._extract or ExtractLimits()
+            )
+        cancel = True
+        try:
+            with ThreadPoolExecutor(workers, thread_name_prefix="integration") as pool:
+                outcomes += list(pool.map(one, runnable))
+            cancel = False
+        finally:
+            if shared is not None:
+                shared.close(cancel=cancel)
         return NightlyAll(outcomes, time.perf_counter() - started)
 
     def _remove_erased_folders(self) -> None:

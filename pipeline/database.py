@@ -58,6 +58,7 @@ from sqlalchemy import (
     insert,
     or_,
     select,
+    union,
     update,
 )
 from sqlalchemy.engine import Connection, CursorResult, Dialect, Engine, ExceptionContext, make_url
@@ -1172,7 +1173,11 @@ class Store:
                     .where(
                         a.c.integration_id == self._iid,
                         a.c.id.in_(chunk),
-                        a.c.status == AttachmentState.PENDING,
+                        # Status through a function: no index can serve it, so SQLite looks
+                        # the ids up by the primary key. On the bare column its planner (no
+                        # statistics on a new database) walked every pending row of the
+                        # integration for each batch: a first run's rows are all pending.
+                        func.coalesce(a.c.status, "") == AttachmentState.PENDING,
                     )
                     .values(status=AttachmentState.INDEXED, indexed_at=now)
                 )
@@ -1252,7 +1257,7 @@ class Store:
         with self._conn() as conn:
             for chunk in _chunks(sorted(wanted), 500):
                 rows = conn.execute(
-                    _COPIES,
+                    _copies_statement(),
                     {
                         "iid": self._iid,
                         "candidates": sorted({c for c, _ in chunk}),
@@ -1264,6 +1269,8 @@ class Store:
                     key = (doc.candidate_id, doc.sha256 or "")
                     if key in wanted:
                         found.setdefault(key, []).append(doc)
+        for copies in found.values():  # the lowest id first (code points order as UTF-8 does)
+            copies.sort(key=lambda doc: doc.attachment_id)
         return found
 
     def known_hashes(self) -> set[str]:
@@ -2068,14 +2075,13 @@ _CANDIDATE_FAILED = (
 
 
 @lru_cache(maxsize=64)
-def _known_statement(count: int) -> Select[Any]:
+def _known_statement(count: int) -> Any:
     """``known_attachments``' query for ``count`` more ids: a parameter each, so that the
-    statement compiles once per count (``in_`` of a list renders its SQL on every call)."""
-    where = _a.c.candidate_id == bindparam("candidate_id")
-    if count:
-        where = where | _a.c.id.in_([bindparam(f"id{n}") for n in range(count)])
-    where = (_a.c.integration_id == bindparam("iid")) & where
-    return select(
+    statement compiles once per count (``in_`` of a list renders its SQL on every call).
+    The candidate's rows and the named ids are two queries in a UNION: as one WHERE with an
+    OR, SQLite's planner (no statistics on a new database) walked every attachment of the
+    integration for each listing, which made a first run of 2,000 candidates quadratic."""
+    columns = (
         _a.c.id,
         _a.c.application_id,
         _a.c.status,
@@ -2086,7 +2092,34 @@ def _known_statement(count: int) -> Select[Any]:
         _a.c.size_bytes,
         _a.c.parser,
         _a.c.parser_version,
-    ).where(where)
+    )
+    ours = _a.c.integration_id == bindparam("iid")
+    of_candidate = select(*columns).where(ours & (_a.c.candidate_id == bindparam("candidate_id")))
+    if not count:
+        return of_candidate
+    named = select(*columns).where(ours & _a.c.id.in_([bindparam(f"id{n}") for n in range(count)]))
+    return union(of_candidate, named)
+
+
+@lru_cache(maxsize=1)
+def _copies_statement() -> Select[Any]:
+    """``content_copies``' query: ``_COPIES``' columns and joins, looked up by the batch's
+    candidates. ``_COPIES`` itself (its ORDER BY id, its status test on the bare column) led
+    SQLite's planner to walk every attachment of the integration for each index batch; here
+    the status test is kept off any index and the copies are sorted by ``content_copies``
+    (by id as bytes, as the ORDER BY did)."""
+    return (
+        select(*_COPIES.selected_columns)
+        .select_from(_COPIES.get_final_froms()[0])
+        .where(
+            _a.c.integration_id == bindparam("iid"),
+            _a.c.candidate_id.in_(bindparam("candidates", expanding=True)),
+            _a.c.sha256.in_(bindparam("hashes", expanding=True)),
+            func.coalesce(_a.c.status, "").in_(
+                [AttachmentState.PENDING.value, AttachmentState.INDEXED.value]
+            ),
+        )
+    )
 
 
 _INSERT_ATTACHMENT = insert(_a)

@@ -287,9 +287,9 @@ class AsyncDownloader:
     gets any credential. ``SSL_CERT_FILE``/``SSL_CERT_DIR`` choose the CA certificates.
     """
 
-    def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
+    def __init__(self, settings: KomboSettings, store: LocalFileStore | None) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store  # None: each download names its own
         self._ssl = tls_context()
         self._idle: dict[_Route, list[_Connection]] = {}
         self._routes: dict[tuple[str, str, int], _Route] = {}
@@ -301,8 +301,11 @@ class AsyncDownloader:
                 connection.close()
         self._idle.clear()
 
-    async def download(self, data_url: str, *, subject: str) -> Downloaded:
-        """Fetch ``data_url`` whole, retrying transient faults; raise a DownloadError.
+    async def download(
+        self, data_url: str, *, subject: str, store: LocalFileStore | None = None
+    ) -> Downloaded:
+        """Fetch ``data_url`` whole into ``store`` (by default the downloader's), retrying
+        transient faults; raise a DownloadError.
 
         The retry budget holds inside an attempt too: a retry still running when it is spent
         is cut. The first attempt is bounded by the minimum rate alone, so that a large file
@@ -310,15 +313,18 @@ class AsyncDownloader:
         problem = data_url_problem(data_url)
         if problem is not None:
             raise DownloadError(f"{subject}: data_url cannot be downloaded: {problem}")
+        store = store or self.store
+        if store is None:
+            raise DownloadError(f"{subject}: no file store to download into")
         loop = asyncio.get_running_loop()
         budget_ends = loop.time() + self.settings.retry_budget
         async for attempt in async_retrying(self.settings):
             with attempt:
                 if attempt.retry_state.attempt_number == 1:
-                    return await self._once(data_url, subject)
+                    return await self._once(data_url, subject, store)
                 try:
                     async with asyncio.timeout_at(budget_ends):
-                        return await self._once(data_url, subject)
+                        return await self._once(data_url, subject, store)
                 except TimeoutError as exc:
                     raise DownloadError(
                         f"{subject}: download cut off: its retry budget of "
@@ -352,7 +358,7 @@ class AsyncDownloader:
             route = self._routes[key] = _Route(scheme, host, port, proxy)
         return route
 
-    async def _once(self, data_url: str, subject: str) -> Downloaded:
+    async def _once(self, data_url: str, subject: str, store: LocalFileStore) -> Downloaded:
         url = data_url
         try:
             for _ in range(_MAX_REDIRECTS + 1):
@@ -367,7 +373,7 @@ class AsyncDownloader:
                         url = _redirect_target(url, response, subject)
                         connection.close()  # its body is not wanted
                         continue
-                    downloaded = await self._store(connection, response, subject)
+                    downloaded = await self._store(connection, response, subject, store)
                 except BaseException:
                     connection.close()
                     raise
@@ -473,7 +479,7 @@ class AsyncDownloader:
         return connection
 
     async def _store(
-        self, connection: _Connection, response: h11.Response, subject: str
+        self, connection: _Connection, response: h11.Response, subject: str, store: LocalFileStore
     ) -> Downloaded:
         cap = self.settings.max_file_bytes
         status = response.status_code
@@ -486,7 +492,7 @@ class AsyncDownloader:
         declared = _content_length(response)
         if declared is not None and declared > cap:
             raise TooLargeError(f"{subject}: {declared} bytes declared, over the {cap}-byte cap")
-        writer = self.store.open()
+        writer = store.open()
         try:
 
             def sink(chunk: bytes) -> None:
@@ -503,9 +509,9 @@ class AsyncDownloader:
             if writer.size == 0 and declared is None:
                 log.debug("%s: empty body", subject)
             size = writer.size
-            sha256 = self.store.commit(writer)
+            sha256 = store.commit(writer)
         except BaseException:
-            self.store.discard(writer)
+            store.discard(writer)
             raise
         return Downloaded(sha256, size)
 
@@ -591,8 +597,10 @@ def _log_forwarded(event: tuple[str, int, str]) -> None:
 
 def serve(fd: int) -> None:
     """The child's entry point: download what the parent asks for over the socket ``fd``,
-    up to ``download_concurrency`` at once on one event loop."""
+    up to ``download_concurrency`` at once on one event loop, each into the file store its
+    request names (several integrations' runs share one download process)."""
     conn, (settings, root) = child.accept(fd)
+    store = LocalFileStore(Path(root)) if root else None
     send_lock = threading.Lock()
 
     def send(message: tuple[object, ...]) -> None:
@@ -601,7 +609,7 @@ def serve(fd: int) -> None:
 
     logging.getLogger().handlers[:] = [_ForwardLogs(send)]
     logging.getLogger().setLevel(logging.INFO)
-    asyncio.run(_serve(conn, send, AsyncDownloader(settings, LocalFileStore(Path(root)))))
+    asyncio.run(_serve(conn, send, AsyncDownloader(settings, store)))
     conn.close()
 
 
@@ -614,11 +622,15 @@ async def _serve(
     slots = asyncio.Semaphore(downloader.settings.download_concurrency)
     running: set[asyncio.Task[None]] = set()
     ended = loop.create_future()
+    stores = {} if downloader.store is None else {str(downloader.store.root): downloader.store}
 
-    async def job(key: int, data_url: str, subject: str) -> None:
+    async def job(key: int, data_url: str, subject: str, root: str) -> None:
+        store = stores.get(root)
+        if store is None:
+            store = stores[root] = LocalFileStore(Path(root))
         async with slots:
             try:
-                done = await downloader.download(data_url, subject=subject)
+                done = await downloader.download(data_url, subject=subject, store=store)
                 outcome = child.answer_message(key, done)
             except PipelineError as exc:
                 # As itself: a DownloadError fails its attachment, a StorageError (the disk
@@ -630,9 +642,9 @@ async def _serve(
         with contextlib.suppress(OSError):
             send(outcome)
 
-    def start(request: tuple[int, tuple[str, str]]) -> None:
-        key, (data_url, subject) = request
-        task = loop.create_task(job(key, data_url, subject))
+    def start(request: tuple[int, tuple[str, str, str]]) -> None:
+        key, (data_url, subject, root) = request
+        task = loop.create_task(job(key, data_url, subject, root))
         running.add(task)
         task.add_done_callback(running.discard)
 
@@ -667,16 +679,26 @@ class DownloadProcess:
     If the child dies (killed, out of memory), a new one takes over: the downloads it had in
     hand are given to the new one once more (a download is idempotent), and the run goes on.
     After MAX_RESTARTS the downloads still waiting fail with the reason, and so do later ones.
+
+    Several runs at once (``nightly --all``) share one: each takes a view of it on its own
+    file store (:meth:`for_store`), and ``download_concurrency`` bounds the downloads of
+    them all together. One process, not one per integration: each costs half a second of
+    CPU to start (its interpreter and imports), which twenty small integrations paid twenty
+    times.
     """
 
-    def __init__(self, settings: KomboSettings, store: LocalFileStore) -> None:
-        store.ensure()
+    def __init__(self, settings: KomboSettings, store: LocalFileStore | None) -> None:
+        """``store``: where downloads go; None for a process several runs share, whose
+        every request names its run's (:meth:`for_store`)."""
+        if store is not None:
+            store.ensure()
+        self._store = store
         # Downloads need no credentials: the child gets the key neither in its settings nor in
         # its environment. Not the extraction forkserver: its warm-up for the parsers takes a
         # second.
         self._child = child.ChildProxy(
             serve,
-            (replace(settings, api_key=Secret("")), str(store.root)),
+            (replace(settings, api_key=Secret("")), None if store is None else str(store.root)),
             label="the download process",
             failure=lambda request, reason: DownloadError(f"{request[1]}: {reason}"),
             restarts=MAX_RESTARTS,
@@ -691,9 +713,11 @@ class DownloadProcess:
     def returncode(self) -> int | None:
         return self._child.returncode
 
-    def submit(self, data_url: str, *, subject: str) -> Future[Downloaded]:
-        """Start a download; the future holds what ``Downloader.download`` would return or
-        raise."""
+    def submit(
+        self, data_url: str, *, subject: str, store: LocalFileStore | None = None
+    ) -> Future[Downloaded]:
+        """Start a download into ``store`` (by default the one the process was made with);
+        the future holds what ``Downloader.download`` would return or raise."""
         problem = data_url_problem(data_url)
         if problem is not None:
             future: Future[Downloaded] = Future()
@@ -701,10 +725,38 @@ class DownloadProcess:
                 DownloadError(f"{subject}: data_url cannot be downloaded: {problem}")
             )
             return future
-        return self._child.call((data_url, subject))
+        target = store or self._store
+        if target is None:
+            raise ValueError("a shared download process needs the store of each download")
+        return self._child.call((data_url, subject, str(target.root)))
+
+    def download(self, data_url: str, *, subject: str) -> Downloaded:
+        return self.submit(data_url, subject=subject).result()
+
+    def for_store(self, store: LocalFileStore) -> StoreDownloads:
+        """One run's view of this process: its downloads go into ``store``."""
+        store.ensure()
+        return StoreDownloads(self, store)
+
+    def close(self, *, cancel: bool = False) -> None:
+        self._child.close(cancel=cancel, timeout=30)
+
+
+class StoreDownloads:
+    """A run's downloads through a download process other runs share: into the run's own
+    file store. Closing it leaves the process to the others (whoever made the process
+    closes it)."""
+
+    def __init__(self, process: DownloadProcess, store: LocalFileStore) -> None:
+        self._process = process
+        self._store = store
+
+    def submit(self, data_url: str, *, subject: str) -> Future[Downloaded]:
+        return self._process.submit(data_url, subject=subject, store=self._store)
 
     def download(self, data_url: str, *, subject: str) -> Downloaded:
         return self.submit(data_url, subject=subject).result()
 
     def close(self, *, cancel: bool = False) -> None:
-        self._child.close(cancel=cancel, timeout=30)
+        """Nothing to stop: a cancelled run's downloads still in flight land in its store
+        as temporary or unreferenced files, which its next run sweeps."""

@@ -57,7 +57,7 @@ from typing import Any, ClassVar, Literal, cast
 
 from .config import KomboSettings
 from .database import FinishedRun, IndexDoc, KnownAttachment, Outcome, Store, utcnow
-from .download import Downloaded, DownloadProcess
+from .download import Downloaded, DownloadProcess, StoreDownloads
 from .errors import (
     DiskFullError,
     DownloadError,
@@ -76,7 +76,7 @@ from .faults import EXIT_INTERRUPTED, RunStopped, as_pipeline_error, exit_code
 from .fetch import AttachmentList, KomboClient, RemoteAttachment
 from .filestore import LocalFileStore, SpaceReserve, private_folder, storage_error
 from .lock import IntegrationClaim, WriterLock
-from .search import IndexWriterProcess, PostgresSearchIndex, SearchIndex
+from .search import IndexWriterProcess, IndexWriterView, PostgresSearchIndex, SearchIndex
 from .states import COMPLETED_RUNS, FINAL_STATES, AttachmentState, RunStatus
 
 log = logging.getLogger(__name__)
@@ -429,10 +429,17 @@ class RunInProgress:
         # Until Kombo has answered once, a call that cannot reach it stops the run: every
         # other call would fail the same way after the same retries.
         self.kombo_answered = False
-        self.downloader = DownloadProcess(self.kombo, self.files)
-        self.extractor = engine.new_extractor()
+        shared = engine.shared
+        self.downloader: DownloadProcess | StoreDownloads
+        self.extractor: Extractor
+        if shared is None:
+            self.downloader = DownloadProcess(self.kombo, self.files)
+            self.extractor = engine.new_extractor()
+        else:  # nightly --all: the pass's download process and extraction workers
+            self.downloader = shared.downloads.for_store(self.files)
+            self.extractor = _RunExtractions(shared.extractor)
         self.fetch_pool = ThreadPoolExecutor(self.kombo.concurrency, thread_name_prefix="fetch")
-        self.batch = _WriterProcessBatch(engine.workspace.index, self.store)
+        self.batch = _WriterProcessBatch(engine.workspace.index, self.store, shared)
         self.stage = _Stages(self.fetch_pool)
         self.hashes = self.store.known_hashes()
         # sha256 -> attachments waiting for an extraction of the same bytes already under way
@@ -705,11 +712,15 @@ class RunEngine:
         new_extractor: Callable[[], Extractor] | None = None,
         progress: Progress = no_progress,
         max_run_minutes: float | None = None,
+        shared: SharedStages | None = None,
     ) -> None:
         self.kombo = kombo
         self.max_run_minutes = max_run_minutes
         self.workspace = workspace
         self.extract = extract
+        # Runs of several integrations at once share their download process, extraction
+        # workers and index writer (nightly --all); None: each run starts its own.
+        self.shared = shared
         # Each run starts its own extractor (a run closes it at its end): by default worker
         # processes within the limits.
         self._new_extractor = new_extractor or self._process_extractor
@@ -910,6 +921,86 @@ class RunEngine:
 _EXTRACT_WINDOW = 256
 
 
+class SharedStages:
+    """The download process, extraction workers and index writer process of a pass over
+    several integrations at once (``nightly --all``), started once for the pass and shared
+    by its runs.
+
+    Each run had started its own: a download process (an interpreter and its imports, half
+    a second of CPU), extraction workers forked per run, and each such set competed with
+    the others' for the same cores. Now every run hands its files to the one set: each
+    run's files still land in its own file store (the download request names it), its
+    outcomes in its own records, and ``downloads_in_flight`` bounds the downloads of all the
+    runs together. One run stopping (an error of its integration) cancels its own work
+    only; :meth:`close` ends the set, after the last run. One index writer process serves
+    every run's index too, each batch naming its index, started with the first batch.
+    """
+
+    def __init__(
+        self,
+        kombo: KomboSettings,
+        *,
+        downloads_in_flight: int,
+        extract: ExtractLimits = ExtractLimits(),
+        extractor: Extractor | None = None,
+    ) -> None:
+        self.extractor = extractor or ProcessExtractor(
+            timeout=extract.timeout, memory_mb=extract.memory_mb
+        )
+        # No file store of its own: each request names its run's.
+        try:
+            self.downloads = DownloadProcess(
+                replace(kombo, download_concurrency=max(1, downloads_in_flight)), None
+            )
+        except BaseException:
+            self.extractor.close(cancel=True)
+            raise
+        self._writer: IndexWriterProcess | None = None
+        self._writer_lock = threading.Lock()
+
+    def index_writer(self, directory: Path) -> IndexWriterView:
+        """A run's batches for its index, through the pass's one writer process."""
+        with self._writer_lock:
+            if self._writer is None:
+                self._writer = IndexWriterProcess()
+            return self._writer.for_index(directory)
+
+    def close(self, *, cancel: bool = False) -> None:
+        try:
+            self.extractor.close(cancel=cancel)
+        finally:
+            self.downloads.close(cancel=cancel)
+            if self._writer is not None:
+                self._writer.close(cancel=cancel)
+
+
+class _RunExtractions:
+    """One run's hold on extraction workers the pass shares: closing it cancels what this
+    run still has waiting (a parse under way finishes, unread) and leaves the workers to
+    the other runs."""
+
+    def __init__(self, shared: Extractor) -> None:
+        self._shared = shared
+        self.workers = shared.workers
+        self._waiting: set[Future[Extraction]] = set()
+
+    def submit(
+        self, path: Path, content_type: str | None, file_name: str | None
+    ) -> Future[Extraction]:
+        future = self._shared.submit(path, content_type, file_name)
+        self._waiting.add(future)
+        future.add_done_callback(self._waiting.discard)
+        return future
+
+    def prestart(self) -> None:
+        self._shared.prestart()
+
+    def close(self, *, cancel: bool = False) -> None:
+        if cancel:
+            for future in list(self._waiting):
+                future.cancel()
+
+
 class _Stages:
     """Futures of the three stages, each tagged with its kind, collected as they finish.
 
@@ -1031,9 +1122,15 @@ class _WriterProcessBatch(_IndexBatch):
     # is fed small batches.
     flush_at = INDEX_BATCH // 10
 
-    def __init__(self, index: SearchIndex | PostgresSearchIndex, store: Store) -> None:
+    def __init__(
+        self,
+        index: SearchIndex | PostgresSearchIndex,
+        store: Store,
+        shared: SharedStages | None = None,
+    ) -> None:
         super().__init__(index, store)
-        self._writer: IndexWriterProcess | None = None
+        self._shared = shared
+        self._writer: IndexWriterProcess | IndexWriterView | None = None
         # batches sent to the writer process: (its future, the rows it makes indexed)
         self._sent: list[tuple[Future[float], list[str]]] = []
 
@@ -1045,7 +1142,10 @@ class _WriterProcessBatch(_IndexBatch):
             self._sent.append((_written_here(self._index, docs, deletions), done))
             return
         if self._writer is None:
-            self._writer = IndexWriterProcess(self._index.directory)
+            if self._shared is not None:
+                self._writer = self._shared.index_writer(self._index.directory)
+            else:
+                self._writer = IndexWriterProcess(self._index.directory)
         self._sent.append((self._writer.submit(docs, deletions), done))
 
     def collect(self, summary: RunSummary) -> None:
@@ -1130,7 +1230,7 @@ def _fetched(item: RemoteAttachment, future: Future[Downloaded]) -> _Fetched:
 
 
 def _download_fresh(
-    client: KomboClient, downloader: DownloadProcess, item: RemoteAttachment
+    client: KomboClient, downloader: DownloadProcess | StoreDownloads, item: RemoteAttachment
 ) -> _Fetched:
     try:
         fresh = _fresh_link(client, item)
@@ -1160,6 +1260,7 @@ __all__ = [
     "RunInProgress",
     "RunStopped",
     "RunSummary",
+    "SharedStages",
     "Target",
     "Workspace",
     "no_progress",

@@ -211,3 +211,54 @@ def test_children_outlive_a_sigterm_of_their_own_and_end_when_the_parent_says(
         downloads.close()
         extractor.close()
     assert downloads.returncode == 0
+
+
+def test_nightly_all_starts_one_set_of_children_for_every_integration(
+    sandbox: SandboxServer,
+    world_template,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    """``nightly --all`` over three integrations: one download process, one index writer
+    process and one pool of extraction workers serve them all (each integration's run had
+    started its own), and each integration's files still land in its own folder."""
+    from pipeline.app import App
+    from pipeline.config import DataSettings, integration_folder
+    from pipeline.sandbox.generator import World
+
+    ids = [sandbox.integration_id, "acme:Second", "bolt:Third"]
+    for iid in ids[1:]:
+        twin = World(candidates=len(world_template.candidates), seed=7)
+        twin._bodies = dict(world_template._bodies)
+        sandbox.add_integration(iid, twin, download_latency=0.05)
+    sandbox.state.download_latency = 0.05
+    data = tmp_path / "data"
+    with App(DataSettings(data, f"sqlite:///{data}/pipeline.db")) as app:
+        for iid in ids:
+            app.add_integration(iid)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KOMBO_", "PIPELINE_"))}
+    env.update({**sandbox.env(), "PIPELINE_DATA_DIR": str(data), "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "nightly", "--all"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    seen: dict[int, str] = {}
+    while process.poll() is None:
+        children = _descendants(process.pid)
+        for pid in children.keys() - seen.keys():
+            kind = _kind(pid, children)
+            if kind is not None:
+                seen[pid] = kind
+        time.sleep(0.02)
+    out, err = process.communicate()
+    assert process.returncode == 0, out + err
+    assert "3 integrations: 3 succeeded" in out, out
+    started = [kind for kind in seen.values()]
+    for kind in ("download process", "index writer process", "forkserver"):
+        assert started.count(kind) == 1, seen
+    assert 1 <= started.count("extraction worker") <= (os.cpu_count() or 1), seen
+    for iid in ids:
+        files = data / "integrations" / integration_folder(iid) / "files"
+        assert len([p for p in files.rglob("*") if p.is_file()]) >= len(world_template.candidates)

@@ -137,6 +137,37 @@ def test_the_writer_process_keeps_one_document_per_attachment_across_batches(
     assert _search(index, docs, "Kubernetes") == []
 
 
+def test_one_writer_process_serves_several_indexes_each_apart(tmp_path: Path) -> None:
+    """nightly --all's one index writer: each run's batches go to its own index, a run's
+    end commits its index alone, and a run that stops leaves nothing of its batches."""
+    from pipeline.search import IndexWriterProcess
+
+    first, second, third = (SearchIndex(tmp_path / name) for name in ("one", "two", "three"))
+    process = IndexWriterProcess()
+    try:
+        one, two, three = (process.for_index(i.directory) for i in (first, second, third))
+        batches = [
+            one.submit([_doc("a1", "Python developer")], []),
+            two.submit([_doc("a1", "Kubernetes operator")], []),
+            three.submit([_doc("a9", "Golang")], []),
+        ]
+        one.close()  # commits the first index alone, and waits for it
+        assert batches[0].result(timeout=30) >= 0.0
+        assert not batches[1].done()  # the second's writer is still open
+        three.close(cancel=True)  # the third's run stopped: its batch is dropped
+        two.submit([_doc("a2", "Python and Kubernetes")], [])
+        two.close()
+        assert batches[1].result(timeout=30) >= 0.0
+    finally:
+        process.close()
+    docs = {"a1": "", "a2": ""}
+    assert _search(first, docs, "Python") == ["a1"]
+    assert _search(first, docs, "Kubernetes") == []
+    assert sorted(_search(second, docs, "Kubernetes")) == ["a1", "a2"]
+    assert _search(second, docs, "Python") == ["a2"]
+    assert third.doc_count() == 0
+
+
 def test_words_of_a_file_name_are_found(index: SearchIndex) -> None:
     docs = {"a1": "Curriculum vitae", "a2": "Curriculum vitae"}
     index.write(

@@ -343,8 +343,11 @@ class _Handler(BaseHTTPRequestHandler):
         state = self.state
         segments = [unquote(s) for s in route.strip("/").split("/")]
         is_action = len(segments) == 4 and segments[3] == "attachments"
-        with state.lock:
-            state.stats.count(
+        # Counted in the stats of the integration the call names (the first's when it names
+        # none it has), so that each integration's stats hold its own calls.
+        counted = self.server.tenants.get(self.headers.get("X-Integration-Id") or "", state)
+        with counted.lock:
+            counted.stats.count(
                 "action" if is_action else "list" if segments == ["ats", "candidates"] else "other"
             )
         authorization = self.headers.get("Authorization", "")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from ._postgres import PostgresSearchIndex
     from ._results import CandidateHit, SearchHit, SearchResults, group_by_candidate
     from ._whoosh import FAST_VARIABLE, engine_paths
-    from ._writer import IndexWriterProcess
+    from ._writer import IndexWriterProcess, IndexWriterView
 
 _EXPORTS = {
     "CandidateHit": "_results",
@@ -36,6 +36,7 @@ _EXPORTS = {
     "IndexDoc": "_doc",
     "IndexWriter": "_index",
     "IndexWriterProcess": "_writer",
+    "IndexWriterView": "_writer",
     "PostgresSearchIndex": "_postgres",
     "SearchHit": "_results",
     "SearchIndex": "_index",
@@ -52,6 +53,7 @@ __all__ = [
     "IndexDoc",
     "IndexWriter",
     "IndexWriterProcess",
+    "IndexWriterView",
     "PostgresSearchIndex",
     "QueryError",
     "QueryTooCostly",
