@@ -91,9 +91,10 @@ def rank(searcher: Searcher, query: Query, limit: int) -> Ranked:
     return Ranker(searcher).rank(query, limit)
 
 
-# Postings whose scores a ranker keeps, all terms together (16 bytes each: 2,000,000 are
-# 32 MB; a word in every CV of 100,000 is 100,000 of them).
-SCORED_POSTINGS = 2_000_000
+# Postings whose scores a ranker keeps, all terms together (16 bytes each: 1,000,000 are
+# 16 MB; a word in every CV of 100,000 is 100,000 of them). Each idle searcher of the pool
+# (at most two a folder, eight folders) keeps its own.
+SCORED_POSTINGS = 1_000_000
 
 
 class Ranker:
