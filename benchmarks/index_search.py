@@ -12,13 +12,20 @@ keeps its parsed queries and corrections while the index is unchanged, so later 
 show a server's repeated queries), and the slowest query of ``COSTLY`` (the shapes issue 18
 timed: a long query of unknown words within the caps, typos, prefixes, ranges past the
 cap, which must fail fast).
+
+Then the same mix as the API answers it: ``App(...).search(SearchRequest(query))`` over a
+data directory holding the documents' records and texts in SQLite beside the same index
+(as a run leaves them; ``api.py`` builds the same), snippets from the database's texts:
+p50/p95, the first round's p95 (no snippet made before) and the CPU a search takes.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
+import hashlib
 import json
 import sqlite3
 import statistics
@@ -27,6 +34,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.app import App, SearchRequest
+from pipeline.config import DataSettings
 from pipeline.errors import QueryError
 from pipeline.sandbox.documents import cv_blocks, render_text
 from pipeline.sandbox.generator import World
@@ -82,6 +91,59 @@ def documents(count: int) -> list[IndexDoc]:
     return docs
 
 
+INTEGRATION = "bench:search"
+
+
+def app_data(root: Path, docs: list[IndexDoc]) -> tuple[DataSettings, list[IndexDoc]]:
+    """A data directory with the documents' records and texts (SQLite), its index left to
+    build into ``data.integration(INTEGRATION).index_dir``; and the documents with their
+    texts' sha256, as a run indexes them."""
+    from sqlalchemy import insert
+
+    from pipeline.database import Attachment, Candidate, ExtractedText, Store
+
+    data = DataSettings(root, f"sqlite:///{root / 'pipeline.db'}")
+    docs = [dataclasses.replace(d, sha256=hashlib.sha256(d.text.encode()).hexdigest())
+            for d in docs]  # fmt: skip
+    store = Store(data.database_url)
+    store.ensure_schema()
+    store.register_integration(INTEGRATION, "benchmark")
+    now = datetime.now(UTC)
+    candidates, attachments, texts = [], [], []
+    for doc in docs:
+        candidates.append({"integration_id": INTEGRATION, "id": doc.candidate_id,
+                           "first_seen_at": now, "title": doc.candidate_title})  # fmt: skip
+        attachments.append({
+            "integration_id": INTEGRATION, "id": doc.attachment_id,
+            "candidate_id": doc.candidate_id, "type": doc.type, "file_name": doc.file_name,
+            "sha256": doc.sha256, "status": "indexed", "language": doc.language,
+            "remote_updated_at": now, "indexed_at": now,
+        })  # fmt: skip
+        texts.append({"integration_id": INTEGRATION, "sha256": doc.sha256, "text": doc.text})
+    with store.engine.begin() as conn:
+        conn.execute(insert(Candidate.__table__).prefix_with("OR IGNORE"), candidates)
+        conn.execute(insert(ExtractedText.__table__).prefix_with("OR IGNORE"), texts)
+        conn.execute(insert(Attachment.__table__), attachments)
+    store.close()
+    return data, docs
+
+
+def app_latency(data: DataSettings, rounds: int) -> tuple[list[float], list[float], list[float]]:
+    """(first round's latencies, the later rounds', CPU seconds of every search) of the mix
+    through one App, as a server's search worker keeps one per integration."""
+    first: list[float] = []
+    later: list[float] = []
+    cpu: list[float] = []
+    with App(data, integration_id=INTEGRATION) as app:
+        for round_number in range(rounds + 1):
+            for query in QUERIES:
+                started, began_cpu = time.perf_counter(), time.process_time()
+                app.search(SearchRequest(query))
+                (later if round_number else first).append(time.perf_counter() - started)
+                cpu.append(time.process_time() - began_cpu)
+    return sorted(first), sorted(later), cpu
+
+
 def index_whoosh(docs: list[IndexDoc], folder: Path) -> float:
     # The bulk-load path (``pipeline reindex``); a run feeds its writer process in batches.
     started = time.perf_counter()
@@ -120,10 +182,11 @@ def search_latency(
 
 
 def measure(count: int, rounds: int) -> dict:
-    docs = documents(count)
-    texts = {d.attachment_id: d.text for d in docs}
     with tempfile.TemporaryDirectory() as tmp:
-        whoosh_s = index_whoosh(docs, Path(tmp) / "index")
+        data, docs = app_data(Path(tmp) / "data", documents(count))
+        texts = {d.attachment_id: d.text for d in docs}
+        folder = data.integration(INTEGRATION).index_dir
+        whoosh_s = index_whoosh(docs, folder)
         fts5_s = index_fts5(docs, Path(tmp) / "fts.db")
         # The texts stand in for the database a search reads its snippets from. Python's
         # cyclic collector would walk these 100,000 strings and the documents on every full
@@ -132,9 +195,11 @@ def measure(count: int, rounds: int) -> dict:
         gc.collect()
         gc.freeze()
         try:
-            first = sorted(search_latency(Path(tmp) / "index", texts, 1))
-            latencies = sorted(search_latency(Path(tmp) / "index", texts, rounds))
-            costly = search_latency(Path(tmp) / "index", texts, 1, COSTLY)
+            first = sorted(search_latency(folder, texts, 1))
+            latencies = sorted(search_latency(folder, texts, rounds))
+            costly = search_latency(folder, texts, 1, COSTLY)
+            del texts
+            app_first, app_later, app_cpu = app_latency(data, rounds)
         finally:
             gc.unfreeze()
     return {
@@ -146,6 +211,10 @@ def measure(count: int, rounds: int) -> dict:
         "search_p95_ms": round(latencies[int(len(latencies) * 0.95) - 1] * 1000, 1),
         "first_round_p95_ms": round(first[int(len(first) * 0.95) - 1] * 1000, 1),
         "slowest_costly_ms": round(max(costly) * 1000, 1),
+        "app_p50_ms": round(statistics.median(app_later) * 1000, 1),
+        "app_p95_ms": round(app_later[int(len(app_later) * 0.95) - 1] * 1000, 1),
+        "app_first_round_p95_ms": round(app_first[int(len(app_first) * 0.95) - 1] * 1000, 1),
+        "app_cpu_ms_mean": round(statistics.mean(app_cpu) * 1000, 2),
     }
 
 

@@ -1191,6 +1191,44 @@ class Store:
             )
             return {attachment_id: text for attachment_id, text in rows}
 
+    # -- languages detected again (issue 18: a rebuild re-detects what an older detector said) --
+
+    def texts_with_languages(self) -> Iterator[tuple[str, str | None, str]]:
+        """(sha256, language, text) of each of this integration's stored texts an attachment
+        refers to, with the language stored for it (the first attachment's, by id)."""
+        with self._sessions() as s:
+            query = (
+                select(Attachment.sha256, Attachment.language, ExtractedText.text)
+                .join(ExtractedText, _same_text_row())
+                .where(Attachment.integration_id == self._iid)
+                .order_by(Attachment.sha256, bytewise(Attachment.id))
+                .execution_options(yield_per=500)
+            )
+            last = None
+            for sha256, language, text in s.execute(query):
+                if sha256 is not None and sha256 != last:
+                    yield sha256, language, text
+                last = sha256
+
+    def set_languages(self, languages: dict[str, str | None]) -> int:
+        """Store each text's language (sha256 -> language) on every attachment of this
+        integration with that text; the attachments changed."""
+        a = _ATTACHMENTS
+        changed = 0
+        with self._conn() as conn:
+            for sha256, language in languages.items():
+                result = conn.execute(
+                    update(a)
+                    .where(
+                        a.c.integration_id == self._iid,
+                        a.c.sha256 == sha256,
+                        a.c.language.is_distinct_from(language),
+                    )
+                    .values(language=language)
+                )
+                changed += result.rowcount or 0
+        return changed
+
     def index_docs(self, *, only_pending: bool) -> Iterator[IndexDoc]:
         """Attachments whose text belongs in the index (pending ones, or all with text).
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 
 import pytest
 
+from pipeline.extract.language import DETECTOR_VERSION
 from pipeline.sandbox.server import SandboxServer
 
 
@@ -120,3 +122,32 @@ def test_a_query_that_cannot_mean_what_was_meant_is_exit_2_with_the_reason(cli, 
         result = cli("search", query)
         assert result.code == 2, query
         assert reason in result.err and "Traceback" not in result.err, result.err
+
+
+def test_reindex_detects_stored_languages_again(cli, ingested, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A data directory whose rows keep an older detector's answer (German CVs stored as
+    English) gets today's after `reindex`, and German stems and the filter find them."""
+    german = ingested.world.in_language("de")
+    marks = ",".join("?" * len(german))
+    with sqlite3.connect(tmp_path / "data" / "pipeline.db") as conn:
+        conn.execute(
+            f"UPDATE attachments SET language = 'en' WHERE candidate_id IN ({marks})", [*german]
+        )
+        # First as this detector's own rows would be rebuilt: nothing detected again.
+        conn.execute(
+            "INSERT OR REPLACE INTO settings SELECT 'language_detector:' || integration_id, ? "
+            "FROM integrations",
+            (str(DETECTOR_VERSION),),
+        )
+    assert cli("reindex").code == 0
+    query = ("search", "Entwicklungen", "--language", "de", "--limit", "100")
+    assert not {h["candidate_id"] for h in _json(cli, *query)["hits"]} & german
+    # An older detector's data directory: the next reindex detects each text again.
+    with sqlite3.connect(tmp_path / "data" / "pipeline.db") as conn:
+        conn.execute("DELETE FROM settings WHERE key LIKE 'language_detector:%'")
+    assert cli("reindex").code == 0
+    found = _json(cli, *query)["hits"]
+    assert found and {h["candidate_id"] for h in found} <= german
+    assert {h["language"] for h in found} == {"de"}
+    records = [json.loads(line) for line in cli("export").out.splitlines()]
+    assert {r["language"] for r in records if r["candidate_id"] in german} == {"de"}

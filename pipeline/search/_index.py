@@ -181,6 +181,27 @@ class _Opened:
         self._parsed: dict[str, Query] = {}
         self._corrections: dict[str, str | None] = {}
         self._lexicon = Lexicon(searcher.reader())
+        # A query's highlighted words (its patterns expanded against the index's terms) and
+        # a document's stored fields: both read from the index once while it is unchanged.
+        self._highlighted: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        self._stored: dict[int, dict[str, Any]] = {}
+        # The numpy ranker, with the scores of the terms it read (or None: Whoosh's matchers).
+        self.ranker = _ranker(searcher)
+
+    def highlighted(self, query: str, parsed: Query) -> tuple[frozenset[str], frozenset[str]]:
+        if query not in self._highlighted:
+            if len(self._highlighted) > 1_000:
+                self._highlighted.clear()
+            self._highlighted[query] = _highlighted(self.searcher, parsed)
+        return self._highlighted[query]
+
+    def stored_fields(self, docnum: int) -> dict[str, Any]:
+        fields = self._stored.get(docnum)
+        if fields is None:
+            if len(self._stored) > 20_000:
+                self._stored.clear()
+            fields = self._stored[docnum] = self.searcher.stored_fields(docnum)
+        return fields
 
     def parse(self, query: str) -> Query:
         if query not in self._parsed:
@@ -389,7 +410,7 @@ class SearchIndex:
                 parsed = opened.parse(query)
                 check_expansions(parsed, searcher.reader(), query)
                 budget.check(query)
-                ranker = _ranker(searcher)
+                ranker = opened.ranker
                 found, total = _collect(searcher, ranker, parsed, filters, offset + limit)
                 budget.check(query)
                 corrected = opened.correct(query, budget)
@@ -399,11 +420,13 @@ class SearchIndex:
                         searcher, ranker, reparsed, filters, offset + limit
                     )
                     if again_total:
-                        hits = _page(searcher, reparsed, again[offset:], texts)
+                        marked = opened.highlighted(corrected, reparsed)
+                        hits = _page(opened.stored_fields, marked, again[offset:], texts)
                         results = SearchResults(query, again_total, hits, corrected, corrected=True)
                         _give_back(self.directory, opened)
                         return results
-                hits = _page(searcher, parsed, found[offset:], texts)
+                marked = opened.highlighted(query, parsed)
+                hits = _page(opened.stored_fields, marked, found[offset:], texts)
         except BaseException:
             # Whatever failed (a damaged segment, a query past its time), the next search
             # opens the index afresh.
@@ -467,7 +490,8 @@ class SearchIndex:
                         and (type is None or fields["type"] == type)
                     ):
                         wanted.append((docnum, score))
-                hits = _page(searcher, terms, wanted[:limit], texts)
+                marked = _highlighted(searcher, terms)
+                hits = _page(searcher.stored_fields, marked, wanted[:limit], texts)
             return SearchResults(f"similar:{attachment_id}", len(hits), hits)
         finally:
             ix.close()
@@ -495,16 +519,16 @@ def _collect(
 
 
 def _page(
-    searcher: Searcher,
-    query: Query,
+    stored_fields: Callable[[int], dict[str, Any]],
+    highlighted: tuple[frozenset[str], frozenset[str]],
     found: list[tuple[int, float]],
     texts: Callable[[Sequence[str]], dict[str, str]],
 ) -> list[SearchHit]:
     """Hits for the (document number, score) pairs, with snippets of the words that
-    matched."""
-    stored = [(searcher.stored_fields(docnum), score) for docnum, score in found]
+    matched (``highlighted``: the text field's words and marked stems)."""
+    stored = [(stored_fields(docnum), score) for docnum, score in found]
     bodies = texts([fields["attachment_id"] for fields, _score in stored])
-    words, stems = _highlighted(searcher, query)
+    words, stems = highlighted
     hits = []
     for fields, score in stored:
         body = bodies.get(fields["attachment_id"], "")

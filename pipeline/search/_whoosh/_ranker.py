@@ -91,6 +91,12 @@ def rank(searcher: Searcher, query: Query, limit: int) -> Ranked:
     return Ranker(searcher).rank(query, limit)
 
 
+# Postings whose scores a ranker keeps, all terms together (16 bytes each: 1,000,000 are
+# 16 MB; a word in every CV of 100,000 is 100,000 of them). Each idle searcher of the pool
+# (at most two a folder, eight folders) keeps its own.
+SCORED_POSTINGS = 1_000_000
+
+
 class Ranker:
     """Ranks queries on one open searcher. A term's scored postings are kept for the
     ranker's life: a spelling correction ranked after the query it corrects shares most of
@@ -105,6 +111,7 @@ class Ranker:
         self.b = weighting.B
         self.k1 = weighting.K1
         self._scored: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray] | None] = {}
+        self._scored_postings = 0
         self.size = int(searcher.doc_count_all())
         self.leaves = list(searcher.leaf_searchers())
         self.readers = [(sub.reader(), offset) for sub, offset in self.leaves]
@@ -221,6 +228,13 @@ class Ranker:
         key = (query.fieldname, btext)
         if key not in self._scored:
             postings = self._postings(query.fieldname, btext)
+            if postings is not None:
+                self._scored_postings += len(postings.ids)
+            if self._scored_postings > SCORED_POSTINGS:
+                # A ranker lives as long as its open searcher: its terms' scores are kept
+                # for the searches after, bounded.
+                self._scored.clear()
+                self._scored_postings = 0 if postings is None else len(postings.ids)
             self._scored[key] = (
                 None
                 if postings is None
