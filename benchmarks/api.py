@@ -21,6 +21,7 @@ import hashlib
 import http.client
 import json
 import os
+import random
 import statistics
 import subprocess
 import sys
@@ -48,7 +49,7 @@ CLIENTS = 10
 TARGET_P95_MS = 50.0
 
 
-def build(root: Path, count: int) -> tuple[DataSettings, str, float]:
+def build(root: Path, count: int) -> tuple[DataSettings, str, float, list[str]]:
     """A data directory holding ``count`` indexed CVs; (its settings, a token, seconds)."""
     started = time.perf_counter()
     data = DataSettings(root, f"sqlite:///{root / 'pipeline.db'}")
@@ -78,7 +79,7 @@ def build(root: Path, count: int) -> tuple[DataSettings, str, float]:
     made = new_token(store, integration_id=INTEGRATION, name="bench", admin=False)
     store.close()
     assert made is not None
-    return data, made[1], time.perf_counter() - started
+    return data, made[1], time.perf_counter() - started, fresh_queries(docs)
 
 
 def start(data: DataSettings, *args: str) -> tuple[subprocess.Popen[str], str]:
@@ -112,10 +113,39 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def load(url: str, token: str, seconds: float, clients: int = CLIENTS, server: int = 0) -> dict:
+def fresh_queries(docs: list, count: int = 50_000, seed: int = 5) -> list[str]:
+    """Queries no earlier request asked, in the mix's shapes (two words, OR, a prefix, a
+    phrase), from words of the documents themselves: the searcher's kept term scores and
+    the snippets' cache answer the repeated ten after their first round, not these."""
+    rng = random.Random(seed)
+    made: dict[str, None] = {}
+    while len(made) < count:
+        words = [w for w in rng.choice(docs).text.split() if w.isalpha() and len(w) >= 4]
+        if len(words) < 3:
+            continue
+        a, b = rng.sample(words, 2)
+        i = rng.randrange(len(words) - 1)
+        shape = rng.randrange(4)
+        query = (f"{a} {b}", f"{a} OR {b}", f"{a[:4]}* {b}", f'"{words[i]} {words[i + 1]}"')
+        made.setdefault(query[shape], None)
+    return list(made)
+
+
+def load(
+    url: str,
+    token: str,
+    seconds: float,
+    clients: int = CLIENTS,
+    server: int = 0,
+    queries: tuple[str, ...] | list[str] = QUERIES,
+) -> dict:
     """``clients`` at once for ``seconds`` after one warm-up round; with ``server`` (its
-    pid), the CPU per request of the server, its children and these clients."""
+    pid), the CPU per request of the server, its children and these clients. With more
+    queries than requests (the fresh mix), each client takes its own, none asked twice."""
     parts = urllib.parse.urlsplit(url)
+    # The repeated ten: each client cycles through all of them; the fresh: client i takes
+    # i, i + clients, ... so that no two requests ask the same.
+    step = clients if len(queries) > len(QUERIES) else 1
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -125,8 +155,8 @@ def load(url: str, token: str, seconds: float, clients: int = CLIENTS, server: i
         headers = {"Authorization": f"Bearer {token}"}
         mine, n = [], offset
         while time.monotonic() < stop:
-            query = urllib.parse.quote(QUERIES[n % len(QUERIES)])
-            n += 1
+            query = urllib.parse.quote(queries[n % len(queries)])
+            n += step
             began = time.perf_counter()
             connection.request("GET", f"/api/v1/search?q={query}&limit=10", headers=headers)
             answer = connection.getresponse()
@@ -190,11 +220,15 @@ def measure(count: int, seconds: float = 20.0, search_workers: int | None = None
     """10 clients at once, and one alone (the server's own cost beside the search's)."""
     args = () if search_workers is None else ("--search-workers", str(search_workers))
     with tempfile.TemporaryDirectory() as tmp:
-        data, token, built_s = build(Path(tmp) / "data", count)
+        data, token, built_s, fresh = build(Path(tmp) / "data", count)
         process, url = start(data, *args)
         try:
             figures = load(url, token, seconds, server=process.pid)
             alone = load(url, token, seconds / 2, clients=1)
+            # The last quarter of the fresh queries for the one client: none asked before.
+            cut = len(fresh) * 3 // 4
+            fresh_figures = load(url, token, seconds, server=process.pid, queries=fresh[:cut])
+            fresh_alone = load(url, token, seconds / 2, clients=1, queries=fresh[cut:])
         finally:
             process.terminate()
             process.wait(60)
@@ -206,6 +240,14 @@ def measure(count: int, seconds: float = 20.0, search_workers: int | None = None
         **figures,
         "one_client_p50_ms": alone["p50_ms"],
         "one_client_p95_ms": alone["p95_ms"],
+        "fresh": {
+            **{k: v for k, v in fresh_figures.items() if k != "clients"},
+            "one_client_p50_ms": fresh_alone["p50_ms"],
+            "one_client_p95_ms": fresh_alone["p95_ms"],
+            "closed_loop_floor_ms": round(
+                CLIENTS * fresh_figures.get("cpu_ms_per_request", {}).get("total", 0.0) / cores(), 1
+            ),
+        },
         "cores": cores(),
         # A closed loop of CLIENTS on these cores cannot wait less than this on average.
         "closed_loop_floor_ms": round(CLIENTS * spent / cores(), 1),
