@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import hashlib
 import http.client
 import json
 import os
@@ -29,53 +27,30 @@ import tempfile
 import threading
 import time
 import urllib.parse
-from datetime import UTC, datetime
 from pathlib import Path
-
-from sqlalchemy import insert
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from index_search import QUERIES, documents  # noqa: E402
+from index_search import INTEGRATION, QUERIES, app_data, documents  # noqa: E402
 
 from pipeline.config import DataSettings  # noqa: E402
-from pipeline.database import Attachment, Candidate, ExtractedText, Store  # noqa: E402
+from pipeline.database import Store  # noqa: E402
 from pipeline.search import SearchIndex  # noqa: E402
 from pipeline.server import new_token  # noqa: E402
 
-INTEGRATION = "bench:api"
 CLIENTS = 10
 TARGET_P95_MS = 50.0
 
 
 def build(root: Path, count: int) -> tuple[DataSettings, str, float, list[str]]:
-    """A data directory holding ``count`` indexed CVs; (its settings, a token, seconds)."""
+    """A data directory holding ``count`` indexed CVs (records and texts as
+    ``index_search.app_data`` writes them, and their index); (its settings, a read token,
+    seconds, the fresh queries)."""
     started = time.perf_counter()
-    data = DataSettings(root, f"sqlite:///{root / 'pipeline.db'}")
-    docs = [dataclasses.replace(d, sha256=hashlib.sha256(d.text.encode()).hexdigest())
-            for d in documents(count)]  # fmt: skip
-    store = Store(data.database_url)
-    store.ensure_schema()
-    store.register_integration(INTEGRATION, "benchmark")
-    now = datetime.now(UTC)
-    candidates, attachments, texts = [], [], []
-    for doc in docs:
-        sha = doc.sha256
-        candidates.append({"integration_id": INTEGRATION, "id": doc.candidate_id,
-                           "first_seen_at": now, "title": doc.candidate_title})  # fmt: skip
-        attachments.append({
-            "integration_id": INTEGRATION, "id": doc.attachment_id,
-            "candidate_id": doc.candidate_id, "type": doc.type, "file_name": doc.file_name,
-            "sha256": sha, "status": "indexed", "language": doc.language,
-            "remote_updated_at": now, "indexed_at": now,
-        })  # fmt: skip
-        texts.append({"integration_id": INTEGRATION, "sha256": sha, "text": doc.text})
-    with store.engine.begin() as conn:
-        conn.execute(insert(Candidate.__table__).prefix_with("OR IGNORE"), candidates)
-        conn.execute(insert(ExtractedText.__table__).prefix_with("OR IGNORE"), texts)
-        conn.execute(insert(Attachment.__table__), attachments)
+    data, docs = app_data(root, documents(count))
     SearchIndex(data.integration(INTEGRATION).index_dir).rebuild(docs)
+    store = Store(data.database_url)
     made = new_token(store, integration_id=INTEGRATION, name="bench", admin=False)
     store.close()
     assert made is not None
