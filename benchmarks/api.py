@@ -28,6 +28,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -88,21 +89,34 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def fresh_queries(docs: list, count: int = 50_000, seed: int = 5) -> list[str]:
-    """Queries no earlier request asked, in the mix's shapes (two words, OR, a prefix, a
-    phrase), from words of the documents themselves: the searcher's kept term scores and
+def fresh_queries(docs: list[Any], count: int = 50_000, seed: int = 5) -> list[str]:
+    """Queries no earlier request asked, in the shapes of the repeated ten and in their
+    proportions (half one word, then two words, a phrase, OR, a prefix, a misspelt word, a
+    tenth each), from words of the documents themselves: the searcher's kept term scores and
     the snippets' cache answer the repeated ten after their first round, not these."""
     rng = random.Random(seed)
     made: dict[str, None] = {}
     while len(made) < count:
-        words = [w for w in rng.choice(docs).text.split() if w.isalpha() and len(w) >= 4]
+        words = [w for w in rng.choice(docs).text.split() if w.isalpha() and len(w) >= 5]
         if len(words) < 3:
             continue
         a, b = rng.sample(words, 2)
         i = rng.randrange(len(words) - 1)
-        shape = rng.randrange(4)
-        query = (f"{a} {b}", f"{a} OR {b}", f"{a[:4]}* {b}", f'"{words[i]} {words[i + 1]}"')
-        made.setdefault(query[shape], None)
+        j = rng.randrange(1, len(a) - 2)
+        shape = rng.randrange(10)
+        if shape < 5:
+            query = a
+        elif shape == 5:
+            query = f"{a} {b}"
+        elif shape == 6:
+            query = f'"{words[i]} {words[i + 1]}"'
+        elif shape == 7:
+            query = f"{a} OR {b}"
+        elif shape == 8:
+            query = f"{a[:5]}*"
+        else:  # two letters swapped, as "Kubernets" is a typing slip
+            query = a[:j] + a[j + 1] + a[j] + a[j + 2 :]
+        made.setdefault(query, None)
     return list(made)
 
 
