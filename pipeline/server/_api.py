@@ -4,6 +4,7 @@ of the token's integration; what belongs to another integration is 404, as if no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -188,12 +189,27 @@ def _in_process(server: Server, job: SearchJob) -> Any:
     return answer(server.tenancy.app_for(job.integration_id), job)
 
 
+@contextlib.contextmanager
+def _answering(server: Server, job: SearchJob) -> Iterator[None]:
+    """Around a search however it is waited for: its errors as the API answers them, and its
+    time in the latency histogram."""
+    started = time.perf_counter()
+    try:
+        yield
+    except PipelineError as exc:
+        failed = _search_failed(exc, job)
+        if failed is None:
+            raise
+        raise failed from None
+    finally:
+        server.metrics.search_seconds.observe(time.perf_counter() - started)
+
+
 async def searched(server: Server, job: SearchJob) -> Any:
     """``job``'s answer from a search worker (``--search-workers 0``: from a thread of
     this process); its errors as the API answers them."""
-    started = time.perf_counter()
-    pool = server.searches
-    try:
+    with _answering(server, job):
+        pool = server.searches
         if pool is None:
             return await run_in_threadpool(_in_process, server, job)
         future = pool.submit(job)
@@ -204,20 +220,12 @@ async def searched(server: Server, job: SearchJob) -> Any:
         except TimeoutError:
             pool.abandon(future)
             raise SearchWorkerError("the search took too long") from None
-    except PipelineError as exc:
-        failed = _search_failed(exc, job)
-        if failed is None:
-            raise
-        raise failed from None
-    finally:
-        server.metrics.search_seconds.observe(time.perf_counter() - started)
 
 
 def searched_blocking(server: Server, job: SearchJob) -> Any:
     """:func:`searched` for a route on a thread (the page)."""
-    started = time.perf_counter()
-    pool = server.searches
-    try:
+    with _answering(server, job):
+        pool = server.searches
         if pool is None:
             return _in_process(server, job)
         future = pool.submit(job)
@@ -226,13 +234,6 @@ def searched_blocking(server: Server, job: SearchJob) -> Any:
         except FutureTimeout:
             pool.abandon(future)
             raise SearchWorkerError("the search took too long") from None
-    except PipelineError as exc:
-        failed = _search_failed(exc, job)
-        if failed is None:
-            raise
-        raise failed from None
-    finally:
-        server.metrics.search_seconds.observe(time.perf_counter() - started)
 
 
 def record_of(app: App, principal: Principal, attachment_id: str) -> dict[str, Any]:
