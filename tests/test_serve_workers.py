@@ -13,8 +13,10 @@ import re
 import signal
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
+from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,24 @@ def _cli_json(world: dict[str, Any], query: str) -> Any:
         main(["search", query, "--json", "--limit", "20", *where])
     assert done.value.code in (0, None)
     return json.loads(out.getvalue())
+
+
+def _page_session(world: dict[str, Any]) -> str:
+    """Signed in on the page with the read token, as a browser is: the session's cookie."""
+    url = world["server"].url
+    form = http(url + "/")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', form.body.decode())
+    cookie = form.headers["set-cookie"].split(";", 1)[0]
+    assert csrf, form.body[:300]
+    body = urllib.parse.urlencode({"token": world["tokens"]["read"], "csrf": csrf[1]})
+    parts = urllib.parse.urlsplit(url)
+    connection = HTTPConnection(parts.hostname, parts.port, timeout=30)
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": cookie}
+    connection.request("POST", "/signin", body=body, headers=headers)
+    answer = connection.getresponse()
+    connection.close()
+    assert answer.status == 303, answer.status
+    return str(answer.getheader("set-cookie")).split(";", 1)[0]
 
 
 def _alive(pid: int) -> bool:
@@ -103,6 +123,7 @@ def test_a_full_queue_is_429_and_a_dead_worker_503_then_replaced(world: dict[str
     server: Served = world["server"]
     [first] = _worker_pids(server)
     expected = _search(world).json()
+    session = _page_session(world)
     # The worker is stopped with a search in hand: with no queue, the next search is
     # refused at once; killed, it fails that search with 503 and another takes its place.
     os.kill(first, signal.SIGSTOP)
@@ -117,6 +138,8 @@ def test_a_full_queue_is_429_and_a_dead_worker_503_then_replaced(world: dict[str
         assert refused.headers["retry-after"] == "1"
         assert refused.json()["error"]["code"] == "too_many_searches"
         assert time.monotonic() - started < 5  # refused at once, not after a wait
+        page = http(server.url + "/?q=Python", headers={"Cookie": session})
+        assert page.status == 429 and page.headers["retry-after"] == "1"
     finally:
         os.kill(first, signal.SIGKILL)
     thread.join(30)

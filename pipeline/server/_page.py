@@ -111,9 +111,13 @@ _TEMPLATES = Environment(
 _TEMPLATES.filters["highlight"] = highlight
 
 
-def _render(name: str, status: int = 200, **context: Any) -> HTMLResponse:
+def _render(
+    name: str, status: int = 200, headers: dict[str, str] | None = None, **context: Any
+) -> HTMLResponse:
     body = _TEMPLATES.get_template(name).render(types=TYPES, **context)
-    return HTMLResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(
+        body, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
 
 
 def _cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
@@ -170,7 +174,8 @@ def page(request: Request) -> Response:
             context.update(_search(server, principal, params))
     except ApiError as exc:
         context["error"] = exc.message
-        return _render("search.html", exc.status, **context)
+        # A 429 (every search worker busy) says when to try again, as the API's does.
+        return _render("search.html", exc.status, exc.headers, **context)
     return _render("search.html", **context)
 
 
