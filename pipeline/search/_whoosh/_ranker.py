@@ -11,7 +11,11 @@ Whoosh's own (``tests/test_ranking.py`` compares them, score for score, on every
 query the parser makes).
 
 Each node of a query holds a score and a flag for every document of the index: 9 bytes a
-document (0.9 MB at 100,000 CVs), freed as the query is combined.
+document (0.9 MB at 100,000 CVs), freed as the query is combined. A ranker lives with its
+open searcher and keeps, bounded, its terms' scores (``SCORED_POSTINGS``) and, for phrases,
+its words' positions (``PLACED_BYTES``); a phrase's positions are matched for the documents
+holding every word only, whether the field keeps them as arrays (``WordPositions``) or as
+Whoosh's pickled lists (the short fields).
 
 A query node of a kind not handled here (a sloppy phrase such as ``"a b"~3``, a span
 query) is evaluated by Whoosh's own matcher for that node only. Anything this module cannot
