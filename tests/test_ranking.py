@@ -104,6 +104,44 @@ def test_same_hits_scores_and_total_as_whoosh(searcher, text: str) -> None:  # t
         assert total > 0  # the query means something on this index
 
 
+def _phrases(count: int) -> list[str]:
+    """Phrases of two and three words standing side by side in the documents (their title
+    and file name too), many sharing their words: a ranker reads a word's positions once
+    and keeps them for the phrases after."""
+    import random
+
+    rng = random.Random(3)
+    made: dict[str, None] = {}
+    docs = _docs(450)
+    while len(made) < count:
+        doc = rng.choice(docs)
+        source = rng.choice((doc.text, doc.text, doc.candidate_title or "", doc.file_name or ""))
+        words = [w for w in source.split() if w.isalpha()]
+        if len(words) < 3:
+            continue
+        i = rng.randrange(len(words) - 2)
+        made.setdefault('"' + " ".join(words[i : i + rng.choice((2, 2, 3))]) + '"', None)
+    return list(made)
+
+
+@pytest.mark.parametrize("kept", [ranking.PLACED_BYTES, 4_000])
+def test_phrases_from_kept_positions_are_whooshs(searcher, kept: int) -> None:  # type: ignore[no-untyped-def]
+    # One ranker for them all, as an open searcher keeps it: its kept positions answer the
+    # later phrases, and with little room it drops words and reads them again.
+    ranker = ranking.Ranker(searcher)
+    ranker.placed_bytes_kept = kept
+    matched = 0
+    for text in _phrases(150):
+        query = _parse(searcher.schema, text)
+        ours = ranker.rank(query, 10)
+        theirs, total = _whoosh(searcher, query, 10)
+        _assert_same(ours, theirs, total)
+        matched += total > 0
+    assert matched > 100
+    # Within its room, or holding only the last word read (one larger than the room).
+    assert ranker._placed_bytes <= kept or len(ranker._placed) == 1
+
+
 def test_filters_select_without_scoring(searcher) -> None:  # type: ignore[no-untyped-def]
     parsed = _parse(searcher.schema, "python")
     filters = [
@@ -130,7 +168,8 @@ def test_deleted_documents_never_match(searcher) -> None:  # type: ignore[no-unt
 
 def test_an_index_with_whooshs_own_positions_still_finds_phrases(tmp_path: Path) -> None:
     # Indexes built before the text field stored its positions as arrays keep Whoosh's
-    # pickled ones: phrases are then matched by Whoosh's own matcher, with the same result.
+    # pickled ones: the ranker decodes them (as it does the short fields'), with the same
+    # result as Whoosh's own matcher.
     from whoosh.formats import Positions
 
     from pipeline.search._schema import _schema

@@ -11,7 +11,11 @@ Whoosh's own (``tests/test_ranking.py`` compares them, score for score, on every
 query the parser makes).
 
 Each node of a query holds a score and a flag for every document of the index: 9 bytes a
-document (0.9 MB at 100,000 CVs), freed as the query is combined.
+document (0.9 MB at 100,000 CVs), freed as the query is combined. A ranker lives with its
+open searcher and keeps, bounded, its terms' scores (``SCORED_POSTINGS``) and, for phrases,
+its words' positions (``PLACED_BYTES``); a phrase's positions are matched for the documents
+holding every word only, whether the field keeps them as arrays (``WordPositions``) or as
+Whoosh's pickled lists (the short fields).
 
 A query node of a kind not handled here (a sloppy phrase such as ``"a b"~3``, a span
 query) is evaluated by Whoosh's own matcher for that node only. Anything this module cannot
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, _lenfield
+from whoosh.formats import Positions
 from whoosh.matching.wrappers import FilterMatcher
 from whoosh.query import (
     And,
@@ -77,6 +82,21 @@ class _Postings:
     values: list[bytes] | None  # encoded positions, when asked for
 
 
+@dataclass
+class _Placed:
+    """A word's postings with their positions, as a ranker keeps them for phrases: every
+    posting's positions one after another in ``positions``, the k-th ending at ``ends[k]``."""
+
+    ids: np.ndarray  # int32, within the index
+    weights: np.ndarray  # float32, as the postings hold them
+    ends: np.ndarray  # uint32
+    positions: np.ndarray  # as the field stores them (WordPositions: uint32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.ids.nbytes + self.weights.nbytes + self.ends.nbytes + self.positions.nbytes
+
+
 class _Node:
     """A query node's matches: a mask over every document, and their scores."""
 
@@ -95,6 +115,12 @@ def rank(searcher: Searcher, query: Query, limit: int) -> Ranked:
 # 16 MB; a word in every CV of 100,000 is 100,000 of them). Each idle searcher of the pool
 # (at most two a folder, eight folders) keeps its own.
 SCORED_POSTINGS = 1_000_000
+# Bytes of positions a ranker keeps for phrases, all words together (4 a position, 12 a
+# posting), the least recently used word dropped first. Reading a word's positions means
+# unpickling every block of its postings (most of a new phrase's time at 100,000 CVs), and
+# the words of phrases recur: at 100,000 CVs the common ones fill about 30 MB, with which a
+# new phrase costs a third of what it does without.
+PLACED_BYTES = 32_000_000
 
 
 class Ranker:
@@ -112,6 +138,9 @@ class Ranker:
         self.k1 = weighting.K1
         self._scored: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray] | None] = {}
         self._scored_postings = 0
+        self._placed: dict[tuple[str, bytes], _Placed | None] = {}
+        self._placed_bytes = 0
+        self.placed_bytes_kept = PLACED_BYTES
         self.size = int(searcher.doc_count_all())
         self.leaves = list(searcher.leaf_searchers())
         self.readers = [(sub.reader(), offset) for sub, offset in self.leaves]
@@ -286,9 +315,14 @@ class Ranker:
             return self._empty()
         field = self.schema[fieldname]
         dtype = getattr(field.format, "positions_dtype", None)
-        if dtype is None:
-            # Another positions format (an index built before WordPositions) or none at
-            # all (Whoosh raises its own error): Whoosh's own phrase matcher.
+        # Whoosh's own pickled positions (the short fields, file_name and candidate_title;
+        # the text of an index built before WordPositions) are decoded here too, a call a
+        # document but only for the documents holding every word: Whoosh's phrase matcher
+        # walks them a posting at a time and took half of a new phrase's time at 100,000.
+        pickled = dtype is None and type(field.format) is Positions
+        if dtype is None and not pickled:
+            # Another positions format, or none at all (Whoosh raises its own error):
+            # Whoosh's own phrase matcher.
             return self._by_whoosh(query)
         words = []
         for word in query.words:
@@ -296,12 +330,16 @@ class Ranker:
                 words.append(field.to_bytes(word))
             except ValueError:
                 return self._empty()
-        lists = []
+        lists: list[_Postings | _Placed] = []
         for btext in words:
-            postings = self._postings(fieldname, btext, values=True)
-            if postings is None:
+            found = (
+                self._postings(fieldname, btext, values=True)
+                if pickled
+                else self._placed_postings(fieldname, btext, np.dtype(dtype))
+            )
+            if found is None:
                 return self._empty()
-            lists.append(postings)
+            lists.append(found)
         common = lists[0].ids
         for postings in lists[1:]:
             common = common[_within(common, postings.ids)]
@@ -311,14 +349,25 @@ class Ranker:
         # Every position of every word as one number, document * stride + position; a
         # phrase starts where word k stands k places after the first word, in the same
         # document.
-        width = np.dtype(dtype).itemsize
         keyed = []
         for postings, row in zip(lists, rows, strict=True):
-            assert postings.values is not None
-            values = list(map(postings.values.__getitem__, row.tolist()))
-            counts = np.fromiter(map(len, values), dtype=np.int64, count=len(values)) // width
-            position = np.frombuffer(b"".join(values), dtype=dtype).astype(np.int64)
-            keyed.append((np.repeat(np.arange(len(values), dtype=np.int64), counts), position))
+            if isinstance(postings, _Placed):
+                # The rows' stretches of the kept positions, gathered in one index.
+                ends = postings.ends[row].astype(np.int64)
+                counts = ends - np.where(row > 0, postings.ends[row - 1], 0).astype(np.int64)
+                gather = np.arange(int(counts.sum()), dtype=np.int64) + np.repeat(
+                    ends - np.cumsum(counts), counts
+                )
+                position = postings.positions[gather].astype(np.int64)
+            else:
+                assert postings.values is not None
+                values = list(map(postings.values.__getitem__, row.tolist()))
+                decoded = list(map(field.format.decode_positions, values))
+                counts = np.fromiter(map(len, decoded), dtype=np.int64, count=len(decoded))
+                position = np.fromiter(
+                    (p for places in decoded for p in places), dtype=np.int64, count=counts.sum()
+                )
+            keyed.append((np.repeat(np.arange(row.size, dtype=np.int64), counts), position))
         stride = max(int(position.max()) for _, position in keyed) + len(keyed) + 1
         starts = keyed[0][0] * stride + keyed[0][1]
         for k, (document, position) in enumerate(keyed[1:], start=1):
@@ -327,12 +376,37 @@ class Ranker:
                 break
         keep = np.zeros(common.size, dtype=bool)
         keep[starts // stride] = True
-        ids = common[keep]
+        ids = common[keep].astype(np.int64)
         total = np.zeros(ids.size)
         for btext, postings, row in zip(words, lists, rows, strict=True):
-            picked = _Postings(ids, postings.weights[row[keep]], None)
+            picked = _Postings(ids, postings.weights[row[keep]].astype(np.float64), None)
             total += self._scores(fieldname, btext, picked)
         return self._boosted(self._from_postings(ids, total), query.boost)
+
+    def _placed_postings(self, fieldname: str, btext: bytes, dtype: np.dtype) -> _Placed | None:
+        """A word's postings with their positions, kept for the ranker's life (bounded)."""
+        key = (fieldname, btext)
+        if key in self._placed:
+            placed = self._placed.pop(key)  # the most recently used is last
+            self._placed[key] = placed
+            return placed
+        postings = self._postings(fieldname, btext, values=True)
+        placed = None
+        if postings is not None:
+            assert postings.values is not None
+            lengths = np.fromiter(map(len, postings.values), np.int64, len(postings.values))
+            placed = _Placed(
+                postings.ids.astype(np.int32),
+                postings.weights.astype(np.float32),
+                np.cumsum(lengths // dtype.itemsize).astype(np.uint32),
+                np.frombuffer(b"".join(postings.values), dtype=dtype),
+            )
+            self._placed_bytes += placed.nbytes
+            while self._placed_bytes > self.placed_bytes_kept and self._placed:
+                dropped = self._placed.pop(next(iter(self._placed)))
+                self._placed_bytes -= 0 if dropped is None else dropped.nbytes
+        self._placed[key] = placed
+        return placed
 
     def _by_whoosh(self, query: Query) -> _Node:
         """Whoosh's own matcher for one node: exact, at Whoosh's speed."""
