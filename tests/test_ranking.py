@@ -234,7 +234,7 @@ def _assert_arrays_hold_the_blocks(searcher) -> int:  # type: ignore[no-untyped-
     for reader, _offset in searcher.reader().leaf_readers():
         arrays = postings.ArrayPostings.open(reader)
         for text, info in reader.iter_field("text"):
-            found = arrays.find(reader, "text", text)
+            found = arrays.find(info)
             if info.doc_frequency() < ARRAY_POSTINGS_MIN:
                 assert found is None
                 continue
@@ -299,7 +299,8 @@ def test_a_damaged_array_postings_file_is_passed_over(tmp_path: Path) -> None:
     ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
     with ix.searcher() as searcher:
         for reader, _offset in searcher.reader().leaf_readers():
-            assert postings.ArrayPostings.open(reader).find(reader, "text", b"expert") is None
+            info = reader.term_info("text", b"expert")
+            assert postings.ArrayPostings.open(reader).find(info) is None
         query = _parse(searcher.schema, "expert OR python")
         _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
     ix.close()

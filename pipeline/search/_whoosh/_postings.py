@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from whoosh.codec.whoosh3 import W3LeafMatcher
-from whoosh.reading import TermNotFound
 
 from ...errors import FastPathUnsupportedError
 
@@ -111,16 +110,14 @@ class ArrayPostings:
             return cls.NONE
         return cls(buffer, words, postings)
 
-    def find(
-        self, reader: SegmentReader, fieldname: str, btext: bytes
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The word's document numbers (int64, within the segment) and weights (float64), if
-        the segment holds them as arrays."""
+    def find(self, info: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """The document numbers (int64, within the segment) and weights (float64) of the
+        term whose term info is ``info``, if the segment holds them as arrays."""
         if self._buffer is None:
             return None
         try:
-            offset = reader.term_info(fieldname, btext).extent()[0]
-        except (AttributeError, KeyError, TermNotFound):
+            offset = info.extent()[0]
+        except AttributeError:
             return None
         if offset is None:
             return None
