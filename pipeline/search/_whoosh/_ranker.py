@@ -190,6 +190,7 @@ class Ranker:
         self._lengths: dict[str, np.ndarray] = {}
         self._average_lengths: dict[str, float] = {}
         self._idfs: dict[tuple[str, bytes], float] = {}
+        self._norms: dict[str, np.ndarray] = {}
         self._array_files: dict[int, ArrayPostings] = {}
 
     def rank(self, query: Query, limit: int) -> Ranked:
@@ -299,15 +300,16 @@ class Ranker:
             nodes.append(node)
         sparse = [node.ids for node in nodes if node.ids is not None]
         if not sparse:
+            # Every node dense: the documents all of them match, then sparse (fewer to add).
             masks = [node.mask for node in nodes if node.mask is not None]
             mask = masks[0].copy()
-            scores = nodes[0].scores.copy()
-            for other, node in zip(masks[1:], nodes[1:], strict=True):
+            for other in masks[1:]:
                 mask &= other
-                scores += node.scores
-            scores[~mask] = 0.0
-            return _Node(scores, mask=mask)
-        ids: np.ndarray = min(sparse, key=len)
+            ids: np.ndarray = np.flatnonzero(mask)
+            if not ids.size:
+                return _EMPTY
+        else:
+            ids = min(sparse, key=len)
         for node in nodes:
             if node.ids is not None:
                 if node.ids is not ids:
@@ -618,12 +620,21 @@ class Ranker:
         field = self.schema[fieldname]
         if not field.scorable:
             return postings.weights.astype(np.float64)  # Whoosh's WeightScorer
-        idf = self._idf(fieldname, btext)
-        avgfl = self._average_length(fieldname)
-        lengths = self._field_lengths(fieldname)[postings.ids]
         tf = postings.weights
-        k1, b = self.k1, self.b
-        return idf * ((tf * (k1 + 1)) / (tf + k1 * ((1 - b) + b * lengths / avgfl)))
+        # Whoosh's bm25(): idf * ((tf * (K1 + 1)) / (tf + K1 * ((1 - B) + B * fl / avgfl))),
+        # its length part made once per document (``_length_norms``), the same numbers.
+        norms = self._length_norms(fieldname)[postings.ids]
+        return self._idf(fieldname, btext) * ((tf * (self.k1 + 1)) / (tf + norms))
+
+    def _length_norms(self, fieldname: str) -> np.ndarray:
+        """Every document's ``K1 * ((1 - B) + B * fl / avgfl)`` in the field."""
+        found = self._norms.get(fieldname)
+        if found is None:
+            lengths = self._field_lengths(fieldname)
+            avgfl = self._average_length(fieldname)
+            k1, b = self.k1, self.b
+            found = self._norms[fieldname] = k1 * ((1 - b) + b * lengths / avgfl)
+        return found
 
     def _idf(self, fieldname: str, btext: bytes) -> float:
         """Whoosh's idf (``WeightingModel.idf``: the whole index's documents over the
