@@ -242,9 +242,16 @@ def _assert_arrays_hold_the_blocks(searcher) -> int:  # type: ignore[no-untyped-
             matcher = reader.postings("text", text)
             if isinstance(matcher, FilterMatcher):
                 matcher = matcher.child
-            ids, weights = postings.read_postings(matcher)
+            values: list[bytes] = []
+            ids, weights = postings.read_postings(matcher, values)
             assert found[0].tolist() == ids.tolist()
             assert found[1].tolist() == weights.tolist()
+            # And the positions a phrase reads: each posting's, as its block holds them.
+            placed = arrays.placed(info)
+            assert placed is not None, text
+            ends = placed[2].tolist()
+            runs = [placed[3][a:b].tobytes() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+            assert runs == values
             checked += 1
     return checked
 
@@ -303,4 +310,39 @@ def test_a_damaged_array_postings_file_is_passed_over(tmp_path: Path) -> None:
             assert postings.ArrayPostings.open(reader).find(info) is None
         query = _parse(searcher.schema, "expert OR python")
         _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
+    ix.close()
+
+
+def test_array_postings_of_the_first_version_are_read_without_positions(tmp_path: Path) -> None:
+    """An index written before the array postings held positions (version 1) is searched
+    as it is: common words from its arrays, phrases' positions from the blocks."""
+    folder = tmp_path / "index"
+    _common_words_index(folder)
+    (written,) = _array_files(folder)
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        for reader, _offset in searcher.reader().leaf_readers():
+            arrays = postings.ArrayPostings.open(reader)
+            if arrays.has_positions:
+                old = postings.ArrayPostingsWriter()
+                for text, info in reader.iter_field("text"):
+                    found = arrays.find(info)
+                    if found is not None:
+                        old.add(info.extent()[0], *found)
+    ix.close()
+    with written.open("wb") as file:
+        old.write(file)
+    assert written.read_bytes().startswith(postings.ARRAY_POSTINGS_MAGIC)
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        common = []
+        for reader, _offset in searcher.reader().leaf_readers():
+            arrays = postings.ArrayPostings.open(reader)
+            info = reader.term_info("text", b"expert")
+            assert not arrays.has_positions and arrays.placed(info) is None
+            common.append(arrays.find(info) is not None)
+        assert sorted(common) == [False, True]  # the large segment's, from its arrays
+        for text in COMMON_QUERIES:
+            query = _parse(searcher.schema, text)
+            _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
     ix.close()

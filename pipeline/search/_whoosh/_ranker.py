@@ -534,22 +534,39 @@ class Ranker:
         return self._boosted(_Node(total, ids=ids), query.boost)
 
     def _placed_postings(self, fieldname: str, btext: bytes, dtype: np.dtype) -> _Placed | None:
-        """A word's postings with their positions, kept for the ranker's life (bounded)."""
+        """A word's postings with their positions, kept for the ranker's life (bounded):
+        a segment's from its array postings where they hold them (a slice each), any
+        other's from its blocks (every block unpickled)."""
         key = (fieldname, btext)
         if key in self._placed:
             placed = self._placed.pop(key)  # the most recently used is last
             self._placed[key] = placed
             return placed
-        postings = self._postings(fieldname, btext, values=True)
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        for segment, (reader, offset) in enumerate(self.readers):
+            info = self._tables[segment].term_info(reader, fieldname, btext)
+            if info is None:
+                continue
+            held = self._arrays(reader).placed(info) if dtype == np.dtype("<u4") else None
+            if held is not None:
+                ids, weights, ends, positions = held
+            else:
+                values: list[bytes] = []
+                ids, weights = read_postings(_matcher(reader, fieldname, btext, info), values)
+                lengths = np.fromiter(map(len, values), np.int64, len(values))
+                ends = np.cumsum(lengths // dtype.itemsize)
+                positions = np.frombuffer(b"".join(values), dtype=dtype)
+            parts.append((ids + offset, weights, ends, positions))
         placed = None
-        if postings is not None:
-            assert postings.values is not None
-            lengths = np.fromiter(map(len, postings.values), np.int64, len(postings.values))
+        if parts:
+            before = np.cumsum([0] + [p[3].size for p in parts[:-1]])
             placed = _Placed(
-                postings.ids.astype(np.int32),
-                postings.weights.astype(np.float32),
-                np.cumsum(lengths // dtype.itemsize).astype(np.uint32),
-                np.frombuffer(b"".join(postings.values), dtype=dtype),
+                np.concatenate([p[0] for p in parts]).astype(np.int32),
+                np.concatenate([p[1] for p in parts]).astype(np.float32),
+                np.concatenate([p[2] + int(b) for p, b in zip(parts, before, strict=True)]).astype(
+                    np.uint32
+                ),
+                np.concatenate([p[3] for p in parts]),
             )
             self._placed_bytes += placed.nbytes
             while self._placed_bytes > self.placed_bytes_kept and self._placed:
