@@ -325,7 +325,7 @@ def test_array_postings_of_the_first_version_are_read_without_positions(tmp_path
             arrays = postings.ArrayPostings.open(reader)
             if arrays.has_positions:
                 old = postings.ArrayPostingsWriter()
-                for text, info in reader.iter_field("text"):
+                for _text, info in reader.iter_field("text"):
                     found = arrays.find(info)
                     if found is not None:
                         old.add(info.extent()[0], *found)
