@@ -124,12 +124,12 @@ def _phrases(count: int) -> list[str]:
     return list(made)
 
 
-@pytest.mark.parametrize("kept", [ranking.PLACED_BYTES, 4_000])
+@pytest.mark.parametrize("kept", [ranking.KEPT_POSITIONS.budget, 4_000])
 def test_phrases_from_kept_positions_are_whooshs(searcher, kept: int) -> None:  # type: ignore[no-untyped-def]
     # One ranker for them all, as an open searcher keeps it: its kept positions answer the
     # later phrases, and with little room it drops words and reads them again.
     ranker = ranking.Ranker(searcher)
-    ranker.placed_bytes_kept = kept
+    ranker.kept_positions = ranking.Kept(kept)
     matched = 0
     for text in _phrases(150):
         query = _parse(searcher.schema, text)
@@ -139,7 +139,7 @@ def test_phrases_from_kept_positions_are_whooshs(searcher, kept: int) -> None:  
         matched += total > 0
     assert matched > 100
     # Within its room, or holding only the last word read (one larger than the room).
-    assert ranker._placed_bytes <= kept or len(ranker._placed) == 1
+    assert ranker.kept_positions.used <= kept or len(ranker.kept_positions) == 1
 
 
 def test_filters_select_without_scoring(searcher) -> None:  # type: ignore[no-untyped-def]
@@ -346,3 +346,33 @@ def test_array_postings_of_the_first_version_are_read_without_positions(tmp_path
             query = _parse(searcher.schema, text)
             _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
     ix.close()
+
+
+def test_what_rankers_keep_is_bounded_for_the_process_and_goes_with_them(searcher) -> None:  # type: ignore[no-untyped-def]
+    """Every ranker of a process keeps its terms' scores in one bounded store (a search
+    worker holds many integrations' searchers), and a ranker's go when it does."""
+    import gc
+
+    kept = ranking.Kept(200_000)
+    rankers = [ranking.Ranker(searcher) for _ in range(3)]
+    for ranker in rankers:
+        ranker.kept_scores = kept
+        for text in ("expert", "python OR golang", "advanced intermediate", "berlin"):
+            query = _parse(searcher.schema, text)
+            _assert_same(ranker.rank(query, 10), *_whoosh(searcher, query, 10))
+    assert 0 < kept.used <= kept.budget
+    # Scores kept: the same answers again, from the store.
+    for ranker in rankers:
+        query = _parse(searcher.schema, "expert")
+        _assert_same(ranker.rank(query, 10), *_whoosh(searcher, query, 10))
+    ranker = ranking.Ranker(searcher)
+    ranker.rank(_parse(searcher.schema, "expert OR berlin"), 10)
+    owner = ranker.owner
+
+    def owned() -> int:
+        return sum(key[0] == owner for key in list(ranking.KEPT_SCORES._items))
+
+    assert owned() > 0
+    del ranker
+    gc.collect()
+    assert owned() == 0

@@ -10,12 +10,13 @@ array per query node; the total is the count of that array's matches. The result
 Whoosh's own (``tests/test_ranking.py`` compares them, score for score, on every kind of
 query the parser makes).
 
-Each node of a query holds a score and a flag for every document of the index: 9 bytes a
-document (0.9 MB at 100,000 CVs), freed as the query is combined. A ranker lives with its
-open searcher and keeps, bounded, its terms' scores (``SCORED_POSTINGS``) and, for phrases,
-its words' positions (``PLACED_BYTES``); a phrase's positions are matched for the documents
-holding every word only, whether the field keeps them as arrays (``WordPositions``) or as
-Whoosh's pickled lists (the short fields).
+A query node is sparse (the documents it matches and their scores: a term, a phrase, an
+intersection) or, for what can match much of the index (a large union, NOT), dense: a flag
+and a score for every document, 9 bytes a document (0.9 MB at 100,000 CVs). The rankers of
+a process keep, bounded together (``Kept``), their terms' scores and, for phrases, their
+words' positions; a phrase's positions are matched for the documents holding every word
+only, whether the field keeps them as arrays (``WordPositions``, common words' read from
+the array postings) or as Whoosh's pickled lists (the short fields).
 
 A query node of a kind not handled here (a sloppy phrase such as ``"a b"~3``, a span
 query) is evaluated by Whoosh's own matcher for that node only. Anything this module cannot
@@ -27,9 +28,12 @@ Nothing outside ``pipeline.search`` uses this module (through ``_whoosh``'s fenc
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
+import threading
+import weakref
 from dataclasses import dataclass
 from math import log
 from typing import TYPE_CHECKING, Any
@@ -142,17 +146,57 @@ def rank(searcher: Searcher, query: Query, limit: int) -> Ranked:
     return Ranker(searcher).rank(query, limit)
 
 
-# Postings whose scores a ranker keeps, all terms together (16 bytes each: 1,000,000 are
-# 16 MB; a word in every CV of 100,000 is 100,000 of them), the least recently used term
-# dropped first. Each idle searcher of the pool (at most two a folder, eight folders) keeps
-# its own.
-SCORED_POSTINGS = 1_000_000
-# Bytes of positions a ranker keeps for phrases, all words together (4 a position, 12 a
-# posting), the least recently used word dropped first. Reading a word's positions means
-# unpickling every block of its postings (most of a new phrase's time at 100,000 CVs), and
-# the words of phrases recur: at 100,000 CVs the common ones fill about 30 MB, with which a
-# new phrase costs a third of what it does without.
-PLACED_BYTES = 32_000_000
+class Kept:
+    """What rankers keep between searches (a term's scores, a word's positions), for every
+    ranker of the process together: at most ``budget`` bytes, the least recently used
+    dropped first, so that a search worker holding many integrations' searchers holds no
+    more than one would. A ranker's entries go with it (``forget``). Thread-safe: with
+    ``--search-workers 0`` the server's threads search at once."""
+
+    # What an absent term costs to remember: its key, about.
+    ABSENT = 100
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.used = 0
+        self._items: dict[tuple[int, str, bytes], tuple[Any, int]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def get(self, key: tuple[int, str, bytes]) -> tuple[bool, Any]:
+        """(whether the key is kept, its value); the key becomes the most recently used."""
+        with self._lock:
+            item = self._items.pop(key, None)
+            if item is None:
+                return False, None
+            self._items[key] = item  # the most recently used is last
+            return True, item[0]
+
+    def put(self, key: tuple[int, str, bytes], value: Any, size: int) -> None:
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self.used -= old[1]
+            self._items[key] = (value, size)
+            self.used += size
+            while self.used > self.budget and len(self._items) > 1:
+                self.used -= self._items.pop(next(iter(self._items)))[1]
+
+    def forget(self, owner: int) -> None:
+        with self._lock:
+            for key in [key for key in self._items if key[0] == owner]:
+                self.used -= self._items.pop(key)[1]
+
+
+# The scores of the terms searched lately, 16 bytes a posting (a word in every CV of 100,000
+# is 1.6 MB), and the positions of the phrases' words (4 bytes a position, 12 a posting),
+# for the whole process. At 100,000 CVs a new query's terms are mostly kept already: the
+# words of recruiters' queries recur.
+KEPT_SCORES = Kept(64_000_000)
+KEPT_POSITIONS = Kept(64_000_000)
+_RANKERS = itertools.count()
 
 
 class Ranker:
@@ -169,11 +213,11 @@ class Ranker:
         self.schema = searcher.schema
         self.b = weighting.B
         self.k1 = weighting.K1
-        self._scored: dict[tuple[str, bytes], tuple[np.ndarray, np.ndarray] | None] = {}
-        self._scored_postings = 0
-        self._placed: dict[tuple[str, bytes], _Placed | None] = {}
-        self._placed_bytes = 0
-        self.placed_bytes_kept = PLACED_BYTES
+        self.owner = next(_RANKERS)
+        self.kept_scores = KEPT_SCORES
+        self.kept_positions = KEPT_POSITIONS
+        weakref.finalize(self, KEPT_SCORES.forget, self.owner)
+        weakref.finalize(self, KEPT_POSITIONS.forget, self.owner)
         self.size = int(searcher.doc_count_all())
         self.leaves = list(searcher.leaf_searchers())
         self.readers = [(sub.reader(), offset) for sub, offset in self.leaves]
@@ -403,10 +447,9 @@ class Ranker:
             btext = field.to_bytes(query.text)
         except ValueError:
             return _EMPTY
-        key = (query.fieldname, btext)
-        if key in self._scored:
-            scored = self._scored.pop(key)  # the most recently used is last
-        else:
+        key = (self.owner, query.fieldname, btext)
+        kept, scored = self.kept_scores.get(key)
+        if not kept:
             postings = self._postings(query.fieldname, btext)
             scored = None
             if postings is not None:
@@ -414,11 +457,8 @@ class Ranker:
                 ids.flags.writeable = False  # kept: shared by every node made of them
                 scores.flags.writeable = False
                 scored = (ids, scores)
-                self._scored_postings += ids.size
-                while self._scored_postings > SCORED_POSTINGS and self._scored:
-                    dropped = self._scored.pop(next(iter(self._scored)))
-                    self._scored_postings -= 0 if dropped is None else dropped[0].size
-        self._scored[key] = scored
+            size = Kept.ABSENT if scored is None else scored[0].nbytes + scored[1].nbytes
+            self.kept_scores.put(key, scored, size)
         if scored is None:
             return _EMPTY
         return self._boosted(_Node(scored[1], ids=scored[0]), query.boost)
@@ -537,10 +577,9 @@ class Ranker:
         """A word's postings with their positions, kept for the ranker's life (bounded):
         a segment's from its array postings where they hold them (a slice each), any
         other's from its blocks (every block unpickled)."""
-        key = (fieldname, btext)
-        if key in self._placed:
-            placed = self._placed.pop(key)  # the most recently used is last
-            self._placed[key] = placed
+        key = (self.owner, fieldname, btext)
+        kept, placed = self.kept_positions.get(key)
+        if kept:
             return placed
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         for segment, (reader, offset) in enumerate(self.readers):
@@ -568,11 +607,7 @@ class Ranker:
                 ),
                 np.concatenate([p[3] for p in parts]),
             )
-            self._placed_bytes += placed.nbytes
-            while self._placed_bytes > self.placed_bytes_kept and self._placed:
-                dropped = self._placed.pop(next(iter(self._placed)))
-                self._placed_bytes -= 0 if dropped is None else dropped.nbytes
-        self._placed[key] = placed
+        self.kept_positions.put(key, placed, Kept.ABSENT if placed is None else placed.nbytes)
         return placed
 
     def _by_whoosh(self, query: Query) -> _Node:
