@@ -518,6 +518,19 @@ class Ranker:
                 words.append(field.to_bytes(word))
             except ValueError:
                 return _EMPTY
+        # A phrase's matches are kept with the terms' scores: the next page of the same
+        # search asks for them again, and matching common words' positions is the work.
+        key = (self.owner, f"\x00phrase:{fieldname}", b"\x00".join(words))
+        kept, node = self.kept_scores.get(key)
+        if not kept:
+            node = self._phrase_matches(fieldname, field, words, pickled, dtype)
+            node.scores.flags.writeable = False
+            self.kept_scores.put(key, node, Kept.ABSENT + node.scores.nbytes * 2)
+        return self._boosted(node, query.boost)
+
+    def _phrase_matches(
+        self, fieldname: str, field: Any, words: list[bytes], pickled: bool, dtype: Any
+    ) -> _Node:
         lists: list[_Postings | _Placed] = []
         for btext in words:
             found = (
@@ -571,7 +584,7 @@ class Ranker:
             total += self._scores(fieldname, btext, picked)
         if not ids.size:
             return _EMPTY
-        return self._boosted(_Node(total, ids=ids), query.boost)
+        return _Node(total, ids=ids)
 
     def _placed_postings(self, fieldname: str, btext: bytes, dtype: np.dtype) -> _Placed | None:
         """A word's postings with their positions, kept for the ranker's life (bounded):
