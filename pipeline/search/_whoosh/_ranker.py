@@ -481,6 +481,21 @@ class Ranker:
         fieldname = query.field()
         if fieldname not in self.schema:
             return _EMPTY
+        # Kept as a phrase is: expanding the pattern walks the segments' term dictionaries.
+        # Its repr names the kind, the field, the pattern, the boost (and a fuzzy term's
+        # distance and prefix): all that the expansion and the scores depend on.
+        key = (self.owner, "\x00expanded", repr(query).encode("utf-8", "surrogatepass"))
+        kept, node = self.kept_scores.get(key)
+        if not kept:
+            node = self._expanded(query, fieldname)
+            for array in (node.ids, node.mask, node.scores):
+                if array is not None:
+                    array.flags.writeable = False  # kept: shared by every node made of it
+            size = Kept.ABSENT + node.scores.nbytes * (2 if node.ids is not None else 1)
+            self.kept_scores.put(key, node, size + (0 if node.mask is None else node.mask.nbytes))
+        return node
+
+    def _expanded(self, query: MultiTerm, fieldname: str) -> _Node:
         parts: list[_Node] = []
         for segment, (reader, _offset) in enumerate(self.readers):
             texts = [t for t in query._btexts(reader) if t]
