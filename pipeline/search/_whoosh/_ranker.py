@@ -488,11 +488,7 @@ class Ranker:
         kept, node = self.kept_scores.get(key)
         if not kept:
             node = self._expanded(query, fieldname)
-            for array in (node.ids, node.mask, node.scores):
-                if array is not None:
-                    array.flags.writeable = False  # kept: shared by every node made of it
-            size = Kept.ABSENT + node.scores.nbytes * (2 if node.ids is not None else 1)
-            self.kept_scores.put(key, node, size + (0 if node.mask is None else node.mask.nbytes))
+            self.kept_scores.put(key, node, _kept_size(node))
         return node
 
     def _expanded(self, query: MultiTerm, fieldname: str) -> _Node:
@@ -539,8 +535,7 @@ class Ranker:
         kept, node = self.kept_scores.get(key)
         if not kept:
             node = self._phrase_matches(fieldname, field, words, pickled, dtype)
-            node.scores.flags.writeable = False
-            self.kept_scores.put(key, node, Kept.ABSENT + node.scores.nbytes * 2)
+            self.kept_scores.put(key, node, _kept_size(node))
         return self._boosted(node, query.boost)
 
     def _phrase_matches(
@@ -666,8 +661,7 @@ class Ranker:
         # (one slice each, when its positions are not asked for), any other from its blocks.
         # Each segment's term dictionary is asked once (``_TermTable``): the term's
         # statistics and where its postings are both come with that one answer.
-        ids: list[np.ndarray] = []
-        weights: list[np.ndarray] = []
+        parts: list[tuple[np.ndarray, np.ndarray, int]] = []
         raw_values: list[bytes] | None = [] if values else None
         segments = range(len(self.readers)) if only is None else (only,)
         for segment in segments:
@@ -675,20 +669,25 @@ class Ranker:
             info = self._tables[segment].term_info(reader, fieldname, btext)
             if info is None:
                 continue
-            arrays = None if values else self._arrays(reader).find(info)
-            if arrays is not None:
-                segment_ids, segment_weights = arrays
+            held = None if values else self._arrays(reader).placed(info, positions=False)
+            if held is not None:
+                parts.append((held[0], held[1], offset))  # int32 and float32, as mapped
             else:
-                segment_ids, segment_weights = read_postings(
-                    _matcher(reader, fieldname, btext, info), raw_values
-                )
-            ids.append(segment_ids + offset)
-            weights.append(segment_weights)
-        if not ids:
+                matcher = _matcher(reader, fieldname, btext, info)
+                parts.append((*read_postings(matcher, raw_values), offset))
+        if not parts:
             return None
-        if len(ids) == 1:
-            return _Postings(ids[0], weights[0], raw_values)
-        return _Postings(np.concatenate(ids), np.concatenate(weights), raw_values)
+        # Every segment's postings copied once into the whole index's numbering.
+        size = sum(part[0].size for part in parts)
+        ids = np.empty(size, dtype=np.int64)
+        weights = np.empty(size, dtype=np.float64)
+        at = 0
+        for segment_ids, segment_weights, offset in parts:
+            end = at + segment_ids.size
+            np.add(segment_ids, np.int64(offset), out=ids[at:end])
+            weights[at:end] = segment_weights
+            at = end
+        return _Postings(ids, weights, raw_values)
 
     def _arrays(self, reader: SegmentReader) -> ArrayPostings:
         found = self._array_files.get(id(reader))
@@ -702,9 +701,14 @@ class Ranker:
             return postings.weights.astype(np.float64)  # Whoosh's WeightScorer
         tf = postings.weights
         # Whoosh's bm25(): idf * ((tf * (K1 + 1)) / (tf + K1 * ((1 - B) + B * fl / avgfl))),
-        # its length part made once per document (``_length_norms``), the same numbers.
-        norms = self._length_norms(fieldname)[postings.ids]
-        return self._idf(fieldname, btext) * ((tf * (self.k1 + 1)) / (tf + norms))
+        # its length part made once per document (``_length_norms``), in place: the same
+        # operations on the same numbers.
+        denominator = self._length_norms(fieldname)[postings.ids]
+        denominator += tf
+        scores = tf * (self.k1 + 1)
+        scores /= denominator
+        scores *= self._idf(fieldname, btext)
+        return scores
 
     def _length_norms(self, fieldname: str) -> np.ndarray:
         """Every document's ``K1 * ((1 - B) + B * fl / avgfl)`` in the field."""
@@ -750,6 +754,17 @@ class Ranker:
                 parts.append(_LENGTHS[column])
             self._lengths[fieldname] = np.concatenate(parts) if parts else np.zeros(0)
         return self._lengths[fieldname]
+
+
+def _kept_size(node: _Node) -> int:
+    """A node's bytes, as ``Kept`` counts them; its arrays made read-only, as they are
+    shared from then on by every search that uses them."""
+    size = Kept.ABSENT
+    for array in (node.ids, node.mask, node.scores):
+        if array is not None and array.size:
+            array.flags.writeable = False
+            size += array.nbytes
+    return size
 
 
 def _summed_runs(scores: np.ndarray, starts: np.ndarray) -> np.ndarray:
