@@ -376,3 +376,24 @@ def test_what_rankers_keep_is_bounded_for_the_process_and_goes_with_them(searche
     del ranker
     gc.collect()
     assert owned() == 0
+
+
+def test_an_index_outside_a_folder_is_ranked_through_whooshs_own_lookups() -> None:
+    """A segment whose files are not in a folder (Whoosh's RAM storage here; a compound
+    file likewise) has no term table map and no array postings: its terms are looked up
+    through Whoosh's hash reader, with the same results."""
+    from whoosh.filedb.filestore import RamStorage
+
+    from pipeline.search._schema import _schema
+
+    ix = RamStorage().create_index(_schema(), indexname=INDEX_NAME)
+    writer = IndexWriter(ix.writer())
+    for doc in _docs(120):
+        writer.add(doc)
+    writer._writer.commit()
+    with ix.searcher() as searcher:
+        ranker = ranking.Ranker(searcher)
+        assert all(table._buffer is None for table in ranker._tables)
+        for text in QUERIES[:19]:
+            query = _parse(searcher.schema, text)
+            _assert_same(ranker.rank(query, 10), *_whoosh(searcher, query, 10))
