@@ -124,12 +124,12 @@ def _phrases(count: int) -> list[str]:
     return list(made)
 
 
-@pytest.mark.parametrize("kept", [ranking.PLACED_BYTES, 4_000])
+@pytest.mark.parametrize("kept", [ranking.KEPT_POSITIONS.budget, 4_000])
 def test_phrases_from_kept_positions_are_whooshs(searcher, kept: int) -> None:  # type: ignore[no-untyped-def]
     # One ranker for them all, as an open searcher keeps it: its kept positions answer the
     # later phrases, and with little room it drops words and reads them again.
     ranker = ranking.Ranker(searcher)
-    ranker.placed_bytes_kept = kept
+    ranker.kept_positions = ranking.Kept(kept)
     matched = 0
     for text in _phrases(150):
         query = _parse(searcher.schema, text)
@@ -139,7 +139,7 @@ def test_phrases_from_kept_positions_are_whooshs(searcher, kept: int) -> None:  
         matched += total > 0
     assert matched > 100
     # Within its room, or holding only the last word read (one larger than the room).
-    assert ranker._placed_bytes <= kept or len(ranker._placed) == 1
+    assert ranker.kept_positions.used <= kept or len(ranker.kept_positions) == 1
 
 
 def test_filters_select_without_scoring(searcher) -> None:  # type: ignore[no-untyped-def]
@@ -234,7 +234,7 @@ def _assert_arrays_hold_the_blocks(searcher) -> int:  # type: ignore[no-untyped-
     for reader, _offset in searcher.reader().leaf_readers():
         arrays = postings.ArrayPostings.open(reader)
         for text, info in reader.iter_field("text"):
-            found = arrays.find(reader, "text", text)
+            found = arrays.find(info)
             if info.doc_frequency() < ARRAY_POSTINGS_MIN:
                 assert found is None
                 continue
@@ -242,9 +242,16 @@ def _assert_arrays_hold_the_blocks(searcher) -> int:  # type: ignore[no-untyped-
             matcher = reader.postings("text", text)
             if isinstance(matcher, FilterMatcher):
                 matcher = matcher.child
-            ids, weights = postings.read_postings(matcher)
+            values: list[bytes] = []
+            ids, weights = postings.read_postings(matcher, values)
             assert found[0].tolist() == ids.tolist()
             assert found[1].tolist() == weights.tolist()
+            # And the positions a phrase reads: each posting's, as its block holds them.
+            placed = arrays.placed(info)
+            assert placed is not None, text
+            ends = placed[2].tolist()
+            runs = [placed[3][a:b].tobytes() for a, b in zip([0, *ends[:-1]], ends, strict=True)]
+            assert runs == values
             checked += 1
     return checked
 
@@ -299,7 +306,94 @@ def test_a_damaged_array_postings_file_is_passed_over(tmp_path: Path) -> None:
     ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
     with ix.searcher() as searcher:
         for reader, _offset in searcher.reader().leaf_readers():
-            assert postings.ArrayPostings.open(reader).find(reader, "text", b"expert") is None
+            info = reader.term_info("text", b"expert")
+            assert postings.ArrayPostings.open(reader).find(info) is None
         query = _parse(searcher.schema, "expert OR python")
         _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
     ix.close()
+
+
+def test_array_postings_of_the_first_version_are_read_without_positions(tmp_path: Path) -> None:
+    """An index written before the array postings held positions (version 1) is searched
+    as it is: common words from its arrays, phrases' positions from the blocks."""
+    folder = tmp_path / "index"
+    _common_words_index(folder)
+    (written,) = _array_files(folder)
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        for reader, _offset in searcher.reader().leaf_readers():
+            arrays = postings.ArrayPostings.open(reader)
+            if arrays.has_positions:
+                old = postings.ArrayPostingsWriter()
+                for _text, info in reader.iter_field("text"):
+                    found = arrays.find(info)
+                    if found is not None:
+                        old.add(info.extent()[0], *found)
+    ix.close()
+    with written.open("wb") as file:
+        old.write(file)
+    assert written.read_bytes().startswith(postings.ARRAY_POSTINGS_MAGIC)
+    ix = whoosh_index.open_dir(str(folder), indexname=INDEX_NAME)
+    with ix.searcher() as searcher:
+        common = []
+        for reader, _offset in searcher.reader().leaf_readers():
+            arrays = postings.ArrayPostings.open(reader)
+            info = reader.term_info("text", b"expert")
+            assert not arrays.has_positions and arrays.placed(info) is None
+            common.append(arrays.find(info) is not None)
+        assert sorted(common) == [False, True]  # the large segment's, from its arrays
+        for text in COMMON_QUERIES:
+            query = _parse(searcher.schema, text)
+            _assert_same(ranking.rank(searcher, query, 30), *_whoosh(searcher, query, 30))
+    ix.close()
+
+
+def test_what_rankers_keep_is_bounded_for_the_process_and_goes_with_them(searcher) -> None:  # type: ignore[no-untyped-def]
+    """Every ranker of a process keeps its terms' scores in one bounded store (a search
+    worker holds many integrations' searchers), and a ranker's go when it does."""
+    import gc
+
+    kept = ranking.Kept(200_000)
+    rankers = [ranking.Ranker(searcher) for _ in range(3)]
+    for ranker in rankers:
+        ranker.kept_scores = kept
+        for text in ("expert", "python OR golang", "advanced intermediate", "berlin"):
+            query = _parse(searcher.schema, text)
+            _assert_same(ranker.rank(query, 10), *_whoosh(searcher, query, 10))
+    assert 0 < kept.used <= kept.budget
+    # Scores kept: the same answers again, from the store.
+    for ranker in rankers:
+        query = _parse(searcher.schema, "expert")
+        _assert_same(ranker.rank(query, 10), *_whoosh(searcher, query, 10))
+    ranker = ranking.Ranker(searcher)
+    ranker.rank(_parse(searcher.schema, "expert OR berlin"), 10)
+    owner = ranker.owner
+
+    def owned() -> int:
+        return sum(key[0] == owner for key in list(ranking.KEPT_SCORES._items))
+
+    assert owned() > 0
+    del ranker
+    gc.collect()
+    assert owned() == 0
+
+
+def test_an_index_outside_a_folder_is_ranked_through_whooshs_own_lookups() -> None:
+    """A segment whose files are not in a folder (Whoosh's RAM storage here; a compound
+    file likewise) has no term table map and no array postings: its terms are looked up
+    through Whoosh's hash reader, with the same results."""
+    from whoosh.filedb.filestore import RamStorage
+
+    from pipeline.search._schema import _schema
+
+    ix = RamStorage().create_index(_schema(), indexname=INDEX_NAME)
+    writer = IndexWriter(ix.writer())
+    for doc in _docs(120):
+        writer.add(doc)
+    writer._writer.commit()
+    with ix.searcher() as searcher:
+        ranker = ranking.Ranker(searcher)
+        assert all(table._buffer is None for table in ranker._tables)
+        for text in QUERIES[:19]:
+            query = _parse(searcher.schema, text)
+            _assert_same(ranker.rank(query, 10), *_whoosh(searcher, query, 10))

@@ -161,4 +161,13 @@ def test_a_full_queue_is_429_and_a_dead_worker_503_then_replaced(world: dict[str
     metrics = http(f"{server.url}/metrics").body.decode()
     assert "pipeline_search_worker_restarts_total 2.0" in metrics
     assert "pipeline_search_waiting 0.0" in metrics
+
+    # Killed while idle and no search comes: the health check replaces it.
+    third = _worker_pids(server)[2]
+    os.kill(third, signal.SIGKILL)
+    wait_for(lambda: not _alive(third), timeout=10)
+    health = http(f"{server.url}/healthz")
+    assert health.status == 200 and health.json() == {"status": "ok", "search_workers": 1}
+    assert len(_worker_pids(server)) == 4 and _alive(_worker_pids(server)[3])
+    assert _search(world).json() == expected
     assert "Traceback" not in server.log()

@@ -196,17 +196,23 @@ class _Frame:
 
 
 def healthz(request: Request) -> Response:
-    tenancy = _api.server_of(request).tenancy
+    server = _api.server_of(request)
+    tenancy = server.tenancy
+    answer: dict[str, Any] = {"status": "ok"}
     try:
         tenancy.store.schema_version()
         for integration_id in tenancy.integration_ids():
             index = tenancy.app_for(integration_id).index
             if index.exists():
                 index.doc_count()
+        if server.searches is not None:
+            # A search worker that died idle is replaced now, not by the search that
+            # would have found it.
+            answer["search_workers"] = server.searches.mend()
     except Exception as exc:
         log.error("healthz: %s", exc)
         return JSONResponse({"status": "unavailable", "reason": str(exc)[:300]}, 503)
-    return JSONResponse({"status": "ok"})
+    return JSONResponse(answer)
 
 
 def metrics(request: Request) -> Response:

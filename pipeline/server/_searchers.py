@@ -257,6 +257,17 @@ class SearchPool:
         with self._lock:
             return [worker.proxy.pid for worker in self._workers]
 
+    def mend(self) -> int:
+        """Replace the idle workers found dead (a search would have, on reaching one), for
+        ``/healthz``: the number of workers, alive. SearchWorkerError when stopping."""
+        with self._lock:
+            if self._closing:
+                raise SearchWorkerError("the server is stopping")
+            for place, worker in enumerate(self._idle):
+                if worker.dead:
+                    self._idle[place] = self._replace(worker)
+            return len(self._workers)
+
     def waiting(self) -> int:
         with self._lock:
             return len(self._waiting)

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from whoosh.codec.whoosh3 import W3LeafMatcher
-from whoosh.reading import TermNotFound
 
 from ...errors import FastPathUnsupportedError
 
@@ -31,26 +30,42 @@ if TYPE_CHECKING:
 
 ARRAY_POSTINGS_EXT = ".apx"
 ARRAY_POSTINGS_MIN = 1024  # a word's postings in a segment: fewer are quick to unpickle
+# Two versions, both read. Version 1 (KCVAPX01), after the magic: the number of words and of
+# postings, then per word the offset of its postings in the segment's .pst file
+# (ascending), its first posting and its count, then every posting's document number
+# (int32), then every weight (float32, as Whoosh's blocks hold them). Version 2 (KCVAPX02,
+# written since) adds the positions a phrase reads: the number of positions after the
+# number of postings, per word where its positions begin (after the counts), per posting
+# where its positions end within its word's (uint32, after the weights), and then every
+# position (uint32). All little-endian.
 ARRAY_POSTINGS_MAGIC = b"KCVAPX01"
-# After the magic: the number of words and of postings, then per word the offset of its
-# postings in the segment's .pst file (ascending), its first posting and its count, then
-# every posting's document number (int32), then every weight (float32, as Whoosh's blocks
-# hold them). All little-endian.
+ARRAY_POSITIONS_MAGIC = b"KCVAPX02"
 ARRAY_POSTINGS_HEADER = len(ARRAY_POSTINGS_MAGIC) + 16
+ARRAY_POSITIONS_HEADER = len(ARRAY_POSITIONS_MAGIC) + 24
 
 
 class ArrayPostingsWriter:
-    """The common words' postings of a segment being flushed, written at its end."""
+    """The common words' postings of a segment being flushed, written at its end (with
+    their positions when every word is given them: the text field's, ``WordPositions``)."""
 
     def __init__(self) -> None:
         self.offsets: list[int] = []
         self.docs: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
+        self.values: list[list[bytes]] | None = []
 
-    def add(self, offset: int, docs: np.ndarray, weights: np.ndarray) -> None:
+    def add(
+        self, offset: int, docs: np.ndarray, weights: np.ndarray, values: list[bytes] | None = None
+    ) -> None:
+        """A word's postings; ``values`` its postings' encoded positions (32-bit numbers,
+        little-endian, one run a posting), or None."""
         self.offsets.append(offset)
         self.docs.append(docs.astype("<i4"))
         self.weights.append(weights.astype("<f4"))
+        if values is None or self.values is None:
+            self.values = None
+        else:
+            self.values.append(values)
 
     def write(self, file: Any) -> None:
         # The reader finds a word by binary search over the offsets. Terms are written one
@@ -61,33 +76,58 @@ class ArrayPostingsWriter:
         weights = [self.weights[i] for i in order]
         counts = np.fromiter(map(len, docs), dtype="<i8", count=len(docs))
         firsts = np.cumsum(counts) - counts
-        file.write(ARRAY_POSTINGS_MAGIC)
-        file.write(np.array([len(counts), int(counts.sum())], dtype="<i8").tobytes())
+        words = [] if self.values is None else [self.values[i] for i in order]
+        ends: list[np.ndarray] = []
+        positions: list[bytes] = []
+        for values in words:
+            lengths = np.fromiter(map(len, values), dtype="<i8", count=len(values)) // 4
+            ends.append(np.cumsum(lengths).astype("<u4"))
+            positions.append(b"".join(values))
+        placed = np.fromiter((len(run) // 4 for run in positions), dtype="<i8", count=len(words))
+        if self.values is None:
+            file.write(ARRAY_POSTINGS_MAGIC)
+            file.write(np.array([len(counts), int(counts.sum())], dtype="<i8").tobytes())
+        else:
+            file.write(ARRAY_POSITIONS_MAGIC)
+            header = [len(counts), int(counts.sum()), int(placed.sum())]
+            file.write(np.array(header, dtype="<i8").tobytes())
         file.write(offsets.tobytes())
         file.write(firsts.astype("<i8").tobytes())
         file.write(counts.tobytes())
-        for column in (*docs, *weights):
+        if self.values is not None:
+            file.write((np.cumsum(placed) - placed).astype("<i8").tobytes())
+        for column in (*docs, *weights, *ends):
             file.write(column.tobytes())
+        for run in positions:
+            file.write(run)
         file.close()
 
 
 class ArrayPostings:
-    """A segment's array postings: its common words' document numbers and weights, mapped
-    read-only. A segment without the file, or with one that does not read as written, has
-    none, and its words are read from their blocks."""
+    """A segment's array postings: its common words' document numbers and weights (and in
+    version 2 their positions), mapped read-only. A segment without the file, or with one
+    that does not read as written, has none, and its words are read from their blocks."""
 
     NONE: ArrayPostings
 
-    def __init__(self, buffer: mmap.mmap | None = None, words: int = 0, postings: int = 0) -> None:
+    def __init__(
+        self, buffer: mmap.mmap | None = None, words: int = 0, postings: int = 0, placed: int = -1
+    ) -> None:
         self._buffer = buffer
+        self.has_positions = placed >= 0
         if buffer is None:
             return
-        at = ARRAY_POSTINGS_HEADER
+        at = ARRAY_POSITIONS_HEADER if self.has_positions else ARRAY_POSTINGS_HEADER
         self._offsets = np.frombuffer(buffer, "<i8", words, at)
         self._firsts = np.frombuffer(buffer, "<i8", words, at + 8 * words)
         self._counts = np.frombuffer(buffer, "<i8", words, at + 16 * words)
+        if self.has_positions:
+            self._placed_firsts = np.frombuffer(buffer, "<i8", words, at + 24 * words)
+            at += 8 * words
         self._ids_at = at + 24 * words
         self._weights_at = self._ids_at + 4 * postings
+        self._ends_at = self._weights_at + 4 * postings
+        self._positions_at = self._ends_at + 4 * postings
 
     @classmethod
     def open(cls, reader: SegmentReader) -> ArrayPostings:
@@ -102,37 +142,67 @@ class ArrayPostings:
         except (OSError, ValueError):  # no such file (an older segment, a merged one), empty
             return cls.NONE
         size = len(buffer)
-        if size < ARRAY_POSTINGS_HEADER or buffer[: len(ARRAY_POSTINGS_MAGIC)] != (
-            ARRAY_POSTINGS_MAGIC
-        ):
+        magic = buffer[: len(ARRAY_POSTINGS_MAGIC)]
+        if magic == ARRAY_POSTINGS_MAGIC and size >= ARRAY_POSTINGS_HEADER:
+            words, postings = np.frombuffer(buffer, "<i8", 2, len(magic)).tolist()
+            placed, expected = -1, ARRAY_POSTINGS_HEADER + 24 * words + 8 * postings
+        elif magic == ARRAY_POSITIONS_MAGIC and size >= ARRAY_POSITIONS_HEADER:
+            words, postings, placed = np.frombuffer(buffer, "<i8", 3, len(magic)).tolist()
+            expected = ARRAY_POSITIONS_HEADER + 32 * words + 12 * postings + 4 * placed
+        else:
             return cls.NONE
-        words, postings = np.frombuffer(buffer, "<i8", 2, len(ARRAY_POSTINGS_MAGIC)).tolist()
-        if words < 0 or postings < 0 or size != ARRAY_POSTINGS_HEADER + 24 * words + 8 * postings:
+        if min(words, postings) < 0 or size != expected:
             return cls.NONE
-        return cls(buffer, words, postings)
+        return cls(buffer, words, postings, placed)
 
-    def find(
-        self, reader: SegmentReader, fieldname: str, btext: bytes
-    ) -> tuple[np.ndarray, np.ndarray] | None:
-        """The word's document numbers (int64, within the segment) and weights (float64), if
-        the segment holds them as arrays."""
+    def _place(self, info: Any) -> int | None:
+        """Where the word whose term info is ``info`` is among the file's, if it is."""
         if self._buffer is None:
             return None
         try:
-            offset = reader.term_info(fieldname, btext).extent()[0]
-        except (AttributeError, KeyError, TermNotFound):
+            offset = info.extent()[0]
+        except AttributeError:
             return None
         if offset is None:
             return None
         place = int(np.searchsorted(self._offsets, offset))
         if place == len(self._offsets) or int(self._offsets[place]) != offset:
             return None
+        return place
+
+    def find(self, info: Any) -> tuple[np.ndarray, np.ndarray] | None:
+        """The document numbers (int64, within the segment) and weights (float64) of the
+        term whose term info is ``info``, if the segment holds them as arrays."""
+        found = self.placed(info, positions=False)
+        if found is None:
+            return None
+        return found[0].astype(np.int64), found[1].astype(np.float64)
+
+    def placed(
+        self, info: Any, *, positions: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+        """The term's postings as the file holds them, without a copy: document numbers
+        (int32), weights (float32) and, when asked (None when not), where each posting's
+        positions end (uint32) and the positions (uint32); None if the file does not hold
+        them (the word is not common, or the file is of version 1 and positions are asked)."""
+        if positions and not self.has_positions:
+            return None
+        place = self._place(info)
+        if place is None:
+            return None
+        assert self._buffer is not None
         first, count = int(self._firsts[place]), int(self._counts[place])
         ids = np.frombuffer(self._buffer, "<i4", count, self._ids_at + 4 * first)
         weights = np.frombuffer(self._buffer, "<f4", count, self._weights_at + 4 * first)
-        return ids.astype(np.int64), weights.astype(np.float64)
+        if not positions:
+            return ids, weights, _NONE, _NONE
+        ends = np.frombuffer(self._buffer, "<u4", count, self._ends_at + 4 * first)
+        placed = int(ends[-1]) if count else 0
+        start = self._positions_at + 4 * int(self._placed_firsts[place])
+        return ids, weights, ends, np.frombuffer(self._buffer, "<u4", placed, start)
 
 
+_NONE = np.zeros(0, dtype="<u4")
 ArrayPostings.NONE = ArrayPostings()
 
 

@@ -238,7 +238,7 @@ class ArraySegmentWriter(SegmentWriter):
                 postings.write(docs, weights, values, length_bytes)
                 if arrays is not None and len(docs) >= ARRAY_POSTINGS_MIN:
                     # Where the term's postings start: the key its term info holds too.
-                    common.add(postings._startoffset, *arrays)
+                    common.add(postings._startoffset, *arrays, values)
                 writer.finish_term()
             writer.finish_field()
         writer.close()
@@ -262,7 +262,8 @@ class ArraySegmentWriter(SegmentWriter):
                     if info.doc_frequency() < ARRAY_POSTINGS_MIN or info.is_inlined():
                         continue
                     matcher = terms.matcher(name, text, field.format)
-                    common.add(info.extent()[0], *read_postings(matcher))
+                    values: list[bytes] = []
+                    common.add(info.extent()[0], *read_postings(matcher, values), values)
         except FastPathUnsupportedError as exc:
             # Blocks of a kind the reader does not know: the segment is searched from them.
             log.debug("no array postings for the merged segment: %s", exc)
