@@ -64,8 +64,7 @@ def _made(body: str, words: frozenset[str], stems: frozenset[str], language: str
     starts = tuple({s[:2] for s in stems}) if stemmed else ()
     # And where a matched word is looked for: the stem's beginning (``_STEM_ENDING``).
     beginnings = tuple({s[: max(2, len(s) - _STEM_ENDING)] for s in stems}) if stemmed else ()
-    found = _matched(body, words, stems, starts, beginnings, language if stemmed else None)
-    marks = [(match.start(), match.end(), folded) for match, folded in found]
+    marks = _matched(body, words, stems, starts, beginnings, language if stemmed else None)
     if not marks:
         return ""
     fragments: list[list[tuple[int, int, str]]] = []
@@ -90,11 +89,11 @@ def _matched(
     starts: tuple[str, ...],
     beginnings: tuple[str, ...],
     language: str | None,
-) -> Iterator[tuple[re.Match[str], str]]:
+) -> list[tuple[int, int, str]]:
     """The tokens of ``body`` the query matched (a word, a part of a joined word, or, for
-    ``language``, a stem of a word beginning with one of ``starts``), with their folded
-    forms, in text order: the tokens ``WORD.finditer(body)`` gives, tested as the index
-    analysed them.
+    ``language``, a stem of a word beginning with one of ``starts``), as (start, end,
+    folded form), in text order: of the tokens ``WORD.finditer(body)`` gives, those that
+    test as the index analysed them.
 
     Only the stretches between whitespace that can hold a match are tokenized (a token
     never spans whitespace, and the token pattern looks back at most a few characters, so
@@ -106,32 +105,73 @@ def _matched(
     """
     folded_text = _folded_text(body)
     if folded_text is None:
-        yield from _tested(WORD.finditer(body), words, stems, starts, language)
-        return
-    finder = _finder(words, beginnings)
-    if finder is None:
-        return
+        return _tested(body, WORD.finditer(body), words, stems, starts, language, [])
+    if not words and not beginnings:
+        return []
+    places = _places(folded_text, words, beginnings)
+    marks: list[tuple[int, int, str]] = []
     position, length = 0, len(body)
-    while True:
-        found = finder.search(folded_text, position)
-        if found is None:
-            return
-        start = found.start()
+    for start in places:
+        if start < position:  # in the stretch just tokenized
+            continue
+        place = start
         while start > position and not body[start - 1].isspace():
             start -= 1
-        end_match = _STRETCH_END.match(body, found.end())
+        # A place's characters are no whitespace in the text (a word's or a beginning's
+        # fold from none), but for one that does not fold regularly: the stretch ends at
+        # the first whitespace after the place's first character.
+        end_match = _STRETCH_END.match(body, place + 1)
         end = end_match.end() if end_match else length
-        yield from _tested(WORD.finditer(body, start, end), words, stems, starts, language)
+        _tested(body, WORD.finditer(body, start, end), words, stems, starts, language, marks)
         position = end
+    return marks
+
+
+def _places(folded_text: str, words: frozenset[str], beginnings: tuple[str, ...]) -> list[int]:
+    """Where in ``folded_text`` a match can begin, in order (repeats allowed): each of the
+    words (or, past ``_FINDER_WORDS``, their first three letters), each stem's beginning
+    at a word's start, each ``IRREGULAR`` character.
+
+    Found one needle at a time by ``str.find`` (a one-pattern alternation of them is tried
+    at every character of the text and compiled anew for every query: several times the
+    cost); a beginning, short and common inside words, by a pattern of its own, kept."""
+    needles = words if len(words) <= _FINDER_WORDS else {w[:3] for w in words}
+    places: list[int] = []
+    for needle in (IRREGULAR, *needles):
+        if not needle:  # matches everywhere, as an empty alternative would
+            return list(range(len(folded_text)))
+        found = folded_text.find(needle)
+        while found >= 0:
+            places.append(found)
+            found = folded_text.find(needle, found + 1)
+    for beginning in beginnings:
+        if beginning in folded_text:
+            places += map(_match_start, _at_word_start(beginning).finditer(folded_text))
+    places.sort()
+    return places
+
+
+_match_start = re.Match.start
+
+
+@lru_cache(maxsize=4_096)
+def _at_word_start(beginning: str) -> re.Pattern[str]:
+    """``beginning`` where no word character precedes it: the literal first, so that the
+    scan jumps from one occurrence to the next."""
+    escaped = re.escape(beginning)
+    return re.compile(rf"{escaped}(?<!\w{escaped})")
 
 
 def _tested(
+    body: str,
     tokens: Iterator[re.Match[str]],
     words: frozenset[str],
     stems: frozenset[str],
     starts: tuple[str, ...],
     language: str | None,
-) -> Iterator[tuple[re.Match[str], str]]:
+    marks: list[tuple[int, int, str]],
+) -> list[tuple[int, int, str]]:
+    """``marks`` with the (start, end, folded form) of each of ``tokens`` that matched."""
     stem_of = folded_stems(language) if language is not None else None
     for match in tokens:
         token = match.group()
@@ -143,7 +183,8 @@ def _tested(
             or (joined and any(part in words for part in joined.split()))
             or (stem_of is not None and folded.startswith(starts) and stem_of[token] in stems)
         ):
-            yield match, folded
+            marks.append((*match.span(), folded))
+    return marks
 
 
 # A stretch between whitespace: where a token can end at the latest.
@@ -201,19 +242,6 @@ _STEM_ENDING = 3
 # A query's words past this many are looked for by their first three letters (one
 # alternation of hundreds of words, a prefix's expansions, costs more than it saves).
 _FINDER_WORDS = 24
-
-
-@lru_cache(maxsize=256)
-def _finder(words: frozenset[str], starts: tuple[str, ...]) -> re.Pattern[str] | None:
-    """The pattern over the folded text that finds every place a match can be."""
-    if not words and not starts:
-        return None
-    needles = set(words) if len(words) <= _FINDER_WORDS else {w[:3] for w in words}
-    alternatives = [re.escape(IRREGULAR)]
-    alternatives += sorted(map(re.escape, needles), key=len, reverse=True)
-    if starts:
-        alternatives.append(r"(?<!\w)(?:" + "|".join(map(re.escape, starts)) + ")")
-    return re.compile("|".join(alternatives))
 
 
 def _fragment(body: str, marks: list[tuple[int, int, str]]) -> str:
