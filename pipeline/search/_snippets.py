@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from whoosh.query import Query
 
 from ._analysis import FOLDED, PARTS, STEM_MARK, STEMMED, WORD, fold, folded_stems
 
 if TYPE_CHECKING:
+    from whoosh.reading import IndexReader
     from whoosh.searching import Searcher
 
 SNIPPET_CHARS = 240  # at most, per fragment
@@ -29,7 +31,11 @@ _MADE_LIMIT = 4_096
 def _highlighted(searcher: Searcher, query: Query) -> tuple[frozenset[str], frozenset[str]]:
     """The text field's words the query matches (patterns expanded) and its marked stems."""
     words, stems = set(), set()
-    for fieldname, btext in query.existing_terms(searcher.reader(), phrases=True, expand=True):
+    # Only the text field's leaves: the file name's and the title's terms would be looked
+    # up in every segment for nothing.
+    reader = _KnownTerms(searcher.reader())
+    found = query.existing_terms(reader, phrases=True, expand=True, fieldname="text")
+    for fieldname, btext in found:
         if fieldname != "text":
             continue
         term = btext.decode("utf-8") if isinstance(btext, bytes) else str(btext)
@@ -38,6 +44,40 @@ def _highlighted(searcher: Searcher, query: Query) -> tuple[frozenset[str], froz
         else:
             words.add(term)
     return frozenset(words), frozenset(stems)
+
+
+# Whether a term is in a reader's segments, by reader while it lives: a new query's words are
+# mostly words earlier queries asked, and each lookup reads every segment's hash table.
+_KNOWN: WeakKeyDictionary[IndexReader, dict[tuple[str, bytes], bool]] = WeakKeyDictionary()
+_KNOWN_LIMIT = 100_000
+
+
+class _KnownTerms:
+    """A reader whose ``(fieldname, btext) in reader`` is answered from ``_KNOWN`` once
+    asked; everything else is the reader's."""
+
+    def __init__(self, reader: IndexReader) -> None:
+        self._reader = reader
+        known = _KNOWN.get(reader)
+        if known is None or len(known) > _KNOWN_LIMIT:
+            known = _KNOWN[reader] = {}
+        self._known = known
+
+    def __contains__(self, term: tuple[str, bytes]) -> bool:
+        found = self._known.get(term)
+        if found is None:
+            found = self._known[term] = term in self._reader
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+def _clear_caches() -> None:
+    """Forget every kept answer (the benchmarks measure a process that has none)."""
+    _MADE.clear()
+    _KNOWN.clear()
+    _at_word_start.cache_clear()
 
 
 def _snippet(body: str, words: frozenset[str], stems: frozenset[str], language: str | None) -> str:
