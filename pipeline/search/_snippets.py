@@ -149,6 +149,7 @@ def _matched(
     if not words and not beginnings:
         return []
     places = _places(folded_text, words, beginnings)
+    stem_of = folded_stems(language) if language is not None else None
     marks: list[tuple[int, int, str]] = []
     position, length = 0, len(body)
     for start in places:
@@ -161,9 +162,19 @@ def _matched(
         # fold from none), but for one that does not fold regularly: the stretch ends at
         # the first whitespace after the place's first character.
         end_match = _STRETCH_END.match(body, place + 1)
-        end = end_match.end() if end_match else length
-        _tested(body, WORD.finditer(body, start, end), words, stems, starts, language, marks)
-        position = end
+        position = end_match.end() if end_match else length
+        # ``_tested``, written out: this runs for every stretch of every hit.
+        for match in WORD.finditer(body, start, position):
+            token = match.group()
+            folded = FOLDED[token]
+            if folded in words:
+                marks.append((*match.span(), folded))
+                continue
+            joined = PARTS[token]
+            if (joined and any(part in words for part in joined.split())) or (
+                stem_of is not None and folded.startswith(starts) and stem_of[token] in stems
+            ):
+                marks.append((*match.span(), folded))
     return marks
 
 
@@ -268,7 +279,18 @@ def _folded_text(body: str) -> str | None:
     (the ones that do not fold one to one as ``IRREGULAR``), or None if it cannot be."""
     if body.isascii():
         return body.lower()
-    folded = _NON_ASCII.sub(_fold_char, body).lower()
+    # A text holds a few different non-ASCII characters, each many times: replaced one by
+    # one, in C, rather than through a call per occurrence. A fold into another non-ASCII
+    # character could be replaced again: those texts go through ``_fold_char``.
+    folded = body
+    for char in set(_NON_ASCII.findall(body)):
+        into = _CHAR_FOLDS[char]
+        if into != char:
+            if not into.isascii():
+                folded = _NON_ASCII.sub(_fold_char, body)
+                break
+            folded = folded.replace(char, into)
+    folded = folded.lower()
     return folded if len(folded) == len(body) else None
 
 
@@ -285,14 +307,16 @@ _FINDER_WORDS = 24
 
 
 def _fragment(body: str, marks: list[tuple[int, int, str]]) -> str:
-    start = max(0, marks[0][0] - SNIPPET_CONTEXT)
-    end = min(len(body), marks[-1][1] + SNIPPET_CONTEXT)
-    # Start and end on whole words: after a space, before one (at most the context's length
-    # to walk).
-    while start < marks[0][0] and start > 0 and not body[start - 1].isspace():
-        start += 1
-    while end > marks[-1][1] and end < len(body) and not body[end].isspace():
-        end -= 1
+    first, last = marks[0][0], marks[-1][1]
+    start = max(0, first - SNIPPET_CONTEXT)
+    end = min(len(body), last + SNIPPET_CONTEXT)
+    # Start and end on whole words: after a space, before one (or at the match itself).
+    if 0 < start < first and not body[start - 1].isspace():
+        space = _WHITESPACE.search(body, start, first - 1)
+        start = space.end() if space else first
+    if last < end < len(body) and not body[end].isspace():
+        space = _LAST_WHITESPACE.search(body, last + 1, end)
+        end = space.start() if space else last
     parts, position = [], start
     for mark_start, mark_end, _word in marks:
         parts.append(_escape(body[position:mark_start]))
@@ -300,6 +324,11 @@ def _fragment(body: str, marks: list[tuple[int, int, str]]) -> str:
         position = mark_end
     parts.append(_escape(body[position:end]))
     return "".join(parts)
+
+
+_WHITESPACE = re.compile(r"\s")
+# The last whitespace before the end searched to.
+_LAST_WHITESPACE = re.compile(r"\s(?=\S*\Z)")
 
 
 def _escape(text: str) -> str:
