@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from whoosh.query import Query
 
 from ._analysis import FOLDED, PARTS, STEM_MARK, STEMMED, WORD, fold, folded_stems
 
 if TYPE_CHECKING:
+    from whoosh.reading import IndexReader
     from whoosh.searching import Searcher
 
 SNIPPET_CHARS = 240  # at most, per fragment
@@ -29,7 +31,11 @@ _MADE_LIMIT = 4_096
 def _highlighted(searcher: Searcher, query: Query) -> tuple[frozenset[str], frozenset[str]]:
     """The text field's words the query matches (patterns expanded) and its marked stems."""
     words, stems = set(), set()
-    for fieldname, btext in query.existing_terms(searcher.reader(), phrases=True, expand=True):
+    # Only the text field's leaves: the file name's and the title's terms would be looked
+    # up in every segment for nothing.
+    reader = _KnownTerms(searcher.reader())
+    found = query.existing_terms(reader, phrases=True, expand=True, fieldname="text")
+    for fieldname, btext in found:
         if fieldname != "text":
             continue
         term = btext.decode("utf-8") if isinstance(btext, bytes) else str(btext)
@@ -38,6 +44,40 @@ def _highlighted(searcher: Searcher, query: Query) -> tuple[frozenset[str], froz
         else:
             words.add(term)
     return frozenset(words), frozenset(stems)
+
+
+# Whether a term is in a reader's segments, by reader while it lives: a new query's words are
+# mostly words earlier queries asked, and each lookup reads every segment's hash table.
+_KNOWN: WeakKeyDictionary[IndexReader, dict[tuple[str, bytes], bool]] = WeakKeyDictionary()
+_KNOWN_LIMIT = 100_000
+
+
+class _KnownTerms:
+    """A reader whose ``(fieldname, btext) in reader`` is answered from ``_KNOWN`` once
+    asked; everything else is the reader's."""
+
+    def __init__(self, reader: IndexReader) -> None:
+        self._reader = reader
+        known = _KNOWN.get(reader)
+        if known is None or len(known) > _KNOWN_LIMIT:
+            known = _KNOWN[reader] = {}
+        self._known = known
+
+    def __contains__(self, term: tuple[str, bytes]) -> bool:
+        found = self._known.get(term)
+        if found is None:
+            found = self._known[term] = term in self._reader
+        return found
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
+def _clear_caches() -> None:
+    """Forget every kept answer (the benchmarks measure a process that has none)."""
+    _MADE.clear()
+    _KNOWN.clear()
+    _at_word_start.cache_clear()
 
 
 def _snippet(body: str, words: frozenset[str], stems: frozenset[str], language: str | None) -> str:
@@ -64,8 +104,7 @@ def _made(body: str, words: frozenset[str], stems: frozenset[str], language: str
     starts = tuple({s[:2] for s in stems}) if stemmed else ()
     # And where a matched word is looked for: the stem's beginning (``_STEM_ENDING``).
     beginnings = tuple({s[: max(2, len(s) - _STEM_ENDING)] for s in stems}) if stemmed else ()
-    found = _matched(body, words, stems, starts, beginnings, language if stemmed else None)
-    marks = [(match.start(), match.end(), folded) for match, folded in found]
+    marks = _matched(body, words, stems, starts, beginnings, language if stemmed else None)
     if not marks:
         return ""
     fragments: list[list[tuple[int, int, str]]] = []
@@ -90,11 +129,11 @@ def _matched(
     starts: tuple[str, ...],
     beginnings: tuple[str, ...],
     language: str | None,
-) -> Iterator[tuple[re.Match[str], str]]:
+) -> list[tuple[int, int, str]]:
     """The tokens of ``body`` the query matched (a word, a part of a joined word, or, for
-    ``language``, a stem of a word beginning with one of ``starts``), with their folded
-    forms, in text order: the tokens ``WORD.finditer(body)`` gives, tested as the index
-    analysed them.
+    ``language``, a stem of a word beginning with one of ``starts``), as (start, end,
+    folded form), in text order: of the tokens ``WORD.finditer(body)`` gives, those that
+    test as the index analysed them.
 
     Only the stretches between whitespace that can hold a match are tokenized (a token
     never spans whitespace, and the token pattern looks back at most a few characters, so
@@ -106,32 +145,84 @@ def _matched(
     """
     folded_text = _folded_text(body)
     if folded_text is None:
-        yield from _tested(WORD.finditer(body), words, stems, starts, language)
-        return
-    finder = _finder(words, beginnings)
-    if finder is None:
-        return
+        return _tested(body, WORD.finditer(body), words, stems, starts, language, [])
+    if not words and not beginnings:
+        return []
+    places = _places(folded_text, words, beginnings)
+    stem_of = folded_stems(language) if language is not None else None
+    marks: list[tuple[int, int, str]] = []
     position, length = 0, len(body)
-    while True:
-        found = finder.search(folded_text, position)
-        if found is None:
-            return
-        start = found.start()
+    for start in places:
+        if start < position:  # in the stretch just tokenized
+            continue
+        place = start
         while start > position and not body[start - 1].isspace():
             start -= 1
-        end_match = _STRETCH_END.match(body, found.end())
-        end = end_match.end() if end_match else length
-        yield from _tested(WORD.finditer(body, start, end), words, stems, starts, language)
-        position = end
+        # A place's characters are no whitespace in the text (a word's or a beginning's
+        # fold from none), but for one that does not fold regularly: the stretch ends at
+        # the first whitespace after the place's first character.
+        end_match = _STRETCH_END.match(body, place + 1)
+        position = end_match.end() if end_match else length
+        # ``_tested``, written out: this runs for every stretch of every hit.
+        for match in WORD.finditer(body, start, position):
+            token = match.group()
+            folded = FOLDED[token]
+            if folded in words:
+                marks.append((*match.span(), folded))
+                continue
+            joined = PARTS[token]
+            if (joined and any(part in words for part in joined.split())) or (
+                stem_of is not None and folded.startswith(starts) and stem_of[token] in stems
+            ):
+                marks.append((*match.span(), folded))
+    return marks
+
+
+def _places(folded_text: str, words: frozenset[str], beginnings: tuple[str, ...]) -> list[int]:
+    """Where in ``folded_text`` a match can begin, in order (repeats allowed): each of the
+    words (or, past ``_FINDER_WORDS``, their first three letters), each stem's beginning
+    at a word's start, each ``IRREGULAR`` character.
+
+    Found one needle at a time by ``str.find`` (a one-pattern alternation of them is tried
+    at every character of the text and compiled anew for every query: several times the
+    cost); a beginning, short and common inside words, by a pattern of its own, kept."""
+    needles = words if len(words) <= _FINDER_WORDS else {w[:3] for w in words}
+    places: list[int] = []
+    for needle in (IRREGULAR, *needles):
+        if not needle:  # matches everywhere, as an empty alternative would
+            return list(range(len(folded_text)))
+        found = folded_text.find(needle)
+        while found >= 0:
+            places.append(found)
+            found = folded_text.find(needle, found + 1)
+    for beginning in beginnings:
+        if beginning in folded_text:
+            places += map(_match_start, _at_word_start(beginning).finditer(folded_text))
+    places.sort()
+    return places
+
+
+_match_start = re.Match.start
+
+
+@lru_cache(maxsize=4_096)
+def _at_word_start(beginning: str) -> re.Pattern[str]:
+    """``beginning`` where no word character precedes it: the literal first, so that the
+    scan jumps from one occurrence to the next."""
+    escaped = re.escape(beginning)
+    return re.compile(rf"{escaped}(?<!\w{escaped})")
 
 
 def _tested(
+    body: str,
     tokens: Iterator[re.Match[str]],
     words: frozenset[str],
     stems: frozenset[str],
     starts: tuple[str, ...],
     language: str | None,
-) -> Iterator[tuple[re.Match[str], str]]:
+    marks: list[tuple[int, int, str]],
+) -> list[tuple[int, int, str]]:
+    """``marks`` with the (start, end, folded form) of each of ``tokens`` that matched."""
     stem_of = folded_stems(language) if language is not None else None
     for match in tokens:
         token = match.group()
@@ -143,7 +234,8 @@ def _tested(
             or (joined and any(part in words for part in joined.split()))
             or (stem_of is not None and folded.startswith(starts) and stem_of[token] in stems)
         ):
-            yield match, folded
+            marks.append((*match.span(), folded))
+    return marks
 
 
 # A stretch between whitespace: where a token can end at the latest.
@@ -187,7 +279,18 @@ def _folded_text(body: str) -> str | None:
     (the ones that do not fold one to one as ``IRREGULAR``), or None if it cannot be."""
     if body.isascii():
         return body.lower()
-    folded = _NON_ASCII.sub(_fold_char, body).lower()
+    # A text holds a few different non-ASCII characters, each many times: replaced one by
+    # one, in C, rather than through a call per occurrence. A fold into another non-ASCII
+    # character could be replaced again: those texts go through ``_fold_char``.
+    folded = body
+    for char in set(_NON_ASCII.findall(body)):
+        into = _CHAR_FOLDS[char]
+        if into != char:
+            if not into.isascii():
+                folded = _NON_ASCII.sub(_fold_char, body)
+                break
+            folded = folded.replace(char, into)
+    folded = folded.lower()
     return folded if len(folded) == len(body) else None
 
 
@@ -203,28 +306,17 @@ _STEM_ENDING = 3
 _FINDER_WORDS = 24
 
 
-@lru_cache(maxsize=256)
-def _finder(words: frozenset[str], starts: tuple[str, ...]) -> re.Pattern[str] | None:
-    """The pattern over the folded text that finds every place a match can be."""
-    if not words and not starts:
-        return None
-    needles = set(words) if len(words) <= _FINDER_WORDS else {w[:3] for w in words}
-    alternatives = [re.escape(IRREGULAR)]
-    alternatives += sorted(map(re.escape, needles), key=len, reverse=True)
-    if starts:
-        alternatives.append(r"(?<!\w)(?:" + "|".join(map(re.escape, starts)) + ")")
-    return re.compile("|".join(alternatives))
-
-
 def _fragment(body: str, marks: list[tuple[int, int, str]]) -> str:
-    start = max(0, marks[0][0] - SNIPPET_CONTEXT)
-    end = min(len(body), marks[-1][1] + SNIPPET_CONTEXT)
-    # Start and end on whole words: after a space, before one (at most the context's length
-    # to walk).
-    while start < marks[0][0] and start > 0 and not body[start - 1].isspace():
-        start += 1
-    while end > marks[-1][1] and end < len(body) and not body[end].isspace():
-        end -= 1
+    first, last = marks[0][0], marks[-1][1]
+    start = max(0, first - SNIPPET_CONTEXT)
+    end = min(len(body), last + SNIPPET_CONTEXT)
+    # Start and end on whole words: after a space, before one (or at the match itself).
+    if 0 < start < first and not body[start - 1].isspace():
+        space = _WHITESPACE.search(body, start, first - 1)
+        start = space.end() if space else first
+    if last < end < len(body) and not body[end].isspace():
+        space = _LAST_WHITESPACE.search(body, last + 1, end)
+        end = space.start() if space else last
     parts, position = [], start
     for mark_start, mark_end, _word in marks:
         parts.append(_escape(body[position:mark_start]))
@@ -232,6 +324,11 @@ def _fragment(body: str, marks: list[tuple[int, int, str]]) -> str:
         position = mark_end
     parts.append(_escape(body[position:end]))
     return "".join(parts)
+
+
+_WHITESPACE = re.compile(r"\s")
+# The last whitespace before the end searched to.
+_LAST_WHITESPACE = re.compile(r"\s(?=\S*\Z)")
 
 
 def _escape(text: str) -> str:
