@@ -43,6 +43,7 @@ from ._doc import IndexDoc
 from ._query import (
     Budget,
     Lexicon,
+    PlainWords,
     _check_syntax,
     _correct,
     _filters,
@@ -230,6 +231,7 @@ class _Opened:
         self.searcher = searcher
         self.schema = ix.schema
         self._parser = parser(self.schema)
+        self._words = PlainWords(self.schema)
         # Parsed queries and corrections, by query: a server asked the same query again, a
         # page after the first, pays for neither twice.
         self._parsed: dict[str, Query] = {}
@@ -261,7 +263,7 @@ class _Opened:
         if query not in self._parsed:
             if len(self._parsed) > 1_000:
                 self._parsed.clear()
-            self._parsed[query] = _parse(self.schema, query, self._parser)
+            self._parsed[query] = _parse(self.schema, query, self._parser, self._words)
         return self._parsed[query]
 
     def correct(self, query: str, budget: Budget) -> str | None:
