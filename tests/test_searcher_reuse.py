@@ -3,6 +3,7 @@ commit, deletion, optimize and rebuild is seen by the very next search, however 
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -56,3 +57,21 @@ def test_a_segment_removed_under_an_open_searcher_is_damage(tmp_path: Path) -> N
     segment.unlink()
     with pytest.raises(IndexDamagedError, match="run `pipeline reindex`"):
         _found(index)
+
+
+def test_a_settled_folder_still_tells_each_commit(tmp_path: Path) -> None:
+    # A folder last changed long ago is checked by two stats (the folder's, its TOC's):
+    # each commit still shows, even one whose folder time were set back to the old one.
+    index = SearchIndex(tmp_path / "index")
+    index.write([_doc("a1", "Kafka")])
+    long_ago = index.directory.stat().st_mtime_ns - 60 * 10**9
+    os.utime(index.directory, ns=(long_ago, long_ago))
+    assert _found(index) == ["a1"]
+    assert _found(index) == ["a1"]  # the settled searcher, reused
+    index.write([_doc("a2", "Kafka")])
+    os.utime(index.directory, ns=(long_ago, long_ago))
+    assert _found(index) == ["a1", "a2"]
+    index.write(deletions=["a1"])
+    assert _found(index) == ["a2"]
+    index.rebuild([_doc("b1", "Kafka")])
+    assert _found(index) == ["b1"]

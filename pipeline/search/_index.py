@@ -10,6 +10,7 @@ from the database's copy, so the database stays the one place personal text live
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 import os
@@ -18,10 +19,10 @@ import re
 import stat
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,24 +139,34 @@ _IDLE_FOLDERS = 8  # one per integration searched lately; a test run opens hundr
 _TOC_NAME = re.compile(rf"_{re.escape(INDEX_NAME)}_(\d+)\.toc\Z")
 
 
-@dataclass(frozen=True)
+# A folder unchanged for this long when it was listed has settled: any later change gets
+# a later modification time, even on a file clock that ticks coarsely (4 ms on many
+# kernels, 1 s on older file systems) or a file server's clock a little apart.
+_SETTLED_NS = 2_000_000_000
+
+
+@dataclasses.dataclass(frozen=True)
 class _FolderState:
     """What tells an open searcher's index from a changed one.
 
-    Every search looks at the folder's inode and modification time and the names in it
-    (any file added or removed: a commit's segments, a purge, a rebuild's new folder and
-    segment names) and at its newest TOC's inode, size and modification time (a commit
-    writes a new TOC and removes the old one; a TOC written over): two stats and a listing.
-    ``files`` (every file's size, inode and modification time: a stat per file, 0.35 ms
-    a search at 100,000 documents) is read when a searcher is opened and on the first
-    search through each ``SearchIndex`` (each command, each App), so that a file damaged
-    in place (cut short, written over) is noticed there too; a long-lived App notices it
-    when a search reads the damaged part."""
+    A search compares the folder's inode and modification time and the names in it (any
+    file added or removed: a commit's segments, a purge, a rebuild's new folder and segment
+    names), and its newest TOC's name, inode, size and modification time (a commit writes
+    a new TOC and removes the old one; a TOC written over): two stats and a listing. Once
+    the folder has ``settled`` (listed long after its last change) the two stats alone tell
+    (a change since would have moved its modification time).
+
+    ``files`` (every file's size, inode and modification time: a stat per file, 0.35 ms a
+    search at 100,000 documents) is read when a searcher is opened and on the first search
+    through each ``SearchIndex`` (each command, each App), so that a file damaged in place
+    (cut short, written over) is noticed there too; a long-lived App notices that when a
+    search reads the damaged part."""
 
     folder: tuple[int, int]
     names: frozenset[str]
-    toc: tuple[int, int, int] | None
+    toc: tuple[str, int, int, int] | None
     files: frozenset[tuple[str, int, int, int]] | None = None
+    seen: int = 0  # time.time_ns() before the folder was listed
 
     def holds(self, now: _FolderState) -> bool:
         """Whether ``now`` (a later look) finds the index as this state saw it."""
@@ -163,10 +174,31 @@ class _FolderState:
             now.files is None or now.files == self.files
         )
 
+    @property
+    def settled(self) -> bool:
+        return self.toc is not None and self.folder[1] < self.seen - _SETTLED_NS
+
+    def unchanged(self, directory: Path) -> bool:
+        """For a settled state: the folder's and its TOC's stats as they were."""
+        if self.toc is None:
+            return False
+        try:
+            folder = os.stat(directory)
+            toc = os.stat(os.path.join(directory, self.toc[0]))
+        except OSError:
+            return False
+        return (folder.st_ino, folder.st_mtime_ns) == self.folder and (
+            self.toc[0],
+            toc.st_ino,
+            toc.st_size,
+            toc.st_mtime_ns,
+        ) == self.toc
+
 
 def _folder_state(directory: Path, *, files: bool = False) -> _FolderState | None:
     """The index folder's state now (with every file's stats if ``files``); None when
     there is no folder. A file where the folder belongs is damage."""
+    seen = time.time_ns()
     try:
         folder = os.stat(directory)
         if not stat.S_ISDIR(folder.st_mode):
@@ -177,9 +209,10 @@ def _folder_state(directory: Path, *, files: bool = False) -> _FolderState | Non
     tocs = [(int(m[1]), name) for name in names if (m := _TOC_NAME.match(name))]
     toc = None
     if tocs:
+        name = max(tocs)[1]
         with suppress(FileNotFoundError):  # a commit removed it meanwhile: names differ too
-            info = os.stat(os.path.join(directory, max(tocs)[1]))
-            toc = (info.st_ino, info.st_size, info.st_mtime_ns)
+            info = os.stat(os.path.join(directory, name))
+            toc = (name, info.st_ino, info.st_size, info.st_mtime_ns)
     stats = None
     if files:
         found = set()
@@ -188,10 +221,25 @@ def _folder_state(directory: Path, *, files: bool = False) -> _FolderState | Non
                 info = os.stat(os.path.join(directory, name))
                 found.add((name, info.st_size, info.st_ino, info.st_mtime_ns))
         stats = frozenset(found)
-    return _FolderState((folder.st_ino, folder.st_mtime_ns), frozenset(names), toc, stats)
+    folder_now = (folder.st_ino, folder.st_mtime_ns)
+    return _FolderState(folder_now, frozenset(names), toc, stats, seen)
+
+
+def _take_settled(directory: Path) -> _Opened | None:
+    """The most recently used idle searcher, if its state has settled and two stats show
+    it still holds (else it stays idle, for ``_take`` to compare with a full look)."""
+    with _IDLE_LOCK:
+        idle = _IDLE.get(directory, [])
+        opened = idle.pop() if idle and idle[-1].state.settled else None
+    if opened is None or opened.state.unchanged(directory):
+        return opened
+    _give_back(directory, opened)
+    return None
 
 
 def _take(directory: Path, state: _FolderState) -> _Opened | None:
+    """An idle searcher whose state ``state`` (a full look) still finds; those it does not,
+    closed."""
     stale = []
     found = None
     with _IDLE_LOCK:
@@ -204,6 +252,9 @@ def _take(directory: Path, state: _FolderState) -> _Opened | None:
                 stale.append(opened)
     for opened in stale:
         opened.close()
+    if found is not None:
+        # The later look, which may have settled; the files as compared when it opened.
+        found.state = dataclasses.replace(state, files=found.state.files)
     return found
 
 
@@ -498,6 +549,10 @@ class SearchIndex:
         """An open searcher on the index, reused while the index is unchanged (a search on
         a small index was mostly opening it: reading the TOC, the segments, the schema),
         or None when there is no index yet. Given back by the search."""
+        if self._files_checked:
+            opened = _take_settled(self.directory)
+            if opened is not None:
+                return opened
         with _translated(self.directory, "read it"):
             state = _folder_state(self.directory, files=not self._files_checked)
         if state is None:
