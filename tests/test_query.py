@@ -25,6 +25,7 @@ from pipeline.search._query import (
     parser,
 )
 from pipeline.search._schema import open_index
+from pipeline.search._snippets import _highlighted
 
 # Written before ß = ss and the split tokens: its pickled analyzer reads queries its way.
 MAIN_INDEX = Path(__file__).resolve().parent / "data" / "index-main"
@@ -118,3 +119,22 @@ def test_corrections_from_the_cached_lexicon_are_the_index_s(tmp_path: Path) -> 
                 assert cached == fresh, query
         assert _correct(reader, ix.schema, "Kubernets", Budget.start(), lexicon) == "kubernetes"
     ix.close()
+
+
+def test_a_plain_query_highlights_the_words_whoosh_finds(tmp_path: Path) -> None:
+    index = SearchIndex(tmp_path / "index")
+    texts = [" ".join(WORDS[n::3]) + " developing Entwickler teams" for n in range(3)]
+    index.write(IndexDoc(f"a{n}", "C1", None, "CV", "cv.pdf", t) for n, t in enumerate(texts))
+    opened = index._opened()
+    assert opened is not None
+    compared = 0
+    for query in _queries(400):
+        parsed = _outcome(opened.parse, query)
+        if isinstance(parsed, str):
+            continue
+        ours = opened._terms_highlighted(parsed)
+        if ours is not None:
+            compared += 1
+            assert ours == _highlighted(opened.searcher, parsed), query
+    assert compared > 100
+    opened.close()
