@@ -42,6 +42,7 @@ SYNTAX = (
     *(".NET", "C++", "node.js", "asp.net", "ci/cd", "O'Brien", "d'Ingénieurs", "16.6.1974"),
     *("type:CV", "language:de", "file_name:lebenslauf", "(Python OR Java)", "python^2"),
     *("[a TO c]", "x2", "python3", "max.mueller@example.com", "Jean-Luc", "snake_case"),
+    *("Zür*", "PYTH*", "Straß*", "a*", "Œu*", "ﬁn*", "İst*", "Cæs*", "*", "py*thon", "C#*"),
 )
 JOINS = (" ", " ", " ", " OR ", " AND ", " NOT ", "  ", "\t", " OR NOT ")
 
@@ -87,6 +88,8 @@ def test_a_plain_query_is_the_tree_the_parser_gives(schemas: list[Schema]) -> No
             built += plain is not None and words.query(*plain) is not None
         # The words' own path answered most of them (the rest: syntax, NOT, AND beside OR).
         assert built > len(queries) // 4
+        for prefix in ("Zür*", "PYTH*", "Straß*", "a*", "Œu*", "Cæs*"):
+            assert words.prefix(prefix[:-1]) == _parsed(schema, prefix, made), prefix
 
 
 def test_only_plain_words_take_the_words_path() -> None:

@@ -20,6 +20,7 @@ from whoosh.query import (
     FuzzyTerm,
     MultiTerm,
     Or,
+    Prefix,
     Query,
     Term,
     Wildcard,
@@ -136,14 +137,15 @@ def _parse(
     words: PlainWords | None = None,
 ) -> Query:
     """The query's tree over the fields, widened (``_widened``). A query of plain words
-    (the common shape) is built from its words (``PlainWords``: the very tree the parser
-    gives, a tenth of its cost); any other through Whoosh's parser."""
+    (the common shape) or a plain prefix is built from its words (``PlainWords``: the very
+    tree the parser gives, at a tenth of its cost); any other through Whoosh's parser."""
     plain = _plain_words(query)
+    built = None
     if plain is not None:
         built = (words or PlainWords(schema)).query(*plain)
-        if built is not None:
-            return built
-    return _parsed(schema, query, made)
+    elif _PLAIN_PREFIX.fullmatch(query):
+        built = (words or PlainWords(schema)).prefix(query[:-1])
+    return built if built is not None else _parsed(schema, query, made)
 
 
 def _parsed(schema: Schema, query: str, made: MultifieldParser | None = None) -> Query:
@@ -168,6 +170,8 @@ def _parsed(schema: Schema, query: str, made: MultifieldParser | None = None) ->
 # OR. Anything else (quotes, fields, patterns, digits, symbols, NOT, AND beside OR, other
 # spacing) goes through Whoosh's parser.
 _PLAIN = re.compile(r"[^\W\d_]+(?: [^\W\d_]+)*")
+# A plain prefix: letters, then "*".
+_PLAIN_PREFIX = re.compile(r"[^\W\d_]+\*")
 # What Whoosh's parser reads as operators between words.
 _PARSER_OPERATORS = frozenset(("AND", "OR", "NOT", "ANDNOT", "ANDMAYBE"))
 
@@ -234,6 +238,22 @@ class PlainWords:
             return Or([self._widen(term, typed) for term in flat])
         ors = [Or([self._widen(term, typed) for term in terms]) for terms in dict.fromkeys(words)]
         return ors[0] if len(ors) == 1 else And(ors)
+
+    def prefix(self, start: str) -> Query | None:
+        """A plain prefix's tree (``start*``): an Or of the prefix in each field, folded
+        but not split into words (Whoosh's parser does not tokenize a pattern); None where
+        a field's analysis makes no prefix or more than one."""
+        prefixes: list[Query] = []
+        for field in FIELDS:
+            texts = list(
+                self.schema[field].process_text(
+                    start, mode="query", tokenize=False, removestops=False
+                )
+            )
+            if len(texts) != 1:
+                return None
+            prefixes.append(Prefix(field, texts[0], boost=BOOSTS.get(field, 1.0)))
+        return Or(prefixes)
 
     def _field_terms(self, word: str) -> tuple[Term, ...] | None:
         if word not in self._terms:
