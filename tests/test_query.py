@@ -55,6 +55,8 @@ def _queries(count: int, seed: int = 16) -> list[str]:
         for _ in range(rng.choice((0, 1, 1, 2, 3))):
             pieces += [rng.choice(JOINS), rng.choice(WORDS if rng.random() < 0.8 else SYNTAX)]
         made.append("".join(pieces))
+        if rng.random() < 0.15:  # a phrase of the same pieces
+            made.append(f'"{made[-1]}"')
     return made
 
 
@@ -90,6 +92,10 @@ def test_a_plain_query_is_the_tree_the_parser_gives(schemas: list[Schema]) -> No
         assert built > len(queries) // 4
         for prefix in ("Zür*", "PYTH*", "Straß*", "a*", "Œu*", "Cæs*"):
             assert words.prefix(prefix[:-1]) == _parsed(schema, prefix, made), prefix
+        for phrase in ('"machine learning"', '"Begoña Muñoz"', '"Python OR Go AND not"'):
+            ours, theirs = words.phrase(phrase[1:-1]), _parsed(schema, phrase, made)
+            assert repr(ours) == repr(theirs) and ours == theirs, phrase
+            assert [q.char_ranges for q in ours] == [q.char_ranges for q in theirs], phrase
 
 
 def test_only_plain_words_take_the_words_path() -> None:

@@ -20,6 +20,7 @@ from whoosh.query import (
     FuzzyTerm,
     MultiTerm,
     Or,
+    Phrase,
     Prefix,
     Query,
     Term,
@@ -137,7 +138,7 @@ def _parse(
     words: PlainWords | None = None,
 ) -> Query:
     """The query's tree over the fields, widened (``_widened``). A query of plain words
-    (the common shape) or a plain prefix is built from its words (``PlainWords``: the very
+    (the common shape), a plain prefix or phrase is built from its words (``PlainWords``: the very
     tree the parser gives, at a tenth of its cost); any other through Whoosh's parser."""
     plain = _plain_words(query)
     built = None
@@ -145,6 +146,8 @@ def _parse(
         built = (words or PlainWords(schema)).query(*plain)
     elif _PLAIN_PREFIX.fullmatch(query):
         built = (words or PlainWords(schema)).prefix(query[:-1])
+    elif query[:1] == '"' and _PLAIN_PHRASE.fullmatch(query, 1, len(query) - 1):
+        built = (words or PlainWords(schema)).phrase(query[1:-1])
     return built if built is not None else _parsed(schema, query, made)
 
 
@@ -172,6 +175,8 @@ def _parsed(schema: Schema, query: str, made: MultifieldParser | None = None) ->
 _PLAIN = re.compile(r"[^\W\d_]+(?: [^\W\d_]+)*")
 # A plain prefix: letters, then "*".
 _PLAIN_PREFIX = re.compile(r"[^\W\d_]+\*")
+# A plain phrase: two words or more of letters in quotes, one space between them.
+_PLAIN_PHRASE = re.compile(r"[^\W\d_]+(?: [^\W\d_]+)+")
 # What Whoosh's parser reads as operators between words.
 _PARSER_OPERATORS = frozenset(("AND", "OR", "NOT", "ANDNOT", "ANDMAYBE"))
 
@@ -254,6 +259,22 @@ class PlainWords:
                 return None
             prefixes.append(Prefix(field, texts[0], boost=BOOSTS.get(field, 1.0)))
         return Or(prefixes)
+
+    def phrase(self, text: str) -> Query | None:
+        """A plain phrase's tree (``"text"``): an Or of the phrase in each field, with the
+        places of its words in the query as the parser records them; None where a field's
+        analysis leaves fewer than two words (the parser makes a term of one)."""
+        phrases: list[Query] = []
+        for field in FIELDS:
+            # One token object, changed in place for each word: read as it goes.
+            tokens = self.schema[field].tokenize(text, mode="query", chars=True)
+            found = [(t.text, (1 + t.startchar, 1 + t.endchar)) for t in tokens]
+            if len(found) < 2:
+                return None
+            words, places = [w for w, _ in found], [c for _, c in found]
+            boost = BOOSTS.get(field, 1.0)
+            phrases.append(Phrase(field, words, slop=1, boost=boost, char_ranges=places))
+        return Or(phrases)
 
     def _field_terms(self, word: str) -> tuple[Term, ...] | None:
         if word not in self._terms:
