@@ -92,7 +92,7 @@ def _check_syntax(query: str) -> None:
     if query.count('"') % 2:
         raise QueryError(f"cannot read query {_short(query)!r}: a quote is not closed")
     depth = 0
-    for char in query:
+    for char in query if "(" in query or ")" in query else "":
         depth += {"(": 1, ")": -1}.get(char, 0)
         if depth < 0:
             break
@@ -402,6 +402,9 @@ RARE_MARGIN = 100
 RARE_MOST = 3
 
 
+_CORRECTABLE = re.compile(r"[^\W\d_]{4,}")
+
+
 def edit_budget(word: str) -> int:
     """Edits a correction may make: none for words of three letters or fewer ("Go", "R",
     "SQL" are words, not typos), one up to six letters, two beyond."""
@@ -413,7 +416,7 @@ def edit_budget(word: str) -> int:
 def correctable(piece: str) -> bool:
     """Only plain words are spelled again: not operators, fields, patterns, numbers, or
     tokens with symbols ("C++", "C#", ".NET", "node.js")."""
-    return piece not in OPERATORS and bool(re.fullmatch(r"[^\W\d_]{4,}", piece))
+    return piece not in OPERATORS and bool(_CORRECTABLE.fullmatch(piece))
 
 
 def _correct(
