@@ -137,9 +137,10 @@ def _parse(
     made: MultifieldParser | None = None,
     words: PlainWords | None = None,
 ) -> Query:
-    """The query's tree over the fields, widened (``_widened``). A query of plain words
-    (the common shape), a plain prefix or phrase is built from its words (``PlainWords``: the very
-    tree the parser gives, at a tenth of its cost); any other through Whoosh's parser."""
+    """The query's tree over the fields, widened (``_widened``). Plain words (the common
+    shape), a plain prefix or a plain phrase are built from their words (``PlainWords``:
+    the very tree the parser gives, at a tenth of its cost); anything else goes through
+    Whoosh's parser."""
     plain = _plain_words(query)
     built = None
     if plain is not None:
@@ -210,8 +211,9 @@ class PlainWords:
 
     The parser's tree: each word an Or of its term in each field (boosted), the words
     joined by an And (a word repeated, or another spelling of one, appears once; one word
-    is its Or alone), or by OR into one flat Or of every word's terms (repeats dropped).
-    ``tests/test_query.py`` compares the two over hundreds of queries of every shape.
+    is its Or alone), or by OR into one flat Or of every word's terms (repeats dropped); a
+    prefix or a phrase an Or of it in each field. ``tests/test_query.py`` compares the two
+    over hundreds of queries of every shape.
     """
 
     LIMIT = 50_000  # words of each kind remembered; emptied when full
