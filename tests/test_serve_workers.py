@@ -168,6 +168,8 @@ def test_a_full_queue_is_429_and_a_dead_worker_503_then_replaced(world: dict[str
     wait_for(lambda: not _alive(third), timeout=10)
     health = http(f"{server.url}/healthz")
     assert health.status == 200 and health.json() == {"status": "ok", "search_workers": 1}
-    assert len(_worker_pids(server)) == 4 and _alive(_worker_pids(server)[3])
+    # (The server's log is read as it comes: its line for the new worker may follow.)
+    fourth = wait_for(lambda: _worker_pids(server) if len(_worker_pids(server)) == 4 else None)
+    assert fourth and _alive(fourth[3])
     assert _search(world).json() == expected
     assert "Traceback" not in server.log()
