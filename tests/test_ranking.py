@@ -209,8 +209,9 @@ COMMON_QUERIES = [
 
 def _common_words_index(folder: Path) -> list[IndexDoc]:
     """Two segments, written as runs write them: one of 1,100 documents, whose commonest
-    words have more postings than ARRAY_POSTINGS_MIN, and one of 100; then deletions."""
-    docs = _docs(1200)
+    words have more postings than ARRAY_POSTINGS_MIN, and one of 40 (none has); then
+    deletions."""
+    docs = _docs(1140)
     index = SearchIndex(folder)
     index.write(docs[:1100])
     index.write(docs[1100:])

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from whoosh.reading import SegmentReader
 
 ARRAY_POSTINGS_EXT = ".apx"
-ARRAY_POSTINGS_MIN = 1024  # a word's postings in a segment: fewer are quick to unpickle
+ARRAY_POSTINGS_MIN = 64  # a word's postings in a segment: fewer are quick to unpickle
 # Two versions, both read. Version 1 (KCVAPX01), after the magic: the number of words and of
 # postings, then per word the offset of its postings in the segment's .pst file
 # (ascending), its first posting and its count, then every posting's document number
