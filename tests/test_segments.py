@@ -23,6 +23,7 @@ import pipeline.search._whoosh._segments as segments
 from pipeline.errors import IndexBuildError
 from pipeline.search import IndexDoc, SearchIndex
 from pipeline.search._schema import INDEX_NAME, _fields
+from pipeline.search._whoosh._postings import ARRAY_POSTINGS_EXT
 from pipeline.search._whoosh._segments import ArraySegmentWriter, offsets_always
 from tests.helpers import generated_docs as _docs
 
@@ -58,10 +59,13 @@ def _odd_docs() -> list[IndexDoc]:
 
 def _segment_files(folder: Path) -> dict[str, str]:
     # Files are named after the segment's random id: compare them by what follows it.
+    # Whoosh's files only: our array postings (.apx) lie beside them, and
+    # tests/test_ranking.py checks those against the blocks.
     return {
         path.name.split(".", 1)[1]: hashlib.sha256(path.read_bytes()).hexdigest()
         for path in folder.iterdir()
-        if path.name.startswith(INDEX_NAME + "_") and not path.name.endswith("LOCK")
+        if path.name.startswith(INDEX_NAME + "_")
+        and not path.name.endswith(("LOCK", ARRAY_POSTINGS_EXT))
     }
 
 
