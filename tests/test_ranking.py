@@ -398,3 +398,10 @@ def test_an_index_outside_a_folder_is_ranked_through_whooshs_own_lookups() -> No
         for text in QUERIES[:19]:
             query = _parse(searcher.schema, text)
             _assert_same(ranker.rank(query, 10), *_whoosh(searcher, query, 10))
+
+
+def test_the_term_tables_hash_is_whooshs() -> None:
+    from whoosh.filedb.filetables import md5_hash
+
+    keys = [b"", b"\x00\x05python", "Jörg".encode(), bytes(range(256)), b"x" * 1000]
+    assert [ranking._md5_hash(key) for key in keys] == [md5_hash(key) for key in keys]

@@ -34,13 +34,15 @@ import os
 import struct
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from hashlib import md5
 from math import log
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from whoosh.codec.whoosh3 import LENGTHS_COLUMN, W3Codec, W3TermInfo, _lenfield
-from whoosh.filedb.filetables import OrderedHashReader
+from whoosh.filedb.filetables import OrderedHashReader, md5_hash
 from whoosh.formats import Positions
 from whoosh.query import (
     And,
@@ -789,6 +791,16 @@ def _matcher(reader: SegmentReader, fieldname: str, btext: bytes, info: Any) -> 
         raise FastPathUnsupportedError(f"postings reader: {exc}") from exc
 
 
+def _md5_hash(key: bytes) -> int:
+    # Whoosh's md5_hash (the hexdigest as a number, its low 32 bits): the digest's last four
+    # bytes, without the hex string.
+    return int.from_bytes(md5(key, usedforsecurity=False).digest()[12:], "big")
+
+
+def _faster_hash(hashfn: Callable[[bytes], int]) -> Callable[[bytes], int]:
+    return _md5_hash if hashfn is md5_hash else hashfn
+
+
 class _TermTable:
     """A segment's term dictionary (Whoosh's hash file, ``.trm``), looked up over a
     read-only map of the file: Whoosh's HashReader reads each slot through a seek and a
@@ -802,7 +814,7 @@ class _TermTable:
     def __init__(self, buffer: mmap.mmap | None, tindex: Any, coder: Any) -> None:
         self._buffer = buffer
         self._tables = None if buffer is None else tindex.tables
-        self._hash = None if buffer is None else tindex.hashfn
+        self._hash = None if buffer is None else _faster_hash(tindex.hashfn)
         self._coder = coder
 
     @classmethod
