@@ -184,7 +184,70 @@ def answer_message(
     return ("answer", key, value, error)
 
 
+def locked_sender(conn: Connection) -> Callable[[tuple[object, ...]], None]:
+    """In the child: a send to the parent that several threads may call (answers and
+    forwarded log records must not interleave on the socket)."""
+    lock = threading.Lock()
+
+    def send(message: tuple[object, ...]) -> None:
+        with lock:
+            conn.send(message)
+
+    return send
+
+
+class _ForwardLogs(logging.Handler):
+    """In the child: each log record to the parent as an event, which the parent logs
+    through its own handlers (its format, ``--log-format json`` included)."""
+
+    def __init__(self, send: Callable[[tuple[object, ...]], None], level: int) -> None:
+        super().__init__(level)
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self._send(("event", (record.name, record.levelno, record.getMessage())))
+
+
+def forward_logs(send: Callable[[tuple[object, ...]], None], level: int) -> None:
+    """In the child: its log records from ``level`` up go to the parent, and only there."""
+    logging.getLogger().handlers[:] = [_ForwardLogs(send, level)]
+    logging.getLogger().setLevel(level)
+
+
+def serve_calls(
+    conn: Connection,
+    handle: Callable[[Any], object],
+    failed: Callable[[Any, Exception], BaseException],
+    send: Callable[[tuple[object, ...]], None] | None = None,
+) -> None:
+    """In the child: answer each call the parent sends, one at a time, with
+    ``handle(request)``, or with ``failed(request, exc)`` when it raises, until the parent
+    sends None; when the parent is gone, the child ends at once."""
+    send = send or conn.send
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone
+        if message is None:
+            return
+        key, request = message
+        try:
+            reply = answer_message(key, handle(request))
+        except Exception as exc:
+            reply = answer_message(key, error=failed(request, exc))
+        send(reply)
+
+
 # -- in the parent ---------------------------------------------------------------------------
+
+
+def log_event(event: tuple[str, int, str], prefix: str = "") -> None:
+    """In the parent: log a record its child forwarded (``forward_logs``), through the
+    parent's handlers, under the child's logger name."""
+    name, level, text = event
+    logging.getLogger(name).log(level, "%s%s", prefix, text)
 
 
 @dataclass

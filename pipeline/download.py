@@ -577,38 +577,14 @@ def _content_length(response: h11.Response) -> int | None:
 # names, exactly as an in-process download would.
 
 
-class _ForwardLogs(logging.Handler):
-    """In the child: hand log records to the parent, which logs them through its handlers."""
-
-    def __init__(self, send: Callable[[tuple[object, ...]], None]) -> None:
-        super().__init__(logging.INFO)
-        self._send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            self._send(("event", (record.name, record.levelno, record.getMessage())))
-
-
-def _log_forwarded(event: tuple[str, int, str]) -> None:
-    """In the parent: log a record the child forwarded, through the parent's handlers."""
-    name, level, text = event
-    logging.getLogger(name).log(level, "%s", text)
-
-
 def serve(fd: int) -> None:
     """The child's entry point: download what the parent asks for over the socket ``fd``,
     up to ``download_concurrency`` at once on one event loop, each into the file store its
     request names (several integrations' runs share one download process)."""
     conn, (settings, root) = child.accept(fd)
     store = LocalFileStore(Path(root)) if root else None
-    send_lock = threading.Lock()
-
-    def send(message: tuple[object, ...]) -> None:
-        with send_lock:
-            conn.send(message)
-
-    logging.getLogger().handlers[:] = [_ForwardLogs(send)]
-    logging.getLogger().setLevel(logging.INFO)
+    send = child.locked_sender(conn)
+    child.forward_logs(send, logging.INFO)
     asyncio.run(_serve(conn, send, AsyncDownloader(settings, store)))
     conn.close()
 
@@ -702,7 +678,7 @@ class DownloadProcess:
             label="the download process",
             failure=lambda request, reason: DownloadError(f"{request[1]}: {reason}"),
             restarts=MAX_RESTARTS,
-            on_event=_log_forwarded,
+            on_event=child.log_event,
         )
 
     @property

@@ -107,33 +107,28 @@ def serve_segments(fd: int) -> None:
 
     conn, (directory, segment_docs, segment_words) = child.accept(fd)
     builder: SegmentBuilder | None = None
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)  # the parent is gone
-        if message is None:
-            break
-        key, (kind, batch) = message
-        try:
-            if builder is None:
-                builder = SegmentBuilder(
-                    open_index(Path(directory)),
-                    segment_docs,
-                    segment_words,
-                    fields=_fields,
-                    options=writer_options(),
-                )
-            if kind == "add":
-                for doc in batch:
-                    builder.add(doc)
-                answer = child.answer_message(key, len(batch))
-            else:
-                answer = child.answer_message(key, builder.finish())
-        except Exception as exc:
-            failed = IndexBuildError(f"a writer process failed: {type(exc).__name__}: {exc}")
-            answer = child.answer_message(key, error=failed)
-        conn.send(answer)
+
+    def handle(request: tuple[str, Any]) -> object:
+        nonlocal builder
+        kind, batch = request
+        if builder is None:
+            builder = SegmentBuilder(
+                open_index(Path(directory)),
+                segment_docs,
+                segment_words,
+                fields=_fields,
+                options=writer_options(),
+            )
+        if kind == "add":
+            for doc in batch:
+                builder.add(doc)
+            return len(batch)
+        return builder.finish()
+
+    def failed(_request: object, exc: Exception) -> BaseException:
+        return IndexBuildError(f"a writer process failed: {type(exc).__name__}: {exc}")
+
+    child.serve_calls(conn, handle, failed)
     conn.close()
 
 

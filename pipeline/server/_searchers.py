@@ -37,7 +37,6 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,19 +117,6 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-class _ForwardLogs(logging.Handler):
-    """In the worker: each log record to the server, which logs it through its handlers
-    (its format, ``--log-format json`` included)."""
-
-    def __init__(self, send: Callable[[tuple[object, ...]], None]) -> None:
-        super().__init__(logging.WARNING)
-        self._send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            self._send(("event", (record.name, record.levelno, record.getMessage())))
-
-
 def serve_searches(fd: int) -> None:
     """The worker's entry point: answer each search the server sends, one at a time, with
     the App of its integration (kept open between searches); None means stop."""
@@ -138,42 +124,31 @@ def serve_searches(fd: int) -> None:
     _die_with_parent()
     if os.getppid() == 1:  # the server died before the line above took effect
         os._exit(0)
-    send_lock = threading.Lock()
-
-    def send(message: tuple[object, ...]) -> None:
-        with send_lock:
-            conn.send(message)
-
-    logging.getLogger().handlers[:] = [_ForwardLogs(send)]
-    logging.getLogger().setLevel(logging.WARNING)
+    send = child.locked_sender(conn)
+    child.forward_logs(send, logging.WARNING)
     # The search stage (Whoosh, numpy) imported now, while no search waits for it.
     importlib.import_module("pipeline.search")
     apps: dict[str, App] = {}
-    while True:
-        try:
-            message = conn.recv()
-        except (EOFError, OSError):
-            os._exit(0)  # the server is gone
-        if message is None:
-            break
-        key, job = message
-        try:
-            app = apps.get(job.integration_id)
-            if app is None:
-                app = apps[job.integration_id] = App(data, integration_id=job.integration_id)
-            reply = child.answer_message(key, answer(app, job))
-        except Exception as exc:
-            if not isinstance(exc, PipelineError):  # a bug: the server answers 500
-                log.error("a search failed: %s: %s", type(exc).__name__, exc)
-            if not isinstance(exc, QueryError):
-                # Whatever broke (a damaged index, the database), the next search of this
-                # integration opens it afresh; an unknown integration is not kept either.
-                broken = apps.pop(job.integration_id, None)
-                if broken is not None:
-                    with contextlib.suppress(Exception):
-                        broken.close()
-            reply = child.answer_message(key, error=exc)
-        send(reply)
+
+    def handle(job: SearchJob) -> object:
+        app = apps.get(job.integration_id)
+        if app is None:
+            app = apps[job.integration_id] = App(data, integration_id=job.integration_id)
+        return answer(app, job)
+
+    def failed(job: SearchJob, exc: Exception) -> BaseException:
+        if not isinstance(exc, PipelineError):  # a bug: the server answers 500
+            log.error("a search failed: %s: %s", type(exc).__name__, exc)
+        if not isinstance(exc, QueryError):
+            # Whatever broke (a damaged index, the database), the next search of this
+            # integration opens it afresh; an unknown integration is not kept either.
+            broken = apps.pop(job.integration_id, None)
+            if broken is not None:
+                with contextlib.suppress(Exception):
+                    broken.close()
+        return exc
+
+    child.serve_calls(conn, handle, failed, send)
     for app in apps.values():
         with contextlib.suppress(Exception):
             app.close()
@@ -181,11 +156,6 @@ def serve_searches(fd: int) -> None:
 
 
 # -- in the server ------------------------------------------------------------------------------
-
-
-def _log_forwarded(event: tuple[str, int, str]) -> None:
-    name, level, text = event
-    logging.getLogger(name).log(level, "search worker: %s", text)
 
 
 def _lost(_request: object, reason: str) -> BaseException:
@@ -233,7 +203,7 @@ class SearchPool:
             self.data,
             label=f"search worker {number}",
             failure=_lost,
-            on_event=_log_forwarded,
+            on_event=lambda event: child.log_event(event, "search worker: "),
         )
         log.info("search worker %d started (pid %d)", number, proxy.pid)
         return _Worker(number, proxy)
