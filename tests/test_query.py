@@ -14,6 +14,7 @@ from whoosh.query import Query
 
 from pipeline.errors import QueryError
 from pipeline.search import IndexDoc, SearchIndex
+from pipeline.search._analysis import STEM_MARK
 from pipeline.search._query import (
     Budget,
     Lexicon,
@@ -25,7 +26,6 @@ from pipeline.search._query import (
     parser,
 )
 from pipeline.search._schema import open_index
-from pipeline.search._snippets import _highlighted
 
 # Written before ß = ss and the split tokens: its pickled analyzer reads queries its way.
 MAIN_INDEX = Path(__file__).resolve().parent / "data" / "index-main"
@@ -130,6 +130,21 @@ def test_corrections_from_the_cached_lexicon_are_the_index_s(tmp_path: Path) -> 
     ix.close()
 
 
+def _whooshs_highlighted(searcher, parsed):  # type: ignore[no-untyped-def]
+    """The text field's words and stems of the query that Whoosh's ``existing_terms``
+    finds in the index, nothing kept between calls."""
+    words, stems = set(), set()
+    for _field, btext in parsed.existing_terms(
+        searcher.reader(), phrases=True, expand=True, fieldname="text"
+    ):
+        term = btext.decode("utf-8")
+        if term.startswith(STEM_MARK):
+            stems.add(term[len(STEM_MARK) :])
+        else:
+            words.add(term)
+    return frozenset(words), frozenset(stems)
+
+
 def test_a_plain_query_highlights_the_words_whoosh_finds(tmp_path: Path) -> None:
     index = SearchIndex(tmp_path / "index")
     texts = [" ".join(WORDS[n::3]) + " developing Entwickler teams" for n in range(3)]
@@ -141,9 +156,8 @@ def test_a_plain_query_highlights_the_words_whoosh_finds(tmp_path: Path) -> None
         parsed = _outcome(opened.parse, query)
         if isinstance(parsed, str):
             continue
-        ours = opened._terms_highlighted(parsed)
-        if ours is not None:
-            compared += 1
-            assert ours == _highlighted(opened.searcher, parsed), query
+        ours = opened.highlighted(query, parsed)
+        compared += 1
+        assert ours == _whooshs_highlighted(opened.searcher, parsed), query
     assert compared > 100
     opened.close()

@@ -39,7 +39,7 @@ from ..errors import (
     StorageError,
 )
 from ..filestore import storage_error
-from ._analysis import ANALYSIS_VERSION, STEM_MARK
+from ._analysis import ANALYSIS_VERSION
 from ._doc import IndexDoc
 from ._query import (
     Budget,
@@ -291,7 +291,6 @@ class _Opened:
         # A query's highlighted words (its patterns expanded against the index's terms) and
         # a document's stored fields: both read from the index once while it is unchanged.
         self._highlighted: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
-        self._held: dict[str, bool] = {}  # a text term -> whether the index holds it
         self._stored: dict[int, dict[str, Any]] = {}
         # The numpy ranker, with the scores of the terms it read (or None: Whoosh's matchers).
         self.ranker = _ranker(searcher)
@@ -300,36 +299,8 @@ class _Opened:
         if query not in self._highlighted:
             if len(self._highlighted) > 1_000:
                 self._highlighted.clear()
-            found = self._terms_highlighted(parsed) or _highlighted(self.searcher, parsed)
-            self._highlighted[query] = found
+            self._highlighted[query] = _highlighted(self.searcher, parsed)
         return self._highlighted[query]
-
-    def _terms_highlighted(self, parsed: Query) -> tuple[frozenset[str], frozenset[str]] | None:
-        """``_highlighted`` of a tree of terms alone (a plain query's): each text term's
-        presence in the index looked up once while it is open (in each of its segments'
-        term tables: 0.05 ms a term); None for a tree with phrases or patterns."""
-        words, stems = set(), set()
-        for place, leaf in enumerate(parsed.leaves()):
-            if type(leaf) is not Term or (not place and leaf.fieldname != "text"):
-                # Whoosh's existing_terms reads only the first leaf's field (its loop
-                # variable shadows its argument): what it says there is kept.
-                return None
-            if leaf.fieldname != "text":
-                continue
-            text = leaf.text
-            held = self._held.get(text)
-            if held is None:
-                if len(self._held) > 50_000:
-                    self._held.clear()
-                btext = self.schema["text"].to_bytes(text)
-                held = self._held[text] = ("text", btext) in self.searcher.reader()
-            if not held:
-                continue
-            if text.startswith(STEM_MARK):
-                stems.add(text[len(STEM_MARK) :])
-            else:
-                words.add(text)
-        return frozenset(words), frozenset(stems)
 
     def stored_fields(self, docnum: int) -> dict[str, Any]:
         fields = self._stored.get(docnum)
