@@ -390,7 +390,7 @@ class Ranker:
             ids = np.concatenate([node.ids for node in nodes])
             scores = np.concatenate([node.scores for node in nodes])
             # A stable sort keeps each document's scores in the nodes' order, and
-            # np.add.reduceat sums each run from its start: 0 + a + b as the dense sum.
+            # ``_summed_runs`` adds each run from 0: 0 + a + b, as the dense sum.
             order = np.argsort(ids, kind="stable")
             ids, scores = ids[order], scores[order]
             starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
@@ -486,10 +486,18 @@ class Ranker:
         # Kept as a phrase is: expanding the pattern walks the segments' term dictionaries.
         # Its repr names the kind, the field, the pattern, the boost (and a fuzzy term's
         # distance and prefix): all that the expansion and the scores depend on.
-        key = (self.owner, "\x00expanded", repr(query).encode("utf-8", "surrogatepass"))
+        return self._kept_node(
+            "\x00expanded",
+            repr(query).encode("utf-8", "surrogatepass"),
+            lambda: self._expanded(query, fieldname),
+        )
+
+    def _kept_node(self, kind: str, text: bytes, make: Callable[[], _Node]) -> _Node:
+        """A node kept with the terms' scores (``kept_scores``), made once while kept."""
+        key = (self.owner, kind, text)
         kept, node = self.kept_scores.get(key)
         if not kept:
-            node = self._expanded(query, fieldname)
+            node = make()
             self.kept_scores.put(key, node, _kept_size(node))
         return node
 
@@ -533,11 +541,11 @@ class Ranker:
                 return _EMPTY
         # A phrase's matches are kept with the terms' scores: the next page of the same
         # search asks for them again, and matching common words' positions is the work.
-        key = (self.owner, f"\x00phrase:{fieldname}", b"\x00".join(words))
-        kept, node = self.kept_scores.get(key)
-        if not kept:
-            node = self._phrase_matches(fieldname, field, words, pickled, dtype)
-            self.kept_scores.put(key, node, _kept_size(node))
+        node = self._kept_node(
+            f"\x00phrase:{fieldname}",
+            b"\x00".join(words),
+            lambda: self._phrase_matches(fieldname, field, words, pickled, dtype),
+        )
         return self._boosted(node, query.boost)
 
     def _phrase_matches(
